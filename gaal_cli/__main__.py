@@ -1,0 +1,3 @@
+from gaal_cli.cli import app
+
+app()

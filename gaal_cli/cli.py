@@ -1,0 +1,119 @@
+"""The `gaal` command line: thin commands that parse, load the config and call the engine."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from gaal_cli.errors import GaalError
+
+app = typer.Typer(
+    help="Tabular-image fusion experiments: GAAL (ICME 2026) and the methods it is compared with.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def user_errors(command):
+    """Report GaalError as one paragraph with exit code 2; Ctrl-C as an interruption."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GaalError as err:
+            stderr.print(f"[bold red]error:[/] {err.render()}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            stderr.print("[yellow]interrupted: the run folder has no report; rerun the same command to resume.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML file (default: built-in quickstart)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset name (synthetic, ...)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder of prepared data."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Training method, e.g. gaal or concat."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Maximum number of epochs."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run folder (default: results/<experiment>/<method>/seed<seed>)."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="Override any config key: --set methods.gaal.epsilon=0.1"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train one run and write config, per-epoch metrics, best checkpoint and report.json."""
+    from gaal_cli.config import load_config
+    from gaal_cli.display import metrics_table
+    from gaal_cli.engine import train as run_training
+
+    flags = {
+        "data.name": dataset,
+        "data.dir": data_dir,
+        "method": method,
+        "train.epochs": epochs,
+        "seed": seed,
+        "train.device": device,
+    }
+    config = load_config(experiment, overrides, flags)
+    run_dir = out or Path("results") / config.name / config.method / f"seed{config.seed}"
+    report = run_training(config, run_dir, show_progress=not quiet)
+    stdout.print(metrics_table(f"{config.method} on {config.data.name} (best epoch {report['best_epoch']})",
+                               report["metrics"]))
+    stdout.print(f"run folder: {run_dir}")
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    missing: Optional[str] = typer.Option(None, "--missing", help="Evaluate with 'tabular' (or 'image') absent."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Prepared data folder, if it moved."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate a trained run's best checkpoint on one split."""
+    from gaal_cli.display import metrics_table
+    from gaal_cli.engine import evaluate_checkpoint
+
+    if split not in ("train", "val", "test"):
+        raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
+    if missing not in (None, "tabular", "image"):
+        raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
+    metrics, config = evaluate_checkpoint(run, split, missing, {"data.dir": data_dir, "train.device": device})
+    if as_json:
+        stdout.print_json(json.dumps(metrics))
+        return
+    title = f"{config.method} on {config.data.name}, {split}" + (f", {missing} missing" if missing else "")
+    stdout.print(metrics_table(title, {split: metrics}))
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the registered training methods and their settings."""
+    from gaal_cli.methods import METHODS
+
+    for name, spec in sorted(METHODS.items()):
+        fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
+        doc = (spec.cls.__module__ and __import__(spec.cls.__module__, fromlist=["_"]).__doc__ or "").strip()
+        stdout.print(f"[bold]{name}[/]  {doc.splitlines()[0] if doc else ''}")
+        if fields:
+            stdout.print(f"    {fields}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,45 @@
+"""Dataset registry: `build_data(cfg, seed)` dispatches on `cfg.name`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gaal_cli.config import DataConfig
+from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, make_loader
+from gaal_cli.errors import GaalError
+
+DatasetBuilder = Callable[[DataConfig, int], DataBundle]
+DATASETS: dict[str, DatasetBuilder] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    def wrap(builder: DatasetBuilder) -> DatasetBuilder:
+        DATASETS[name] = builder
+        return builder
+
+    return wrap
+
+
+def build_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Build the dataset named by `cfg.name`.
+
+    Raises:
+        GaalError: unknown dataset name (the message lists the known ones).
+    """
+    _load_builtin()
+    if cfg.name not in DATASETS:
+        raise GaalError(
+            f"unknown dataset '{cfg.name}'; expected one of: {', '.join(sorted(DATASETS))}",
+            field="data.name",
+        )
+    return DATASETS[cfg.name](cfg, seed)
+
+
+def _load_builtin() -> None:
+    if "synthetic" not in DATASETS:
+        from gaal_cli.data import synthetic
+
+        register_dataset("synthetic")(synthetic.build)
+
+
+__all__ = ["Batch", "DataBundle", "TabularSchema", "TensorSplit", "make_loader", "build_data", "register_dataset", "DATASETS"]

@@ -1,0 +1,112 @@
+"""What every dataset hands to the engine: three splits, a tabular schema and class names.
+
+A split is a map-style dataset indexed by a *list* of row indices that returns a whole `Batch`,
+so an in-memory dataset slices tensors at once and a disk-backed one decodes a batch per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+
+class Batch(NamedTuple):
+    image: torch.Tensor  # float (B, 3, H, W), already scaled/normalised
+    tabular: torch.Tensor  # float (B, D): continuous values and integer category codes
+    label: torch.Tensor  # long (B,)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+@dataclass(frozen=True)
+class TabularSchema:
+    """Columns of the table in the MMCL field-length convention.
+
+    `field_lengths[i]` is 1 for a continuous column and the number of categories for a
+    categorical column, whose values are integer codes 0..k-1 stored as floats.
+    """
+
+    names: tuple[str, ...]
+    field_lengths: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.field_lengths):
+            raise ValueError("names and field_lengths differ in length")
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.names)
+
+    @property
+    def one_hot_width(self) -> int:
+        return sum(self.field_lengths)
+
+
+class SplitDataset(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: Sequence[int]) -> Batch: ...
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits plus what the model needs to know about them."""
+
+    train: SplitDataset
+    val: SplitDataset
+    test: SplitDataset
+    schema: TabularSchema
+    class_names: list[str]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> SplitDataset:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}")
+        return getattr(self, name)
+
+
+class TensorSplit:
+    """An in-memory split: uint8 images, float table, long labels, sliced a batch at a time."""
+
+    def __init__(self, images: torch.Tensor, tabular: torch.Tensor, labels: torch.Tensor):
+        if not (len(images) == len(tabular) == len(labels)):
+            raise ValueError("images, tabular and labels differ in length")
+        self.images, self.tabular, self.labels = images, tabular, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, rows: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return Batch(self.images[idx].float().div_(255.0), self.tabular[idx], self.labels[idx])
+
+
+def make_loader(
+    split: SplitDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Batches of a split; shuffled reproducibly from `seed`. Never drops the last batch."""
+    generator = torch.Generator().manual_seed(seed)
+    order = RandomSampler(split, generator=generator) if shuffle else SequentialSampler(split)
+    return DataLoader(
+        split,
+        sampler=BatchSampler(order, batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,312 @@
+"""The training engine: epochs, evaluation, early stopping, checkpoints and the run folder.
+
+It knows no method: a `Method` trains itself one batch at a time and predicts three heads.
+Validation picks the best epoch and drives early stopping; the test split is evaluated once,
+at the end, on the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaal_cli import __version__
+from gaal_cli.config import Config, TrainConfig
+from gaal_cli.data import build_data, make_loader
+from gaal_cli.data.base import DataBundle, SplitDataset
+from gaal_cli.display import EpochProgress, console
+from gaal_cli.errors import GaalError
+from gaal_cli.methods import Method, build_method
+from gaal_cli.metrics import classification_metrics
+from gaal_cli.models import build_encoders
+from gaal_cli.results import RunFolder, load_checkpoint
+
+LOG_EVERY = 10
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else is taken as given."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise GaalError(f"'{spec}' is not a device (expected auto, cpu, cuda or cuda:N)", field="train.device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GaalError("CUDA was asked for but no CUDA device is available", field="train.device")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def create_method(config: Config, data: DataBundle) -> Method:
+    m = config.model
+    encoders = build_encoders(
+        data.schema.field_lengths,
+        image_backbone=m.image_backbone,
+        feature_dim=m.feature_dim,
+        tabular_hidden=m.tabular_hidden,
+        pretrained=m.pretrained,
+        weights=m.weights,
+        dropout=m.dropout,
+    )
+    return build_method(config.method, config.method_settings(), encoders, data.num_classes)
+
+
+def build_optimizer(method: Method, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    params = [p for p in method.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.scheduler == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    elif cfg.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return optimizer, scheduler
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
+    """Train `config` into the run folder `out_dir` and return its report.
+
+    A folder holding an interrupted run of the same config resumes from its last epoch; one
+    holding a finished run is trained again from scratch.
+
+    Raises:
+        GaalError: bad input found while setting up (nothing is written in that case).
+    """
+    t_start = time.perf_counter()
+    run = RunFolder(out_dir)
+    run.check_writable()
+    device = resolve_device(config.train.device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.seed, config.train.deterministic)
+    data = build_data(config.data, config.seed)
+    method = create_method(config, data).to(device)
+    optimizer, scheduler = build_optimizer(method, config.train)
+    resolved = config.resolved()
+
+    state = run.resumable(resolved)
+    run.start(resolved, resume=state is not None)
+    start_epoch, best = 1, {"score": -1.0, "epoch": 0, "stale": 0}
+    if state is not None:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        console.print(f"[yellow]resuming {run.path} after epoch {state['epoch']}")
+
+    epochs = config.train.epochs
+    epoch_seconds = []
+    with EpochProgress(show_progress) as bar:
+        for epoch in range(start_epoch, epochs + 1):
+            if best["stale"] >= config.train.patience:
+                break
+            t0 = time.perf_counter()
+            loader = make_loader(
+                data.train,
+                config.data.batch_size,
+                shuffle=True,
+                seed=config.seed * 1000 + epoch,
+                num_workers=config.data.num_workers,
+                pin_memory=device.type == "cuda",
+            )
+            train_stats = train_epoch(method, loader, optimizer, device, config.train.bf16, bar, epoch, epochs)
+            scheduler.step()
+            val = evaluate(method, data.val, device, config.data.eval_batch_size, bf16=config.train.bf16)
+            score = monitored(val, config.train.monitor)
+            improved = score > best["score"]
+            if improved:
+                best = {"score": score, "epoch": epoch, "stale": 0}
+                run.save(RunFolder.CHECKPOINT, checkpoint(method, config, epoch, score))
+            else:
+                best["stale"] += 1
+            epoch_seconds.append(time.perf_counter() - t0)
+            record = {
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(epoch_seconds[-1], 3),
+                "train": train_stats,
+                "val": val,
+                "best": improved,
+            }
+            run.log_epoch(record, keep_epochs=epoch - 1)
+            run.save(RunFolder.LAST, {**checkpoint(method, config, epoch, score), "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "best": best})
+            bar.log(
+                f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {config.train.monitor} acc {score:.4f}"
+                + ("  [green]best" if improved else "")
+            )
+
+    best_state = torch.load(run.file(RunFolder.CHECKPOINT), map_location=device, weights_only=False)
+    method.load_state_dict(best_state["model"])
+    t_test = time.perf_counter()
+    metrics = {
+        split: evaluate(method, data.split(split), device, config.data.eval_batch_size, bf16=config.train.bf16)
+        for split in ("val", "test")
+    }
+    report = {
+        "experiment": config.name,
+        "method": config.method,
+        "dataset": config.data.name,
+        "seed": config.seed,
+        "metrics": metrics,
+        "best_epoch": best["epoch"],
+        "epochs_run": len(run.read_metrics()),
+        "timings": {
+            "total_seconds": round(time.perf_counter() - t_start, 3),
+            "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
+            "eval_seconds": round(time.perf_counter() - t_test, 3),
+        },
+        "data": {"classes": data.num_classes, **data.info},
+        "device": str(device),
+        "versions": versions(),
+    }
+    run.finish(report)
+    return report
+
+
+def train_epoch(
+    method: Method,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    bf16: bool,
+    bar: EpochProgress,
+    epoch: int,
+    epochs: int,
+) -> dict[str, float]:
+    """Run one epoch; returns the mean of every statistic the method reports."""
+    method.train()
+    method.on_epoch_start(epoch)
+    bar.start_epoch(epoch, epochs, len(loader))
+    totals: dict[str, torch.Tensor] = {}
+    steps = 0
+    for step, batch in enumerate(loader, start=1):
+        with autocast(device, bf16):
+            stats = method.train_step(batch.to(device, non_blocking=True), optimizer)
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0) + value.detach().float()
+        steps += 1
+        if step % LOG_EVERY == 0 or step == len(loader):
+            bar.update(LOG_EVERY if step % LOG_EVERY == 0 else step % LOG_EVERY, _means(totals, steps, ("loss", "acc")))
+    return _means(totals, steps)
+
+
+def _means(totals: dict[str, torch.Tensor], steps: int, keys=None) -> dict[str, float]:
+    keys = keys or totals.keys()
+    return {k: round(float(totals[k]) / steps, 6) for k in keys if k in totals}
+
+
+@torch.no_grad()
+def evaluate(
+    method: Method,
+    split: SplitDataset,
+    device: torch.device,
+    batch_size: int,
+    *,
+    missing: str | None = None,
+    bf16: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Metrics of each head (multi / image / tabular) on a split.
+
+    Args:
+        missing: 'tabular' or 'image' to evaluate with that modality absent at test time.
+    """
+    method.eval()
+    collected: dict[str, list[torch.Tensor]] = {}
+    labels = []
+    for batch in make_loader(split, batch_size, shuffle=False):
+        batch = batch.to(device)
+        image = None if missing == "image" or "image" not in method.modalities else batch.image
+        table = None if missing == "tabular" or "tabular" not in method.modalities else batch.tabular
+        with autocast(device, bf16):
+            preds = method.predict(image, table)
+        for head, logits in preds._asdict().items():
+            if logits is not None:
+                collected.setdefault(head, []).append(logits.float().cpu())
+        labels.append(batch.label.cpu())
+    y = torch.cat(labels)
+    return {head: classification_metrics(torch.cat(chunks), y) for head, chunks in collected.items()}
+
+
+def monitored(metrics: dict[str, dict[str, float]], head: str) -> float:
+    """The validation accuracy that selects the best epoch (a unimodal method has one head)."""
+    if head in metrics:
+        return metrics[head]["acc"]
+    return next(iter(metrics.values()))["acc"]
+
+
+def checkpoint(method: Method, config: Config, epoch: int, score: float) -> dict[str, Any]:
+    return {
+        "model": method.state_dict(),
+        "config": config.resolved(),
+        "epoch": epoch,
+        "score": score,
+        "gaal_version": __version__,
+    }
+
+
+def versions() -> dict[str, str]:
+    import timm
+
+    return {
+        "gaal": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str = "test",
+    missing: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, dict[str, float]], Config]:
+    """Rebuild data and model from a checkpoint's config and evaluate one split.
+
+    Args:
+        overrides: dotted config keys to change before rebuilding (e.g. data.dir on another host).
+    """
+    from gaal_cli.config import apply_override
+
+    state, file = load_checkpoint(path)
+    tree = state["config"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            apply_override(tree, key.split("."), value)
+    config = Config.model_validate(tree)
+    device = resolve_device(config.train.device)
+    data = build_data(config.data, config.seed)
+    method = create_method(config, data)
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise GaalError(f"the checkpoint does not match the model its config builds ({err})", source=str(file)) from None
+    method.to(device)
+    return evaluate(method, data.split(split), device, config.data.eval_batch_size, missing=missing), config

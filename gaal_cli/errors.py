@@ -1,0 +1,33 @@
+"""User-facing errors.
+
+Anything the user can fix (a YAML typo, a wrong path, a label out of range) is raised as a
+`GaalError`: the CLI prints its message as one paragraph and exits with code 2, without a
+traceback. Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class GaalError(Exception):
+    """An error in the user's input, reported without a traceback (exit code 2).
+
+    Args:
+        message: what is wrong and what was expected.
+        source: the file (or command-line option) the bad value came from.
+        field: the key, column or row that holds the bad value.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.message = message
+        self.source = source
+        self.field = field
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = []
+        if self.source:
+            where.append(str(self.source))
+        if self.field:
+            where.append(f"field '{self.field}'")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message

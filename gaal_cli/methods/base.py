@@ -1,0 +1,100 @@
+"""The interface every training method implements, and the registry that names them.
+
+A method owns the two encoders and whatever heads it needs. The engine hands it one batch and
+the optimiser; the method runs its own forward/backward passes and optimiser steps (an
+alternating method steps twice per batch) and returns scalar diagnostics as 0-d tensors, so
+the engine synchronises with the device only when it logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from gaal_cli.data.base import Batch
+from gaal_cli.models.encoders import Encoders
+
+
+class MethodSettings(BaseModel):
+    """Base of each method's own settings block (`methods.<name>` in the YAML)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Predictions(NamedTuple):
+    """Logits of one batch: fused, image-only and tabular-only (None where not defined)."""
+
+    multi: torch.Tensor | None
+    image: torch.Tensor | None
+    tabular: torch.Tensor | None
+
+
+class Method(nn.Module):
+    """Base class: holds the encoders; subclasses add heads and the training step."""
+
+    #: which modalities the method uses ("image", "tabular"); unimodal methods use one.
+    modalities: tuple[str, ...] = ("image", "tabular")
+
+    def __init__(self, encoders: Encoders, num_classes: int, settings: MethodSettings):
+        super().__init__()
+        self.encoders = encoders
+        self.num_classes = num_classes
+        self.settings = settings
+
+    def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """One training step on `batch`, including backward passes and optimiser steps."""
+        raise NotImplementedError
+
+    def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
+        """Logits for evaluation; a modality passed as None is missing at test time."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for methods whose rule depends on the epoch (modulation windows, stages)."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    cls: type[Method]
+    settings: type[MethodSettings]
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, settings: type[MethodSettings]) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method available as `--method NAME`."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        METHODS[name] = MethodSpec(cls, settings)
+        return cls
+
+    return wrap
+
+
+def build_method(name: str, settings: MethodSettings, encoders: Encoders, num_classes: int) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method '{name}'; expected one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name].cls(encoders, num_classes, settings)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(-1) == labels).float().mean()
+
+
+def fuse_missing(image: torch.Tensor | None, tabular: torch.Tensor | None, fused: Callable[[], torch.Tensor]):
+    """The fused prediction, falling back to the one modality present when the other is missing."""
+    if image is None:
+        return tabular
+    if tabular is None:
+        return image
+    return fused()

@@ -1,0 +1,44 @@
+"""Classification metrics on collected logits: accuracy, macro-F1 and (binary) AUROC."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def macro_f1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Macro-F1 over the classes that occur in the labels or the predictions."""
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+    tp = confusion.diag().double()
+    support = confusion.sum(1).double()
+    predicted = confusion.sum(0).double()
+    present = (support + predicted) > 0
+    f1 = 2 * tp / (support + predicted).clamp_min(1)
+    return f1[present].mean().item()
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Area under the ROC curve via the Mann-Whitney statistic (ties get average ranks)."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = torch.as_tensor(pd.Series(scores.double().numpy()).rank(method="average").to_numpy())
+    rank_sum = ranks[labels.bool()].sum().item()
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """acc and f1 for any task; auroc as well when there are two classes."""
+    logits, labels = logits.float().cpu(), labels.cpu()
+    num_classes = logits.shape[-1]
+    out = {"acc": accuracy(logits, labels), "f1": macro_f1(logits.argmax(-1), labels, num_classes)}
+    if num_classes == 2:
+        score = auroc(torch.softmax(logits, -1)[:, 1], labels)
+        if score is not None:
+            out["auroc"] = score
+    return out

@@ -1,0 +1,121 @@
+"""Encoders shared by every method: a timm image backbone and a tabular MLP.
+
+Both map their input to a `feature_dim`-wide vector, so a method can put one classifier on
+either modality (GAAL's shared head) or concatenate them (joint training).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from gaal_cli.errors import GaalError
+
+
+class ImageEncoder(nn.Module):
+    """A timm backbone (global-pooled) followed by a projection when its width differs.
+
+    Args:
+        backbone: any timm model name, e.g. `resnet50` (paper) or `test_resnet` (CPU default).
+        feature_dim: output width.
+        pretrained: load weights; only from `weights` here, since nothing is downloaded.
+        weights: a local weights file (timm/torchvision state dict, .pth or .safetensors).
+    """
+
+    def __init__(self, backbone: str, feature_dim: int, pretrained: bool = False, weights: str | None = None):
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained, weights)
+        width = self.backbone.num_features
+        self.project = nn.Identity() if width == feature_dim else nn.Linear(width, feature_dim)
+        self.out_dim = feature_dim
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.project(self.backbone(image))
+
+
+def create_backbone(name: str, pretrained: bool, weights: str | None) -> nn.Module:
+    """A headless, pooled timm model; weights only from a local file, never downloaded."""
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise GaalError(f"'{name}' is not a timm model{hint}", field="model.image_backbone")
+    if pretrained and not weights:
+        raise GaalError(
+            "pretrained weights need a local file (model.weights=PATH): nothing is downloaded",
+            field="model.pretrained",
+        )
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise GaalError("no such weights file", source=str(path), field="model.weights")
+        return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
+    return timm.create_model(name, pretrained=False, num_classes=0)
+
+
+class TabularEncoder(nn.Module):
+    """MLP over continuous values and one-hot categorical codes (MMCL field lengths).
+
+    Args:
+        field_lengths: 1 per continuous column, number of categories per categorical column.
+        hidden: widths of the hidden layers.
+        feature_dim: output width.
+    """
+
+    def __init__(self, field_lengths: tuple[int, ...], hidden: list[int], feature_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.field_lengths = tuple(field_lengths)
+        self.register_buffer("_categorical", torch.tensor([k > 1 for k in field_lengths]), persistent=False)
+        layers: list[nn.Module] = []
+        width = sum(field_lengths)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, feature_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.out_dim = feature_dim
+
+    def one_hot(self, table: torch.Tensor) -> torch.Tensor:
+        columns = []
+        for j, k in enumerate(self.field_lengths):
+            col = table[:, j]
+            if k == 1:
+                columns.append(col[:, None])
+            else:
+                columns.append(nn.functional.one_hot(col.long().clamp(0, k - 1), k).to(table.dtype))
+        return torch.cat(columns, dim=1)
+
+    def forward(self, table: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.one_hot(table))
+
+
+class Encoders(nn.Module):
+    """The pair of encoders every method trains; `feature_dim` is their common width."""
+
+    def __init__(self, image: ImageEncoder, tabular: TabularEncoder):
+        super().__init__()
+        if image.out_dim != tabular.out_dim:
+            raise ValueError("encoders must share their output width")
+        self.image = image
+        self.tabular = tabular
+        self.feature_dim = image.out_dim
+
+
+def build_encoders(
+    field_lengths: tuple[int, ...],
+    *,
+    image_backbone: str,
+    feature_dim: int,
+    tabular_hidden: list[int],
+    pretrained: bool = False,
+    weights: str | None = None,
+    dropout: float = 0.0,
+) -> Encoders:
+    return Encoders(
+        ImageEncoder(image_backbone, feature_dim, pretrained=pretrained, weights=weights),
+        TabularEncoder(field_lengths, tabular_hidden, feature_dim, dropout=dropout),
+    )

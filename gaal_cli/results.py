@@ -1,0 +1,118 @@
+"""Run folders: the fixed layout every training run writes, and nothing else.
+
+    <run>/config.yaml     resolved config (written when training starts)
+    <run>/metrics.jsonl   one JSON line per finished epoch
+    <run>/checkpoint.pt   best epoch so far (plain dict: model, epoch, score, config)
+    <run>/last.pt         latest epoch with optimiser state, for resuming; removed when done
+    <run>/report.json     final metrics; present only when the run finished
+    <run>/DONE            marker written last; reruns skip a folder that has it
+
+Every file is written to a temporary name and renamed, so a killed run never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from gaal_cli.errors import GaalError
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    CHECKPOINT = "checkpoint.pt"
+    LAST = "last.pt"
+    REPORT = "report.json"
+    DONE = "DONE"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def done(self) -> bool:
+        return self.file(self.DONE).exists() and self.file(self.REPORT).exists()
+
+    def check_writable(self) -> None:
+        """Fail early, before any work, if the folder cannot be created."""
+        existing = next((p for p in [self.path, *self.path.parents] if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise GaalError("is a file, expected a folder for the run", source=str(existing), field="--out")
+        if existing is not None and not os.access(existing, os.W_OK):
+            raise GaalError("is not writable", source=str(existing), field="--out")
+
+    def start(self, config: dict[str, Any], resume: bool) -> None:
+        """Create the folder and write config.yaml; without `resume`, clear an earlier attempt."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (self.REPORT, self.DONE) if resume else (self.REPORT, self.DONE, self.METRICS, self.LAST):
+            self.file(name).unlink(missing_ok=True)
+        atomic_write(self.file(self.CONFIG), yaml.safe_dump(config, sort_keys=False))
+
+    def resumable(self, config: dict[str, Any]) -> dict | None:
+        """The last-epoch state of an interrupted run with the same config, if there is one."""
+        last = self.file(self.LAST)
+        if not last.exists():
+            return None
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        return state if state.get("config") == config else None
+
+    def log_epoch(self, record: dict[str, Any], keep_epochs: int) -> None:
+        """Append an epoch line, dropping lines past `keep_epochs` left by an interrupted run."""
+        path = self.file(self.METRICS)
+        lines = path.read_text().splitlines()[:keep_epochs] if path.exists() else []
+        lines.append(json.dumps(record))
+        atomic_write(path, "\n".join(lines) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.file(self.METRICS)
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        tmp = self.file(f".{name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.file(name))
+
+    def finish(self, report: dict[str, Any]) -> None:
+        atomic_write(self.file(self.REPORT), json.dumps(report, indent=2))
+        self.file(self.LAST).unlink(missing_ok=True)
+        atomic_write(self.file(self.DONE), "")
+
+    def read_report(self) -> dict[str, Any]:
+        return json.loads(self.file(self.REPORT).read_text())
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Load a checkpoint from a run folder or a checkpoint file.
+
+    Raises:
+        GaalError: no checkpoint there, or not a gaal checkpoint.
+    """
+    path = Path(path)
+    file = path / RunFolder.CHECKPOINT if path.is_dir() else path
+    if not file.is_file():
+        raise GaalError("no checkpoint found (expected a run folder or a checkpoint.pt file)", source=str(path))
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a corrupt or foreign file
+        raise GaalError(f"cannot read the checkpoint ({type(err).__name__}: {err})", source=str(file)) from None
+    if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+        raise GaalError("not a gaal checkpoint (expected keys 'model' and 'config')", source=str(file))
+    return state, file
