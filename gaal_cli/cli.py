@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -42,14 +41,14 @@ def user_errors(command):
 @app.command()
 @user_errors
 def train(
-    experiment: Optional[Path] = typer.Argument(None, help="Experiment YAML file (default: built-in quickstart)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset name (synthetic, ...)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder of prepared data."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Training method, e.g. gaal or concat."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Maximum number of epochs."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(
+    experiment: Path | None = typer.Argument(None, help="Experiment YAML file (default: built-in quickstart)."),
+    dataset: str | None = typer.Option(None, "--dataset", "-d", help="Dataset name (synthetic, ...)."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder of prepared data."),
+    method: str | None = typer.Option(None, "--method", "-m", help="Training method, e.g. gaal or concat."),
+    epochs: int | None = typer.Option(None, "--epochs", "-e", help="Maximum number of epochs."),
+    seed: int | None = typer.Option(None, "--seed", "-s", help="Random seed."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    out: Path | None = typer.Option(
         None, "--out", "-o", help="Run folder (default: results/<experiment>/<method>/seed<seed>)."
     ),
     overrides: list[str] = typer.Option([], "--set", help="Override any config key: --set methods.gaal.epsilon=0.1"),
@@ -71,8 +70,9 @@ def train(
     config = load_config(experiment, overrides, flags)
     run_dir = out or Path("results") / config.name / config.method / f"seed{config.seed}"
     report = run_training(config, run_dir, show_progress=not quiet)
-    stdout.print(metrics_table(f"{config.method} on {config.data.name} (best epoch {report['best_epoch']})",
-                               report["metrics"]))
+    stdout.print(
+        metrics_table(f"{config.method} on {config.data.name} (best epoch {report['best_epoch']})", report["metrics"])
+    )
     stdout.print(f"run folder: {run_dir}")
 
 
@@ -81,9 +81,9 @@ def train(
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
-    missing: Optional[str] = typer.Option(None, "--missing", help="Evaluate with 'tabular' (or 'image') absent."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Prepared data folder, if it moved."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    missing: str | None = typer.Option(None, "--missing", help="Evaluate with 'tabular' (or 'image') absent."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Prepared data folder, if it moved."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate a trained run's best checkpoint on one split."""

@@ -63,7 +63,9 @@ def metrics_table(title: str, metrics: Mapping[str, Mapping[str, Mapping[str, fl
     """Rows: split; columns: multi/image/tabular accuracy and macro-F1 (AUROC when binary)."""
     table = Table(title=title)
     table.add_column("split")
-    keys = sorted({k for split in metrics.values() for head in split.values() for k in head}, key=["acc", "f1", "auroc"].index)
+    keys = sorted(
+        {k for split in metrics.values() for head in split.values() for k in head}, key=["acc", "f1", "auroc"].index
+    )
     for head in HEADS:
         for key in keys:
             table.add_column(f"{head} {key}", justify="right")

@@ -38,7 +38,9 @@ def resolve_device(spec: str) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise GaalError(f"'{spec}' is not a device (expected auto, cpu, cuda or cuda:N)", field="train.device") from None
+        raise GaalError(
+            f"'{spec}' is not a device (expected auto, cpu, cuda or cuda:N)", field="train.device"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GaalError("CUDA was asked for but no CUDA device is available", field="train.device")
     return device
@@ -109,7 +111,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
     resolved = config.resolved()
 
     state = run.resumable(resolved)
-    run.start(resolved, resume=state is not None)
+    run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
     start_epoch, best = 1, {"score": -1.0, "epoch": 0, "stale": 0}
     if state is not None:
         method.load_state_dict(state["model"])
@@ -134,7 +136,9 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
                 num_workers=config.data.num_workers,
                 pin_memory=device.type == "cuda",
             )
-            train_stats = train_epoch(method, loader, optimizer, device, config.train.bf16, bar, epoch, epochs)
+            train_stats, per_step = train_epoch(
+                method, loader, optimizer, device, config.train.bf16, bar, epoch, epochs
+            )
             scheduler.step()
             val = evaluate(method, data.val, device, config.data.eval_batch_size, bf16=config.train.bf16)
             score = monitored(val, config.train.monitor)
@@ -153,9 +157,18 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
                 "val": val,
                 "best": improved,
             }
-            run.log_epoch(record, keep_epochs=epoch - 1)
-            run.save(RunFolder.LAST, {**checkpoint(method, config, epoch, score), "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "best": best})
+            run.log_epoch(record)
+            run.log_steps(epoch, per_step)
+            run.save(
+                RunFolder.LAST,
+                {
+                    **checkpoint(method, config, epoch, score),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "best": best,
+                },
+            )
             bar.log(
                 f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {config.train.monitor} acc {score:.4f}"
                 + ("  [green]best" if improved else "")
@@ -198,27 +211,31 @@ def train_epoch(
     bar: EpochProgress,
     epoch: int,
     epochs: int,
-) -> dict[str, float]:
-    """Run one epoch; returns the mean of every statistic the method reports."""
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Run one epoch.
+
+    Returns:
+        The epoch mean of every statistic the method reports, and the per-step values.
+    """
     method.train()
     method.on_epoch_start(epoch)
     bar.start_epoch(epoch, epochs, len(loader))
-    totals: dict[str, torch.Tensor] = {}
+    history: dict[str, list[torch.Tensor]] = {}
     steps = 0
     for step, batch in enumerate(loader, start=1):
         with autocast(device, bf16):
             stats = method.train_step(batch.to(device, non_blocking=True), optimizer)
         for key, value in stats.items():
-            totals[key] = totals.get(key, 0) + value.detach().float()
+            history.setdefault(key, []).append(value.detach().float().reshape(()))
         steps += 1
         if step % LOG_EVERY == 0 or step == len(loader):
-            bar.update(LOG_EVERY if step % LOG_EVERY == 0 else step % LOG_EVERY, _means(totals, steps, ("loss", "acc")))
-    return _means(totals, steps)
-
-
-def _means(totals: dict[str, torch.Tensor], steps: int, keys=None) -> dict[str, float]:
-    keys = keys or totals.keys()
-    return {k: round(float(totals[k]) / steps, 6) for k in keys if k in totals}
+            running = {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}
+            bar.update(LOG_EVERY if step % LOG_EVERY == 0 else step % LOG_EVERY, running)
+    # one host transfer per epoch: per-step values as lists, ready for steps.jsonl
+    columns = {k: torch.stack(v).cpu().tolist() for k, v in history.items()}
+    per_step = [{"step": i + 1, **{k: round(v[i], 6) for k, v in columns.items()}} for i in range(steps)]
+    means = {k: round(sum(v) / len(v), 6) for k, v in columns.items()}
+    return means, per_step
 
 
 @torch.no_grad()
@@ -307,6 +324,8 @@ def evaluate_checkpoint(
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise GaalError(f"the checkpoint does not match the model its config builds ({err})", source=str(file)) from None
+        raise GaalError(
+            f"the checkpoint does not match the model its config builds ({err})", source=str(file)
+        ) from None
     method.to(device)
     return evaluate(method, data.split(split), device, config.data.eval_batch_size, missing=missing), config

@@ -2,13 +2,16 @@
 
     <run>/config.yaml     resolved config (written when training starts)
     <run>/metrics.jsonl   one JSON line per finished epoch
+    <run>/steps.jsonl     one JSON line per training step: the method's diagnostics
+                          (losses, gradient cosines and norms, its own coefficients)
     <run>/checkpoint.pt   best epoch so far (plain dict: model, epoch, score, config)
     <run>/last.pt         latest epoch with optimiser state, for resuming; removed when done
     <run>/report.json     final metrics; present only when the run finished
     <run>/DONE            marker written last; reruns skip a folder that has it
 
-Every file is written to a temporary name and renamed, so a killed run never leaves a
-half-written file behind.
+Single files are written to a temporary name and renamed, so a killed run never leaves a
+half-written one; the .jsonl logs are appended a line at a time and a line cut short by a
+kill is skipped when read.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 class RunFolder:
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"
+    STEPS = "steps.jsonl"
     CHECKPOINT = "checkpoint.pt"
     LAST = "last.pt"
     REPORT = "report.json"
@@ -59,11 +63,23 @@ class RunFolder:
         if existing is not None and not os.access(existing, os.W_OK):
             raise GaalError("is not writable", source=str(existing), field="--out")
 
-    def start(self, config: dict[str, Any], resume: bool) -> None:
-        """Create the folder and write config.yaml; without `resume`, clear an earlier attempt."""
+    def start(self, config: dict[str, Any], resume_epoch: int | None) -> None:
+        """Create the folder and write config.yaml.
+
+        Without `resume_epoch` an earlier attempt is cleared; with it, epoch lines past that
+        epoch (written after the last saved state of an interrupted run) are dropped.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in (self.REPORT, self.DONE) if resume else (self.REPORT, self.DONE, self.METRICS, self.LAST):
-            self.file(name).unlink(missing_ok=True)
+        self.file(self.REPORT).unlink(missing_ok=True)
+        self.file(self.DONE).unlink(missing_ok=True)
+        for name in (self.METRICS, self.STEPS):
+            if resume_epoch is None:
+                self.file(name).unlink(missing_ok=True)
+            else:
+                rows = [r for r in _read_jsonl(self.file(name)) if r["epoch"] <= resume_epoch]
+                atomic_write(self.file(name), "".join(json.dumps(r) + "\n" for r in rows))
+        if resume_epoch is None:
+            self.file(self.LAST).unlink(missing_ok=True)
         atomic_write(self.file(self.CONFIG), yaml.safe_dump(config, sort_keys=False))
 
     def resumable(self, config: dict[str, Any]) -> dict | None:
@@ -74,16 +90,17 @@ class RunFolder:
         state = torch.load(last, map_location="cpu", weights_only=False)
         return state if state.get("config") == config else None
 
-    def log_epoch(self, record: dict[str, Any], keep_epochs: int) -> None:
-        """Append an epoch line, dropping lines past `keep_epochs` left by an interrupted run."""
-        path = self.file(self.METRICS)
-        lines = path.read_text().splitlines()[:keep_epochs] if path.exists() else []
-        lines.append(json.dumps(record))
-        atomic_write(path, "\n".join(lines) + "\n")
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        _append_jsonl(self.file(self.METRICS), [record])
+
+    def log_steps(self, epoch: int, steps: list[dict[str, Any]]) -> None:
+        _append_jsonl(self.file(self.STEPS), [{"epoch": epoch, **row} for row in steps])
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.file(self.METRICS)
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        return _read_jsonl(self.file(self.METRICS))
+
+    def read_steps(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.file(self.STEPS))
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         tmp = self.file(f".{name}.tmp")
@@ -97,6 +114,26 @@ class RunFolder:
 
     def read_report(self) -> dict[str, Any]:
         return json.loads(self.file(self.REPORT).read_text())
+
+
+def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a") as fh:
+        fh.write("".join(json.dumps(row) + "\n" for row in rows))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a line cut short by a killed process is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:

@@ -1,8 +1,7 @@
 import torch
 
 from gaal_cli.config import DataConfig, SyntheticConfig
-from gaal_cli.data import build_data, make_loader
-from gaal_cli.data import synthetic
+from gaal_cli.data import build_data, make_loader, synthetic
 
 
 def small(**kw):

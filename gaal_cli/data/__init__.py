@@ -42,4 +42,13 @@ def _load_builtin() -> None:
         register_dataset("synthetic")(synthetic.build)
 
 
-__all__ = ["Batch", "DataBundle", "TabularSchema", "TensorSplit", "make_loader", "build_data", "register_dataset", "DATASETS"]
+__all__ = [
+    "Batch",
+    "DataBundle",
+    "TabularSchema",
+    "TensorSplit",
+    "make_loader",
+    "build_data",
+    "register_dataset",
+    "DATASETS",
+]

@@ -84,14 +84,10 @@ def _world(num_classes: int, n_continuous: int, n_categorical: int) -> dict:
         "table_id": table_id,
         "image_id": image_id,
         "mean": torch.randn(num_classes, n_continuous, generator=gen),
-        "prototype": torch.stack(
-            [torch.randint(k, (num_classes,), generator=gen) for k in category_sizes], dim=1
-        ),
+        "prototype": torch.stack([torch.randint(k, (num_classes,), generator=gen) for k in category_sizes], dim=1),
         "category_sizes": category_sizes,
         "shape": (classes * 3) % len(SHAPES),
-        "hue": (hue_slot // len(SHAPES)).float() / n_hues + (hue_slot % len(SHAPES)).float() / (
-            len(SHAPES) * n_hues
-        ),
+        "hue": (hue_slot // len(SHAPES)).float() / n_hues + (hue_slot % len(SHAPES)).float() / (len(SHAPES) * n_hues),
     }
 
 
