@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
@@ -24,6 +24,12 @@ class MethodSettings(BaseModel):
     """Base of each method's own settings block (`methods.<name>` in the YAML)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    grad_cosine: bool = Field(
+        False,
+        description="log per-encoder cosines between unimodal and multimodal gradients every step "
+        "(costs extra backward passes; Fig. 1a)",
+    )
 
 
 class Predictions(NamedTuple):
