@@ -57,6 +57,7 @@ def train(
     """Train one run and write config, per-epoch metrics, best checkpoint and report.json."""
     from gaal_cli.config import load_config
     from gaal_cli.display import metrics_table
+    from gaal_cli.distributed import is_main_process
     from gaal_cli.engine import train as run_training
 
     flags = {
@@ -70,6 +71,8 @@ def train(
     config = load_config(experiment, overrides, flags)
     run_dir = out or Path("results") / config.name / config.method / f"seed{config.seed}"
     report = run_training(config, run_dir, show_progress=not quiet)
+    if not is_main_process():
+        return
     stdout.print(
         metrics_table(f"{config.method} on {config.data.name} (best epoch {report['best_epoch']})", report["metrics"])
     )

@@ -83,6 +83,8 @@ class TrainConfig(Section):
     monitor: Literal["multi", "image", "tabular"] = "multi"
     device: str = "auto"
     bf16: bool = False
+    channels_last: bool = True
+    compile: bool = False
     deterministic: bool = True
     threads: int | None = Field(None, ge=1)
 

@@ -11,6 +11,7 @@ import platform
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from gaal_cli.config import Config, TrainConfig
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.data.base import DataBundle, SplitDataset
 from gaal_cli.display import EpochProgress, console
+from gaal_cli.distributed import Comm, attach, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
 from gaal_cli.methods import Method, build_method
 from gaal_cli.metrics import classification_metrics
@@ -89,11 +91,48 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
+@dataclass
+class Session:
+    """Everything a run trains with, built before anything is written to the run folder."""
+
+    config: Config
+    device: torch.device
+    data: DataBundle
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    comm: Comm
+
+
+def setup(config: Config) -> Session:
+    """Device, seeds, data, method and optimiser for `config` (joins torchrun's group if any).
+
+    Raises:
+        GaalError: bad input (unknown dataset, bad data, bad backbone, unavailable device).
+    """
+    comm, device_spec = init_from_environment(config.train.device)
+    check_batch(config.data.batch_size, comm)
+    device = resolve_device(device_spec)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.seed, config.train.deterministic)
+    data = build_data(config.data, config.seed)
+    method = create_method(config, data).to(device)
+    if device.type == "cuda" and config.train.channels_last:
+        method.encoders.image.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(method, config.train)
+    attach(method, optimizer, comm, device)
+    if config.train.compile:
+        method.encoders.image = torch.compile(method.encoders.image)
+        method.encoders.tabular = torch.compile(method.encoders.tabular)
+    return Session(config, device, data, method, optimizer, scheduler, comm)
+
+
 def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
     """Train `config` into the run folder `out_dir` and return its report.
 
     A folder holding an interrupted run of the same config resumes from its last epoch; one
-    holding a finished run is trained again from scratch.
+    holding a finished run is trained again from scratch. Under torchrun only rank 0 writes.
 
     Raises:
         GaalError: bad input found while setting up (nothing is written in that case).
@@ -101,130 +140,129 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
     t_start = time.perf_counter()
     run = RunFolder(out_dir)
     run.check_writable()
-    device = resolve_device(config.train.device)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    seed_everything(config.seed, config.train.deterministic)
-    data = build_data(config.data, config.seed)
-    method = create_method(config, data).to(device)
-    optimizer, scheduler = build_optimizer(method, config.train)
+    s = setup(config)
     resolved = config.resolved()
-
     state = run.resumable(resolved)
-    run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
+    s.comm.barrier()
+    if s.comm.is_main:
+        run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
     start_epoch, best = 1, {"score": -1.0, "epoch": 0, "stale": 0}
     if state is not None:
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        s.method.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         console.print(f"[yellow]resuming {run.path} after epoch {state['epoch']}")
 
-    epochs = config.train.epochs
-    epoch_seconds = []
-    with EpochProgress(show_progress) as bar:
-        for epoch in range(start_epoch, epochs + 1):
-            if best["stale"] >= config.train.patience:
-                break
-            t0 = time.perf_counter()
-            loader = make_loader(
-                data.train,
-                config.data.batch_size,
-                shuffle=True,
-                seed=config.seed * 1000 + epoch,
-                num_workers=config.data.num_workers,
-                pin_memory=device.type == "cuda",
-            )
-            train_stats, per_step = train_epoch(
-                method, loader, optimizer, device, config.train.bf16, bar, epoch, epochs
-            )
-            scheduler.step()
-            val = evaluate(method, data.val, device, config.data.eval_batch_size, bf16=config.train.bf16)
-            score = monitored(val, config.train.monitor)
-            improved = score > best["score"]
-            if improved:
-                best = {"score": score, "epoch": epoch, "stale": 0}
-                run.save(RunFolder.CHECKPOINT, checkpoint(method, config, epoch, score))
-            else:
-                best["stale"] += 1
-            epoch_seconds.append(time.perf_counter() - t0)
-            record = {
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(epoch_seconds[-1], 3),
-                "train": train_stats,
-                "val": val,
-                "best": improved,
-            }
-            run.log_epoch(record)
-            run.log_steps(epoch, per_step)
-            run.save(
-                RunFolder.LAST,
-                {
-                    **checkpoint(method, config, epoch, score),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "best": best,
-                },
-            )
-            bar.log(
-                f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {config.train.monitor} acc {score:.4f}"
-                + ("  [green]best" if improved else "")
-            )
-
-    best_state = torch.load(run.file(RunFolder.CHECKPOINT), map_location=device, weights_only=False)
-    method.load_state_dict(best_state["model"])
+    epoch_seconds = fit(s, run, start_epoch, best, show_progress and s.comm.is_main)
+    s.comm.barrier()
+    best_state = torch.load(run.file(RunFolder.CHECKPOINT), map_location=s.device, weights_only=False)
+    s.method.load_state_dict(best_state["model"])
     t_test = time.perf_counter()
-    metrics = {
-        split: evaluate(method, data.split(split), device, config.data.eval_batch_size, bf16=config.train.bf16)
-        for split in ("val", "test")
-    }
+    metrics = {split: evaluate_session(s, split) for split in ("val", "test")}
     report = {
         "experiment": config.name,
         "method": config.method,
         "dataset": config.data.name,
         "seed": config.seed,
         "metrics": metrics,
-        "best_epoch": best["epoch"],
+        "best_epoch": best_state["epoch"],
         "epochs_run": len(run.read_metrics()),
         "timings": {
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
             "eval_seconds": round(time.perf_counter() - t_test, 3),
         },
-        "data": {"classes": data.num_classes, **data.info},
-        "device": str(device),
+        "data": {"classes": s.data.num_classes, **s.data.info},
+        "device": str(s.device),
+        "world_size": s.comm.world_size,
         "versions": versions(),
     }
-    run.finish(report)
+    if s.comm.is_main:
+        run.finish(report)
     return report
 
 
-def train_epoch(
-    method: Method,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    bf16: bool,
-    bar: EpochProgress,
-    epoch: int,
-    epochs: int,
-) -> tuple[dict[str, float], list[dict[str, float]]]:
+def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show_progress: bool) -> list[float]:
+    """The epoch loop: train, validate, keep the best checkpoint, stop early. Returns epoch times."""
+    cfg = s.config
+    epoch_seconds = []
+    with EpochProgress(show_progress) as bar:
+        for epoch in range(start_epoch, cfg.train.epochs + 1):
+            if best["stale"] >= cfg.train.patience:
+                break
+            t0 = time.perf_counter()
+            loader = make_loader(
+                s.data.train,
+                cfg.data.batch_size,
+                shuffle=True,
+                seed=cfg.seed * 1000 + epoch,
+                num_workers=cfg.data.num_workers,
+                pin_memory=s.device.type == "cuda",
+                shard=(s.comm.rank, s.comm.world_size),
+            )
+            train_stats, per_step = train_epoch(s, loader, bar, epoch)
+            s.scheduler.step()
+            val = evaluate_session(s, "val")
+            score = monitored(val, cfg.train.monitor)
+            improved = score > best["score"]
+            best.update({"score": score, "epoch": epoch, "stale": 0} if improved else {"stale": best["stale"] + 1})
+            epoch_seconds.append(time.perf_counter() - t0)
+            if s.comm.is_main:
+                save_epoch(s, run, epoch, score, improved, best, train_stats, per_step, val, epoch_seconds[-1])
+            bar.log(
+                f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {cfg.train.monitor} acc {score:.4f}"
+                + ("  [green]best" if improved else "")
+            )
+    return epoch_seconds
+
+
+def save_epoch(s: Session, run: RunFolder, epoch, score, improved, best, train_stats, per_step, val, seconds) -> None:
+    """Write the epoch's log lines and checkpoints (best, and last for resuming)."""
+    if improved:
+        run.save(RunFolder.CHECKPOINT, checkpoint(s.method, s.config, epoch, score))
+    record = {
+        "epoch": epoch,
+        "lr": s.optimizer.param_groups[0]["lr"],
+        "seconds": round(seconds, 3),
+        "train": train_stats,
+        "val": val,
+        "best": improved,
+    }
+    run.log_epoch(record)
+    run.log_steps(epoch, per_step)
+    resume = {
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "best": dict(best),
+    }
+    run.save(RunFolder.LAST, {**checkpoint(s.method, s.config, epoch, score), **resume})
+
+
+def evaluate_session(s: Session, split: str) -> dict[str, dict[str, float]]:
+    return evaluate(s.method, s.data.split(split), s.device, s.config.data.eval_batch_size, bf16=s.config.train.bf16)
+
+
+def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Run one epoch.
 
     Returns:
         The epoch mean of every statistic the method reports, and the per-step values.
     """
+    method = s.method
     method.train()
     method.on_epoch_start(epoch)
-    bar.start_epoch(epoch, epochs, len(loader))
+    bar.start_epoch(epoch, s.config.train.epochs, len(loader))
     history: dict[str, list[torch.Tensor]] = {}
     steps = 0
     for step, batch in enumerate(loader, start=1):
-        with autocast(device, bf16):
-            stats = method.train_step(batch.to(device, non_blocking=True), optimizer)
+        batch = batch.to(s.device, non_blocking=True)
+        if s.device.type == "cuda" and s.config.train.channels_last:
+            batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
+        with autocast(s.device, s.config.train.bf16):
+            stats = method.train_step(batch, s.optimizer)
         for key, value in stats.items():
             history.setdefault(key, []).append(value.detach().float().reshape(()))
         steps += 1

@@ -68,12 +68,16 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-def top_uncertain(logits: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Indices of the ceil(fraction * B) samples with the highest entropy (eq. 7)."""
+def n_selected(batch_size: int, fraction: float) -> int:
+    """How many samples top-lambda keeps: ceil(fraction * B), at least one."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    k = max(1, math.ceil(round(fraction * len(logits), 6)))
-    return torch.topk(entropy(logits), k).indices
+    return max(1, math.ceil(round(fraction * batch_size, 6)))
+
+
+def top_uncertain(logits: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the ceil(fraction * B) samples with the highest entropy (eq. 7)."""
+    return torch.topk(entropy(logits), n_selected(len(logits), fraction)).indices
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

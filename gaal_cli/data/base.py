@@ -90,6 +90,21 @@ class TensorSplit:
         return Batch(self.images[idx].float().div_(255.0), self.tabular[idx], self.labels[idx])
 
 
+class ShardedBatchSampler:
+    """This rank's contiguous slice of every global batch (rank r of w takes rows r*B/w..)."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world_size: int):
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for rows in self.batches:
+            per_rank = len(rows) // self.world_size
+            yield rows[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+
 def make_loader(
     split: SplitDataset,
     batch_size: int,
@@ -98,13 +113,23 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
-    """Batches of a split; shuffled reproducibly from `seed`. Never drops the last batch."""
+    """Batches of a split, shuffled reproducibly from `seed`.
+
+    Evaluation keeps every row. Training drops a last batch of a single row (BatchNorm cannot
+    train on it) and, when sharded over `shard = (rank, world_size)` processes, any last batch
+    that does not split evenly, so every rank's loss is a mean over the same number of rows.
+    """
     generator = torch.Generator().manual_seed(seed)
     order = RandomSampler(split, generator=generator) if shuffle else SequentialSampler(split)
+    rank, world_size = shard
+    remainder = len(split) % batch_size
+    drop_last = shuffle and (remainder == 1 or (world_size > 1 and remainder % world_size != 0))
+    batches = BatchSampler(order, batch_size, drop_last=drop_last)
     return DataLoader(
         split,
-        sampler=BatchSampler(order, batch_size, drop_last=False),
+        sampler=batches if world_size == 1 else ShardedBatchSampler(batches, rank, world_size),
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,

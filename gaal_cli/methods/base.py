@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
+from gaal_cli.distributed import Comm
 from gaal_cli.models.encoders import Encoders
 
 
@@ -45,6 +46,8 @@ class Method(nn.Module):
 
     #: which modalities the method uses ("image", "tabular"); unimodal methods use one.
     modalities: tuple[str, ...] = ("image", "tabular")
+    #: collectives for data-parallel runs; set by the engine (see gaal_cli/distributed.py)
+    comm: Comm = Comm()
 
     def __init__(self, encoders: Encoders, num_classes: int, settings: MethodSettings):
         super().__init__()

@@ -100,6 +100,8 @@ class Gaal(Method):
         logits = self.head(u)
         loss = cross_entropy(logits, labels)
         loss.backward()
+        # data-parallel: the surgery must act on the global gradient (no-op in one process)
+        self.comm.average_grads(p for p in self.parameters() if p.grad is not None)
         params = list(self.head.parameters())
         g = surgery.flatten(p.grad for p in params)
         g_p = self.guidance(u_other, labels, fraction)
@@ -118,9 +120,19 @@ class Gaal(Method):
     def guidance(self, u_other: torch.Tensor, labels: torch.Tensor, fraction: float) -> torch.Tensor:
         """g_p: head gradient of the mean CE over the other modality's most uncertain samples."""
         logits = self.head(u_other)
-        rows = surgery.top_uncertain(logits.detach(), fraction)
-        loss = cross_entropy(logits[rows], labels[rows])
-        return surgery.flatten(torch.autograd.grad(loss, list(self.head.parameters())))
+        params = list(self.head.parameters())
+        if self.comm.world_size == 1:
+            rows = surgery.top_uncertain(logits.detach(), fraction)
+            return surgery.flatten(torch.autograd.grad(cross_entropy(logits[rows], labels[rows]), params))
+        # data-parallel: rank the global batch by entropy, sum each rank's share of the
+        # selected samples' CE and divide by the global count, so g_p is the same as in one
+        # process on the combined batch
+        everyone = self.comm.all_gather(surgery.entropy(logits.detach()))
+        k = surgery.n_selected(len(everyone), fraction)
+        threshold = torch.topk(everyone, k).values[-1]
+        rows = surgery.entropy(logits.detach()) >= threshold
+        loss = nn.functional.cross_entropy(logits[rows].float(), labels[rows], reduction="sum") / k
+        return self.comm.sum(surgery.flatten(torch.autograd.grad(loss, params)))
 
     def weight(self, g: torch.Tensor, g_p: torch.Tensor) -> torch.Tensor:
         if self.settings.projection == "gem":
