@@ -209,8 +209,16 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
             improved = score > best["score"]
             best.update({"score": score, "epoch": epoch, "stale": 0} if improved else {"stale": best["stale"] + 1})
             epoch_seconds.append(time.perf_counter() - t0)
+            record = {
+                "epoch": epoch,
+                "lr": s.optimizer.param_groups[0]["lr"],
+                "seconds": round(epoch_seconds[-1], 3),
+                "train": train_stats,
+                "val": val,
+                "best": improved,
+            }
             if s.comm.is_main:
-                save_epoch(s, run, epoch, score, improved, best, train_stats, per_step, val, epoch_seconds[-1])
+                save_epoch(s, run, record, per_step, score, best)
             bar.log(
                 f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {cfg.train.monitor} acc {score:.4f}"
                 + ("  [green]best" if improved else "")
@@ -218,18 +226,11 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
     return epoch_seconds
 
 
-def save_epoch(s: Session, run: RunFolder, epoch, score, improved, best, train_stats, per_step, val, seconds) -> None:
-    """Write the epoch's log lines and checkpoints (best, and last for resuming)."""
-    if improved:
+def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], score: float, best: dict) -> None:
+    """Write the epoch's log lines and checkpoints (the best one, and the last for resuming)."""
+    epoch = record["epoch"]
+    if record["best"]:
         run.save(RunFolder.CHECKPOINT, checkpoint(s.method, s.config, epoch, score))
-    record = {
-        "epoch": epoch,
-        "lr": s.optimizer.param_groups[0]["lr"],
-        "seconds": round(seconds, 3),
-        "train": train_stats,
-        "val": val,
-        "best": improved,
-    }
     run.log_epoch(record)
     run.log_steps(epoch, per_step)
     resume = {

@@ -101,7 +101,12 @@ def test_interrupted_run_leaves_no_report_and_resumes(tmp_path, tiny, monkeypatc
     assert result.exit_code == 0, result.output
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
-    assert (out / "report.json").exists()
+    resumed = json.loads((out / "report.json").read_text())["metrics"]
+
+    fresh = tmp_path / "fresh"
+    result = runner.invoke(app, ["train", "--out", str(fresh), "-q", *sets(tiny)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((fresh / "report.json").read_text())["metrics"] == resumed
 
 
 def test_help_lists_commands():
