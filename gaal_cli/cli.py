@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def list_methods() -> None:
 
     for name, spec in sorted(METHODS.items()):
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
-        doc = (spec.cls.__module__ and __import__(spec.cls.__module__, fromlist=["_"]).__doc__ or "").strip()
+        doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
         stdout.print(f"[bold]{name}[/]  {doc.splitlines()[0] if doc else ''}")
         if fields:
             stdout.print(f"    {fields}", highlight=False)
