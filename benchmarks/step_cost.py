@@ -89,9 +89,15 @@ def main() -> None:
     results = time_interleaved(steps, args.repeats)
 
     base = results["concat"]
-    print(f"backbone {args.backbone}, images {args.image_size}px, batch {args.batch}, threads {torch.get_num_threads()}")
+    print(
+        f"backbone {args.backbone}, images {args.image_size}px, batch {args.batch}, threads {torch.get_num_threads()}"
+    )
     print(f"{'step':<28}{'median s':>10}{'x concat':>10}")
-    labels = {"concat": "concat (joint training)", "gaal": "gaal (this code)", "official": "gaal, official step pattern"}
+    labels = {
+        "concat": "concat (joint training)",
+        "gaal": "gaal (this code)",
+        "official": "gaal, official step pattern",
+    }
     for name, seconds in results.items():
         print(f"{labels[name]:<28}{seconds:>10.4f}{seconds / base:>10.2f}")
 
