@@ -67,9 +67,7 @@ def test_predict_shapes_and_missing_modalities(name, tiny):
     c = data.num_classes
     uses = method.modalities
     with torch.no_grad():
-        full = method.predict(
-            batch.image if "image" in uses else None, batch.tabular if "tabular" in uses else None
-        )
+        full = method.predict(batch.image if "image" in uses else None, batch.tabular if "tabular" in uses else None)
         assert full.multi is not None and full.multi.shape == (8, c)
         for head in (full.image, full.tabular):
             assert head is None or head.shape == (8, c)

@@ -44,15 +44,11 @@ def encoder_grad_norms(encoders, modalities: Sequence[str] = ("image", "tabular"
     return {f"gnorm_{m}": grad_norm(list(getattr(encoders, m).parameters())) for m in modalities}
 
 
-def encoder_cosines(
-    unimodal: dict[str, torch.Tensor], fused: torch.Tensor, encoders
-) -> dict[str, torch.Tensor]:
+def encoder_cosines(unimodal: dict[str, torch.Tensor], fused: torch.Tensor, encoders) -> dict[str, torch.Tensor]:
     """`cos_<modality>`: per encoder, cosine between its unimodal-loss and fused-loss gradients.
 
     Args:
         unimodal: modality -> that modality's own loss (a head slice or its own head).
         fused: the multimodal loss.
     """
-    return {
-        f"cos_{m}": grad_cosine(loss, fused, encoder_params(encoders, m)) for m, loss in unimodal.items()
-    }
+    return {f"cos_{m}": grad_cosine(loss, fused, encoder_params(encoders, m)) for m, loss in unimodal.items()}
