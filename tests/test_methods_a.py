@@ -155,6 +155,9 @@ def test_mla_projection_update_by_hand():
     r = torch.tensor([[1.0, 2.0]])
     P = projection_update(torch.eye(2), r, alpha=0.5)  # k = r^T, r k = 5
     assert torch.allclose(P, torch.eye(2) - r.T @ r / 5.5)
+    r = torch.tensor([[1.0, 1.0]])  # k = r^T: scalar r k = 2, official outer k r = all ones
+    assert torch.allclose(projection_update(torch.eye(2), r, 0.1), torch.eye(2) - torch.ones(2, 2) / 2.1)
+    assert torch.allclose(projection_update(torch.eye(2), r, 0.1, outer=True), torch.eye(2) - torch.ones(2, 2) / 1.1)
     assert mla_alpha(0, 10) == approx(0.1) and mla_alpha(5, 10) == approx(0.1**1.5)
     assert mla_alpha(3, None) == approx(0.1)
 

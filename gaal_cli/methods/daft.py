@@ -5,20 +5,20 @@ map F (B x C x H x W) entering the conditioned block:
 
     z = GAP(F) ⊕ x_tab,   [a, b] = W_2 ReLU(W_1 z),   F' = a ⊙ F + b        (per channel)
 
-with W_1: (C + n_tab) -> bottleneck, bottleneck = (C + n_tab) / `bottleneck_factor` (7 in the
-paper and code), W_2: bottleneck -> 2C, both without bias, and the scale taken as is
-(`scale_activation: linear`, the official default). x_tab is the raw table, continuous values
-and one-hot categories, as DAFT feeds its tabular data; the tabular MLP encoder is not part of
-the model and is frozen.
+with W_1: (C + n_tab) -> bottleneck, bottleneck = int((C + n_tab) / `bottleneck_factor`) (7.0,
+the official default; at least 1 here), W_2: bottleneck -> 2C, both without bias, and the
+scale taken as is (`scale_activation: linear`, the official default). x_tab is the raw table,
+continuous values and one-hot categories, as DAFT feeds its tabular data; the tabular MLP
+encoder is not part of the model and is frozen.
 
 Where: DAFT's network is four residual blocks and the DAFT block is the last one, with the
 transform applied to that block's input, before both the residual branch and the shortcut
-(location 0 of the official DAFTBlock). Its last block is also its last stage (stride 2,
-downsampling shortcut). Here F is the input of the last stage of a timm backbone (timm's
-`feature_info[-1]`, e.g. `layer4` of a ResNet), modulated by a forward pre-hook on that stage:
-the same place relative to the stage, but in a ResNet50 that stage holds three bottleneck
-blocks after the transform rather than DAFT's single block. After the backbone's pooling and
-the encoder's projection, one linear head gives the logits (DAFT: GAP -> FC).
+(location 0, the official `--film_location` default). That block is also DAFT's last stage
+(stride 2, downsampling shortcut). Here F is the input of the last stage of a timm backbone
+(timm's `feature_info[-1]`, e.g. `layer4` of a ResNet), modulated by a forward pre-hook on
+that stage: the same place relative to the stage, but in a ResNet50 that stage holds three
+bottleneck blocks after the transform rather than DAFT's single block. After the backbone's
+pooling and the encoder's projection, one linear head gives the logits (DAFT: GAP -> FC).
 
 Predictions: DAFT fuses inside the network and has no unimodal heads, so `image` and
 `tabular` are None (Table I leaves them empty), and `multi` needs both modalities.

@@ -20,8 +20,11 @@ the length of the previous epoch (during the first epoch α is then 0.1, the ste
 
 Official-code deviations: its parameter-name check (`n == "weight"` on dotted names) never
 matches, so the projection never runs there; here it runs, and `projection: false` gives the
-official code's effective behaviour (plain alternating training). `normalize_projection: true`
-divides P by its Frobenius norm after each update, as the official plug-in does.
+official code's effective behaviour (plain alternating training). Two more differences of the
+official plug-in (its GSPlugin.before_update), each an option: `normalize_projection: true`
+divides P by its Frobenius norm after each update; `outer_denominator: true` divides k kᵀ
+element-wise by α + k r, the d x d outer product its `torch.mm(k, r)` computes, instead of
+the scalar α + r k of the paper.
 
 Inference (eq. 9): the average of the two logits (default), or `inference: entropy`, weights
 ∝ exp(−H(softmax(ψ(u_m)))) per sample (the paper's test-time uncertainty-based fusion).
@@ -53,14 +56,18 @@ class MlaSettings(MethodSettings):
     projection: bool = Field(True, description="project the head gradient (the official code never does)")
     steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch for α; None: previous epoch's")
     normalize_projection: bool = Field(False, description="official plug-in: divide P by its Frobenius norm")
+    outer_denominator: bool = Field(False, description="official plug-in: divide by α + k r (outer product)")
     inference: Literal["average", "entropy"] = "average"
     order: Literal["image_first", "tabular_first"] = "image_first"
 
 
-def projection_update(P: torch.Tensor, r: torch.Tensor, alpha: float) -> torch.Tensor:
-    """P − k kᵀ / (α + r k) with k = P rᵀ, for P (d x d) and r (1 x d)."""
+def projection_update(P: torch.Tensor, r: torch.Tensor, alpha: float, outer: bool = False) -> torch.Tensor:
+    """P − k kᵀ / (α + r k) with k = P rᵀ, for P (d x d) and r (1 x d).
+
+    With `outer`, the denominator is the d x d matrix α + k r (element-wise), as the official code.
+    """
     k = P @ r.T
-    return P - (k @ k.T) / (alpha + r @ k)
+    return P - (k @ k.T) / (alpha + (k @ r if outer else r @ k))
 
 
 def mla_alpha(step: int, steps_per_epoch: int | None) -> float:
@@ -122,7 +129,7 @@ class Mla(Method):
 
     @torch.no_grad()
     def project(self, u: torch.Tensor, alpha: float) -> None:
-        P = projection_update(self.P, u.float().mean(0, keepdim=True), alpha)
+        P = projection_update(self.P, u.float().mean(0, keepdim=True), alpha, self.settings.outer_denominator)
         if self.settings.normalize_projection:
             P = P / torch.linalg.matrix_norm(P)
         self.P.copy_(P)
