@@ -18,7 +18,7 @@ EXPECTED = {
     "ogm_ge": ({"multi", "image", "tabular"}, "coef_k_tabular"),
     "mmpareto": ({"multi", "image", "tabular"}, "w_mm_image"),
     "mla": ({"multi", "image", "tabular"}, "alpha"),
-    "di_mml": ({"multi", "image", "tabular"}, "loss_dim"),
+    "di_mml": ({"multi", "image", "tabular"}, "loss_duc"),
 }
 
 
@@ -26,7 +26,8 @@ EXPECTED = {
 def test_cli_train_each_method(name, tmp_path, tiny):
     out = tmp_path / name
     args = ["train", "-m", name, "--out", str(out), "-q"]
-    args += [a for o in [*tiny, "data.synthetic.n_train=64", "methods.di_mml.stage2_epoch=2"] for a in ("--set", o)]
+    extra = ["data.synthetic.n_train=64", "methods.di_mml.stage2_epoch=2", "methods.di_mml.contrast_start_epoch=3"]
+    args += [a for o in [*tiny, *extra] for a in ("--set", o)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.engine import create_method
-from gaal_cli.methods.di_mml import certainty_gate, dimension_contrastive, gated_log_probs
+from gaal_cli.methods.di_mml import (
+    certainty_gate,
+    effective_only,
+    gated_logits,
+    nearest_centroid_hits,
+    unidirectional_contrastive,
+)
 from gaal_cli.methods.mla import mla_alpha, projection_update
 from gaal_cli.methods.mmpareto import combine, min_norm_weight, pareto_weight
 from gaal_cli.methods.ogm_ge import modulate, ogm_coefficients
@@ -199,30 +205,51 @@ def test_di_mml_certainty_gate_by_hand():
     w = certainty_gate([a, b], temperature=1.0)
     expected = torch.softmax(torch.tensor([[0.8, 0.5]]), 1)
     assert torch.allclose(w, expected)
-    mix = expected[0, 0] * torch.tensor([0.8, 0.2]) + expected[0, 1] * torch.tensor([0.5, 0.5])
-    assert torch.allclose(gated_log_probs([a, b], 1.0).exp()[0], mix, atol=1e-6)
+    assert torch.allclose(gated_logits([a, b], 1.0), expected[:, :1] * a + expected[:, 1:] * b)
     sharp = certainty_gate([a, b], temperature=0.01)
     assert float(sharp[0, 0]) > 0.99  # a low T2 picks the most certain prediction
 
 
-def test_di_mml_dimension_term_is_unidirectional_per_dimension():
+def test_di_mml_nearest_centroid_hits_and_effective_dimensions_by_hand():
+    centroids = torch.tensor([[0.0, 0.0], [1.0, 10.0], [float("inf"), float("inf")]])  # class 2 absent
+    u = torch.tensor([[0.2, 6.0], [0.9, 4.0], [0.4, 9.0]])
+    labels = torch.tensor([0, 1, 1])
+    # dim 0: nearest classes 0, 1, 0 -> hits 2; dim 1: nearest 1, 0, 1 -> hits 1
+    assert nearest_centroid_hits(u, labels, centroids).tolist() == [2, 1]
+    hits = {"image": torch.tensor([5, 1, 5, 1]), "tabular": torch.tensor([5, 5, 1, 1])}
+    only = effective_only(hits)
+    assert only["image"].tolist() == [False, False, True, False]
+    assert only["tabular"].tolist() == [False, True, False, False]
+
+
+def test_di_mml_contrastive_term_is_unidirectional_on_its_dimensions():
     torch.manual_seed(0)
-    u_i = torch.randn(16, 4, requires_grad=True)
-    u_t = torch.randn(16, 4, requires_grad=True)
-    labels = torch.zeros(16, dtype=torch.long)
-    weight = torch.tensor([[1.0, -1.0, 1.0, -1.0]])  # sign decides who contributes more to class 0
-    with torch.no_grad():
-        u_t[:, 0] += 5.0  # tabular teaches on dimension 0
-        u_i[:, 2] += 5.0  # image teaches on dimension 2
-    loss, frac = dimension_contrastive(u_i, u_t, weight, labels, 0.5)
-    gi, gt = torch.autograd.grad(loss, [u_i, u_t])
-    teaches = (weight[0] * u_t.detach()).mean(0) > (weight[0] * u_i.detach()).mean(0)
-    assert bool(teaches[0]) and not bool(teaches[2])
-    assert float(frac) == float(teaches.float().mean())
-    for j in range(4):  # the teacher's column of dimension j receives no gradient
-        teacher_grad = gt[:, j] if teaches[j] else gi[:, j]
-        student_grad = gi[:, j] if teaches[j] else gt[:, j]
-        assert torch.all(teacher_grad == 0) and student_grad.abs().sum() > 0
+    student = torch.randn(6, 4, requires_grad=True)
+    teacher = torch.randn(6, 4, requires_grad=True)
+    dims = torch.tensor([True, False, True, False])
+    loss = unidirectional_contrastive(student, teacher, dims, temperature=1.0)
+    s, t = student.detach()[:, dims], teacher.detach()[:, dims]
+    assert float(loss) == approx(float(F.cross_entropy(s @ t.T, torch.arange(6))))
+    gs, gt = torch.autograd.grad(loss, [student, teacher], allow_unused=True)
+    assert gt is None or torch.all(gt == 0)  # the teacher is detached
+    assert torch.all(gs[:, ~dims] == 0) and gs[:, dims].abs().sum() > 0
+    assert float(unidirectional_contrastive(student, teacher, torch.zeros(4, dtype=torch.bool), 1.0)) == 0.0
+
+
+def test_di_mml_finds_its_dimensions_from_the_two_epochs_before_the_contrast_starts(tiny):
+    method, batch = setup(tiny, "di_mml", "methods.di_mml.contrast_start_epoch=3")
+    method.train()
+    opt = GradRecorder(method)
+    for epoch in (1, 2):
+        method.on_epoch_start(epoch)
+        stats = method.train_step(batch, opt)
+        assert float(stats["loss_duc"]) == 0.0 and not method.dims_ready
+    method.on_epoch_start(3)
+    assert method.dims_ready
+    assert not bool((method.image_only & method.tabular_only).any())
+    stats = method.train_step(batch, opt)
+    if bool(method.image_only.any() or method.tabular_only.any()):
+        assert float(stats["loss_duc"]) > 0
 
 
 def test_di_mml_stage2_trains_only_the_fusion_head_and_gates_it_in(tiny):
@@ -244,11 +271,10 @@ def test_di_mml_stage2_trains_only_the_fusion_head_and_gates_it_in(tiny):
     method.eval()
     with torch.no_grad():
         after = method.predict(batch.image, batch.tabular)
-        fusion = method.fusion(
-            torch.cat([method.encoders.image(batch.image), method.encoders.tabular(batch.tabular)], 1)
-        )
+        u = torch.cat([method.encoders.image(batch.image), method.encoders.tabular(batch.tabular)], 1)
+        fusion = method.fusion(u)
     assert torch.equal(before.image, after.image) and not torch.allclose(before.multi, after.multi)
-    assert torch.allclose(after.multi, gated_log_probs([after.image, after.tabular, fusion], 1.0), atol=1e-6)
+    assert torch.allclose(after.multi, gated_logits([after.image, after.tabular, fusion], 1.0), atol=1e-6)
 
 
 # ---------------------------------------------------------------- DAFT, MF, unimodal
