@@ -3,20 +3,22 @@
 Concatenation fusion as in CF: one linear head on [u_I, u_T], trained with the fused
 cross-entropy; per-modality logits are the head slices W[:, m] u_m + b/2. Per step:
 
-    s_m   = Σ_i softmax(W[:, m] u_m,i + b/2)[y_i]                      (eq. 6)
-    ρ_I   = s_I / s_T,  ρ_T = 1 / ρ_I                                  (eq. 7)
-    k_m   = 1 − tanh(α · ρ_m)  if ρ_m > 1, else 1                      (eq. 8)
-    g̃(θ_m) = k_m · g(θ_m) + h,  h ~ N(0, std(g(θ_m))²)   (GE, eq. 10; only with `ge`)
+    s_m   = Σ_i softmax(W[:, m] u_m,i + b/2)[y_i]          (discrepancy scores)
+    ρ_I   = s_I / s_T,  ρ_T = 1 / ρ_I
+    k_m   = 1 − tanh(α · ρ_m)  if ρ_m > 1, else 1          (eq. 10, as the official code cites it)
+    g̃(θ_m) = k_m · g(θ_m) + h,  h ~ N(0, std(g(θ_m))²)    (GE; only with `ge`)
 
 so only the dominant modality's encoder gradient is slowed; GE adds, to every modulated
-tensor of both encoders (Algorithm 1 loops over both modalities), Gaussian noise with the
-standard deviation of that tensor's gradient. Modulation and noise act only in epochs
+tensor of both encoders (as the official update does), Gaussian noise with the standard
+deviation of that tensor's gradient before scaling. Modulation and noise act only in epochs
 `modulation_start`..`modulation_end` (inclusive); outside, the step is plain CF.
 
-Defaults: α = 0.1, the low end of the official code's 0.1-0.8 (α is tuned per dataset in the
-paper). Official-code deviation, as an option: `conv_only: true` modulates only 4-D
-(convolution kernel) gradients, as the official loop does; on the tabular MLP that means no
-modulation at all. The paper modulates all encoder parameters (the default here).
+Defaults: the official README's "default modulation setting" (α = 0.1, an earlier revision
+said 0.5; the code itself requires α on the command line; α is tuned per dataset), modulation
+in epochs 0-50 counted from 0, i.e. 1-51 here. Official-code deviation, as an option:
+`conv_only: true` modulates only 4-D (convolution kernel) gradients, as the official loop
+does; on the tabular MLP that means no modulation at all. The paper states the rule for an
+encoder's parameters θ_m as a whole, the default here.
 
 Logs `coef_k_image`, `coef_k_tabular`, `rho` (= ρ_I), gradient norms after modulation and,
 with `grad_cosine`, the per-encoder cosines of the slice and fused losses (as CF).
@@ -37,7 +39,7 @@ class OgmGeSettings(ConcatSettings):
     alpha: float = Field(0.1, gt=0, description="modulation strength α of eq. 8")
     ge: bool = Field(True, description="generalization enhancement: Gaussian noise on modulated gradients")
     modulation_start: int = Field(1, ge=1, description="first epoch with modulation")
-    modulation_end: int = Field(50, ge=1, description="last epoch with modulation")
+    modulation_end: int = Field(51, ge=1, description="last epoch with modulation")
     conv_only: bool = Field(False, description="official code: modulate 4-D conv kernels only (paper: all)")
 
 
