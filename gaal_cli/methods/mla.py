@@ -3,7 +3,7 @@
 Two encoders and ONE shared linear head ψ (like GAAL). Per batch the modalities take turns
 (image, then tabular): L_m = CE(ψ(u_m), y), backward through encoder m and the head, then the
 head's weight gradient is projected so that learning modality m interferes less with what the
-head learned before (orthogonal weight modification, eq. 5-7):
+head learned before (an orthogonal-weight-modification projection):
 
     r = mean over the batch of u_m (1 x d),   k = P rᵀ,
     P ← P − k kᵀ / (α + r k),                 α = 0.1^(1 + step / steps_per_epoch),
@@ -26,7 +26,7 @@ divides P by its Frobenius norm after each update; `outer_denominator: true` div
 element-wise by α + k r, the d x d outer product its `torch.mm(k, r)` computes, instead of
 the scalar α + r k of the paper.
 
-Inference (eq. 9): the average of the two logits (default), or `inference: entropy`, weights
+Inference: the average of the two logits (default), or `inference: entropy`, weights
 ∝ exp(−H(softmax(ψ(u_m)))) per sample (the paper's test-time uncertainty-based fusion).
 """
 

@@ -36,7 +36,7 @@ from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms
 
 
 class OgmGeSettings(ConcatSettings):
-    alpha: float = Field(0.1, gt=0, description="modulation strength α of eq. 8")
+    alpha: float = Field(0.1, gt=0, description="modulation strength α of eq. 10")
     ge: bool = Field(True, description="generalization enhancement: Gaussian noise on modulated gradients")
     modulation_start: int = Field(1, ge=1, description="first epoch with modulation")
     modulation_end: int = Field(51, ge=1, description="last epoch with modulation")
@@ -46,7 +46,7 @@ class OgmGeSettings(ConcatSettings):
 def ogm_coefficients(
     logits_image: torch.Tensor, logits_tabular: torch.Tensor, labels: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(k_I, k_T, ρ_I) of eq. 6-8 from the per-modality logits; 0-d tensors, no host sync."""
+    """(k_I, k_T, ρ_I) from the per-modality logits; 0-d tensors, no host sync."""
     score_i = torch.softmax(logits_image.float(), -1).gather(1, labels[:, None]).sum()
     score_t = torch.softmax(logits_tabular.float(), -1).gather(1, labels[:, None]).sum()
     rho = score_i / score_t
