@@ -20,6 +20,9 @@ defaults (`up_only`, γ = 1.5) are the official code's, because the exact equati
 paper could not be checked here (no copy of the paper offline): treat them as such.
 When the gradients agree (weights 1/2), new equals the summed gradient and s = 1.
 
+Optimiser: the official code uses SGD (momentum 0.9); under Adam the magnitude part of the rule
+(rescaling, γ) is largely normalised away, so use `train.optimizer=sgd` for the official setting.
+
 Predictions: fused head, and each modality's own head for the Image / Tabular columns.
 Logs `cos_image`, `cos_tabular` (the method computes them anyway), `w_mm_image`,
 `w_mm_tabular` and the encoder gradient norms after the rule.

@@ -20,6 +20,10 @@ in epochs 0-50 counted from 0, i.e. 1-51 here. Official-code deviation, as an op
 does; on the tabular MLP that means no modulation at all. The paper states the rule for an
 encoder's parameters θ_m as a whole, the default here.
 
+Optimiser: the official code uses SGD (momentum 0.9). Adam (the engine's default) divides
+each gradient by a running estimate of its own scale, which largely cancels a per-step factor
+k; set `train.optimizer=sgd` to compare under the official optimiser.
+
 Logs `coef_k_image`, `coef_k_tabular`, `rho` (= ρ_I), gradient norms after modulation and,
 with `grad_cosine`, the per-encoder cosines of the slice and fused losses (as CF).
 """
