@@ -82,3 +82,19 @@ def test_predict_shapes_and_missing_modalities(name, tiny):
                 assert p.multi is None or p.multi.shape == (8, c)
                 if getattr(full, kept) is not None:
                     assert torch.allclose(getattr(p, kept), getattr(full, kept))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_grad_cosine_diagnostics_are_cosines(name, tiny):
+    config = load_config(overrides=[*tiny, f"method={name}", f"methods.{name}.grad_cosine=true"])
+    torch.manual_seed(0)
+    data = build_data(config.data, 0)
+    method = create_method(config, data)
+    optimizer, _ = build_optimizer(method, config.train)
+    method.train()
+    method.on_epoch_start(1)
+    stats = method.train_step(next(iter(make_loader(data.train, 32, shuffle=True, seed=0))), optimizer)
+    for key, value in stats.items():
+        assert math.isfinite(float(value)), key
+        if key.startswith("cos_"):
+            assert -1.0 - 1e-6 <= float(value) <= 1.0 + 1e-6, key
