@@ -66,6 +66,14 @@ class Method(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for methods whose rule depends on the epoch (modulation windows, stages)."""
 
+    def idle_parameters(self) -> set[str]:
+        """Names of trainable parameters this method leaves untouched in its current stage.
+
+        A staged method (e.g. a fusion head trained only in a later stage) lists them here so
+        the smoke test can check that every other trainable parameter receives a gradient.
+        """
+        return set()
+
 
 @dataclass(frozen=True)
 class MethodSpec:

@@ -32,3 +32,23 @@ def grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     return torch.linalg.vector_norm(torch.cat(grads).float())
+
+
+def encoder_params(encoders, modality: str) -> list[torch.Tensor]:
+    """The trainable parameters of one encoder ('image' or 'tabular')."""
+    return [p for p in getattr(encoders, modality).parameters() if p.requires_grad]
+
+
+def encoder_grad_norms(encoders, modalities: Sequence[str] = ("image", "tabular")) -> dict[str, torch.Tensor]:
+    """`gnorm_<modality>`: norm of each encoder's current `.grad` (cheap, logged every step)."""
+    return {f"gnorm_{m}": grad_norm(list(getattr(encoders, m).parameters())) for m in modalities}
+
+
+def encoder_cosines(unimodal: dict[str, torch.Tensor], fused: torch.Tensor, encoders) -> dict[str, torch.Tensor]:
+    """`cos_<modality>`: per encoder, cosine between its unimodal-loss and fused-loss gradients.
+
+    Args:
+        unimodal: modality -> that modality's own loss (a head slice or its own head).
+        fused: the multimodal loss.
+    """
+    return {f"cos_{m}": grad_cosine(loss, fused, encoder_params(encoders, m)) for m, loss in unimodal.items()}
