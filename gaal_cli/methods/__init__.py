@@ -4,7 +4,7 @@ Each module defines a `Method` subclass and its settings model and registers bot
 `register_method`. Import a new module here to make it available.
 """
 
-from gaal_cli.methods import concat, gaal  # noqa: F401  (registration side effects)
+from gaal_cli.methods import arl, concat, dgl, gaal, igm, lfm, reconboost  # noqa: F401  (registration side effects)
 from gaal_cli.methods.base import (
     METHODS,
     Method,
