@@ -10,7 +10,10 @@ stage s picks one modality m (image, tabular, image, ... from `first`) and has t
    q_i = softmax(F_{-m}(x_i))[y_i], the probability the ensemble of the OTHER modalities
    gives the true class (computed without gradient). Samples the others already fit get a
    lower weight; w1 = 5, w2 = 1 (official code, CREMA-D). Before the other modality has
-   completed a stage the ensemble is the constant c0 of the code, i.e. q = 1 / C.
+   completed a stage the ensemble is the constant initial learner F_0, equal logits for all
+   classes, so q = 1 / C. (The official code's F_0 is one scalar per sample, whose softmax
+   over its single column is 1, so there the stage-0 weight is w1 - w2: a constant either
+   way, i.e. only a different step size in the first stage.)
 2. Global rectification (`rectify_epochs` epochs): every member of the ensemble learns with
    CE(beta * sum_m f_m(x), y), beta the learnable boost rate (initial value 1).
 
@@ -26,10 +29,16 @@ ensemble). The paper's own unimodal numbers come from linear probes trained on f
 encoders afterwards, a separate training run outside this method's interface.
 
 Departures from the official code: its boosting loss averages over classes as well
-(a constant 1/C factor, i.e. a learning-rate rescaling, not reproduced); its memory
-consolidation term compares two detached tensors, so it contributes no gradient, and is
-omitted; the official code restarts SGD for each stage, here the engine's one optimiser runs
-throughout.
+(a constant 1/C factor, i.e. a learning-rate rescaling, not reproduced); it restarts SGD for
+each stage, here the engine's one optimiser runs throughout; its recommended start from
+pre-trained unimodal models (`--use_pretrain`) is not part of this method (initial weights
+come from `model.weights`, as for every method).
+Departure from the paper: its memory consolidation scheme is not implemented. Its official
+form (`ga_loss`, the MSE between the softmax of the current and of the previous learner,
+both detached) contributes no gradient, and the paper's own formula was not available here.
+
+Stage lengths are in epochs: a run needs more than stage_epochs + rectify_epochs epochs
+before the second modality trains at all (with the defaults, train.epochs > 8).
 
 Logs the mean sample weight (`weight_mean`), the phase (`rectify` 0/1), beta, and with
 `grad_cosine: true` the cosine between encoder m's gradients under its unimodal loss and
