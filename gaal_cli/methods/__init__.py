@@ -5,14 +5,19 @@ Each module defines a `Method` subclass and its settings model and registers bot
 """
 
 from gaal_cli.methods import (  # noqa: F401  (registration side effects)
+    arl,
     concat,
     daft,
+    dgl,
     di_mml,
     gaal,
+    igm,
+    lfm,
     max_fusion,
     mla,
     mmpareto,
     ogm_ge,
+    reconboost,
     unimodal,
 )
 from gaal_cli.methods.base import (
