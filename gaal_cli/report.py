@@ -227,7 +227,8 @@ def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     fig, axes = _figure(len(values))
     for ax, d in zip(axes, dataset_order(values)):
         v = np.asarray(values[d])
-        ax.hist(v, bins=40, color="tab:blue", alpha=0.8)
+        ax.hist(v, bins=np.linspace(-1, 1, 41), color="tab:blue", alpha=0.8)
+        ax.set_xlim(-1, 1)
         ax.axvline(0, color="black", lw=1)
         ax.set_title(f"{DATASET_LABELS.get(d, d)}: {np.mean(v < 0):.0%} of {len(v)} steps < 0")
         ax.set_xlabel("cos(g_image, g_multimodal), image encoder")

@@ -130,12 +130,12 @@ def resolve_experiment(name: str) -> Path:
     raise GaalError(f"no experiment file '{name}' (nor experiments/{name}.yaml){hint}", source=name)
 
 
-def experiment_name(path: Path, root: Path = EXPERIMENTS) -> str:
+def experiment_name(path: Path, *roots: Path) -> str:
     """'synthetic/lambda' for experiments/synthetic/lambda.yaml; the file stem elsewhere."""
-    try:
-        return path.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
-    except ValueError:
-        return path.stem
+    for root in roots or (EXPERIMENTS, CHECKOUT_EXPERIMENTS):
+        if path.resolve().is_relative_to(root.resolve()):
+            return path.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
+    return path.stem
 
 
 def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -381,15 +381,23 @@ class Active:
     started: float
 
 
-def launch(run: Run, env: dict[str, str]) -> Active | None:
-    """Lock the run folder and start its training process; None if another process holds it."""
+def launch(run: Run, env: dict[str, str]) -> Active | str:
+    """Lock the run folder and start its training process.
+
+    Returns:
+        The process, or 'running' if another process holds the run, or 'done' if another
+        sweep finished it since this one started.
+    """
     run.folder.mkdir(parents=True, exist_ok=True)
     lock = os.open(run.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(lock)
-        return None
+        return "running"
+    if RunFolder(run.folder).done:
+        os.close(lock)
+        return "done"
     atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
     command = run_command(run)
     log = open(run.folder / LOG, "a")
@@ -451,9 +459,13 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
                 while todo and len(active) < workers:
                     run = todo.pop(0)
                     started = launch(run, env)
-                    if started is None:
+                    if started == "running":
                         outcome.busy.append(run)
                         progress.finished(run, "[yellow]skipped: running in another process", "busy")
+                        continue
+                    if started == "done":
+                        outcome.skipped.append(run)
+                        progress.finished(run, "skipped: finished by another process")
                         continue
                     active.append(started)
                     progress.started(run)
