@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import gaal_cli
@@ -241,3 +242,42 @@ def test_killed_sweep_reruns_to_each_run_exactly_once(tmp_path, tiny):
     assert len(runs) == 4 and not runs.duplicated(["method", "seed"]).any()
     table = pd.read_csv(tmp_path / "report" / "table1.csv")
     assert sorted(table["method"]) == ["concat", "gaal"] and table["n"].tolist() == [2, 2]
+
+
+def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, tiny):
+    import fcntl
+
+    from gaal_cli.sweep import run_sweep, statuses
+
+    sweep = load_sweep(spec(tmp_path, "name: busy\n"), tiny, results=tmp_path / "r")
+    folder = sweep.runs[0].folder
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a run launched by another sweep holds it
+        assert statuses(sweep) == [(sweep.runs[0], "running")]
+        outcome = run_sweep(sweep)
+    assert outcome.busy == sweep.runs and not outcome.trained and not outcome.failed
+    assert not (folder / "config.yaml").exists()
+
+
+def test_a_finished_run_of_another_config_is_refused(tmp_path, tiny):
+    from gaal_cli.results import RunFolder
+    from gaal_cli.sweep import run_sweep, statuses
+
+    path = spec(tmp_path, "name: stale\n")
+    old = load_sweep(path, tiny, results=tmp_path / "r")
+    run = old.runs[0]
+    folder = RunFolder(run.folder)
+    run.folder.mkdir(parents=True)
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(run.config.resolved()))
+    folder.finish({"timings": {"total_seconds": 1.0}})
+    assert statuses(old) == [(run, "done")]
+    # where a run trains does not change what it computes; its settings do
+    assert (
+        statuses(load_sweep(path, [*tiny, "train.device=cpu", "data.num_workers=2"], results=tmp_path / "r"))[0][1]
+        == "done"
+    )
+    changed = load_sweep(path, [*tiny, "train.lr=0.01"], results=tmp_path / "r")
+    assert statuses(changed)[0][1] == "stale"
+    with pytest.raises(GaalError, match="train.lr"):
+        run_sweep(changed)
