@@ -35,6 +35,7 @@ import fcntl
 import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -501,7 +502,7 @@ def _stop(active: list[Active]) -> None:
     """Interrupt runs in progress; a run that ignores the interrupt for 30 s is killed."""
     for a in active:
         if a.process.poll() is None:
-            a.process.send_signal(2)
+            a.process.send_signal(signal.SIGINT)
     deadline = time.monotonic() + 30
     for a in active:
         try:
