@@ -106,6 +106,79 @@ def evaluate(
     stdout.print(metrics_table(title, {split: metrics}))
 
 
+SEEDS_HELP = "Replace the file's seeds: 2022,2023 or 2022-2026."
+RESULTS_HELP = "Root of the run folders: <results>/<experiment>/<variant>/seed<seed>."
+
+
+@app.command()
+@user_errors
+def sweep(
+    experiment: str = typer.Argument(..., help="Name in experiments/ (table1_dvm, synthetic/lambda) or a YAML file."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Runs trained at the same time."),
+    seeds: str | None = typer.Option(None, "--seeds", help=SEEDS_HELP),
+    results: Path = typer.Option(Path("results"), "--results", help=RESULTS_HELP),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key in every run: --set data.dir=/data/dvm"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs with their status; train none."),
+) -> None:
+    """Train every run of an experiment's grid x seeds; finished runs are skipped, killed ones resumed."""
+    from gaal_cli.sweep import load_sweep, parse_seeds, resolve_experiment
+
+    plan = load_sweep(resolve_experiment(experiment), overrides, seeds=parse_seeds(seeds), results=results)
+    _run_sweep(plan, workers, dry_run)
+
+
+@app.command()
+@user_errors
+def ablate(
+    components: list[str] = typer.Argument(..., help="GAAL switches in the order they are added: cgs ugg."),
+    dataset: list[str] = typer.Option(["synthetic"], "--dataset", "-d", help="synthetic, dvm or sun (repeatable)."),
+    experiment: str | None = typer.Option(
+        None, "--from", help="Ablation file (default: synthetic/table2_ablation for synthetic, else table2_ablation)."
+    ),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Runs trained at the same time."),
+    seeds: str | None = typer.Option(None, "--seeds", help=SEEDS_HELP),
+    results: Path = typer.Option(Path("results"), "--results", help=RESULTS_HELP),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key in every run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs with their status; train none."),
+) -> None:
+    """Table II: GAAL with every listed switch off, then each switched on in turn (a sweep)."""
+    from gaal_cli.sweep import load_ablation, parse_seeds
+
+    plan = load_ablation(components, dataset, experiment, overrides, seeds=parse_seeds(seeds), results=results)
+    _run_sweep(plan, workers, dry_run)
+
+
+def _run_sweep(plan, workers: int, dry_run: bool) -> None:
+    from gaal_cli.display import plan_table
+    from gaal_cli.sweep import run_sweep, statuses
+
+    if dry_run:
+        stdout.print(plan_table(f"{plan.name}: {len(plan.runs)} runs from {plan.source}", statuses(plan)))
+        return
+    outcome = run_sweep(plan, workers)
+    stdout.print(
+        f"{plan.name}: {len(outcome.trained)} trained, {len(outcome.skipped)} already done, "
+        f"{len(outcome.failed)} failed, {len(outcome.busy)} left to another process"
+    )
+    for run, reason in outcome.failed:
+        stderr.print(f"[red]failed[/] {run.label}: {reason}", highlight=False, soft_wrap=True)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def report(
+    folder: Path = typer.Argument(..., help="Folder holding finished runs, e.g. results/synthetic."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where tables and figures go (default: FOLDER/report)."),
+) -> None:
+    """Tables (Markdown, CSV: mean ± std over seeds) and figures (PNG) from the finished runs under FOLDER."""
+    from gaal_cli.report import write_report
+
+    for path in write_report(folder, out or folder / "report"):
+        stdout.print(str(path), highlight=False)
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List the registered training methods and their settings."""

@@ -198,6 +198,17 @@ def load_config(
     tree = read_yaml(Path(path)) if path else {}
     if path and "name" not in tree:
         tree["name"] = Path(path).stem
+    return config_from_mapping(tree, str(path) if path else "the default config", overrides, flags)
+
+
+def config_from_mapping(
+    tree: dict,
+    source: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> Config:
+    """Like `load_config`, for settings already read (a sweep's grid point); `source` names them."""
+    tree = copy.deepcopy(tree)
     origin: dict[tuple[str, ...], str] = {}
     for key, value in (flags or {}).items():
         if value is not None:
@@ -207,8 +218,6 @@ def load_config(
         keys, value = parse_override(text)
         apply_override(tree, keys, value)
         origin[tuple(keys)] = f"--set {text}"
-    source = str(path) if path else "the default config"
-    tree = copy.deepcopy(tree)
     tree["methods"] = _validate_methods(tree.get("methods"), source, origin)
     try:
         return Config.model_validate(tree)

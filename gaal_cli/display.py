@@ -77,3 +77,72 @@ def metrics_table(title: str, metrics: Mapping[str, Mapping[str, Mapping[str, fl
                 row.append("-" if value is None else f"{value:.4f}")
         table.add_row(*row)
     return table
+
+
+class SweepProgress:
+    """One bar over a whole sweep (runs done / running / left, ETA) and a line per run in progress."""
+
+    def __init__(self, name: str, total: int, done: int):
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+        )
+        self.name, self.total, self.done, self.failed = name, total, done, 0
+        self.rows: dict = {}
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.__enter__()
+        title = f"[bold]sweep {self.name}"
+        self.overall = self.progress.add_task(title, total=self.total, completed=self.done, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def started(self, run) -> None:
+        self.rows[run.folder] = self.progress.add_task(f"  {run.label}", total=run.config.train.epochs, info="starting")
+
+    def update(self, active, left: int, eta: float | None) -> None:
+        """`active`: runs in progress (with .run and .started); their epochs come from metrics.jsonl."""
+        for a in active:
+            epochs = _count_lines(a.run.folder / "metrics.jsonl")
+            self.progress.update(self.rows[a.run.folder], completed=epochs, info=f"epoch {epochs}")
+        eta_text = "?" if eta is None else _clock(eta)
+        info = f"{self.done} done · {len(active)} running · {left} left · {self.failed} failed · ETA {eta_text}"
+        self.progress.update(self.overall, info=info)
+
+    def finished(self, run, message: str, kind: str = "done") -> None:
+        """`kind`: done, failed, or busy (left to another process)."""
+        if run.folder in self.rows:
+            self.progress.remove_task(self.rows.pop(run.folder))
+        self.done += kind == "done"
+        self.failed += kind == "failed"
+        self.progress.advance(self.overall)
+        self.progress.console.print(f"{run.label}  {message}", highlight=False)
+
+
+def _count_lines(path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.endswith(b"\n"))
+    except FileNotFoundError:
+        return 0
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def plan_table(title: str, rows) -> Table:
+    """A sweep's runs before it starts: folder and status (done, partial, new, running, stale)."""
+    table = Table(title=title)
+    for column in ("variant", "seed", "status", "folder"):
+        table.add_column(column)
+    for run, state in rows:
+        table.add_row(run.variant, str(run.seed), state, str(run.folder))
+    return table

@@ -8,6 +8,8 @@
     <run>/last.pt         latest epoch with optimiser state, for resuming; removed when done
     <run>/report.json     final metrics; present only when the run finished
     <run>/DONE            marker written last; reruns skip a folder that has it
+    <run>/train.log       output of the run when a sweep launched it (gaal_cli.sweep)
+    <run>/.lock           held by the process training the run, when a sweep launched it
 
 Single files are written to a temporary name and renamed, so a killed run never leaves a
 half-written one; the .jsonl logs are appended a line at a time and a line cut short by a
@@ -114,6 +116,12 @@ class RunFolder:
 
     def read_report(self) -> dict[str, Any]:
         return json.loads(self.file(self.REPORT).read_text())
+
+
+def finished_runs(root: str | Path) -> list[RunFolder]:
+    """Every finished run folder at or below `root` (an unfinished one is never counted)."""
+    folders = (RunFolder(report.parent) for report in sorted(Path(root).rglob(RunFolder.REPORT)))
+    return [folder for folder in folders if folder.done]
 
 
 def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

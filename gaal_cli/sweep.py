@@ -1,0 +1,513 @@
+"""Sweeps: an experiment file's grid of settings x seeds, one run folder and one process per run.
+
+A sweep file is an ordinary experiment file (every key `gaal train` accepts) plus a `sweep`
+block naming what varies:
+
+    # gaal sweep synthetic/lambda
+    name: synthetic/lambda
+    method: gaal
+    train: {epochs: 8}
+    sweep:
+      seeds: [2022, 2023, 2024]
+      grid:                                  # product over the axes, in file order
+        methods.gaal.lambda_image: [0.1, 0.5, 0.9]
+        methods.gaal.lambda_tabular: [0.1, 0.5, 0.9]
+      variant: "li{methods.gaal.lambda_image}_lt{methods.gaal.lambda_tabular}"
+
+A grid key is a dotted config key. An axis value that is a mapping is merged into the section
+the key names, so settings that belong together move together
+(`data: [{name: dvm, image_size: 128}, {name: sun, image_size: 225}]`). `variant` names the
+run folder `<results>/<name>/<variant>/seed<seed>/`; `{key}` is replaced by the value of a
+dotted key of the run's resolved config, and two runs may not share a folder.
+
+Every grid point is validated before anything is written. Each run is then its own process
+(`python -m gaal_cli train <run>/config.yaml --out <run>`, output in `<run>/train.log`), so a
+crash or kill of one run cannot touch another. A run holds an exclusive lock on `<run>/.lock`
+(which records its pid) for as long as it lives, so a second sweep over the same file skips
+runs that are in progress instead of training them twice. Finished runs (DONE + report.json)
+are skipped; an interrupted one is retrained, resuming from its last epoch (see engine.train).
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import gaal_cli
+from gaal_cli.config import Config, config_from_mapping, read_yaml
+from gaal_cli.errors import GaalError
+from gaal_cli.results import RunFolder, atomic_write
+
+EXPERIMENTS = Path("experiments")
+# the checkout this package runs from: its experiments/ is found from any working directory
+CHECKOUT_EXPERIMENTS = Path(gaal_cli.__file__).resolve().parents[1] / "experiments"
+LOCK = ".lock"
+LOG = "train.log"
+POLL_SECONDS = 0.5
+# settings of where and how fast a run trains, not of what it computes
+WHERE_KEYS = {"data.dir", "data.num_workers", "data.eval_batch_size", "train.device", "train.threads"}
+
+
+class SweepSpec(BaseModel):
+    """The `sweep` block of an experiment file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[int] = Field(default_factory=lambda: [2022], min_length=1)
+    grid: dict[str, list[Any]] = {}
+    variant: str = "{method}"
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_axes(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [key for key, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"axis '{empty[0]}' has no values")
+        return grid
+
+
+@dataclass(frozen=True)
+class Run:
+    variant: str
+    seed: int
+    config: Config
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}/seed{self.seed}"
+
+
+@dataclass
+class Sweep:
+    name: str
+    source: str
+    runs: list[Run]
+
+
+@dataclass
+class Outcome:
+    """What a sweep did: runs trained now, already done, failed (with why) and locked elsewhere."""
+
+    trained: list[Run] = field(default_factory=list)
+    skipped: list[Run] = field(default_factory=list)
+    failed: list[tuple[Run, str]] = field(default_factory=list)
+    busy: list[Run] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- spec -> runs (pure)
+
+
+def resolve_experiment(name: str) -> Path:
+    """An experiment file from a path, or from a name relative to experiments/ ('synthetic/lambda').
+
+    Raises:
+        GaalError: no such file; the message lists the known names.
+    """
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for root in (EXPERIMENTS, CHECKOUT_EXPERIMENTS):
+        candidate = root / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(
+        {experiment_name(p, root) for root in (EXPERIMENTS, CHECKOUT_EXPERIMENTS) for p in root.rglob("*.yaml")}
+    )
+    hint = f"; known experiments: {', '.join(known)}" if known else ""
+    raise GaalError(f"no experiment file '{name}' (nor experiments/{name}.yaml){hint}", source=name)
+
+
+def experiment_name(path: Path, *roots: Path) -> str:
+    """'synthetic/lambda' for experiments/synthetic/lambda.yaml; the file stem elsewhere."""
+    for root in roots or (EXPERIMENTS, CHECKOUT_EXPERIMENTS):
+        if path.resolve().is_relative_to(root.resolve()):
+            return path.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
+    return path.stem
+
+
+def expand(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The grid points: the product of the axes, first axis slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def merge(tree: dict, key: str, value: Any) -> None:
+    """Set dotted `key` in `tree`; a mapping value is merged into the section already there."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        for sub, sub_value in value.items():
+            merge(node[leaf], sub, sub_value)
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def variant_name(rule: str, resolved: dict[str, Any]) -> str:
+    """Fill `{dotted.key}` fields of `rule` from a resolved config.
+
+    Raises:
+        GaalError: a field that is no config key, or a name that is not one folder.
+    """
+
+    def lookup(match: re.Match) -> str:
+        node: Any = resolved
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise GaalError(f"'{{{match.group(1)}}}' is not a key of the run's config", field="sweep.variant")
+            node = node[part]
+        return format_value(node)
+
+    name = re.sub(r"\{([^{}]+)\}", lookup, rule)
+    if not name or "/" in name or name in (".", ".."):
+        raise GaalError(f"'{name}' is not a folder name (rule '{rule}')", field="sweep.variant")
+    return name
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """'2022,2024' or '2022-2026' (inclusive) or a mix; None stays None."""
+    if text is None:
+        return None
+    seeds = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        try:
+            seeds += list(range(int(first), int(last) + 1)) if sep else [int(first)]
+        except ValueError:
+            raise GaalError(f"'{part}' is not a seed or a range like 2022-2026", source="--seeds") from None
+    return seeds
+
+
+def load_sweep(
+    path: Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    seeds: list[int] | None = None,
+    results: Path = Path("results"),
+    axes: dict[str, list[Any]] | None = None,
+) -> Sweep:
+    """Expand a sweep file into validated runs; nothing is written.
+
+    Args:
+        overrides: `key=value` strings applied to every run (after the grid point).
+        seeds: replaces `sweep.seeds`.
+        axes: grid axes to set, replacing any axis at or below the same key (`gaal ablate`).
+
+    Raises:
+        GaalError: a bad sweep block, a grid point that does not validate (the message names
+            the point), or two runs sharing a folder.
+    """
+    tree = read_yaml(path)
+    spec = _read_spec(tree.pop("sweep", None), path)
+    tree.setdefault("name", experiment_name(path))
+    grid = dict(spec.grid)
+    for key, values in (axes or {}).items():
+        grid = {k: v for k, v in grid.items() if k != key and not k.startswith(f"{key}.")}
+        grid[key] = values
+    runs, seen = [], {}
+    for seed in seeds or spec.seeds:
+        for point in expand(grid):
+            config = _point_config(tree, point, seed, overrides, path)
+            variant = variant_name(spec.variant, config.resolved())
+            folder = results / config.name / variant / f"seed{config.seed}"
+            if folder in seen:
+                raise GaalError(
+                    f"grid points {seen[folder]} and {point} both write {folder}; name the axes in sweep.variant",
+                    source=str(path),
+                    field="sweep.variant",
+                )
+            seen[folder] = point
+            runs.append(Run(variant, config.seed, config, folder))
+    return Sweep(tree["name"], str(path), runs)
+
+
+def _read_spec(block: Any, path: Path) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(block or {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(["sweep", *(str(p) for p in first["loc"])])
+        raise GaalError(first["msg"], source=str(path), field=key) from None
+
+
+def _point_config(tree: dict, point: dict[str, Any], seed: int, overrides, path: Path) -> Config:
+    run_tree = copy.deepcopy(tree)
+    run_tree["seed"] = seed
+    for key, value in point.items():
+        merge(run_tree, key, value)
+    where = ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) or "the base config"
+    return config_from_mapping(run_tree, f"{path} (grid point {where})", overrides)
+
+
+def ablation_rows(components: list[str]) -> list[dict[str, bool]]:
+    """Table II rows: every component off, then switched on one at a time, cumulatively."""
+    return [{c: i < k for i, c in enumerate(components)} for k in range(len(components) + 1)]
+
+
+def load_ablation(
+    components: list[str],
+    datasets: list[str],
+    experiment: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    seeds: list[int] | None = None,
+    results: Path = Path("results"),
+) -> Sweep:
+    """Table II as a sweep: the `methods.gaal` axis of the ablation file becomes the rows of
+    `components` (see `ablation_rows`), for the runs on `datasets`.
+
+    Args:
+        experiment: the ablation file; default `synthetic/table2_ablation` for the embedded
+            dataset and `table2_ablation` (DVM and SUN) for the others.
+
+    Raises:
+        GaalError: a repeated component, one that is no GAAL setting, or a dataset the file lacks.
+    """
+    if len(set(components)) != len(components):
+        raise GaalError(f"a component is listed twice: {' '.join(components)}", source="gaal ablate")
+    by_file: dict[str, list[str]] = {}
+    for dataset in datasets:
+        default = "synthetic/table2_ablation" if dataset == "synthetic" else "table2_ablation"
+        by_file.setdefault(experiment or default, []).append(dataset)
+    runs, names = [], []
+    for name, wanted in by_file.items():
+        axes = {"methods.gaal": ablation_rows(components)}
+        sweep = load_sweep(resolve_experiment(name), overrides, seeds=seeds, results=results, axes=axes)
+        covered = {r.config.data.name for r in sweep.runs}
+        if set(wanted) - covered:
+            missing = ", ".join(sorted(set(wanted) - covered))
+            raise GaalError(f"has no runs on {missing}; it covers {', '.join(sorted(covered))}", source=sweep.source)
+        runs += [r for r in sweep.runs if r.config.data.name in wanted]
+        names.append(sweep.name)
+    return Sweep(" + ".join(names), ", ".join(by_file), runs)
+
+
+# ---------------------------------------------------------------- running
+
+
+def changed_keys(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        keys = list(wanted) + [k for k in saved if k not in wanted]
+        return [c for k in keys for c in changed_keys(saved.get(k), wanted.get(k), f"{prefix}{k}.")]
+    return [] if saved == wanted else [prefix.rstrip(".")]
+
+
+def result_changes(saved: dict, wanted: dict) -> list[str]:
+    """Changed keys that can change a run's results (paths, devices and threads cannot)."""
+    return [k for k in changed_keys(saved, wanted) if k not in WHERE_KEYS]
+
+
+def status(run: Run) -> str:
+    """'done', 'stale' (done with another config), 'running' (locked by a live process),
+    'partial' (started, unfinished) or 'new'."""
+    folder = RunFolder(run.folder)
+    if folder.done:
+        saved = yaml.safe_load(folder.file(RunFolder.CONFIG).read_text())
+        return "stale" if result_changes(saved, run.config.resolved()) else "done"
+    if not run.folder.exists():
+        return "new"
+    if (run.folder / LOCK).exists():
+        with open(run.folder / LOCK) as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "running"
+    return "partial" if any(run.folder.iterdir()) else "new"
+
+
+def check_not_stale(sweep: Sweep) -> None:
+    """Refuse to mix results: a finished run whose config differs from the sweep's.
+
+    Raises:
+        GaalError: names the folder and the keys that differ.
+    """
+    for run in sweep.runs:
+        if status(run) == "stale":
+            saved = yaml.safe_load(RunFolder(run.folder).file(RunFolder.CONFIG).read_text())
+            keys = ", ".join(result_changes(saved, run.config.resolved())[:5])
+            raise GaalError(
+                f"holds a finished run of another config (differs in: {keys}); "
+                "delete the folder to retrain it, or give the experiment another name",
+                source=str(run.folder),
+            )
+
+
+def run_command(run: Run) -> list[str]:
+    return [sys.executable, "-m", "gaal_cli", "train", str(run.folder / "config.yaml"), "--out", str(run.folder), "-q"]
+
+
+def child_env(workers: int) -> dict[str, str]:
+    """The environment of a run: this checkout importable, CPU threads shared among the workers."""
+    env = dict(os.environ)
+    root = str(Path(gaal_cli.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
+    return env
+
+
+@dataclass
+class Active:
+    run: Run
+    process: subprocess.Popen
+    lock: int
+    log: Any
+    started: float
+
+
+def launch(run: Run, env: dict[str, str]) -> Active | str:
+    """Lock the run folder and start its training process.
+
+    Returns:
+        The process, or 'running' if another process holds the run, or 'done' if another
+        sweep finished it since this one started.
+    """
+    run.folder.mkdir(parents=True, exist_ok=True)
+    lock = os.open(run.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return "running"
+    if RunFolder(run.folder).done:
+        os.close(lock)
+        return "done"
+    atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
+    command = run_command(run)
+    log = open(run.folder / LOG, "a")
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+    log.flush()
+    # the child inherits the locked descriptor: the lock lives as long as the run does
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,))
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"{process.pid}\n".encode(), 0)
+    return Active(run, process, lock, log, time.monotonic())
+
+
+def release(active: Active) -> None:
+    active.log.close()
+    os.close(active.lock)
+
+
+def failure_reason(active: Active) -> str:
+    code = active.process.returncode
+    why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    lines = [line for line in (active.run.folder / LOG).read_text(errors="replace").splitlines() if line.strip()]
+    last = lines[-1].strip() if lines and not lines[-1].startswith("# ") else ""
+    return f"{why}{': ' + last if last else ''} (log: {active.run.folder / LOG})"
+
+
+def eta_seconds(durations: list[float], left: int, running_elapsed: list[float], workers: int) -> float | None:
+    """Time to finish: the mean run duration so far spread over the workers; None before any."""
+    if not durations:
+        return None
+    mean = sum(durations) / len(durations)
+    work = left * mean + sum(max(mean - elapsed, 0.0) for elapsed in running_elapsed)
+    return work / max(1, min(workers, left + len(running_elapsed)))
+
+
+def statuses(sweep: Sweep) -> list[tuple[Run, str]]:
+    """Each run with its status, for a dry run."""
+    return [(run, status(run)) for run in sweep.runs]
+
+
+def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
+    """Train every run of `sweep` not yet done, `workers` at a time, with one progress display.
+
+    A failed run is recorded and the sweep goes on. Ctrl-C stops the runs in progress (they
+    keep their last epoch, so the next sweep resumes them) and is raised again.
+    """
+    from gaal_cli.display import SweepProgress
+
+    check_not_stale(sweep)
+    outcome = Outcome()
+    todo = []
+    for run in sweep.runs:
+        (outcome.skipped if RunFolder(run.folder).done else todo).append(run)
+    durations = [RunFolder(r.folder).read_report()["timings"]["total_seconds"] for r in outcome.skipped]
+    env = child_env(workers)
+    active: list[Active] = []
+    with SweepProgress(sweep.name, len(sweep.runs), len(outcome.skipped)) as progress:
+        try:
+            while todo or active:
+                while todo and len(active) < workers:
+                    run = todo.pop(0)
+                    started = launch(run, env)
+                    if started == "running":
+                        outcome.busy.append(run)
+                        progress.finished(run, "[yellow]skipped: running in another process", "busy")
+                        continue
+                    if started == "done":
+                        outcome.skipped.append(run)
+                        progress.finished(run, "skipped: finished by another process")
+                        continue
+                    active.append(started)
+                    progress.started(run)
+                time.sleep(POLL_SECONDS)
+                for a in [a for a in active if a.process.poll() is not None]:
+                    active.remove(a)
+                    _settle(a, outcome, durations, progress)
+                now = time.monotonic()
+                elapsed = [now - a.started for a in active]
+                progress.update(active, len(todo), eta_seconds(durations, len(todo), elapsed, workers))
+        except KeyboardInterrupt:
+            _stop(active)
+            raise
+    return outcome
+
+
+def _settle(active: Active, outcome: Outcome, durations: list[float], progress) -> None:
+    release(active)
+    seconds = time.monotonic() - active.started
+    if active.process.returncode == 0 and RunFolder(active.run.folder).done:
+        outcome.trained.append(active.run)
+        durations.append(seconds)
+        report = RunFolder(active.run.folder).read_report()["metrics"]["test"]
+        accs = "  ".join(f"{head} {m['acc']:.4f}" for head, m in report.items())
+        progress.finished(active.run, f"[green]done[/] in {seconds:.0f} s  {accs}")
+    else:
+        reason = failure_reason(active)
+        outcome.failed.append((active.run, reason))
+        progress.finished(active.run, f"[red]failed[/]: {reason}", "failed")
+
+
+def _stop(active: list[Active]) -> None:
+    """Interrupt runs in progress; a run that ignores the interrupt for 30 s is killed."""
+    for a in active:
+        if a.process.poll() is None:
+            a.process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    for a in active:
+        try:
+            a.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            a.process.kill()
+            a.process.wait()
+        release(a)
