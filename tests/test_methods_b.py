@@ -207,6 +207,39 @@ def test_igm_tabular_head_gradient_is_right_multiplied_by_the_image_T(tiny):
         assert torch.allclose(got, g @ getattr(method, f"flat_image_{i}"), atol=1e-6)
 
 
+def test_igm_sam_uses_the_gradient_at_the_perturbed_head_and_restores_it(tiny):
+    import copy
+
+    method, batches = setup(tiny, "igm", "methods.igm.rho=0.5", "methods.igm.gm=false")
+    method.eval()
+    batch = batches[0]
+    method.on_epoch_start(1)
+    head = method.heads["image"]
+    before = [p.detach().clone() for p in head.parameters()]
+    u = method.encoders.image(batch.image).detach()
+    loss = F.cross_entropy(head(u), batch.label)
+    g = torch.autograd.grad(loss, list(head.parameters()))
+    norm = torch.sqrt(sum((x**2).sum() for x in g))
+    shifted = copy.deepcopy(head)
+    with torch.no_grad():
+        for p, gi in zip(shifted.parameters(), g):
+            p.add_(0.5 * gi / norm)
+    expected = torch.autograd.grad(F.cross_entropy(shifted(u), batch.label), list(shifted.parameters()))
+
+    seen = {}
+
+    class Snapshot(RecordingAdam):
+        def step(self, closure=None):
+            seen["weights"] = [p.detach().clone() for p in head.parameters()]
+            return super().step(closure)
+
+    opt = Snapshot(method)
+    method.train_step(batch, opt)
+    for (name, _), want in zip(head.named_parameters(), expected):
+        assert torch.allclose(opt.records[0][f"heads.image.{name}"], want, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(seen["weights"], before))
+
+
 def test_igm_entropy_weighted_fusion():
     confident, unsure = torch.tensor([[4.0, 0.0]]), torch.tensor([[0.0, 0.0]])
     h = torch.tensor([float(F.softmax(confident, -1).mul(F.log_softmax(confident, -1)).sum().neg()), math.log(2)])

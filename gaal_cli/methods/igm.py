@@ -221,14 +221,16 @@ class Igm(Method):
         if s.sam_mix < 1:
             ((1 - s.sam_mix) * loss).backward(retain_graph=True)
         eps = sam_perturbation(grads, s.rho, per_tensor=s.sam_norm == "per_tensor")
+        # restore by copy: (w + eps) - eps is not w in floating point
+        saved = [p.detach().clone() for p in params]
         with torch.no_grad():
             for p, e in zip(params, eps):
                 p.add_(e)
         sam_loss = cross_entropy(head(u), labels)
         (s.sam_mix * sam_loss).backward()
         with torch.no_grad():
-            for p, e in zip(params, eps):
-                p.sub_(e)
+            for p, w in zip(params, saved):
+                p.copy_(w)
         return sam_loss.detach()
 
     @torch.no_grad()
