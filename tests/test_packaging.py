@@ -27,9 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 DOCKERFILE = ROOT / "Dockerfile"
 # the environment the image resolves markers in (see tools/lock.sh)
-IMAGE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
-                 "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-                 "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+IMAGE_MARKERS = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.0",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
+}
 
 
 def read_lock(path: Path = LOCK) -> dict[str, Requirement]:
@@ -49,9 +57,7 @@ def read_lock(path: Path = LOCK) -> dict[str, Requirement]:
 def pinned_version(req: Requirement) -> str:
     """The version of an exact `name==X` pin; fails on anything else (ranges, wildcards, extras)."""
     specs = list(req.specifier)
-    assert len(specs) == 1 and specs[0].operator == "==" and "*" not in specs[0].version, (
-        f"{req} is not an exact pin"
-    )
+    assert len(specs) == 1 and specs[0].operator == "==" and "*" not in specs[0].version, f"{req} is not an exact pin"
     assert not req.extras and req.url is None, f"{req} must be a plain name==version pin"
     return specs[0].version
 
