@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def measure(method_name: str, experiment: str | None, overrides: list[str], step
             train_epoch(method, CutLoader(loader, warmup), optimizer, device, config.train.bf16, bar, 1, 2)
         sync()
         timed = CutLoader(loader, steps)
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         train_epoch(method, timed, optimizer, device, config.train.bf16, bar, 2, 2)
         sync()
@@ -143,6 +145,8 @@ def measure(method_name: str, experiment: str | None, overrides: list[str], step
         "memory_kind": memory_kind,
         "peak_rss_mib": round(peak_rss_mib(), 1),  # whole process, since the reset
         "threads": torch.get_num_threads(),
+        # the machine's 1-minute load average around the timed steps: others' work slows these figures
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "torch": torch.__version__,
     }
 
@@ -173,6 +177,8 @@ def print_table(rows: list[dict]) -> None:
             f"{first['image_size']}px, batch {first['batch_size']}, {first['steps']} timed steps"
             + (", bf16" if first["bf16"] else "")
         )
+        loads = [value for row in rows if "error" not in row for value in row["load_average"]]
+        title += f"; load average {min(loads):.1f}-{max(loads):.1f}"
     table = Table(title=title)
     for column in ("method", "samples/s", "s/step", "memory MiB", "memory measure", "peak RSS MiB"):
         table.add_column(column, justify="left" if column in ("method", "memory measure") else "right")
