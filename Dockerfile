@@ -36,8 +36,7 @@ RUN pip install --no-deps /tmp/gaal-build/src \
 # bind-mounted results folder belong to that user; Ubuntu images already hold uid 1000 as
 # 'ubuntu', which is dropped first. Another uid: --build-arg GAAL_UID=$(id -u).
 ARG GAAL_UID=1000
-RUN existing="$(getent passwd "${GAAL_UID}" | cut -d: -f1)" \
-    && if [ -n "${existing}" ]; then userdel "${existing}"; fi \
+RUN if existing="$(id -nu "${GAAL_UID}" 2>/dev/null)"; then userdel "${existing}"; fi \
     && useradd --create-home --uid "${GAAL_UID}" --shell /bin/bash gaal \
     && mkdir -p /data /results /gaal \
     && ln -s /results /gaal/results \
@@ -48,7 +47,8 @@ ENV TORCH_HOME=/tmp/torch \
     HF_HOME=/tmp/huggingface \
     MPLCONFIGDIR=/tmp/matplotlib
 
-USER gaal
+# numeric, so that a runtime can tell it is not root without reading /etc/passwd (Kubernetes)
+USER ${GAAL_UID}
 # Runs write to results/<experiment>/<method>/seed<seed> relative to the working directory,
 # and /gaal/results is a link to the /results volume.
 WORKDIR /gaal

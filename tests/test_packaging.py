@@ -89,23 +89,30 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def base_image(instructions: list[tuple[str, str]]) -> str:
-    """The image of the (last) FROM, with `${ARG}` references replaced by the ARG defaults."""
-    defaults = {}
-    image = None
+def resolve_args(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The instructions with `${NAME}` / `$NAME` replaced by the default of the ARG declaring it."""
+    defaults: dict[str, str] = {}
+    resolved = []
     for keyword, args in instructions:
         if keyword == "ARG" and "=" in args:
             name, value = args.split("=", 1)
             defaults[name] = value.strip('"')
-        if keyword == "FROM":
-            image = args.split()[0]
-    assert image is not None, "the Dockerfile has no FROM"
-    return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m.group(1)], image)
+        elif keyword in ("FROM", "USER"):
+            args = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m.group(1)], args)
+        resolved.append((keyword, args))
+    return resolved
+
+
+def base_image(instructions: list[tuple[str, str]]) -> str:
+    """The image of the (last) FROM."""
+    images = [args.split()[0] for keyword, args in instructions if keyword == "FROM"]
+    assert images, "the Dockerfile has no FROM"
+    return images[-1]
 
 
 @pytest.fixture(scope="module")
 def docker():
-    return dockerfile_instructions(DOCKERFILE.read_text())
+    return resolve_args(dockerfile_instructions(DOCKERFILE.read_text()))
 
 
 def test_every_runtime_dependency_is_pinned_within_its_range():
