@@ -24,6 +24,8 @@ statistics, as in a real run. Figures on a shared CPU are noisy: repeat and comp
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import itertools
 import json
 import os
@@ -65,10 +67,20 @@ def current_rss_mib() -> float:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the process's RSS high-water mark (Linux >= 4.0); False where that is not possible.
+    """Settle the resident set, then reset its high-water mark (Linux >= 4.0).
 
-    Without it, a higher peak reached while building the dataset would hide the training's own.
+    Freed heap that glibc still holds is handed back first (malloc_trim), or the training could
+    reuse it without the RSS moving and the figure would depend on what the dataset build left.
+    Without the reset, a higher peak reached while building the dataset would hide the training's.
+
+    Returns:
+        False where the mark cannot be reset.
     """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the baseline may include freed memory
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
@@ -143,6 +155,7 @@ def measure(method_name: str, experiment: str | None, overrides: list[str], step
         "seconds_per_step": round(seconds / steps, 4),
         "memory_mib": round(memory, 1),
         "memory_kind": memory_kind,
+        "rss_start_mib": round(rss_before, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),  # whole process, since the reset
         "threads": torch.get_num_threads(),
         # the machine's 1-minute load average around the timed steps: others' work slows these figures
