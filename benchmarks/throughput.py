@@ -90,13 +90,12 @@ def reset_peak_rss() -> bool:
 
 
 def measure(method_name: str, experiment: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
-    """Time `steps` training steps of one method in this process."""
+    """Time `steps` training steps of one method in this process; one row of the table."""
     import torch
 
     from gaal_cli.config import load_config
     from gaal_cli.data import build_data, make_loader
-    from gaal_cli.display import EpochProgress
-    from gaal_cli.engine import build_optimizer, create_method, resolve_device, seed_everything, train_epoch
+    from gaal_cli.engine import build_optimizer, create_method, resolve_device, seed_everything
 
     config = load_config(experiment, overrides, {"method": method_name})
     device = resolve_device(config.train.device)
@@ -113,54 +112,70 @@ def measure(method_name: str, experiment: str | None, overrides: list[str], step
         pin_memory=device.type == "cuda",
     )
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+        cuda_start = torch.cuda.memory_allocated(device)
     peak_was_reset = reset_peak_rss()
-    rss_before = current_rss_mib() if peak_was_reset else peak_rss_mib()
+    rss_start = current_rss_mib() if peak_was_reset else peak_rss_mib()
     method = create_method(config, data).to(device)
     optimizer, _ = build_optimizer(method, config.train)
-    with EpochProgress(enabled=False) as bar:
-        if warmup:
-            train_epoch(method, CutLoader(loader, warmup), optimizer, device, config.train.bf16, bar, 1, 2)
-        sync()
-        timed = CutLoader(loader, steps)
-        load_before = os.getloadavg()[0]
-        start = time.perf_counter()
-        train_epoch(method, timed, optimizer, device, config.train.bf16, bar, 2, 2)
-        sync()
-        seconds = time.perf_counter() - start
-    samples = timed.samples
+    timing = time_steps(method, optimizer, loader, device, config.train.bf16, steps, warmup)
 
     if device.type == "cuda":
-        memory, memory_kind = (torch.cuda.max_memory_allocated(device) - base) / 2**20, "CUDA max allocated"
+        memory, memory_kind = (torch.cuda.max_memory_allocated(device) - cuda_start) / 2**20, "CUDA max allocated"
     else:
-        memory = peak_rss_mib() - rss_before
+        memory = peak_rss_mib() - rss_start
         memory_kind = "RSS peak - start" if peak_was_reset else "RSS peak growth (low)"
     return {
         "method": method_name,
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "batch_size": config.data.batch_size,
         "image_size": config.data.image_size,
         "backbone": config.model.image_backbone,
         "bf16": config.train.bf16,
         "steps": steps,
-        "samples": samples,
-        "seconds": round(seconds, 4),
-        "samples_per_second": round(samples / seconds, 2),
-        "seconds_per_step": round(seconds / steps, 4),
+        **timing,
+        "seconds_per_step": round(timing["seconds"] / steps, 4),
         "memory_mib": round(memory, 1),
         "memory_kind": memory_kind,
-        "rss_start_mib": round(rss_before, 1),
+        "rss_start_mib": round(rss_start, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),  # whole process, since the reset
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def time_steps(method, optimizer, loader, device, bf16: bool, steps: int, warmup: int) -> dict:
+    """`warmup` untimed steps, then `steps` timed ones, each through the engine's epoch loop.
+
+    Both calls run the method's `on_epoch_start(1)`, so a method's per-epoch work is timed once
+    per measurement rather than once per epoch's worth of steps.
+    """
+    import torch
+
+    from gaal_cli.display import EpochProgress
+    from gaal_cli.engine import train_epoch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with EpochProgress(enabled=False) as bar:
+        if warmup:
+            train_epoch(method, CutLoader(loader, warmup), optimizer, device, bf16, bar, 1, 1)
+        sync()
+        timed = CutLoader(loader, steps)
+        load_before = os.getloadavg()[0]
+        start = time.perf_counter()
+        train_epoch(method, timed, optimizer, device, bf16, bar, 1, 1)
+        sync()
+        seconds = time.perf_counter() - start
+    return {
+        "samples": timed.samples,
+        "seconds": round(seconds, 4),
+        "samples_per_second": round(timed.samples / seconds, 2),
         # the machine's 1-minute load average around the timed steps: others' work slows these figures
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "torch": torch.__version__,
     }
 
 
