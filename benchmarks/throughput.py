@@ -17,8 +17,11 @@ and activations, not the dataset or the imports):
   /proc/self/clear_refs) minus the resident set just before; it includes allocator slack and
   freed-but-kept pages, so it is an upper bound on what training needs. Where the mark cannot be
   reset it is only the growth of the process's overall peak, a lower bound.
-Throughput includes host-to-device copies and the per-epoch host transfer of the logged
-statistics, as in a real run. Figures on a shared CPU are noisy: repeat and compare medians.
+CPU s/step is the process's CPU time (all threads) per step. Neither it nor the wall time is
+reliable while the load average exceeds the core count (threads wait for cores, and spin while
+they wait), so the table's title gives the load average around the timed steps; on a shared
+CPU, repeat, compare medians, and consider `--set train.threads=1`. Throughput includes
+host-to-device copies and the per-epoch host transfer of the logged statistics, as in a real run.
 """
 
 from __future__ import annotations
@@ -166,14 +169,16 @@ def time_steps(method, optimizer, loader, device, bf16: bool, steps: int, warmup
         sync()
         timed = CutLoader(loader, steps)
         load_before = os.getloadavg()[0]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_epoch(method, timed, optimizer, device, bf16, bar, 1, 1)
         sync()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
         "samples": timed.samples,
         "seconds": round(seconds, 4),
         "samples_per_second": round(timed.samples / seconds, 2),
+        # CPU time of all this process's threads (inflated too on an oversubscribed machine)
+        "cpu_seconds": round(cpu_seconds, 4),
         # the machine's 1-minute load average around the timed steps: others' work slows these figures
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
@@ -208,16 +213,17 @@ def print_table(rows: list[dict]) -> None:
         loads = [value for row in rows if "error" not in row for value in row["load_average"]]
         title += f"; load average {min(loads):.1f}-{max(loads):.1f}"
     table = Table(title=title)
-    for column in ("method", "samples/s", "s/step", "memory MiB", "memory measure", "peak RSS MiB"):
+    for column in ("method", "samples/s", "s/step", "CPU s/step", "memory MiB", "memory measure", "peak RSS MiB"):
         table.add_column(column, justify="left" if column in ("method", "memory measure") else "right")
     for row in rows:
         if "error" in row:
-            table.add_row(row["method"], "-", "-", "-", f"failed: {row['error']}", "-")
+            table.add_row(row["method"], "-", "-", "-", "-", f"failed: {row['error']}", "-")
             continue
         table.add_row(
             row["method"],
             f"{row['samples_per_second']:.1f}",
             f"{row['seconds_per_step']:.3f}",
+            f"{row['cpu_seconds'] / row['steps']:.3f}",
             f"{row['memory_mib']:.1f}",
             row["memory_kind"],
             f"{row['peak_rss_mib']:.0f}",
