@@ -228,7 +228,8 @@ def print_table(rows: list[dict]) -> None:
             row["memory_kind"],
             f"{row['peak_rss_mib']:.0f}",
         )
-    Console().print(table)
+    # a log or pipe gets a fixed width rather than rich's 80 columns, which wrap this table
+    Console(width=None if sys.stdout.isatty() else 132).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
