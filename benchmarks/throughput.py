@@ -1,0 +1,269 @@
+"""Training throughput (samples per second) and peak memory of every registered method.
+
+    python benchmarks/throughput.py                          # every method, default config, 20 steps
+    python benchmarks/throughput.py --steps 50 --methods gaal,concat
+    python benchmarks/throughput.py experiments/x.yaml --set model.image_backbone=resnet50 --json out.json
+
+Each method runs in its own Python process, so one method's memory high-water mark cannot leak
+into the next one's figure. A process builds the config (YAML < `--set`, with `method=<name>`),
+the dataset and the method exactly as `gaal train` does, runs `--warmup` steps, then times
+`--steps` steps of `gaal_cli.engine.train_epoch`, the engine's own epoch loop, over a loader cut
+to that many batches (it wraps around the training split when it is shorter).
+
+Memory, measured from just before the method is built (so it covers parameters, optimiser state
+and activations, not the dataset or the imports):
+- CUDA: `torch.cuda.max_memory_allocated` (tensors only, not the caching allocator's reserve).
+- CPU: the process's peak resident set (`ru_maxrss`, its high-water mark reset first through
+  /proc/self/clear_refs) minus the resident set just before; it includes allocator slack and
+  freed-but-kept pages, so it is an upper bound on what training needs. Where the mark cannot be
+  reset it is only the growth of the process's overall peak, a lower bound.
+CPU s/step is the process's CPU time (all threads) per step. Neither it nor the wall time is
+reliable while the load average exceeds the core count (threads wait for cores, and spin while
+they wait), so the table's title gives the load average around the timed steps; on a shared
+CPU, repeat, compare medians, and consider `--set train.threads=1`. Throughput includes
+host-to-device copies and the per-epoch host transfer of the logged statistics, as in a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from a checkout without installing it
+
+
+class CutLoader:
+    """Exactly `steps` batches of `loader`, starting again from its beginning when it runs out;
+    counts the samples it hands out."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps, self.samples = loader, steps, 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for batch in itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.steps):
+            self.samples += len(batch.label)
+            yield batch
+
+
+def peak_rss_mib() -> float:
+    # Linux reports ru_maxrss in KiB (macOS in bytes; this benchmark targets Linux hosts)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Settle the resident set, then reset its high-water mark (Linux >= 4.0).
+
+    Freed heap that glibc still holds is handed back first (malloc_trim), or the training could
+    reuse it without the RSS moving and the figure would depend on what the dataset build left.
+    Without the reset, a higher peak reached while building the dataset would hide the training's.
+
+    Returns:
+        False where the mark cannot be reset.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the baseline may include freed memory
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def measure(method_name: str, experiment: str | None, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Time `steps` training steps of one method in this process; one row of the table."""
+    import torch
+
+    from gaal_cli.config import load_config
+    from gaal_cli.data import build_data, make_loader
+    from gaal_cli.engine import build_optimizer, create_method, resolve_device, seed_everything
+
+    config = load_config(experiment, overrides, {"method": method_name})
+    device = resolve_device(config.train.device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    seed_everything(config.seed, config.train.deterministic)
+    data = build_data(config.data, config.seed)
+    loader = make_loader(
+        data.train,
+        config.data.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_start = torch.cuda.memory_allocated(device)
+    peak_was_reset = reset_peak_rss()
+    rss_start = current_rss_mib() if peak_was_reset else peak_rss_mib()
+    method = create_method(config, data).to(device)
+    optimizer, _ = build_optimizer(method, config.train)
+    timing = time_steps(method, optimizer, loader, device, config.train.bf16, steps, warmup)
+
+    if device.type == "cuda":
+        memory, memory_kind = (torch.cuda.max_memory_allocated(device) - cuda_start) / 2**20, "CUDA max allocated"
+    else:
+        memory = peak_rss_mib() - rss_start
+        memory_kind = "RSS peak - start" if peak_was_reset else "RSS peak growth (low)"
+    return {
+        "method": method_name,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "batch_size": config.data.batch_size,
+        "image_size": config.data.image_size,
+        "backbone": config.model.image_backbone,
+        "bf16": config.train.bf16,
+        "steps": steps,
+        **timing,
+        "seconds_per_step": round(timing["seconds"] / steps, 4),
+        "memory_mib": round(memory, 1),
+        "memory_kind": memory_kind,
+        "rss_start_mib": round(rss_start, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),  # whole process, since the reset
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def time_steps(method, optimizer, loader, device, bf16: bool, steps: int, warmup: int) -> dict:
+    """`warmup` untimed steps, then `steps` timed ones, each through the engine's epoch loop.
+
+    Both calls run the method's `on_epoch_start(1)`, so a method's per-epoch work is timed once
+    per measurement rather than once per epoch's worth of steps.
+    """
+    import torch
+
+    from gaal_cli.display import EpochProgress
+    from gaal_cli.engine import train_epoch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with EpochProgress(enabled=False) as bar:
+        if warmup:
+            train_epoch(method, CutLoader(loader, warmup), optimizer, device, bf16, bar, 1, 1)
+        sync()
+        timed = CutLoader(loader, steps)
+        load_before = os.getloadavg()[0]
+        start, cpu_start = time.perf_counter(), time.process_time()
+        train_epoch(method, timed, optimizer, device, bf16, bar, 1, 1)
+        sync()
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {
+        "samples": timed.samples,
+        "seconds": round(seconds, 4),
+        "samples_per_second": round(timed.samples / seconds, 2),
+        # CPU time of all this process's threads (inflated too on an oversubscribed machine)
+        "cpu_seconds": round(cpu_seconds, 4),
+        # the machine's 1-minute load average around the timed steps: others' work slows these figures
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def run_isolated(method_name: str, args: argparse.Namespace) -> dict:
+    """`measure` in a fresh interpreter; a failure is reported in the table, not raised."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", method_name]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += [f"--set={text}" for text in args.set]
+    if args.experiment:
+        command.append(args.experiment)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"method": method_name, "error": last}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    first = next((r for r in rows if "error" not in r), None)
+    title = "training throughput"
+    if first:
+        title += (
+            f" on {first['device']} ({first['threads']} threads), {first['backbone']}, "
+            f"{first['image_size']}px, batch {first['batch_size']}, {first['steps']} timed steps"
+            + (", bf16" if first["bf16"] else "")
+        )
+        loads = [value for row in rows if "error" not in row for value in row["load_average"]]
+        title += f"; load average {min(loads):.1f}-{max(loads):.1f}"
+    table = Table(title=title)
+    for column in ("method", "samples/s", "s/step", "CPU s/step", "memory MiB", "memory measure", "peak RSS MiB"):
+        table.add_column(column, justify="left" if column in ("method", "memory measure") else "right")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["method"], "-", "-", "-", "-", f"failed: {row['error']}", "-")
+            continue
+        table.add_row(
+            row["method"],
+            f"{row['samples_per_second']:.1f}",
+            f"{row['seconds_per_step']:.3f}",
+            f"{row['cpu_seconds'] / row['steps']:.3f}",
+            f"{row['memory_mib']:.1f}",
+            row["memory_kind"],
+            f"{row['peak_rss_mib']:.0f}",
+        )
+    # a log or pipe gets a fixed width rather than rich's 80 columns, which wrap this table
+    Console(width=None if sys.stdout.isatty() else 132).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", nargs="?", help="experiment YAML (default: the built-in config)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per method")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, cuDNN autotune)")
+    parser.add_argument("--methods", help="comma-separated method names (default: every registered method)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--child", metavar="METHOD", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+
+    if args.child:
+        print(json.dumps(measure(args.child, args.experiment, args.set, args.steps, args.warmup)))
+        return 0
+
+    from gaal_cli.methods import METHODS
+
+    names = args.methods.split(",") if args.methods else sorted(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(sorted(METHODS))}")
+    rows = []
+    for name in names:
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        rows.append(run_isolated(name, args))
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
