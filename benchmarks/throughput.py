@@ -97,32 +97,27 @@ def measure(method_name: str, experiment: str | None, overrides: list[str], step
     import torch
 
     from gaal_cli.config import load_config
-    from gaal_cli.data import build_data, make_loader
-    from gaal_cli.engine import build_optimizer, create_method, resolve_device, seed_everything
+    from gaal_cli.data import make_loader
+    from gaal_cli.engine import resolve_device, setup
 
     config = load_config(experiment, overrides, {"method": method_name})
     device = resolve_device(config.train.device)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    seed_everything(config.seed, config.train.deterministic)
-    data = build_data(config.data, config.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_start = torch.cuda.memory_allocated(device)
+    peak_was_reset = reset_peak_rss()
+    rss_start = current_rss_mib() if peak_was_reset else peak_rss_mib()
+    # the engine's own set-up (data, model, optimiser, GPU options); memory includes the data
+    session = setup(config)
     loader = make_loader(
-        data.train,
+        session.data.train,
         config.data.batch_size,
         shuffle=True,
         seed=config.seed,
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
     )
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        cuda_start = torch.cuda.memory_allocated(device)
-    peak_was_reset = reset_peak_rss()
-    rss_start = current_rss_mib() if peak_was_reset else peak_rss_mib()
-    method = create_method(config, data).to(device)
-    optimizer, _ = build_optimizer(method, config.train)
-    timing = time_steps(method, optimizer, loader, device, config.train.bf16, steps, warmup)
+    timing = time_steps(session, loader, steps, warmup)
 
     if device.type == "cuda":
         memory, memory_kind = (torch.cuda.max_memory_allocated(device) - cuda_start) / 2**20, "CUDA max allocated"
@@ -148,7 +143,7 @@ def measure(method_name: str, experiment: str | None, overrides: list[str], step
     }
 
 
-def time_steps(method, optimizer, loader, device, bf16: bool, steps: int, warmup: int) -> dict:
+def time_steps(session, loader, steps: int, warmup: int) -> dict:
     """`warmup` untimed steps, then `steps` timed ones, each through the engine's epoch loop.
 
     Both calls run the method's `on_epoch_start(1)`, so a method's per-epoch work is timed once
@@ -159,18 +154,20 @@ def time_steps(method, optimizer, loader, device, bf16: bool, steps: int, warmup
     from gaal_cli.display import EpochProgress
     from gaal_cli.engine import train_epoch
 
+    device = session.device
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     with EpochProgress(enabled=False) as bar:
         if warmup:
-            train_epoch(method, CutLoader(loader, warmup), optimizer, device, bf16, bar, 1, 1)
+            train_epoch(session, CutLoader(loader, warmup), bar, 1)
         sync()
         timed = CutLoader(loader, steps)
         load_before = os.getloadavg()[0]
         start, cpu_start = time.perf_counter(), time.process_time()
-        train_epoch(method, timed, optimizer, device, bf16, bar, 1, 1)
+        train_epoch(session, timed, bar, 1)
         sync()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return {
