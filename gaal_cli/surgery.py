@@ -82,4 +82,5 @@ def top_uncertain(logits: torch.Tensor, fraction: float) -> torch.Tensor:
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of two flat vectors (eq. 2); 0 when either is zero."""
-    return F.cosine_similarity(a.float(), b.float(), dim=0, eps=1e-12)
+    # clamped: float32 rounding can put parallel vectors a hair above 1
+    return F.cosine_similarity(a.float(), b.float(), dim=0, eps=1e-12).clamp(-1.0, 1.0)

@@ -177,6 +177,13 @@ class Igm(Method):
             if finished:
                 self.update_flat(previous)
 
+    def idle_parameters(self) -> set[str]:
+        """The encoder and head of the modality that the current stage does not train."""
+        _, modality, _ = self.stage(self.epoch)
+        other = "tabular" if modality == "image" else "image"
+        prefixes = (f"encoders.{other}.", f"heads.{other}.")
+        return {name for name, _ in self.named_parameters() if name.startswith(prefixes)}
+
     @torch.no_grad()
     def update_flat(self, modality: str) -> None:
         """Eq. 4 for every head layer of `modality` from the covariance of its last epoch."""

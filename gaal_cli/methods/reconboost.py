@@ -116,6 +116,15 @@ class ReconBoost(Method):
         stage, modality, _ = self.schedule()
         return list(MODALITIES) if stage >= 1 else [modality]
 
+    def idle_parameters(self) -> set[str]:
+        """Boosting trains one encoder and the head; rectification the members' encoders,
+        the head and the boost rate."""
+        _, modality, rectify = self.schedule()
+        learning = set(self.members()) if rectify else {modality}
+        idle = {f"encoders.{m}." for m in MODALITIES if m not in learning}
+        names = {n for n, _ in self.named_parameters() if n.startswith(tuple(idle))}
+        return names if rectify else names | {"boost_rate"}
+
     def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         return self.head(getattr(self.encoders, modality)(x))
 
