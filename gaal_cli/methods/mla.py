@@ -18,9 +18,10 @@ current turn's features before projecting.
 the engine does not pass to a method: set it in the settings, or leave it None to take it from
 the length of the previous epoch (during the first epoch α is then 0.1, the step-0 value).
 
-Official-code deviations: its parameter-name check (`n == "weight"` on dotted names) never
-matches, so the projection never runs there; here it runs, and `projection: false` gives the
-official code's effective behaviour (plain alternating training). Two more differences of the
+Official-code deviations: its parameter-name check (`"module.weight"`, against the head's own
+parameter names `weight` and `bias`) never matches, so the projection never runs there; here
+it runs, and `projection: false` gives the official code's effective behaviour (plain
+alternating training). Two more differences of the
 official plug-in (its GSPlugin.before_update), each an option: `normalize_projection: true`
 divides P by its Frobenius norm after each update; `outer_denominator: true` divides k kᵀ
 element-wise by α + k r, the d x d outer product its `torch.mm(k, r)` computes, instead of
