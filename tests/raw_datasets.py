@@ -45,8 +45,10 @@ def make_dvm(root: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     tables = root / "tables_V2.0"
     tables.mkdir(parents=True)
-    ads = ["Maker, Genmodel, Genmodel_ID,Adv_ID,Adv_year,Adv_month,Color,Reg_year,Bodytype,Runned_Miles,Engin_size,"
-           "Gearbox,Fuel_type,Price,Seat_num,Door_num"]
+    ads = [
+        "Maker, Genmodel, Genmodel_ID,Adv_ID,Adv_year,Adv_month,Color,Reg_year,Bodytype,Runned_Miles,Engin_size,"
+        "Gearbox,Fuel_type,Price,Seat_num,Door_num"
+    ]
     images = ["Genmodel_ID, Image_ID, Image_name, Predicted_viewpoint, Quality_check"]
     prices = ["Maker, Genmodel, Genmodel_ID, Year, Entry_price"]
     extra = ["Maker,Genmodel,Genmodel_ID,Adv_ID, Wheelbase,Height,Width,Length"]
@@ -60,17 +62,23 @@ def make_dvm(root: Path, seed: int = 0) -> Path:
             engine = "" if (k, a) == (0, 3) else f"{1.0 + 0.4 * k:.1f}L"
             gearbox = "Manual" if a % 2 else "Automatic"
             fuel = "Petrol" if k % 2 == 0 else "Diesel"
-            ads.append(f"{maker},{model},{gid},{adv},{2018 + a % 3},{1 + a % 12},{colour_name},{reg},"
-                       f"{'Hatchback' if k else 'Convertible'},{1000 * a + 17 * k},{engine},{gearbox},{fuel},"
-                       f"{9000 + 500 * k + 10 * a},{2 + 2 * (k > 0)},{3 + (k > 0)}")
+            ads.append(
+                f"{maker},{model},{gid},{adv},{2018 + a % 3},{1 + a % 12},{colour_name},{reg},"
+                f"{'Hatchback' if k else 'Convertible'},{1000 * a + 17 * k},{engine},{gearbox},{fuel},"
+                f"{9000 + 500 * k + 10 * a},{2 + 2 * (k > 0)},{3 + (k > 0)}"
+            )
             wheelbase = "" if a == 4 else str(2400 + 100 * k)
             extra.append(f"{maker},{model},{gid},{adv},{wheelbase},{1400 + 20 * k},{1700 + 30 * k},{4000 + 200 * k}")
             for view in range(2):
                 name = f"{maker}$${model}$${reg}$${colour_name}$${gid}$${a}$$image_{view}.jpg"
                 images.append(f"{gid},{adv}$${view},{name},{view * 90},P")
                 write_jpeg(root / "resized_DVM" / maker / model / str(reg) / colour_name / name, colour, rng)
-    for name, lines in (("Ad_table.csv", ads), ("Image_table.csv", images), ("Price_table.csv", prices),
-                        ("Ad_table (extra).csv", extra)):
+    for name, lines in (
+        ("Ad_table.csv", ads),
+        ("Image_table.csv", images),
+        ("Price_table.csv", prices),
+        ("Ad_table (extra).csv", extra),
+    ):
         (tables / name).write_text("\n".join(lines) + "\n")
     return root
 

@@ -72,10 +72,16 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, target: str = "Attr
         "split": "official partition (list_eval_partition.txt)",
     }
     return prepare_rows(
-        out, features=binary[features], continuous=[], categorical=features,
-        labels=binary[target].to_numpy(), class_names=[f"not {target}", target],
+        out,
+        features=binary[features],
+        continuous=[],
+        categorical=features,
+        labels=binary[target].to_numpy(),
+        class_names=[f"not {target}", target],
         split=split.fillna("train").to_numpy(dtype=object),
         paths=[str(raw / "img_align_celeba" / name) for name in frame["image"]],
-        image_root=raw / "img_align_celeba", problems=problems, manifest=manifest,
+        image_root=raw / "img_align_celeba",
+        problems=problems,
+        manifest=manifest,
         vocabulary=pd.DataFrame({c: [0, 1] for c in features}),
     )

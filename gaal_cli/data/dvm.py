@@ -29,7 +29,15 @@ from gaal_cli.errors import GaalError
 
 VERSION = 1
 CONTINUOUS = [
-    "Adv_year", "Adv_month", "Reg_year", "Runned_Miles", "Price", "Seat_num", "Door_num", "Entry_price", "Engine_size",
+    "Adv_year",
+    "Adv_month",
+    "Reg_year",
+    "Runned_Miles",
+    "Price",
+    "Seat_num",
+    "Door_num",
+    "Entry_price",
+    "Engine_size",
 ]
 CATEGORICAL = ["Color", "Bodytype", "Gearbox", "Fuel_type"]
 PHYSICAL = ["Wheelbase", "Height", "Width", "Length"]
@@ -53,11 +61,21 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def merge_ads(tables: Path) -> pd.DataFrame:
-    """One row per ad with its entry price and first image."""
-    ads = read_table(tables / "Ad_table.csv", ["Maker", "Genmodel", "Genmodel_ID", "Adv_ID", "Reg_year", "Engin_size",
-                                                *[c for c in CONTINUOUS if c not in ("Entry_price", "Engine_size")],
-                                                *CATEGORICAL])
+def merge_ads(tables: Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One row per ad with its entry price and first image, and how many ads each merge lost."""
+    ads = read_table(
+        tables / "Ad_table.csv",
+        [
+            "Maker",
+            "Genmodel",
+            "Genmodel_ID",
+            "Adv_ID",
+            "Reg_year",
+            "Engin_size",
+            *[c for c in CONTINUOUS if c not in ("Entry_price", "Engine_size")],
+            *CATEGORICAL,
+        ],
+    )
     images = read_table(tables / "Image_table.csv", ["Image_ID", "Image_name"])
     prices = read_table(tables / "Price_table.csv", ["Genmodel_ID", "Year", "Entry_price"])
     images["Adv_ID"] = images["Image_ID"].str.split("$$", regex=False).str[:2].str.join("$$")
@@ -66,13 +84,18 @@ def merge_ads(tables: Path) -> pd.DataFrame:
     prices = prices.assign(Year=pd.to_numeric(prices["Year"], errors="coerce"))
     prices = prices.drop_duplicates(["Genmodel_ID", "Year"])[["Genmodel_ID", "Year", "Entry_price"]]
     data = ads.merge(prices, left_on=["Genmodel_ID", "Reg_year"], right_on=["Genmodel_ID", "Year"], how="inner")
+    priced = len(data)
     data = data.drop(columns="Year").merge(first_image, on="Adv_ID", how="inner")
+    lost = {
+        "recipe: no entry price for (Genmodel_ID, Reg_year)": len(ads) - priced,
+        "recipe: ad without image": priced - len(data),
+    }
     data["Engine_size"] = data["Engin_size"].str.strip().str.replace(r"L$", "", regex=True)
     for column in CONTINUOUS:
         data[column] = pd.to_numeric(data[column], errors="coerce")
     for column in CATEGORICAL:
         data[column] = data[column].str.strip()
-    return data.reset_index(drop=True)
+    return data.reset_index(drop=True), lost
 
 
 def add_physical(data: pd.DataFrame, tables: Path, rng: np.random.Generator) -> pd.DataFrame:
@@ -94,14 +117,16 @@ def add_physical(data: pd.DataFrame, tables: Path, rng: np.random.Generator) -> 
 
 def model_order(ids: pd.Series) -> list[str]:
     """Genmodel_IDs ("10_1", "2_11") in numeric order of their parts."""
+
     def key(gid: str) -> tuple:
         return tuple(int(p) if p.isdigit() else p for p in gid.split("_"))
 
     return sorted(ids.unique(), key=key)
 
 
-def prepare(raw: Path, out: Path, *, skip_bad: bool = False, physical: bool = False, min_ads: int = 100,
-            seed: int = 2022) -> dict:
+def prepare(
+    raw: Path, out: Path, *, skip_bad: bool = False, physical: bool = False, min_ads: int = 100, seed: int = 2022
+) -> dict:
     """Prepare DVM-CAR from RAW into OUT (see the module docstring).
 
     Args:
@@ -111,10 +136,10 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, physical: bool = Fa
     """
     tables = raw / "tables_V2.0" if (raw / "tables_V2.0").is_dir() else raw
     images_root = raw / "resized_DVM"
-    data = merge_ads(tables)
+    data, dropped = merge_ads(tables)
     merged = len(data)
     data = data.dropna(subset=CONTINUOUS + CATEGORICAL + ["Image_name"])
-    dropped = {"recipe: missing or non-numeric value": merged - len(data)}
+    dropped["recipe: missing or non-numeric value"] = merged - len(data)
     counts = data["Genmodel_ID"].value_counts()
     kept = len(data)
     data = data[data["Genmodel_ID"].map(counts) >= min_ads].reset_index(drop=True)
@@ -138,15 +163,27 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, physical: bool = Fa
     paths = [str(images_root.joinpath(*name.split("$$")[:4], name)) for name in data["Image_name"]]
     problems = Problems(str(tables / "Image_table.csv"), [f"Adv_ID {a}" for a in data["Adv_ID"]], skip_bad)
     manifest = {
-        "recipe": {"name": "dvm", "version": VERSION,
-                   "params": {"physical": physical, "min_ads": min_ads, "seed": seed}},
+        "recipe": {
+            "name": "dvm",
+            "version": VERSION,
+            "params": {"physical": physical, "min_ads": min_ads, "seed": seed},
+        },
         "target": "Genmodel_ID",
         "normalize": "none",
         "split": f"stratified on Genmodel_ID, test {TEST_FRACTION}, val {VAL_FRACTION} of the rest, seed {seed}",
         "dropped": dropped,
     }
     return prepare_rows(
-        out, features=data[continuous + CATEGORICAL], continuous=continuous, categorical=CATEGORICAL,
-        labels=labels, class_names=class_names, split=split, paths=paths, image_root=images_root,
-        problems=problems, manifest=manifest, vocabulary=data[CATEGORICAL],
+        out,
+        features=data[continuous + CATEGORICAL],
+        continuous=continuous,
+        categorical=CATEGORICAL,
+        labels=labels,
+        class_names=class_names,
+        split=split,
+        paths=paths,
+        image_root=images_root,
+        problems=problems,
+        manifest=manifest,
+        vocabulary=data[CATEGORICAL],
     )

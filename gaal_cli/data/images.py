@@ -103,9 +103,7 @@ def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dic
     tmp = file.with_name(file.name + ".tmp.npy")
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
     failed: dict[str, str] = {}
-    loader = DataLoader(
-        _Decoder(paths, size), batch_size=None, num_workers=num_workers, collate_fn=lambda item: item
-    )
+    loader = DataLoader(_Decoder(paths, size), batch_size=None, num_workers=num_workers, collate_fn=lambda item: item)
     for i, image, error in loader:
         if error is None:
             pixels[i] = image

@@ -93,8 +93,16 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False) -> dict:
     }
     root = Path(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else raw
     return prepare_rows(
-        out, features=table, continuous=continuous, categorical=categorical, labels=labels,
-        class_names=[str(c) for c in range(int(labels.max()) + 1)], split=split, paths=paths, image_root=root,
-        problems=problems, manifest=manifest,
+        out,
+        features=table,
+        continuous=continuous,
+        categorical=categorical,
+        labels=labels,
+        class_names=[str(c) for c in range(int(labels.max()) + 1)],
+        split=split,
+        paths=paths,
+        image_root=root,
+        problems=problems,
+        manifest=manifest,
         vocabulary=pd.DataFrame({c: pd.Series(range(k)) for c, k in zip(columns, lengths) if k > 1}),
     )

@@ -130,7 +130,8 @@ def read_prepared(folder: Path, expected_recipe: str) -> tuple[dict, pd.DataFram
     if not manifest_file.is_file():
         raise GaalError(
             f"no {MANIFEST}: prepare it first with `gaal data prepare {expected_recipe} --raw RAW --out {folder}`",
-            source=str(folder), field="data.dir",
+            source=str(folder),
+            field="data.dir",
         )
     manifest = json.loads(manifest_file.read_text())
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
@@ -138,7 +139,8 @@ def read_prepared(folder: Path, expected_recipe: str) -> tuple[dict, pd.DataFram
     if manifest["recipe"]["name"] != expected_recipe:
         raise GaalError(
             f"prepared by the '{manifest['recipe']['name']}' recipe, not '{expected_recipe}'",
-            source=str(manifest_file), field="data.name",
+            source=str(manifest_file),
+            field="data.name",
         )
     table = pd.read_csv(folder / manifest["table"], dtype={"image": str, "split": str})
     return manifest, table
@@ -154,7 +156,8 @@ def build_prepared(cfg: DataConfig, recipe: str) -> DataBundle:
     if not root.is_dir():
         raise GaalError(
             "the image root recorded in the manifest does not exist (edit image_root if the images moved)",
-            source=str(folder / MANIFEST), field="image_root",
+            source=str(folder / MANIFEST),
+            field="image_root",
         )
     rows = Rows(
         paths=[str(root / p) for p in table["image"]],
@@ -205,8 +208,13 @@ def bundle(
                 cache_rows=kept.origin[mask],
             )
         )
-    info = {**info, "counts": {s: len(sp) for s, sp in zip(SPLITS, splits)}, "dropped": dropped,
-            "image_cache": str(cache) if cache else None}
+    info = {
+        **info,
+        "class_names": kept.class_names,
+        "counts": {s: len(sp) for s, sp in zip(SPLITS, splits)},
+        "dropped": dropped,
+        "image_cache": str(cache) if cache else None,
+    }
     return DataBundle(*splits, schema=schema, class_names=kept.class_names, info=info)
 
 

@@ -46,8 +46,9 @@ def cell_strings(cell: np.ndarray) -> list[str]:
     return [str(np.asarray(item).ravel()[0]) if np.asarray(item).size else "" for item in cell.ravel()]
 
 
-def prepare(raw: Path, out: Path, *, skip_bad: bool = False, target: str = "open area", threshold: float = 0.5,
-            seed: int = 2022) -> dict:
+def prepare(
+    raw: Path, out: Path, *, skip_bad: bool = False, target: str = "open area", threshold: float = 0.5, seed: int = 2022
+) -> dict:
     """Prepare SUN Attribute from RAW into OUT (see the module docstring).
 
     Args:
@@ -61,30 +62,43 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, target: str = "open
     if votes.shape != (len(images), len(names)):
         raise GaalError(
             f"labels_cv is {votes.shape[0]}x{votes.shape[1]} but there are {len(images)} images and "
-            f"{len(names)} attributes", source=str(raw / "attributeLabels_continuous.mat"),
+            f"{len(names)} attributes",
+            source=str(raw / "attributeLabels_continuous.mat"),
         )
     if target not in names:
         raise GaalError(f"no attribute '{target}'; expected one of: {', '.join(names)}", field="--target")
     if not 0 < threshold <= 1:
         raise GaalError("the threshold is a vote fraction in (0, 1]", field="--threshold")
 
-    problems = Problems(str(raw / "attributeLabels_continuous.mat"), [f"image {i + 1} ({p})" for i, p in
-                                                                         enumerate(images)], skip_bad)
+    problems = Problems(
+        str(raw / "attributeLabels_continuous.mat"), [f"image {i + 1} ({p})" for i, p in enumerate(images)], skip_bad
+    )
     for j, name in enumerate(names):
         problems.add_many(np.isnan(votes[:, j]), "vote fraction is NaN", column=name)
     present = pd.DataFrame((np.nan_to_num(votes) >= threshold).astype(np.int64), columns=names)
     labels = present[target].to_numpy()
     features = [n for n in names if n != target]
     manifest = {
-        "recipe": {"name": "sun", "version": VERSION,
-                   "params": {"target": target, "threshold": threshold, "seed": seed}},
+        "recipe": {
+            "name": "sun",
+            "version": VERSION,
+            "params": {"target": target, "threshold": threshold, "seed": seed},
+        },
         "target": target,
         "normalize": "imagenet",
         "split": f"stratified on '{target}', test {TEST_FRACTION}, val {VAL_FRACTION} of the rest, seed {seed}",
     }
     return prepare_rows(
-        out, features=present[features], continuous=[], categorical=features, labels=labels,
-        class_names=[f"not {target}", target], split=stratified_split(labels, TEST_FRACTION, VAL_FRACTION, seed),
-        paths=[str(raw / "images" / p) for p in images], image_root=raw / "images", problems=problems,
-        manifest=manifest, vocabulary=pd.DataFrame({c: [0, 1] for c in features}),
+        out,
+        features=present[features],
+        continuous=[],
+        categorical=features,
+        labels=labels,
+        class_names=[f"not {target}", target],
+        split=stratified_split(labels, TEST_FRACTION, VAL_FRACTION, seed),
+        paths=[str(raw / "images" / p) for p in images],
+        image_root=raw / "images",
+        problems=problems,
+        manifest=manifest,
+        vocabulary=pd.DataFrame({c: [0, 1] for c in features}),
     )

@@ -59,18 +59,25 @@ def build_table(cfg: DataConfig, seed: int) -> DataBundle:
         if column is None:
             raise GaalError(f"a table needs {key} (--{key.split('.')[1].replace('_', '-')} COLUMN)", field=key)
         if column not in frame.columns:
-            raise GaalError(f"no such column; the table has: {', '.join(map(str, frame.columns))}",
-                            source=source, field=key)
+            raise GaalError(
+                f"no such column; the table has: {', '.join(map(str, frame.columns))}", source=source, field=key
+            )
     names = [f"line {i + 2}" if path.suffix.lower() == ".csv" else f"row {i + 1}" for i in range(len(frame))]
     problems = Problems(source, names, cfg.skip_bad)
     has_split = cfg.split_column in frame.columns
-    features = [c for c in frame.columns if c not in (cfg.target, cfg.image_column) and not (
-        has_split and c == cfg.split_column)]
+    features = [
+        c
+        for c in frame.columns
+        if c not in (cfg.target, cfg.image_column) and not (has_split and c == cfg.split_column)
+    ]
     find_missing(frame, [cfg.image_column, cfg.target, *features], problems)
 
     labels, class_names = _labels(frame[cfg.target])
-    split = _split_column(frame[cfg.split_column], problems) if has_split else stratified_split(
-        labels, TEST_FRACTION, VAL_FRACTION, SPLIT_SEED)
+    split = (
+        _split_column(frame[cfg.split_column], problems)
+        if has_split
+        else stratified_split(labels, TEST_FRACTION, VAL_FRACTION, SPLIT_SEED)
+    )
     continuous, categorical = infer_types(frame, features, cfg.categorical, cfg.continuous)
     tabular, enc = encode_split_table(frame[features], continuous, categorical, split, problems)
 
@@ -81,8 +88,9 @@ def build_table(cfg: DataConfig, seed: int) -> DataBundle:
     info = {
         "table": str(path),
         "target": cfg.target,
-        "split": f"column '{cfg.split_column}'" if has_split else (
-            f"stratified, seed {SPLIT_SEED}, test {TEST_FRACTION}, val {VAL_FRACTION} of the rest"),
+        "split": f"column '{cfg.split_column}'"
+        if has_split
+        else (f"stratified, seed {SPLIT_SEED}, test {TEST_FRACTION}, val {VAL_FRACTION} of the rest"),
         "encoding": enc.to_json(),
     }
     normalize = "none" if cfg.normalize == "auto" else cfg.normalize

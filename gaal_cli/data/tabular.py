@@ -57,8 +57,10 @@ class Problems:
             row = min(self.bad)
             reason, column, file = self.bad[row]
             more = len(self.bad) - 1
-            tail = f" ({more} more bad row{'s' if more > 1 else ''}; --skip-bad drops and counts them)" if more else (
-                " (--skip-bad drops such rows)"
+            tail = (
+                f" ({more} more bad row{'s' if more > 1 else ''}; --skip-bad drops and counts them)"
+                if more
+                else (" (--skip-bad drops such rows)")
             )
             where = f"{self.row_names[row]}" + (f", image {file}" if file else "")
             raise GaalError(f"{where}: {reason}{tail}", source=self.source, field=column)
