@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.io
 
 from gaal_cli.data.prepared import prepare_rows
 from gaal_cli.data.tabular import Problems, stratified_split
@@ -32,6 +31,10 @@ TEST_FRACTION, VAL_FRACTION = 0.2, 0.2
 
 
 def load_mat(raw: Path, name: str, key: str) -> np.ndarray:
+    try:
+        import scipy.io
+    except ImportError:
+        raise GaalError("reading SUN's .mat files needs scipy: pip install 'gaal[sun]'") from None
     for path in (raw / name, raw / "SUNAttributeDB" / name):
         if path.is_file():
             content = scipy.io.loadmat(path)
