@@ -36,9 +36,13 @@ def decode(path: str | Path, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
-def check_files(paths: Sequence[str], problems: Problems) -> None:
-    """Record missing files and files that are not images (header only: cheap, no decoding)."""
+def check_files(paths: Sequence[str], problems: Problems, *, headers: bool = True) -> None:
+    """Record missing files and, with `headers`, files that are not images (no decoding: cheap)."""
     for row, path in enumerate(paths):
+        if not headers:
+            if not os.path.isfile(path):
+                problems.add(row, "image file not found", file=path)
+            continue
         try:
             with Image.open(path):
                 pass
@@ -91,7 +95,7 @@ def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Proble
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     if meta.get("key") != key or not file.exists():
         meta = {"key": key, "count": len(paths), "size": size, "failed": _build(paths, size, file, num_workers)}
-        tmp = meta_file.with_name(meta_file.name + ".tmp")
+        tmp = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_file)
     for row, message in meta["failed"].items():
@@ -100,7 +104,7 @@ def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Proble
 
 
 def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dict[str, str]:
-    tmp = file.with_name(file.name + ".tmp.npy")
+    tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npy")  # runs in parallel may build the same cache
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
     failed: dict[str, str] = {}
     loader = DataLoader(_Decoder(paths, size), batch_size=None, num_workers=num_workers, collate_fn=lambda item: item)
@@ -114,6 +118,10 @@ def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dic
     del pixels
     os.replace(tmp, file)
     return failed
+
+
+def _as_is(item):
+    return item
 
 
 class ImageTransform:

@@ -187,10 +187,10 @@ def bundle(
 ) -> DataBundle:
     """Check the images, build the cache, drop or report bad rows, and make the three splits.
 
-    Cheap checks (missing files, bad headers, problems already recorded) fail before the cache
-    is built, so a bad table costs seconds, not a decoding pass.
+    Cheap checks (missing files, problems already recorded) fail before the cache is built, so
+    a bad table costs seconds, not a decoding pass; files that do not decode fail after it.
     """
-    check_files(rows.paths, problems)
+    check_files(rows.paths, problems, headers=not cfg.cache)  # the cache build decodes every file anyway
     problems.raise_or_keep()
     cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers) if cfg.cache else None
     kept, dropped = drop_bad(rows, problems, label_column)
