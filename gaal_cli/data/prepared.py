@@ -38,7 +38,6 @@ FORMAT = "gaal-prepared"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TABLE = "table.csv"
-RESERVED = ("image", "label", "split")
 
 
 @dataclass
@@ -96,17 +95,17 @@ def drop_bad(rows: Rows, problems: Problems, label_column: str | None) -> tuple[
 def write_prepared(out: Path, rows: Rows, image_root: Path, manifest: dict) -> dict:
     """Write table.csv and manifest.json into `out` (each atomically); returns the full manifest."""
     out.mkdir(parents=True, exist_ok=True)
-    root = image_root.resolve()
+    root = os.path.abspath(image_root)
     frame = pd.DataFrame(rows.tabular, columns=manifest["columns"])
     frame.insert(0, "split", rows.split)
     frame.insert(0, "label", rows.labels)
-    frame.insert(0, "image", [os.path.relpath(Path(p).resolve(), root) for p in rows.paths])
+    frame.insert(0, "image", [os.path.relpath(os.path.abspath(p), root) for p in rows.paths])
     counts = {s: int(np.sum(rows.split == s)) for s in SPLITS}
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **manifest,
-        "image_root": str(root),
+        "image_root": root,
         "class_names": rows.class_names,
         "counts": counts,
         "table": TABLE,
@@ -133,7 +132,10 @@ def read_prepared(folder: Path, expected_recipe: str) -> tuple[dict, pd.DataFram
             source=str(folder),
             field="data.dir",
         )
-    manifest = json.loads(manifest_file.read_text())
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as err:
+        raise GaalError(f"not valid JSON ({err})", source=str(manifest_file)) from None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise GaalError(f"not a {FORMAT} v{FORMAT_VERSION} manifest", source=str(manifest_file))
     if manifest["recipe"]["name"] != expected_recipe:
@@ -160,7 +162,7 @@ def build_prepared(cfg: DataConfig, recipe: str) -> DataBundle:
             field="image_root",
         )
     rows = Rows(
-        paths=[str(root / p) for p in table["image"]],
+        paths=[os.path.join(root, p) for p in table["image"]],
         tabular=table[manifest["columns"]].to_numpy(dtype=np.float32),
         labels=table["label"].to_numpy(dtype=np.int64),
         split=table["split"].to_numpy(dtype=object),
