@@ -118,3 +118,16 @@ def test_relative_paths_resolve_against_the_table_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = build_data(DataConfig(name="user/table.csv", target="species", image_column="photo", image_size=16), 0)
     assert len(data.train) + len(data.val) + len(data.test) == len(frame)
+
+
+def test_batched_blur_matches_torchvision_per_image():
+    from torchvision.transforms import v2
+
+    from gaal_cli.data.images import RecipeAugmentation, gaussian_blur
+
+    images = torch.rand(3, 3, 32, 32) * 255
+    sigmas = [0.1, 1.0, 2.0]
+    expected = torch.stack([v2.functional.gaussian_blur(images[i], [29, 29], [s, s]) for i, s in enumerate(sigmas)])
+    assert torch.allclose(gaussian_blur(images, 29, torch.tensor(sigmas)), expected, atol=1e-3)
+    out = RecipeAugmentation(16)(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
+    assert out.shape == (4, 3, 16, 16) and out.min() >= 0 and out.max() <= 255
