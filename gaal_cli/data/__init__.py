@@ -6,9 +6,8 @@ import functools
 from collections.abc import Callable
 
 from gaal_cli.config import DataConfig
-from gaal_cli.data import prepared, table
 from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, make_loader
-from gaal_cli.data.recipes import RECIPES
+from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
 from gaal_cli.errors import GaalError
 
 DatasetBuilder = Callable[[DataConfig, int], DataBundle]
@@ -30,8 +29,10 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         GaalError: unknown dataset name (the message lists the known ones).
     """
     _load_builtin()
-    if table.is_table(cfg.name):
-        return table.build_table(cfg, seed)
+    if cfg.name.lower().endswith(TABLE_SUFFIXES):
+        from gaal_cli.data.table import build_table
+
+        return build_table(cfg, seed)
     if cfg.name not in DATASETS:
         raise GaalError(
             f"unknown dataset '{cfg.name}'; expected one of: {', '.join(sorted(DATASETS))}, or a .csv/.parquet table",
@@ -51,7 +52,9 @@ def _load_builtin() -> None:
 
 def _prepared(cfg: DataConfig, seed: int, recipe: str) -> DataBundle:
     """A dataset made by `gaal data prepare <recipe>`: its splits are fixed in the PREP folder."""
-    return prepared.build_prepared(cfg, recipe)
+    from gaal_cli.data.prepared import build_prepared
+
+    return build_prepared(cfg, recipe)
 
 
 __all__ = [

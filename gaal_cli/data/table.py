@@ -21,15 +21,10 @@ from gaal_cli.data.prepared import Rows, bundle, encode_split_table
 from gaal_cli.data.tabular import SPLITS, Problems, find_missing, infer_types, stratified_split
 from gaal_cli.errors import GaalError
 
-TABLE_SUFFIXES = (".csv", ".parquet")
 SPLIT_SEED = 2022
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-
-
-def is_table(name: str) -> bool:
-    return name.lower().endswith(TABLE_SUFFIXES)
 
 
 def read_table(path: Path) -> pd.DataFrame:
