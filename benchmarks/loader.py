@@ -7,6 +7,10 @@ Writes a folder of random JPEGs and a table, then times a pass over the training
 (64 % of the rows):
 once decoding every JPEG per batch (data.cache=false), once from the memory-mapped cache
 (after building it, timed separately). Nothing here is part of the test suite.
+
+With --augment and --workers 0 the per-image augmentations run in the main process with
+torch's default thread count, which on a busy machine can be ten times slower than with
+OMP_NUM_THREADS=1; loader workers run single-threaded and do not have that problem.
 """
 
 from __future__ import annotations

@@ -46,7 +46,11 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def build_table(cfg: DataConfig, seed: int) -> DataBundle:
-    """The DataBundle of a user table named by `data.name`."""
+    """The DataBundle of a user table named by `data.name`.
+
+    The run seed is not used: without a split column the split seed is `SPLIT_SEED`, so every
+    seed of an experiment sees the same split.
+    """
     path = Path(cfg.name)
     frame = read_table(path)
     source = str(path)
