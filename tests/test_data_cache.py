@@ -8,10 +8,19 @@ import pandas as pd
 import torch
 from raw_datasets import make_table, write_jpeg
 from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import functional as F
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.data.images import decode, ensure_cache
+from gaal_cli.data.images import (
+    RecipeAugmentation,
+    color_jitter,
+    crop_boxes,
+    decode,
+    ensure_cache,
+    gaussian_blur,
+    resized_crop,
+)
 from gaal_cli.data.tabular import Problems
 
 
@@ -121,13 +130,41 @@ def test_relative_paths_resolve_against_the_table_folder(tmp_path, monkeypatch):
 
 
 def test_batched_blur_matches_torchvision_per_image():
-    from torchvision.transforms import v2
-
-    from gaal_cli.data.images import RecipeAugmentation, gaussian_blur
-
     images = torch.rand(3, 3, 32, 32) * 255
     sigmas = [0.1, 1.0, 2.0]
-    expected = torch.stack([v2.functional.gaussian_blur(images[i], [29, 29], [s, s]) for i, s in enumerate(sigmas)])
+    expected = torch.stack([F.gaussian_blur(images[i], [29, 29], [s, s]) for i, s in enumerate(sigmas)])
     assert torch.allclose(gaussian_blur(images, 29, torch.tensor(sigmas)), expected, atol=1e-3)
-    out = RecipeAugmentation(16)(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8))
-    assert out.shape == (4, 3, 16, 16) and out.min() >= 0 and out.max() <= 255
+
+
+def test_batched_colour_jitter_matches_torchvision_per_image():
+    images = torch.rand(3, 3, 8, 8) * 255
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    for op in range(3):
+        factors = torch.ones(3, 3)
+        factors[:, op] = torch.tensor([0.3, 1.0, 1.7])
+        order = torch.tensor([[op, (op + 1) % 3, (op + 2) % 3]] * 3)
+        expected = torch.stack([adjust[op](images[i] / 255, float(factors[i, op])) for i in range(3)]) * 255
+        assert torch.allclose(color_jitter(images, factors, order), expected, atol=1e-3), op
+
+
+def test_batched_crop_matches_torchvision_resized_crop():
+    images = torch.rand(2, 3, 16, 16)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [3.0, 2.0, 13.0, 10.0]])  # x0, y0, x1, y1
+    out = resized_crop(images, boxes, 16)
+    assert torch.equal(out[0], images[0])
+    expected = F.resized_crop(images[1], top=2, left=3, height=8, width=10, size=[16, 16], antialias=False)
+    # equal inside; on the outermost pixels torchvision clamps to the crop, roi_align reads past it
+    assert torch.allclose(out[1][:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=1e-5)
+    torch.manual_seed(0)
+    boxes = crop_boxes(500, 64, 64, (0.6, 1.0), (3 / 4, 4 / 3))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert boxes.min() >= 0 and boxes.max() <= 64
+    assert (w * h / 64**2).min() > 0.58 and (w / h).min() > 0.72 and (w / h).max() < 1.38
+
+
+def test_recipe_augmentation_draws_per_image():
+    torch.manual_seed(0)
+    same = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).expand(6, 3, 16, 16)
+    out = RecipeAugmentation(16)(same)
+    assert out.shape == (6, 3, 16, 16) and out.min() >= 0 and out.max() <= 255
+    assert len({tuple(o.flatten()[:20].tolist()) for o in out}) == 6
