@@ -52,6 +52,9 @@ def train(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run folder (default: results/<experiment>/<method>/seed<seed>)."
     ),
+    target: str | None = typer.Option(None, "--target", help="Class column of a .csv/.parquet dataset."),
+    image_column: str | None = typer.Option(None, "--image-column", help="Image-path column of a table."),
+    skip_bad: bool | None = typer.Option(None, "--skip-bad", help="Drop and count bad rows instead of failing."),
     overrides: list[str] = typer.Option([], "--set", help="Override any config key: --set methods.gaal.epsilon=0.1"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -68,6 +71,9 @@ def train(
         "train.epochs": epochs,
         "seed": seed,
         "train.device": device,
+        "data.target": target,
+        "data.image_column": image_column,
+        "data.skip_bad": skip_bad,
     }
     config = load_config(experiment, overrides, flags)
     run_dir = out or Path("results") / config.name / config.method / f"seed{config.seed}"
@@ -177,6 +183,35 @@ def report(
 
     for path in write_report(folder, out or folder / "report"):
         stdout.print(str(path), highlight=False)
+
+
+data_app = typer.Typer(help="Prepare real datasets from their raw downloads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@user_errors
+def prepare_data(
+    recipe: str = typer.Argument(..., help="dvm, celeba, sun, or mmcl (import MMCL/GAAL prepared files)."),
+    raw: Path = typer.Option(..., "--raw", help="Folder of the raw download."),
+    out: Path = typer.Option(..., "--out", help="Folder to write manifest.json and table.csv into."),
+    physical: bool | None = typer.Option(None, "--physical", help="dvm: add the 4 jittered physical columns."),
+    min_ads: int | None = typer.Option(None, "--min-ads", help="dvm: keep car models with this many ads (100)."),
+    target: str | None = typer.Option(None, "--target", help="celeba/sun: attribute to predict."),
+    threshold: float | None = typer.Option(None, "--threshold", help="sun: vote fraction for 'present' (0.5)."),
+    seed: int | None = typer.Option(None, "--seed", help="dvm/sun: split seed (2022)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop and count bad rows instead of failing."),
+) -> None:
+    """Prepare a dataset by its recipe; then train with --dataset RECIPE --data-dir OUT."""
+    from gaal_cli.data.recipes import prepare
+
+    options = {"physical": physical, "min_ads": min_ads, "target": target, "threshold": threshold, "seed": seed}
+    manifest = prepare(recipe, raw, out, skip_bad, options)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    dropped = ", ".join(f"{k}: {v}" for k, v in manifest["dropped"].items() if v) or "none"
+    stdout.print(f"{recipe}: {len(manifest['class_names'])} classes, {len(manifest['columns'])} columns; {counts}")
+    stdout.print(f"dropped rows: {dropped}", highlight=False)
+    stdout.print(f"prepared data: {out}")
 
 
 @app.command("methods")

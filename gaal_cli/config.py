@@ -48,6 +48,8 @@ class DataConfig(Section):
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0)
     augment: bool = False
+    normalize: Literal["auto", "none", "imagenet"] = "auto"
+    cache: bool = True
     target: str | None = None
     image_column: str | None = None
     split_column: str = "split"

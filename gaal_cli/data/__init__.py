@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, make_loader
+from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
 from gaal_cli.errors import GaalError
 
 DatasetBuilder = Callable[[DataConfig, int], DataBundle]
@@ -27,9 +29,13 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         GaalError: unknown dataset name (the message lists the known ones).
     """
     _load_builtin()
+    if cfg.name.lower().endswith(TABLE_SUFFIXES):
+        from gaal_cli.data.table import build_table
+
+        return build_table(cfg, seed)
     if cfg.name not in DATASETS:
         raise GaalError(
-            f"unknown dataset '{cfg.name}'; expected one of: {', '.join(sorted(DATASETS))}",
+            f"unknown dataset '{cfg.name}'; expected one of: {', '.join(sorted(DATASETS))}, or a .csv/.parquet table",
             field="data.name",
         )
     return DATASETS[cfg.name](cfg, seed)
@@ -40,6 +46,15 @@ def _load_builtin() -> None:
         from gaal_cli.data import synthetic
 
         register_dataset("synthetic")(synthetic.build)
+        for recipe in RECIPES:
+            register_dataset(recipe)(functools.partial(_prepared, recipe=recipe))
+
+
+def _prepared(cfg: DataConfig, seed: int, recipe: str) -> DataBundle:
+    """A dataset made by `gaal data prepare <recipe>`: its splits are fixed in the PREP folder."""
+    from gaal_cli.data.prepared import build_prepared
+
+    return build_prepared(cfg, recipe)
 
 
 __all__ = [

@@ -1,0 +1,314 @@
+"""Images of the real datasets: decoding, the on-disk cache, the augmentations and the split.
+
+Decoding a JPEG costs far more than a training step's share of a small encoder, so images are
+decoded and resized once to the training resolution into one uint8 array on disk
+(`<cache>/images_<size>.npy`), memory-mapped by every loader worker; augmentations run on
+the cached pixels. The cache's metadata holds a key over the image paths, their sizes and
+modification times and the resolution; any change rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader
+from torchvision.ops import roi_align
+from torchvision.transforms import v2
+
+from gaal_cli.data.base import Batch
+from gaal_cli.data.tabular import Problems
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CACHE_CHUNK = 256
+
+
+def decode(path: str | Path, size: int) -> np.ndarray:
+    """The image at `path` as RGB uint8 (3, size, size), squashed to a square as in MMCL."""
+    with Image.open(path) as img:
+        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def check_files(paths: Sequence[str], problems: Problems, *, headers: bool = True) -> None:
+    """Record missing files and, with `headers`, files that are not images (no decoding: cheap)."""
+    for row, path in enumerate(paths):
+        if not headers:
+            if not os.path.isfile(path):
+                problems.add(row, "image file not found", file=path)
+            continue
+        try:
+            with Image.open(path):
+                pass
+        except FileNotFoundError:
+            problems.add(row, "image file not found", file=path)
+        except (UnidentifiedImageError, OSError) as err:
+            problems.add(row, f"unreadable image: {err}", file=path)
+
+
+def cache_key(paths: Sequence[str], size: int) -> str:
+    """Changes when any image is added, removed, replaced or touched, or the resolution changes."""
+    digest = hashlib.sha256(f"size={size}\n".encode())
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\tmissing\n".encode())
+    return digest.hexdigest()
+
+
+class _Decoder(torch.utils.data.Dataset):
+    """Decodes one image per item for the cache build; a failure comes back as its message."""
+
+    def __init__(self, paths: Sequence[str], size: int):
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return i, decode(self.paths[i], self.size), None
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            return i, None, str(err) or type(err).__name__
+
+
+def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Problems, num_workers: int = 0) -> Path:
+    """The cache file for `paths` at `size`, built (or rebuilt) when its key is stale.
+
+    Images that fail to decode are recorded in `problems` (and remembered in the metadata, so
+    a reused cache reports them again); their pixels are left black.
+
+    Returns:
+        The .npy file holding a (N, 3, size, size) uint8 array in the order of `paths`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    file, meta_file = folder / f"images_{size}.npy", folder / f"images_{size}.json"
+    key = cache_key(paths, size)
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    if meta.get("key") != key or not file.exists():
+        meta = {"key": key, "count": len(paths), "size": size, "failed": _build(paths, size, file, num_workers)}
+        tmp = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_file)
+    for row, message in meta["failed"].items():
+        problems.add(int(row), f"unreadable image: {message}", file=paths[int(row)])
+    return file
+
+
+def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dict[str, str]:
+    tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npy")  # runs in parallel may build the same cache
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+    failed: dict[str, str] = {}
+    loader = DataLoader(_Decoder(paths, size), batch_size=None, num_workers=num_workers, collate_fn=lambda item: item)
+    for i, image, error in loader:
+        if error is None:
+            pixels[i] = image
+        else:
+            pixels[i] = 0
+            failed[str(i)] = error
+    pixels.flush()
+    del pixels
+    os.replace(tmp, file)
+    return failed
+
+
+def _as_is(item):
+    return item
+
+
+class ImageTransform:
+    """uint8 images (B, 3, H, W) to the float tensors the encoders take.
+
+    Args:
+        size: output side.
+        augment: the MMCL/GAAL training augmentations (REFERENCE §2); training split only.
+        normalize: 'imagenet' (mean/std, CelebA and SUN in GAAL) or 'none' ([0, 1], DVM in MMCL).
+    """
+
+    def __init__(self, size: int, augment: bool, normalize: str):
+        self.size, self.augment, self.normalize = size, augment, normalize
+        self._augment = RecipeAugmentation(size) if augment else None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.size or images.shape[-2] != self.size:
+            images = v2.functional.resize(images, [self.size, self.size], antialias=True)
+        out = self._augment(images) if self._augment is not None else images.float()
+        out = out.div_(255.0)
+        if self.normalize == "imagenet":
+            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            out = (out - mean) / std
+        return out
+
+
+class RecipeAugmentation:
+    """MMCL's DVM training augmentations, drawn independently per image, in MMCL's order:
+    ColorJitter(0.8, 0.8, 0.8) p=0.8, grayscale p=0.2, GaussianBlur(29, sigma 0.1-2) p=0.5,
+    RandomResizedCrop(scale 0.6-1, ratio 3/4-4/3), horizontal flip p=0.5.
+
+    Each step runs on the whole batch at once, with per-image parameters drawn as torchvision
+    draws them (jitter factors in [0.2, 1.8] applied in a random order per image; the blur as
+    two 1-D passes; the crop box by torchvision's ten-attempt rule, then bilinear resampling,
+    which is what an antialiased resize does when it enlarges). Per-image torchvision calls
+    cost ~3 ms an image on a CPU core, most of it in a 29x29 blur. The blur kernel shrinks to
+    the largest odd size below the image side, since reflect padding needs an image wider than
+    half the kernel. Crops come from the cached pixels at the training resolution rather than
+    from the original file, so a crop is enlarged from fewer pixels than in MMCL.
+    """
+
+    JITTER = 0.8
+    SCALE, RATIO = (0.6, 1.0), (3 / 4, 4 / 3)
+
+    def __init__(self, size: int):
+        self.size = size
+        self.kernel = min(29, size - 1 if size % 2 == 0 else size)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) to augmented float (B, 3, size, size) on the 0-255 scale."""
+        x = images.float()
+        n = len(x)
+        factors = torch.empty(n, 3).uniform_(1 - self.JITTER, 1 + self.JITTER)
+        x = torch.where(_draw(n, 0.8), color_jitter(x, factors, torch.argsort(torch.rand(n, 3), dim=1)), x)
+        x = torch.where(_draw(n, 0.2), grayscale(x).expand_as(x), x)
+        blur = _draw(n, 0.5).view(-1)
+        if blur.any():
+            x[blur] = gaussian_blur(x[blur], self.kernel, torch.empty(int(blur.sum())).uniform_(0.1, 2.0))
+        x = resized_crop(x, crop_boxes(n, x.shape[-2], x.shape[-1], self.SCALE, self.RATIO), self.size)
+        flip = _draw(n, 0.5).view(-1)
+        x[flip] = x[flip].flip(-1)
+        return x
+
+
+def _draw(n: int, p: float) -> torch.Tensor:
+    """Per-image coin flips, shaped to broadcast over (B, C, H, W)."""
+    return (torch.rand(n) < p).view(n, 1, 1, 1)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma (B, 1, H, W), the weights torchvision uses."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation (columns 0, 1, 2 of `factors`, one row per image),
+    applied in the per-image `order` (a permutation of 0, 1, 2), clamped to [0, 255].
+
+    Each is torchvision's blend f * x + (1 - f) * target, with target black, the mean luma, or
+    the grey image.
+    """
+    n = len(x)
+    for step in range(3):
+        op = order[:, step].view(n, 1, 1, 1)
+        f = factors.gather(1, order[:, step : step + 1]).view(n, 1, 1, 1)
+        gray = grayscale(x)
+        target = torch.where(op == 2, gray, torch.where(op == 1, gray.mean(dim=(2, 3), keepdim=True), 0.0))
+        x = (f * x).add_((1 - f) * target).clamp_(0, 255)
+    return x
+
+
+def crop_boxes(n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float]) -> torch.Tensor:
+    """(n, 4) crop boxes x0, y0, x1, y1 by torchvision's RandomResizedCrop rule: the first of ten
+    draws of area and log-uniform aspect ratio that fits, else the largest centred crop in `ratio`."""
+    attempts = 10
+    area = h * w * torch.empty(n, attempts).uniform_(*scale)
+    aspect = torch.exp(torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1])))
+    cw = torch.sqrt(area * aspect).round()
+    ch = torch.sqrt(area / aspect).round()
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = torch.argmax(fits.int(), dim=1)
+    rows = torch.arange(n)
+    cw, ch, found = cw[rows, first], ch[rows, first], fits[rows, first]
+    side_ratio = w / h
+    fw = float(w if side_ratio <= ratio[1] else round(h * ratio[1]))
+    fh = float(h if side_ratio >= ratio[0] else round(w / ratio[0]))
+    cw, ch = torch.where(found, cw, fw), torch.where(found, ch, fh)
+    x0 = torch.where(found, torch.floor(torch.rand(n) * (w - cw + 1)), (w - cw) // 2)
+    y0 = torch.where(found, torch.floor(torch.rand(n) * (h - ch + 1)), (h - ch) // 2)
+    return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image's box resampled bilinearly to size x size (one sample per output pixel).
+
+    As torchvision's resized_crop when enlarging, except on the outermost output pixels, which
+    interpolate with the pixels just outside the box instead of repeating the box's edge.
+    """
+    indexed = torch.cat([torch.arange(len(x), dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
+    return roi_align(x, indexed, output_size=(size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+
+def gaussian_blur(images: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur float images (B, C, H, W), image i with `sigma[i]`, reflect-padded (as torchvision)."""
+    n, c, h, w = images.shape
+    half = kernel // 2
+    t = torch.arange(-half, half + 1, dtype=images.dtype)
+    weights = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    weights = (weights / weights.sum(1, keepdim=True)).repeat_interleave(c, 0)
+    x = torch.nn.functional.pad(images.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+    x = torch.nn.functional.conv2d(x, weights[:, None, None, :], groups=n * c)
+    x = torch.nn.functional.conv2d(x, weights[:, None, :, None], groups=n * c)
+    return x.reshape(n, c, h, w)
+
+
+class ImageTableSplit:
+    """A split of an image table: each batch of rows reads cached pixels (or decodes files).
+
+    Picklable for DataLoader workers: the memory map is opened lazily in each process.
+
+    Args:
+        paths: image file per row.
+        tabular: encoded table (rows x fields).
+        labels: class index per row.
+        transform: uint8 to float, with or without augmentation.
+        cache: the cache file, or None to decode the files on every access.
+        cache_rows: row of the cache array holding each row's image.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        tabular: torch.Tensor,
+        labels: torch.Tensor,
+        transform: ImageTransform,
+        cache: Path | None = None,
+        cache_rows: np.ndarray | None = None,
+    ):
+        if not (len(paths) == len(tabular) == len(labels)):
+            raise ValueError("paths, tabular and labels differ in length")
+        self.paths, self.tabular, self.labels = list(paths), tabular, labels
+        self.transform, self.cache = transform, cache
+        self.cache_rows = np.arange(len(paths)) if cache_rows is None else np.asarray(cache_rows)
+        self._pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pixels": None}
+
+    def _images(self, rows: np.ndarray) -> torch.Tensor:
+        if self.cache is None:
+            size = self.transform.size
+            return torch.from_numpy(np.stack([decode(self.paths[r], size) for r in rows]))
+        if self._pixels is None:
+            self._pixels = np.load(self.cache, mmap_mode="r")
+        where = self.cache_rows[rows]
+        order = np.argsort(where, kind="stable")  # ascending reads are sequential on disk
+        images = np.empty((len(rows), *self._pixels.shape[1:]), dtype=np.uint8)
+        images[order] = self._pixels[where[order]]
+        return torch.from_numpy(images)
+
+    def __getitem__(self, rows: Sequence[int]) -> Batch:
+        rows = np.asarray(rows, dtype=np.int64)
+        idx = torch.from_numpy(rows)
+        return Batch(self.transform(self._images(rows)), self.tabular[idx], self.labels[idx])

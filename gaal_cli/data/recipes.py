@@ -1,0 +1,43 @@
+"""Preparation recipes, by name: `gaal data prepare <name> --raw RAW --out PREP`.
+
+Each recipe module has `prepare(raw, out, *, skip_bad, **options) -> manifest`, reads a raw
+download in its published layout, and ends in the shared format of `gaal_cli.data.prepared`;
+`gaal train --dataset <name> --data-dir PREP` then trains on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from gaal_cli.errors import GaalError
+
+TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.table)
+RECIPES = {
+    "dvm": "gaal_cli.data.dvm",
+    "celeba": "gaal_cli.data.celeba",
+    "sun": "gaal_cli.data.sun",
+    "mmcl": "gaal_cli.data.mmcl",
+}
+
+
+def prepare(name: str, raw: Path, out: Path, skip_bad: bool, options: dict[str, Any]) -> dict:
+    """Run recipe `name`; `options` not None must be parameters that recipe has.
+
+    Raises:
+        GaalError: unknown recipe, an option the recipe does not take, or bad raw data.
+    """
+    if name not in RECIPES:
+        raise GaalError(f"unknown recipe '{name}'; expected one of: {', '.join(RECIPES)}", source="gaal data prepare")
+    if not raw.is_dir():
+        raise GaalError("no such folder", source=str(raw), field="--raw")
+    run = importlib.import_module(RECIPES[name]).prepare
+    accepted = inspect.signature(run).parameters
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in accepted:
+            option = f"--{key.replace('_', '-')}"
+            raise GaalError(f"{option} does not apply to the {name} recipe", source="gaal data prepare")
+    return run(raw, out, skip_bad=skip_bad, **given)

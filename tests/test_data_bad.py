@@ -1,0 +1,141 @@
+"""Bad data: each problem is an error naming file, row and column (exit 2, nothing written),
+or, with --skip-bad, dropped and counted."""
+
+import json
+
+import pandas as pd
+import pytest
+from raw_datasets import make_celeba, make_table
+from typer.testing import CliRunner
+
+from gaal_cli.cli import app
+from gaal_cli.config import DataConfig
+from gaal_cli.data import build_data
+
+runner = CliRunner()
+SMALL = [
+    arg
+    for o in ("data.image_size=16", "data.batch_size=8", "model.feature_dim=16", "model.tabular_hidden=[16]",
+              "train.epochs=1", "train.device=cpu")
+    for arg in ("--set", o)
+]  # fmt: skip
+
+
+def run(tmp_path, table, *extra):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", str(table), "--target", "species", "--image-column", "photo", "--out", str(out)]
+    return runner.invoke(app, [*args, "-q", *SMALL, *extra]), out
+
+
+def edit(table, row, column, value):
+    frame = pd.read_csv(table)
+    frame[column] = frame[column].astype(object)
+    frame.loc[row, column] = value
+    frame.to_csv(table, index=False)
+
+
+def corrupt_missing(table):
+    (table.parent / "photos" / "p5.jpg").unlink()
+    return "line 7", "image file not found", "p5.jpg", None
+
+
+def corrupt_not_an_image(table):
+    (table.parent / "photos" / "p6.jpg").write_bytes(b"this is no jpeg")
+    return "line 8", "unreadable image", "p6.jpg", None
+
+
+def corrupt_truncated(table):
+    path = table.parent / "photos" / "p9.jpg"
+    path.write_bytes(path.read_bytes()[:200])  # header intact, pixels cut: found when decoding
+    return "line 11", "unreadable image", "p9.jpg", None
+
+
+def corrupt_nan(table):
+    edit(table, 3, "weight", None)
+    return "line 5", "missing value", None, "weight"
+
+
+def corrupt_unseen_category(table):
+    frame = pd.read_csv(table)
+    row = int(frame.index[frame["split"] == "test"][0])
+    edit(table, row, "colour", "green")
+    return f"line {row + 2}", "'green' does not occur in the training split", None, "colour"
+
+
+def corrupt_absent_class(table):
+    frame = pd.read_csv(table)
+    fox = frame["species"] == "fox"
+    frame.loc[fox, "split"] = "train"
+    frame.to_csv(table, index=False)
+    first = int(frame.index[fox][0])
+    return f"line {first + 2}", "class 'fox' has no row in the val/test split", None, "species"
+
+
+CASES = [corrupt_missing, corrupt_not_an_image, corrupt_truncated, corrupt_nan, corrupt_unseen_category,
+         corrupt_absent_class]  # fmt: skip
+
+
+@pytest.mark.parametrize("corrupt", CASES)
+def test_bad_row_is_named_and_nothing_is_written(tmp_path, corrupt):
+    table = make_table(tmp_path / "user", split=True)
+    row, reason, file, column = corrupt(table)
+    result, out = run(tmp_path, table)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert str(table) in text and (f"{row}:" in text or f"{row}," in text) and reason in text, text
+    if file:
+        assert file in text
+    if column:
+        assert f"field '{column}'" in text
+    assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("corrupt", CASES)
+def test_skip_bad_drops_and_counts(tmp_path, corrupt):
+    table = make_table(tmp_path / "user", split=True)
+    corrupt(table)
+    cfg = DataConfig(name=str(table), target="species", image_column="photo", image_size=16, skip_bad=True)
+    data = build_data(cfg, 0)
+    dropped = sum(data.info["dropped"].values())
+    assert dropped >= 1 and len(data.train) + len(data.val) + len(data.test) == 48 - dropped
+    assert data.info["counts"] == {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    if corrupt is corrupt_absent_class:
+        assert data.class_names == ["cat", "dog"] and set(data.test.labels.tolist()) == {0, 1}
+
+
+def test_skip_bad_through_the_cli_records_the_count(tmp_path):
+    table = make_table(tmp_path / "user", split=True)
+    corrupt_missing(table)
+    result, out = run(tmp_path, table, "--skip-bad")
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "report.json").read_text())["data"]
+    assert data["dropped"] == {"image file not found": 1} and sum(data["counts"].values()) == 47
+
+
+def test_missing_target_flag_and_column(tmp_path):
+    table = make_table(tmp_path / "user")
+    result = runner.invoke(app, ["train", "--dataset", str(table), "--image-column", "photo"])
+    assert result.exit_code == 2 and "--target" in result.output
+    result = runner.invoke(app, ["train", "--dataset", str(table), "--target", "kind", "--image-column", "photo"])
+    assert result.exit_code == 2 and "data.target" in result.output and "species" in result.output
+
+
+def test_prepare_reports_bad_raw_rows_and_writes_nothing(tmp_path):
+    raw = make_celeba(tmp_path / "raw")
+    (raw / "img_align_celeba" / "000004.jpg").unlink()
+    out = tmp_path / "prep"
+    result = runner.invoke(app, ["data", "prepare", "celeba", "--raw", str(raw), "--out", str(out)])
+    assert result.exit_code == 2 and "line 6" in result.output and "000004.jpg" in result.output
+    assert not out.exists()
+
+    lines = (raw / "list_attr_celeba.txt").read_text().splitlines()
+    lines[4] = lines[4][:-2] + " 0"  # third image, last attribute (Young) neither 1 nor -1
+    (raw / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["data", "prepare", "celeba", "--raw", str(raw), "--out", str(out)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "line 5" in text and "field 'Young'" in text and not out.exists()
+
+    result = runner.invoke(app, ["data", "prepare", "celeba", "--raw", str(raw), "--out", str(out), "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(manifest["counts"].values()) == 38 and sum(manifest["dropped"].values()) == 2

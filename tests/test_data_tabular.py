@@ -1,0 +1,65 @@
+"""Column typing, encoding with training statistics, and the seeded stratified split."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gaal_cli.data.tabular import Problems, encode, fit_encoding, infer_types, stratified_split
+from gaal_cli.errors import GaalError
+
+
+def test_split_reproduces_the_dvm_split_sizes():
+    """286 classes, 176,414 ads: 70,565 / 17,642 / 88,207 as in the MMCL recipe."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(150, 1050, 286)
+    short = 176_414 - sizes.sum()
+    sizes += short // 286
+    sizes[: short % 286] += 1
+    assert sizes.sum() == 176_414 and sizes.min() >= 100
+    labels = np.repeat(np.arange(286), sizes)
+    split = stratified_split(labels, 0.5, 0.2, 2022)
+    counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
+    assert counts == {"train": 70_565, "val": 17_642, "test": 88_207}
+    for cls in (0, 100, 285):  # stratified: each class split in the same proportions
+        rows = labels == cls
+        assert abs((split[rows] == "test").mean() - 0.5) <= 1 / rows.sum()
+
+
+def test_split_is_deterministic_per_seed():
+    labels = np.repeat(np.arange(5), 20)
+    a, b, c = (stratified_split(labels, 0.2, 0.2, s) for s in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_infer_types_and_overrides():
+    frame = pd.DataFrame(
+        {"price": [1.5, 2.0, 3.5, 4.0], "doors": [2, 3, 4, 5], "flag": [0, 1, 0, 1], "colour": ["r", "g", "b", "r"]}
+    )
+    cols = list(frame.columns)
+    assert infer_types(frame, cols) == (["price", "doors"], ["flag", "colour"])
+    overridden = infer_types(frame, cols, categorical=["doors"], continuous=["flag"])
+    assert overridden == (["price", "flag"], ["doors", "colour"])
+    with pytest.raises(GaalError, match="nosuch"):
+        infer_types(frame, cols, categorical=["nosuch"])
+
+
+def test_encoding_uses_training_statistics_and_numeric_category_order():
+    train = pd.DataFrame({"x": [1.0, 3.0], "size": [2, 10]})
+    enc = fit_encoding(train, ["x"], ["size"])
+    assert enc.mean == (2.0,) and enc.std == (1.0,)
+    assert enc.categories["size"] == ["2", "10"] and enc.field_lengths == (1, 2)
+    rows = pd.DataFrame({"x": [5.0, 2.0], "size": [10, 2]})
+    problems = Problems("t.csv", ["line 2", "line 3"])
+    assert np.array_equal(encode(rows, enc, problems), np.array([[3.0, 1.0], [0.0, 0.0]], dtype=np.float32))
+    assert not problems.bad
+
+
+def test_unseen_category_is_a_named_error():
+    enc = fit_encoding(pd.DataFrame({"c": ["a", "b"]}), [], ["c"])
+    problems = Problems("t.csv", ["line 2", "line 3"])
+    encode(pd.DataFrame({"c": ["a", "z"]}), enc, problems)
+    with pytest.raises(GaalError) as err:
+        problems.raise_or_keep()
+    assert "line 3" in str(err.value) and "'z'" in str(err.value) and err.value.field == "c"
+    skipping = Problems("t.csv", ["line 2", "line 3"], skip=True, bad=dict(problems.bad))
+    assert skipping.raise_or_keep().tolist() == [True, False]
