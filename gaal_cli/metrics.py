@@ -27,7 +27,7 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:
         return None
-    ranks = torch.as_tensor(pd.Series(scores.double().numpy()).rank(method="average").to_numpy())
+    ranks = torch.tensor(pd.Series(scores.double().numpy()).rank(method="average").to_numpy())
     rank_sum = ranks[labels.bool()].sum().item()
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
