@@ -125,11 +125,29 @@ def sweep(
     results: Path = typer.Option(Path("results"), "--results", help=RESULTS_HELP),
     overrides: list[str] = typer.Option([], "--set", help="Override a key in every run: --set data.dir=/data/dvm"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs with their status; train none."),
+    launcher: str = typer.Option("local", "--launcher", help="local (this machine) or slurm (needs gaal[slurm])."),
+    slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="Slurm partition."),
+    slurm_time: int = typer.Option(240, "--slurm-time", help="Minutes per run."),
+    slurm_gpus: int = typer.Option(1, "--slurm-gpus", help="GPUs per run."),
+    slurm_cpus: int = typer.Option(8, "--slurm-cpus", help="CPUs per run."),
+    slurm_mem: int = typer.Option(32, "--slurm-mem", help="GB of memory per run."),
+    slurm_folder: Path = typer.Option(Path("results/slurm"), "--slurm-folder", help="Job scripts and logs."),
 ) -> None:
     """Train every run of an experiment's grid x seeds; finished runs are skipped, killed ones resumed."""
     from gaal_cli.sweep import load_sweep, parse_seeds, resolve_experiment
 
+    if launcher not in ("local", "slurm"):
+        raise GaalError(f"unknown launcher '{launcher}'; expected local or slurm", source="--launcher")
     plan = load_sweep(resolve_experiment(experiment), overrides, seeds=parse_seeds(seeds), results=results)
+    if launcher == "slurm" and not dry_run:
+        from gaal_cli.launchers import SlurmOptions
+        from gaal_cli.sweep import submit_sweep
+
+        options = SlurmOptions(slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_mem)
+        runs, jobs = submit_sweep(plan, slurm_folder, options)
+        ids = ", ".join(sorted({str(job.job_id).split("_")[0] for job in jobs})) or "none"
+        stdout.print(f"{plan.name}: {len(runs)} runs submitted (job {ids}), {len(plan.runs) - len(runs)} done")
+        return
     _run_sweep(plan, workers, dry_run)
 
 

@@ -411,6 +411,27 @@ def launch(run: Run, env: dict[str, str]) -> Active | str:
     return Active(run, process, lock, log, time.monotonic())
 
 
+def submit_sweep(sweep: Sweep, folder: Path, options=None, cluster: str = "slurm") -> tuple[list[Run], list]:
+    """Submit the runs not yet done as one Slurm job array (through submitit).
+
+    Same rules as a local sweep: a stale finished run is refused, DONE runs are left out, and a
+    partial run's job resumes from its `last.pt`. The jobs run on other machines, so no lock is
+    held for them: submit again only after the array has finished, to redo what failed.
+
+    Returns:
+        The submitted runs and their submitit jobs, in the same order.
+    """
+    from gaal_cli.launchers import submit_slurm
+
+    check_not_stale(sweep)
+    pending = [run for run in sweep.runs if status(run) in ("new", "partial")]
+    for run in pending:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
+    jobs = submit_slurm([run_command(run) for run in pending], folder, options, cluster=cluster)
+    return pending, jobs
+
+
 def release(active: Active) -> None:
     active.log.close()
     os.close(active.lock)

@@ -68,3 +68,21 @@ def test_a_gaal_run_submitted_as_a_job_finishes_its_run_folder(tmp_path, monkeyp
     (job,) = submit_slurm([command], tmp_path / "jobs", SlurmOptions(timeout_min=5, gpus_per_node=0), cluster="local")
     assert job.result() == 0
     assert (out / "DONE").exists() and (out / "report.json").exists()
+
+
+def test_slurm_sweep_submits_only_unfinished_runs(tmp_path, tiny):
+    """`gaal sweep --launcher slurm` path, through submitit's in-process debug executor."""
+    pytest.importorskip("submitit")
+    from gaal_cli.sweep import load_sweep, status, submit_sweep
+
+    spec = tmp_path / "tiny.yaml"
+    body = "\n".join(f"  {o.split('=')[0].split('.', 1)[1]}: {o.split('=')[1]}" for o in tiny if o.startswith("train."))
+    spec.write_text(f"name: tiny\ntrain:\n{body}\nsweep:\n  seeds: [1, 2]\n  grid:\n    method: [concat]\n")
+    sweep = load_sweep(spec, [o for o in tiny if not o.startswith("train.")], seeds=None, results=tmp_path / "res")
+    first, second = sweep.runs
+    runs, jobs = submit_sweep(sweep, tmp_path / "jobs", cluster="debug")
+    assert [r.folder for r in runs] == [first.folder, second.folder]
+    jobs[0].result()
+    assert status(first) == "done" and status(second) != "done"
+    runs, jobs = submit_sweep(sweep, tmp_path / "jobs", cluster="debug")
+    assert [r.folder for r in runs] == [second.folder]
