@@ -12,7 +12,6 @@ unimodal slice loss and that of the fused loss (`cos_image`, `cos_tabular`): Fig
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
@@ -24,6 +23,7 @@ from gaal_cli.methods.base import (
     fuse_missing,
     register_method,
 )
+from gaal_cli.methods.concat_head import ConcatHead
 from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
 
 
@@ -35,13 +35,13 @@ class ConcatSettings(MethodSettings):
 class Concat(Method):
     def __init__(self, encoders, num_classes, settings: ConcatSettings):
         super().__init__(encoders, num_classes, settings)
-        self.head = nn.Linear(2 * encoders.feature_dim, num_classes)
+        self.head = ConcatHead(encoders.feature_dim, num_classes, split_bias=True)
 
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
         u_i = self.encoders.image(batch.image)
         u_t = self.encoders.tabular(batch.tabular)
-        logits = self.head(torch.cat([u_i, u_t], dim=1))
+        logits = self.head.fused(u_i, u_t)
         loss = cross_entropy(logits, batch.label)
         stats = {"loss": loss.detach(), "acc": accuracy(logits.detach(), batch.label)}
         if self.settings.grad_cosine:
@@ -56,9 +56,7 @@ class Concat(Method):
         return stats
 
     def slice_logits(self, u: torch.Tensor, modality: str) -> torch.Tensor:
-        d = self.encoders.feature_dim
-        cols = slice(0, d) if modality == "image" else slice(d, 2 * d)
-        return u @ self.head.weight[:, cols].T + self.head.bias / 2
+        return self.head.unimodal(u, modality)
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
         li = self.slice_logits(self.encoders.image(image), "image") if image is not None else None
