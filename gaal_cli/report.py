@@ -184,7 +184,8 @@ def markdown(summary: pd.DataFrame, rows: list[str]) -> str:
                 continue
             for h in HEADS:
                 mean, std = cell[f"{h}_mean"], cell[f"{h}_std"]
-                text = "-" if pd.isna(mean) else f"{mean:.4f} ± {0 if pd.isna(std) else std:.4f}"
+                # one seed has no spread: show the mean alone rather than a made-up ± 0
+                text = "-" if pd.isna(mean) else f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
                 cells.append(f"**{text}**" if not pd.isna(mean) and mean == best[(d, h)] else text)
             sec = cell["sec_per_epoch_mean"]
             cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
