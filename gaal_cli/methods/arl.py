@@ -36,6 +36,7 @@ from pydantic import Field
 from gaal_cli import surgery
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
+    MODALITIES,
     Method,
     MethodSettings,
     Predictions,
@@ -46,8 +47,6 @@ from gaal_cli.methods.base import (
 )
 from gaal_cli.methods.concat_head import ConcatHead
 from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
-
-MODALITIES = ("image", "tabular")
 
 
 class ArlSettings(MethodSettings):

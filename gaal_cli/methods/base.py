@@ -20,6 +20,9 @@ from gaal_cli.data.base import Batch
 from gaal_cli.distributed import Comm
 from gaal_cli.models.encoders import Encoders
 
+#: the two modalities, in the order methods iterate over them
+MODALITIES = ("image", "tabular")
+
 
 class MethodSettings(BaseModel):
     """Base of each method's own settings block (`methods.<name>` in the YAML)."""

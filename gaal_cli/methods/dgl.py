@@ -31,6 +31,7 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
+    MODALITIES,
     Method,
     MethodSettings,
     Predictions,
@@ -41,8 +42,6 @@ from gaal_cli.methods.base import (
 )
 from gaal_cli.methods.concat_head import ConcatHead
 from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
-
-MODALITIES = ("image", "tabular")
 
 
 class DglSettings(MethodSettings):

@@ -46,6 +46,7 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
+    MODALITIES,
     Method,
     MethodSettings,
     Predictions,
@@ -55,8 +56,6 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_grad_norms
-
-MODALITIES = ("image", "tabular")
 
 
 class DiMmlSettings(MethodSettings):

@@ -60,6 +60,7 @@ from torch import nn
 from gaal_cli import surgery
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
+    MODALITIES,
     Method,
     MethodSettings,
     Predictions,
@@ -68,8 +69,6 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import grad_norm
-
-MODALITIES = ("image", "tabular")
 
 
 class IgmSettings(MethodSettings):

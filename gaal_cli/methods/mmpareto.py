@@ -39,6 +39,7 @@ from torch import nn
 from gaal_cli import surgery
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
+    MODALITIES,
     Method,
     MethodSettings,
     Predictions,
@@ -48,8 +49,6 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_grad_norms, encoder_params
-
-MODALITIES = ("image", "tabular")
 
 
 class MMParetoSettings(MethodSettings):

@@ -56,6 +56,7 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
+    MODALITIES,
     Method,
     MethodSettings,
     Predictions,
@@ -64,8 +65,6 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
-
-MODALITIES = ("image", "tabular")
 
 
 class ReconBoostSettings(MethodSettings):
