@@ -42,11 +42,10 @@ from gaal_cli.methods.base import (
     Predictions,
     accuracy,
     cross_entropy,
-    fuse_missing,
     register_method,
 )
 from gaal_cli.methods.concat_head import ConcatHead
-from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
+from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms
 
 
 class ArlSettings(MethodSettings):
@@ -117,18 +116,11 @@ class Arl(Method):
             "w_tabular": w[1],
         }
         if self.settings.grad_cosine:
-            for m in MODALITIES:
-                params = [p for p in getattr(self.encoders, m).parameters() if p.requires_grad]
-                stats[f"cos_{m}"] = grad_cosine(unimodal[m], loss_fused, params)
+            stats.update(encoder_cosines(unimodal, loss_fused, self.encoders))
         loss.backward()
-        for m in MODALITIES:
-            stats[f"gnorm_{m}"] = grad_norm(list(getattr(self.encoders, m).parameters()))
+        stats.update(encoder_grad_norms(self.encoders))
         optimizer.step()
         return stats
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
-        u_i = self.encoders.image(image) if image is not None else None
-        u_t = self.encoders.tabular(tabular) if tabular is not None else None
-        li = self.head.unimodal(u_i, "image") if u_i is not None else None
-        lt = self.head.unimodal(u_t, "tabular") if u_t is not None else None
-        return Predictions(fuse_missing(li, lt, lambda: self.head.fused(u_i, u_t)), li, lt)
+        return self.head.predictions(*self.encode(image, tabular))

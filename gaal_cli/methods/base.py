@@ -66,6 +66,14 @@ class Method(nn.Module):
         """Logits for evaluation; a modality passed as None is missing at test time."""
         raise NotImplementedError
 
+    def encode(
+        self, image: torch.Tensor | None, tabular: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Features of the modalities present (None stays None: missing at test time)."""
+        u_i = self.encoders.image(image) if image is not None else None
+        u_t = self.encoders.tabular(tabular) if tabular is not None else None
+        return u_i, u_t
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for methods whose rule depends on the epoch (modulation windows, stages)."""
 

@@ -20,11 +20,10 @@ from gaal_cli.methods.base import (
     Predictions,
     accuracy,
     cross_entropy,
-    fuse_missing,
     register_method,
 )
 from gaal_cli.methods.concat_head import ConcatHead
-from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
+from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms
 
 
 class ConcatSettings(MethodSettings):
@@ -45,13 +44,12 @@ class Concat(Method):
         loss = cross_entropy(logits, batch.label)
         stats = {"loss": loss.detach(), "acc": accuracy(logits.detach(), batch.label)}
         if self.settings.grad_cosine:
-            for modality, u in (("image", u_i), ("tabular", u_t)):
-                unimodal = cross_entropy(self.slice_logits(u, modality), batch.label)
-                params = [p for p in getattr(self.encoders, modality).parameters() if p.requires_grad]
-                stats[f"cos_{modality}"] = grad_cosine(unimodal, loss, params)
+            unimodal = {
+                m: cross_entropy(self.slice_logits(u, m), batch.label) for m, u in (("image", u_i), ("tabular", u_t))
+            }
+            stats.update(encoder_cosines(unimodal, loss, self.encoders))
         loss.backward()
-        for modality in ("image", "tabular"):
-            stats[f"gnorm_{modality}"] = grad_norm(list(getattr(self.encoders, modality).parameters()))
+        stats.update(encoder_grad_norms(self.encoders))
         optimizer.step()
         return stats
 
@@ -59,6 +57,4 @@ class Concat(Method):
         return self.head.unimodal(u, modality)
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
-        li = self.slice_logits(self.encoders.image(image), "image") if image is not None else None
-        lt = self.slice_logits(self.encoders.tabular(tabular), "tabular") if tabular is not None else None
-        return Predictions(fuse_missing(li, lt, lambda: li + lt), li, lt)
+        return self.head.predictions(*self.encode(image, tabular))

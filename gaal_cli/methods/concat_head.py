@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gaal_cli.methods.base import Predictions, fuse_missing
+
 
 class ConcatHead(nn.Linear):
     """Linear(2 d, C) on [u_I, u_T]; `unimodal` gives the zero-padded single-modality logits."""
@@ -28,6 +30,12 @@ class ConcatHead(nn.Linear):
     def columns(self, modality: str) -> slice:
         d = self.feature_dim
         return slice(0, d) if modality == "image" else slice(d, 2 * d)
+
+    def predictions(self, u_image: torch.Tensor | None, u_tabular: torch.Tensor | None) -> Predictions:
+        """Fused and per-modality logits; with one feature missing the fused head is its own."""
+        li = self.unimodal(u_image, "image") if u_image is not None else None
+        lt = self.unimodal(u_tabular, "tabular") if u_tabular is not None else None
+        return Predictions(fuse_missing(li, lt, lambda: self.fused(u_image, u_tabular)), li, lt)
 
     def unimodal(self, u: torch.Tensor, modality: str, *, detach_head: bool = False) -> torch.Tensor:
         """W[:, m] u + b (b/2 with `split_bias`); with `detach_head` the head gets no gradient."""

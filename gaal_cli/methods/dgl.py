@@ -37,11 +37,10 @@ from gaal_cli.methods.base import (
     Predictions,
     accuracy,
     cross_entropy,
-    fuse_missing,
     register_method,
 )
 from gaal_cli.methods.concat_head import ConcatHead
-from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
+from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms, grad_norm
 
 
 class DglSettings(MethodSettings):
@@ -86,21 +85,15 @@ class Dgl(Method):
         }
         if self.settings.grad_cosine:
             coupled = cross_entropy(self.head.fused(u["image"], u["tabular"]), batch.label)
-            for modality in MODALITIES:
-                params = [p for p in getattr(self.encoders, modality).parameters() if p.requires_grad]
-                stats[f"cos_{modality}"] = grad_cosine(parts[modality], coupled, params)
+            unimodal = {m: parts[m] for m in MODALITIES}
+            stats.update(encoder_cosines(unimodal, coupled, self.encoders))
         total.backward()
         if self.settings.clip_norm is not None:
             nn.utils.clip_grad_norm_(self.parameters(), self.settings.clip_norm)
-        for modality in MODALITIES:
-            stats[f"gnorm_{modality}"] = grad_norm(list(getattr(self.encoders, modality).parameters()))
+        stats.update(encoder_grad_norms(self.encoders))
         stats["gnorm_head"] = grad_norm(list(self.head.parameters()))
         optimizer.step()
         return stats
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
-        u_i = self.encoders.image(image) if image is not None else None
-        u_t = self.encoders.tabular(tabular) if tabular is not None else None
-        li = self.head.unimodal(u_i, "image") if u_i is not None else None
-        lt = self.head.unimodal(u_t, "tabular") if u_t is not None else None
-        return Predictions(fuse_missing(li, lt, lambda: self.head.fused(u_i, u_t)), li, lt)
+        return self.head.predictions(*self.encode(image, tabular))

@@ -68,7 +68,7 @@ from gaal_cli.methods.base import (
     cross_entropy,
     register_method,
 )
-from gaal_cli.methods.diagnostics import grad_norm
+from gaal_cli.methods.diagnostics import encoder_grad_norms
 
 
 class IgmSettings(MethodSettings):
@@ -214,8 +214,7 @@ class Igm(Method):
             self.modify_gradients(modality, other)
         stats["gm"] = torch.tensor(float(applied))
         stats["stage_image"] = torch.tensor(float(modality == "image"))
-        for m in MODALITIES:
-            stats[f"gnorm_{m}"] = grad_norm(list(getattr(self.encoders, m).parameters()))
+        stats.update(encoder_grad_norms(self.encoders))
         optimizer.step()
         return stats
 

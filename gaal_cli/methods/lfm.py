@@ -41,7 +41,7 @@ from gaal_cli.methods.base import (
     fuse_missing,
     register_method,
 )
-from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
+from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms
 
 
 class LfmSettings(MethodSettings):
@@ -112,12 +112,10 @@ class Lfm(Method):
             "alpha": torch.tensor(self.alpha),
         }
         if self.settings.grad_cosine:
-            for m in MODALITIES:
-                params = [p for p in getattr(self.encoders, m).parameters() if p.requires_grad]
-                stats[f"cos_{m}"] = grad_cosine(cross_entropy(logits[m], batch.label), loss, params)
+            unimodal = {m: cross_entropy(logits[m], batch.label) for m in MODALITIES}
+            stats.update(encoder_cosines(unimodal, loss, self.encoders))
         loss.backward()
-        for m in MODALITIES:
-            stats[f"gnorm_{m}"] = grad_norm(list(getattr(self.encoders, m).parameters()))
+        stats.update(encoder_grad_norms(self.encoders))
         optimizer.step()
         return stats
 

@@ -64,7 +64,7 @@ from gaal_cli.methods.base import (
     cross_entropy,
     register_method,
 )
-from gaal_cli.methods.diagnostics import grad_cosine, grad_norm
+from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms, encoder_params, grad_cosine
 
 
 class ReconBoostSettings(MethodSettings):
@@ -136,8 +136,7 @@ class ReconBoost(Method):
         else:
             stats, loss = self.boost_loss(modality, inputs, batch.label)
         loss.backward()
-        for m in MODALITIES:
-            stats[f"gnorm_{m}"] = grad_norm(list(getattr(self.encoders, m).parameters()))
+        stats.update(encoder_grad_norms(self.encoders))
         stats["boost_rate"] = self.boost_rate.detach().clone()
         stats["rectify"] = torch.tensor(float(rectify))
         optimizer.step()
@@ -154,8 +153,9 @@ class ReconBoost(Method):
         stats = {"loss": loss.detach(), "acc": accuracy(logits.detach(), labels), "weight_mean": weights.mean()}
         if self.settings.grad_cosine:
             ensemble = self.boost_rate.detach() * logits + (0 if other_logits is None else other_logits)
-            params = [p for p in getattr(self.encoders, modality).parameters() if p.requires_grad]
-            stats[f"cos_{modality}"] = grad_cosine(loss, cross_entropy(ensemble, labels), params)
+            stats[f"cos_{modality}"] = grad_cosine(
+                loss, cross_entropy(ensemble, labels), encoder_params(self.encoders, modality)
+            )
         return stats, loss
 
     def rectify_loss(self, inputs: dict, labels: torch.Tensor):
@@ -165,9 +165,8 @@ class ReconBoost(Method):
         loss = cross_entropy(fused, labels)
         stats = {"loss": loss.detach(), "acc": accuracy(fused.detach(), labels)}
         if self.settings.grad_cosine:
-            for m, unimodal in logits.items():
-                params = [p for p in getattr(self.encoders, m).parameters() if p.requires_grad]
-                stats[f"cos_{m}"] = grad_cosine(cross_entropy(unimodal, labels), loss, params)
+            unimodal = {m: cross_entropy(member, labels) for m, member in logits.items()}
+            stats.update(encoder_cosines(unimodal, loss, self.encoders))
         return stats, loss
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
