@@ -114,19 +114,8 @@ class Config(Section):
     @field_validator("methods", mode="before")
     @classmethod
     def _typed_method_settings(cls, raw: Any) -> dict[str, BaseModel]:
-        from gaal_cli.methods import METHODS
-
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise ValueError("expected a mapping from method name to its settings")
-        typed = {}
-        for name, settings in raw.items():
-            if name not in METHODS:
-                raise ValueError(f"unknown method '{name}'; expected one of: {', '.join(sorted(METHODS))}")
-            spec = METHODS[name].settings
-            typed[name] = settings if isinstance(settings, spec) else spec.model_validate(settings or {})
-        return typed
+        # GaalError is not a ValueError, so pydantic lets it through with its key and message
+        return _validate_methods(raw, "the config", {})
 
     def method_settings(self, name: str | None = None) -> BaseModel:
         """The typed settings of `name` (default: the active method), defaults filled in."""
@@ -241,10 +230,14 @@ def _validate_methods(raw: Any, source: str, origin: dict[tuple[str, ...], str])
             src = next((o for k, o in origin.items() if k[:2] == ("methods", name)), source)
             valid = ", ".join(sorted(METHODS))
             raise GaalError(f"unknown method; expected one of: {valid}", source=src, field=f"methods.{name}")
+        spec = METHODS[name].settings
+        if isinstance(settings, spec):
+            typed[name] = settings
+            continue
         try:
-            typed[name] = METHODS[name].settings.model_validate(settings or {})
+            typed[name] = spec.model_validate(settings or {})
         except ValidationError as err:
-            raise _explain(err, source, origin, prefix=("methods", name), model=METHODS[name].settings) from None
+            raise _explain(err, source, origin, prefix=("methods", name), model=spec) from None
     return typed
 
 
