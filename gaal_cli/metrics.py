@@ -6,8 +6,9 @@ import pandas as pd
 import torch
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(-1) == labels).float().mean().item()
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy as a 0-d tensor (no host sync: methods log it every step)."""
+    return (logits.argmax(-1) == labels).float().mean()
 
 
 def macro_f1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
@@ -36,7 +37,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     """acc and f1 for any task; auroc as well when there are two classes."""
     logits, labels = logits.float().cpu(), labels.cpu()
     num_classes = logits.shape[-1]
-    out = {"acc": accuracy(logits, labels), "f1": macro_f1(logits.argmax(-1), labels, num_classes)}
+    out = {"acc": accuracy(logits, labels).item(), "f1": macro_f1(logits.argmax(-1), labels, num_classes)}
     if num_classes == 2:
         score = auroc(torch.softmax(logits, -1)[:, 1], labels)
         if score is not None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.distributed import Comm
+from gaal_cli.metrics import accuracy  # noqa: F401  (methods import it from here)
 from gaal_cli.models.encoders import Encoders
 
 #: the two modalities, in the order methods iterate over them
@@ -113,10 +114,6 @@ def build_method(name: str, settings: MethodSettings, encoders: Encoders, num_cl
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.float(), labels)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(-1) == labels).float().mean()
 
 
 def fuse_missing(image: torch.Tensor | None, tabular: torch.Tensor | None, fused: Callable[[], torch.Tensor]):
