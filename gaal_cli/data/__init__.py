@@ -30,7 +30,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     """
     _load_builtin()
     if cfg.name.lower().endswith(TABLE_SUFFIXES):
-        from gaal_cli.data.table import build_table
+        from gaal_cli.data.user_table import build_table
 
         return build_table(cfg, seed)
     if cfg.name not in DATASETS:

@@ -24,7 +24,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from gaal_cli.data.base import Batch
-from gaal_cli.data.tabular import Problems
+from gaal_cli.data.table_prep import Problems
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

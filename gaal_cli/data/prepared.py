@@ -23,7 +23,7 @@ import torch
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import DataBundle, TabularSchema
 from gaal_cli.data.images import ImageTableSplit, ImageTransform, check_files, ensure_cache
-from gaal_cli.data.tabular import (
+from gaal_cli.data.table_prep import (
     SPLITS,
     Encoding,
     Problems,

@@ -14,7 +14,7 @@ from typing import Any
 
 from gaal_cli.errors import GaalError
 
-TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.table)
+TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.user_table)
 RECIPES = {
     "dvm": "gaal_cli.data.dvm",
     "celeba": "gaal_cli.data.celeba",

@@ -1,4 +1,4 @@
-"""Tables shared by every real dataset: column typing, encoding, bad rows and seeded splits.
+"""Preparation shared by every real dataset's table: column typing, encoding, bad rows and seeded splits.
 
 Continuous columns are z-scored with statistics fitted on the training split only (the MMCL
 recipe fits them on the whole data, which leaks the test split into training). Categorical

@@ -18,7 +18,7 @@ import pandas as pd
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import DataBundle, TabularSchema
 from gaal_cli.data.prepared import Rows, bundle, encode_split_table
-from gaal_cli.data.tabular import SPLITS, Problems, find_missing, infer_types, stratified_split
+from gaal_cli.data.table_prep import SPLITS, Problems, find_missing, infer_types, stratified_split
 from gaal_cli.errors import GaalError
 
 SPLIT_SEED = 2022

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gaal_cli.data.tabular import Problems, encode, fit_encoding, infer_types, stratified_split
+from gaal_cli.data.table_prep import Problems, encode, fit_encoding, infer_types, stratified_split
 from gaal_cli.errors import GaalError
 
 
