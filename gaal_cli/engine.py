@@ -115,8 +115,10 @@ def setup(config: Config) -> Session:
     device = resolve_device(device_spec)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    seed_everything(config.seed, config.train.deterministic)
     data = build_data(config.data, config.seed)
+    # seeded after the data is built, so that nothing the data build does (a cache build,
+    # a new dataset's preprocessing) can move the global streams the model and training draw from
+    seed_everything(config.seed, config.train.deterministic)
     method = create_method(config, data).to(device)
     if device.type == "cuda" and config.train.channels_last:
         method.encoders.image.to(memory_format=torch.channels_last)
@@ -177,6 +179,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
         "data": {"classes": s.data.num_classes, **s.data.info},
         "device": str(s.device),
         "world_size": s.comm.world_size,
+        "threads": torch.get_num_threads(),
         "versions": versions(),
     }
     if s.comm.is_main:

@@ -168,3 +168,23 @@ def test_recipe_augmentation_draws_per_image():
     out = RecipeAugmentation(16)(same)
     assert out.shape == (6, 3, 16, 16) and out.min() >= 0 and out.max() <= 255
     assert len({tuple(o.flatten()[:20].tolist()) for o in out}) == 6
+
+
+def test_same_seed_same_metrics_whether_the_cache_exists_or_not(tmp_path):
+    """The cache build must not move the random streams the model and training draw from."""
+    from gaal_cli.config import load_config
+    from gaal_cli.engine import train
+
+    table = make_table(tmp_path / "user", n=36)
+    config = load_config(
+        overrides=[
+            f"data.name={table}", "data.target=species", "data.image_column=photo", "data.image_size=16",
+            "data.batch_size=8", "model.feature_dim=8", "model.tabular_hidden=[8]", "model.dropout=0.3",
+            "train.epochs=2", "train.device=cpu",
+        ]
+    )  # fmt: skip
+    cache_files = lambda: sorted(p for p in (tmp_path / "user").rglob("images_16.npy"))  # noqa: E731
+    built = train(config, tmp_path / "built", show_progress=False)
+    assert cache_files(), "the first run should have built the image cache"
+    reused = train(config, tmp_path / "reused", show_progress=False)
+    assert built["metrics"] == reused["metrics"]

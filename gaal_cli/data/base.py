@@ -134,4 +134,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        # the workers' base seed comes from here, not from the global RNG the model draws from
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -109,7 +109,13 @@ def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dic
     tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npy")  # runs in parallel may build the same cache
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
     failed: dict[str, str] = {}
-    loader = DataLoader(_Decoder(paths, size), batch_size=None, num_workers=num_workers, collate_fn=lambda item: item)
+    loader = DataLoader(
+        _Decoder(paths, size),
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=lambda item: item,
+        generator=torch.Generator(),  # never draw the workers' seed from the global RNG
+    )
     for i, image, error in loader:
         if error is None:
             pixels[i] = image
