@@ -155,9 +155,11 @@ def sweep(
 @user_errors
 def ablate(
     components: list[str] = typer.Argument(..., help="GAAL switches in the order they are added: cgs ugg."),
-    dataset: list[str] = typer.Option(["synthetic"], "--dataset", "-d", help="synthetic, dvm or sun (repeatable)."),
+    dataset: list[str] = typer.Option(
+        ["synthetic"], "--dataset", "-d", help="synthetic, dvm, sun, ham10000 (repeatable)."
+    ),
     experiment: str | None = typer.Option(
-        None, "--from", help="Ablation file (default: synthetic/table2_ablation for synthetic, else table2_ablation)."
+        None, "--from", help="Ablation file (default: table2_ablation; synthetic and ham10000 have their own)."
     ),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Runs trained at the same time."),
     seeds: str | None = typer.Option(None, "--seeds", help=SEEDS_HELP),
@@ -210,20 +212,30 @@ app.add_typer(data_app, name="data")
 @data_app.command("prepare")
 @user_errors
 def prepare_data(
-    recipe: str = typer.Argument(..., help="dvm, celeba, sun, or mmcl (import MMCL/GAAL prepared files)."),
+    recipe: str = typer.Argument(..., help="dvm, celeba, sun, ham10000, or mmcl (import MMCL/GAAL prepared files)."),
     raw: Path = typer.Option(..., "--raw", help="Folder of the raw download."),
     out: Path = typer.Option(..., "--out", help="Folder to write manifest.json and table.csv into."),
     physical: bool | None = typer.Option(None, "--physical", help="dvm: add the 4 jittered physical columns."),
     min_ads: int | None = typer.Option(None, "--min-ads", help="dvm: keep car models with this many ads (100)."),
     target: str | None = typer.Option(None, "--target", help="celeba/sun: attribute to predict."),
     threshold: float | None = typer.Option(None, "--threshold", help="sun: vote fraction for 'present' (0.5)."),
-    seed: int | None = typer.Option(None, "--seed", help="dvm/sun: split seed (2022)."),
+    include_dx_type: bool | None = typer.Option(
+        None, "--include-dx-type", help="ham10000: add dx_type as a feature (it leaks the label)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="dvm/sun/ham10000: split seed (2022)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop and count bad rows instead of failing."),
 ) -> None:
     """Prepare a dataset by its recipe; then train with --dataset RECIPE --data-dir OUT."""
     from gaal_cli.data.recipes import prepare
 
-    options = {"physical": physical, "min_ads": min_ads, "target": target, "threshold": threshold, "seed": seed}
+    options = {
+        "physical": physical,
+        "min_ads": min_ads,
+        "target": target,
+        "threshold": threshold,
+        "include_dx_type": include_dx_type,
+        "seed": seed,
+    }
     manifest = prepare(recipe, raw, out, skip_bad, options)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     dropped = ", ".join(f"{k}: {v}" for k, v in manifest["dropped"].items() if v) or "none"

@@ -265,6 +265,10 @@ def _point_config(tree: dict, point: dict[str, Any], seed: int, overrides, path:
     return config_from_mapping(run_tree, f"{path} (grid point {where})", overrides)
 
 
+# datasets whose Table II has its own file (their scale differs from the paper's DVM and SUN runs)
+OWN_ABLATION_FILE = {"synthetic": "synthetic/table2_ablation", "ham10000": "ham10000/table2_ablation"}
+
+
 def ablation_rows(components: list[str]) -> list[dict[str, bool]]:
     """Table II rows: every component off, then switched on one at a time, cumulatively."""
     return [{c: i < k for i, c in enumerate(components)} for k in range(len(components) + 1)]
@@ -283,8 +287,8 @@ def load_ablation(
     `components` (see `ablation_rows`), for the runs on `datasets`.
 
     Args:
-        experiment: the ablation file; default `synthetic/table2_ablation` for the embedded
-            dataset and `table2_ablation` (DVM and SUN) for the others.
+        experiment: the ablation file; default the dataset's own (`OWN_ABLATION_FILE`), else
+            `table2_ablation` (DVM and SUN).
 
     Raises:
         GaalError: a repeated component, one that is no GAAL setting, or a dataset the file lacks.
@@ -293,7 +297,7 @@ def load_ablation(
         raise GaalError(f"a component is listed twice: {' '.join(components)}", source="gaal ablate")
     by_file: dict[str, list[str]] = {}
     for dataset in datasets:
-        default = "synthetic/table2_ablation" if dataset == "synthetic" else "table2_ablation"
+        default = OWN_ABLATION_FILE.get(dataset, "table2_ablation")
         by_file.setdefault(experiment or default, []).append(dataset)
     runs, names = [], []
     for name, wanted in by_file.items():

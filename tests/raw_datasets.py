@@ -141,3 +141,57 @@ def make_table(root: Path, n: int = 48, seed: int = 0, split: bool = False) -> P
         lines.append(row + (f",{['train', 'train', 'val', 'test'][i % 4]}" if split else ""))
     (root / "table.csv").write_text("\n".join(lines) + "\n")
     return root / "table.csv"
+
+
+# (dx, colour, dx_type): dx_type follows the diagnosis, as in the release (follow-up is almost only nv)
+HAM_CLASSES = [
+    ("nv", (150, 90, 60), "follow_up"),
+    ("mel", (40, 30, 30), "histo"),
+    ("bkl", (200, 160, 110), "histo"),
+    ("bcc", (230, 140, 160), "histo"),
+]
+HAM_BAD_ROWS = {
+    "dx": "HAM_9000001,ISIC_9000001,xyz,histo,50.0,male,back",  # not one of the 7 diagnoses
+    "no image": "HAM_9000002,ISIC_9000002,nv,histo,50.0,male,back",  # listed, but no file
+    "no lesion": ",ISIC_9000003,nv,histo,50.0,male,back",
+    "age": "HAM_9000004,ISIC_9000004,nv,histo,fifty,male,back",
+}
+
+
+def make_ham10000(
+    root: Path,
+    folders: tuple[str, ...] = ("HAM10000_images_part_1", "HAM10000_images_part_2"),
+    bad: bool = False,
+    missing_age: bool = True,
+) -> Path:
+    """HAM10000_metadata.csv and the images, spread over `folders` in turn.
+
+    Per diagnosis 6 lesions with 1, 2 or 3 images each; with `missing_age`, two lesions (5
+    images) have an empty age; sex and
+    localization include `unknown`. With `bad`, the first lines are the rows of HAM_BAD_ROWS
+    (their images exist unless the row says otherwise) and the last line repeats an image_id.
+    """
+    rng = np.random.default_rng(0)
+    lines = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
+    if bad:
+        lines += HAM_BAD_ROWS.values()
+        for row in HAM_BAD_ROWS.values():
+            image_id = row.split(",")[1]
+            if image_id != "ISIC_9000002":
+                write_jpeg(root / folders[0] / f"{image_id}.jpg", (150, 90, 60), rng)
+    image = 0
+    for c, (dx, colour, dx_type) in enumerate(HAM_CLASSES):
+        for lesion in range(6):
+            lesion_id = f"HAM_{c}{lesion:06d}"
+            age = "" if missing_age and (c, lesion) in ((0, 4), (1, 2)) else f"{30 + 5 * lesion + c:.1f}"
+            sex = ("male", "female", "unknown")[lesion % 3] if lesion != 5 else "female"
+            place = ("back", "face", "trunk", "unknown")[(lesion + c) % 4]
+            for _ in range(1 + lesion % 3):
+                image_id = f"ISIC_{image:07d}"
+                lines.append(f"{lesion_id},{image_id},{dx},{dx_type},{age},{sex},{place}")
+                write_jpeg(root / folders[image % len(folders)] / f"{image_id}.jpg", colour, rng)
+                image += 1
+    if bad:
+        lines.append(lines[-1])
+    (root / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
+    return root

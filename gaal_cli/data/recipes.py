@@ -19,6 +19,7 @@ RECIPES = {
     "dvm": "gaal_cli.data.dvm",
     "celeba": "gaal_cli.data.celeba",
     "sun": "gaal_cli.data.sun",
+    "ham10000": "gaal_cli.data.ham10000",
     "mmcl": "gaal_cli.data.mmcl",
 }
 

@@ -1,0 +1,178 @@
+"""HAM10000: the diagnosis of a pigmented skin lesion from its dermatoscopic image and the patient's metadata.
+
+Tschandl, Rosendahl & Kittler, "The HAM10000 dataset", Sci. Data 5, 180161 (2018); 10,015
+images of 7,470 lesions, 7 diagnoses, licence CC BY-NC-SA 4.0. Raw layout (RAW = the download
+folder, as published at https://doi.org/10.7910/DVN/DBW86T):
+
+    RAW/HAM10000_metadata.csv     lesion_id, image_id, dx, dx_type, age, sex, localization
+    RAW/HAM10000_images_part_1/<image_id>.jpg and RAW/HAM10000_images_part_2/<image_id>.jpg
+    (or all images in one folder: RAW/HAM10000_images/, RAW/images/ or RAW itself)
+
+Target `dx` (akiec, bcc, bkl, df, mel, nv, vasc). Table: `age` (continuous; an empty cell stays
+missing and is handled by the shared missing-value policy), `sex` and `localization`
+(categorical; `unknown` is an ordinary value; the codes come from all rows, since the category
+lists are part of the dataset's description and carry no label information). `dx_type`, how the
+diagnosis was confirmed, is left out by default: it leaks the label (follow-up is almost only
+nv); `--include-dx-type` adds it as a categorical column.
+
+Several images show the same lesion, so the split is grouped by lesion_id (no lesion in two
+splits), stratified on dx over the lesions: 20 % test, then 20 % of the rest val (seed 2022).
+The release has no official split. Images are ImageNet-normalised.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gaal_cli.data.prepared import prepare_rows
+from gaal_cli.data.table_prep import Problems
+from gaal_cli.errors import GaalError
+
+VERSION = 1
+METADATA = "HAM10000_metadata.csv"
+COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+DIAGNOSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", "images")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+TEST_FRACTION, VAL_FRACTION = 0.2, 0.2
+
+
+def read_metadata(path: Path) -> pd.DataFrame:
+    """The metadata as text, stripped, with empty cells as NaN and `age` as a float.
+
+    Cells such as "NA" stay text: only an empty cell is missing, as in the release.
+
+    Raises:
+        GaalError: the file or one of its columns is missing.
+    """
+    if not path.is_file():
+        raise GaalError(f"no {METADATA} (expected the HAM10000 release layout)", source=str(path.parent), field="--raw")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    frame.columns = frame.columns.str.strip()
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise GaalError(f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}", source=str(path))
+    frame = frame[COLUMNS].apply(lambda column: column.str.strip()).replace("", np.nan)
+    frame["age_text"] = frame["age"]
+    frame["age"] = pd.to_numeric(frame["age"], errors="coerce")
+    return frame
+
+
+def image_folders(raw: Path) -> list[Path]:
+    """The folders that hold the images: the release's two parts, or one folder."""
+    folders = [raw / name for name in IMAGE_FOLDERS if (raw / name).is_dir()]
+    return folders or [raw]
+
+
+def index_images(folders: list[Path]) -> dict[str, Path]:
+    """image_id -> file, over every folder (the first folder wins a duplicate)."""
+    index: dict[str, Path] = {}
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                stem, suffix = os.path.splitext(entry.name)
+                if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                    index.setdefault(stem, Path(entry.path))
+    return index
+
+
+def find_bad_rows(meta: pd.DataFrame, images: dict[str, Path], folders: list[Path], problems: Problems) -> None:
+    """Record rows that cannot be used: unknown diagnosis, no lesion, a repeated or absent image, a bad age."""
+    problems.add_many(meta["image_id"].isna().to_numpy(), "no image_id", column="image_id")
+    no_lesion = meta["lesion_id"].isna().to_numpy()
+    problems.add_many(no_lesion, "no lesion_id (the split groups images by lesion)", column="lesion_id")
+    for row in np.flatnonzero(~meta["dx"].isin(DIAGNOSES).to_numpy()):
+        problems.add(row, f"dx {meta['dx'].iloc[row]!r} is not one of the 7 HAM10000 diagnoses", column="dx")
+    repeated = meta["image_id"].duplicated() & meta["image_id"].notna()
+    problems.add_many(repeated.to_numpy(), "image_id listed on an earlier line too", column="image_id")
+    where = " or ".join(f"{f.name}/" for f in folders)
+    for row, image_id in enumerate(meta["image_id"]):
+        if isinstance(image_id, str) and image_id not in images:
+            problems.add(row, f"no image {image_id}.jpg in {where}", column="image_id")
+    not_number = meta["age"].isna() & meta["age_text"].notna()
+    problems.add_many(not_number.to_numpy(), "age is not a number", column="age")
+
+
+def grouped_split(
+    groups: np.ndarray, labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int
+) -> np.ndarray:
+    """Split names per row with every group wholly in one split, stratified on the groups' labels.
+
+    Per class (a group's class is that of its first row), the groups are shuffled and taken in
+    turn for test while they hold about `test_fraction` of the class's rows, then for val while
+    they hold about `val_fraction` of the rest. A class with three groups or more has at least
+    one in each split, so even the rarest diagnosis can be validated and tested.
+    """
+    rng = np.random.default_rng(seed)
+    _, first, inverse, sizes = np.unique(groups, return_index=True, return_inverse=True, return_counts=True)
+    group_label = labels[first]
+    assign = np.full(len(first), "train", dtype=object)
+    for cls in np.unique(group_label):
+        members = rng.permutation(np.flatnonzero(group_label == cls))
+        n_test = groups_for_fraction(sizes[members], test_fraction, at_least_one=len(members) >= 3)
+        assign[members[:n_test]] = "test"
+        rest = members[n_test:]
+        n_val = groups_for_fraction(sizes[rest], val_fraction, at_least_one=len(rest) >= 2)
+        assign[rest[:n_val]] = "val"
+    return assign[inverse]
+
+
+def groups_for_fraction(sizes: np.ndarray, fraction: float, *, at_least_one: bool) -> int:
+    """How many leading groups hold about `fraction` of the rows: those whose middle row is within it."""
+    middle = np.cumsum(sizes) - sizes / 2
+    count = int(np.sum(middle <= fraction * sizes.sum()))
+    return max(count, 1) if at_least_one else count
+
+
+def prepare(raw: Path, out: Path, *, skip_bad: bool = False, include_dx_type: bool = False, seed: int = 2022) -> dict:
+    """Prepare HAM10000 from RAW into OUT (see the module docstring).
+
+    Args:
+        include_dx_type: add `dx_type` as a feature (it leaks the label; off in the recipe).
+        seed: the split seed.
+    """
+    metadata = raw / METADATA
+    meta = read_metadata(metadata)
+    folders = image_folders(raw)
+    images = index_images(folders)
+    names = [f"line {i + 2} ({image_id})" for i, image_id in enumerate(meta["image_id"])]
+    problems = Problems(str(metadata), names, skip_bad)
+    find_bad_rows(meta, images, folders, problems)
+
+    labels = meta["dx"].map({dx: i for i, dx in enumerate(DIAGNOSES)}).fillna(-1).to_numpy(dtype=np.int64)
+    # a row without lesion_id is dropped as bad; until then it is a group of its own
+    lesions = meta["lesion_id"].fillna(pd.Series([f"row {i}" for i in range(len(meta))])).to_numpy(dtype=str)
+    split = grouped_split(lesions, labels, TEST_FRACTION, VAL_FRACTION, seed)
+    paths = [str(images.get(str(i), folders[0] / f"{i}.jpg")) for i in meta["image_id"]]
+    categorical = ["sex", "localization"] + (["dx_type"] if include_dx_type else [])
+    manifest = {
+        "recipe": {
+            "name": "ham10000",
+            "version": VERSION,
+            "params": {"include_dx_type": include_dx_type, "seed": seed},
+        },
+        "target": "dx",
+        "normalize": "imagenet",
+        "split": (
+            f"grouped by lesion_id (no lesion in two splits), stratified on dx over lesions, test {TEST_FRACTION}, "
+            f"val {VAL_FRACTION} of the rest, seed {seed}"
+        ),
+    }
+    return prepare_rows(
+        out,
+        features=meta[["age", *categorical]],
+        continuous=["age"],
+        categorical=categorical,
+        labels=labels,
+        class_names=list(DIAGNOSES),
+        split=split,
+        paths=paths,
+        image_root=raw,
+        problems=problems,
+        manifest=manifest,
+        vocabulary=meta[categorical],
+    )
