@@ -15,11 +15,27 @@ from gaal_cli.errors import GaalError
 app = typer.Typer(
     help="Tabular-image fusion experiments: GAAL (ICME 2026) and the methods it is compared with.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 stdout = Console()
 stderr = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from gaal_cli import __version__
+
+        stdout.print(f"gaal {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Options of `gaal` itself, given before the command (Typer adds the shell-completion ones)."""
 
 
 def user_errors(command):

@@ -9,13 +9,14 @@ beside the method; `methods.<name>` in the YAML is validated against it.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
-from gaal_cli.errors import GaalError
+from gaal_cli.errors import GaalError, did_you_mean
 
 
 class Section(BaseModel):
@@ -108,7 +109,8 @@ class Config(Section):
         from gaal_cli.methods import METHODS
 
         if name not in METHODS:
-            raise ValueError(f"unknown method '{name}'; expected one of: {', '.join(sorted(METHODS))}")
+            hint = did_you_mean(name, METHODS)
+            raise ValueError(f"unknown method '{name}'{hint}; expected one of: {', '.join(sorted(METHODS))}")
         return name
 
     @field_validator("methods", mode="before")
@@ -187,6 +189,11 @@ def load_config(
         GaalError: malformed YAML, unknown key, wrong type; the message names key and source.
     """
     tree = read_yaml(Path(path)) if path else {}
+    if "sweep" in tree:
+        raise GaalError(
+            f"this is a sweep file (it has a 'sweep' block, a grid of runs); run it with `gaal sweep {path}`",
+            source=str(path),
+        )
     if path and "name" not in tree:
         tree["name"] = Path(path).stem
     return config_from_mapping(tree, str(path) if path else "the default config", overrides, flags)
@@ -229,7 +236,8 @@ def _validate_methods(raw: Any, source: str, origin: dict[tuple[str, ...], str])
         if name not in METHODS:
             src = next((o for k, o in origin.items() if k[:2] == ("methods", name)), source)
             valid = ", ".join(sorted(METHODS))
-            raise GaalError(f"unknown method; expected one of: {valid}", source=src, field=f"methods.{name}")
+            hint = did_you_mean(name, METHODS)
+            raise GaalError(f"unknown method{hint}; expected one of: {valid}", source=src, field=f"methods.{name}")
         spec = METHODS[name].settings
         if isinstance(settings, spec):
             typed[name] = settings
@@ -262,14 +270,18 @@ def _explain(
     inner = tuple(str(p) for p in first["loc"])
     loc = prefix + inner
     key = ".".join(loc)
-    src = next((o for k, o in origin.items() if loc[: len(k)] == k), source)
+    # a --set of an unknown section (trian.epochs=2) fails at the section, above the key it set
+    src = next((o for k, o in origin.items() if loc[: len(k)] == k or k[: len(loc)] == loc), source)
+    msg, got = first["msg"].removeprefix("Value error, "), first.get("input")
     if first["type"] == "extra_forbidden":
         valid = _section_fields(inner, model)
         hint = f"; expected one of: {', '.join(valid)}" if valid else ""
-        message = f"unknown key{hint}"
+        message = f"unknown key{did_you_mean(inner[-1], valid)}{hint}"
+    elif isinstance(got, dict):
+        message = msg
     else:
-        got = first.get("input")
-        message = f"{first['msg']} (got {got!r})" if not isinstance(got, dict) else first["msg"]
+        allowed = re.findall(r"'([^']*)'", first["ctx"]["expected"]) if first["type"] == "literal_error" else []
+        message = f"{msg} (got {got!r}){did_you_mean(got, allowed)}"
     more = len(err.errors()) - 1
     if more:
         message += f" [and {more} more problem{'s' if more > 1 else ''}]"

@@ -7,6 +7,9 @@ traceback. Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class GaalError(Exception):
     """An error in the user's input, reported without a traceback (exit code 2).
@@ -31,3 +34,12 @@ class GaalError(Exception):
             where.append(f"field '{self.field}'")
         prefix = ", ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """ " (did you mean 'x'?)" for the valid name closest to a mistyped one, or "" when none is close.
+
+    Every "unknown ..." message adds it, so a typo costs one glance rather than reading a list.
+    """
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import gaal_cli
 from gaal_cli.config import Config, config_from_mapping, read_yaml
-from gaal_cli.errors import GaalError
+from gaal_cli.errors import GaalError, did_you_mean
 from gaal_cli.results import RunFolder, atomic_write
 
 EXPERIMENTS = Path("experiments")
@@ -129,7 +129,9 @@ def resolve_experiment(name: str) -> Path:
         {experiment_name(p, root) for root in (EXPERIMENTS, CHECKOUT_EXPERIMENTS) for p in root.rglob("*.yaml")}
     )
     hint = f"; known experiments: {', '.join(known)}" if known else ""
-    raise GaalError(f"no experiment file '{name}' (nor experiments/{name}.yaml){hint}", source=name)
+    raise GaalError(
+        f"no experiment file '{name}' (nor experiments/{name}.yaml){did_you_mean(name, known)}{hint}", source=name
+    )
 
 
 def experiment_name(path: Path, *roots: Path) -> str:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, make_loader
-from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
-from gaal_cli.errors import GaalError
+from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES, require_prepared
+from gaal_cli.errors import GaalError, did_you_mean
 
 DatasetBuilder = Callable[[DataConfig, int], DataBundle]
 DATASETS: dict[str, DatasetBuilder] = {}
@@ -35,7 +35,8 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         return build_table(cfg, seed)
     if cfg.name not in DATASETS:
         raise GaalError(
-            f"unknown dataset '{cfg.name}'; expected one of: {', '.join(sorted(DATASETS))}, or a .csv/.parquet table",
+            f"unknown dataset '{cfg.name}'{did_you_mean(cfg.name, DATASETS)}; expected one of: "
+            f"{', '.join(sorted(DATASETS))}, or a .csv/.parquet table",
             field="data.name",
         )
     return DATASETS[cfg.name](cfg, seed)
@@ -54,6 +55,7 @@ def _prepared(cfg: DataConfig, seed: int, recipe: str) -> DataBundle:
     """A dataset made by `gaal data prepare <recipe>`: its splits are fixed in the PREP folder."""
     from gaal_cli.data.prepared import build_prepared
 
+    require_prepared(recipe, cfg.dir)
     return build_prepared(cfg, recipe)
 
 

@@ -12,7 +12,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from gaal_cli.errors import GaalError
+from gaal_cli.errors import GaalError, did_you_mean
 
 TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.user_table)
 RECIPES = {
@@ -21,6 +21,14 @@ RECIPES = {
     "sun": "gaal_cli.data.sun",
     "ham10000": "gaal_cli.data.ham10000",
     "mmcl": "gaal_cli.data.mmcl",
+}
+# where each recipe's raw data is published: named when a run finds no prepared data
+PUBLISHED = {
+    "dvm": "DVM-CAR, https://deepvisualmarketing.github.io/",
+    "celeba": "CelebA, https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
+    "sun": "SUN Attribute, https://cs.brown.edu/~gmpatter/sunattributes.html",
+    "ham10000": "HAM10000, https://doi.org/10.7910/DVN/DBW86T",
+    "mmcl": "the files written by MMCL's preprocessing, https://github.com/paulhager/MMCL-Tabular-Imaging",
 }
 
 
@@ -31,7 +39,10 @@ def prepare(name: str, raw: Path, out: Path, skip_bad: bool, options: dict[str, 
         GaalError: unknown recipe, an option the recipe does not take, or bad raw data.
     """
     if name not in RECIPES:
-        raise GaalError(f"unknown recipe '{name}'; expected one of: {', '.join(RECIPES)}", source="gaal data prepare")
+        raise GaalError(
+            f"unknown recipe '{name}'{did_you_mean(name, RECIPES)}; expected one of: {', '.join(RECIPES)}",
+            source="gaal data prepare",
+        )
     if not raw.is_dir():
         raise GaalError("no such folder", source=str(raw), field="--raw")
     run = importlib.import_module(RECIPES[name]).prepare
@@ -42,3 +53,23 @@ def prepare(name: str, raw: Path, out: Path, skip_bad: bool, options: dict[str, 
             option = f"--{key.replace('_', '-')}"
             raise GaalError(f"{option} does not apply to the {name} recipe", source="gaal data prepare")
     return run(raw, out, skip_bad=skip_bad, **given)
+
+
+def require_prepared(name: str, folder: str | None) -> Path:
+    """The PREP folder of recipe `name`, checked before anything is built.
+
+    Raises:
+        GaalError: no folder given, or one without a manifest; the message gives the prepare
+            command and where the raw data is published, since a first run usually lands here.
+    """
+    from gaal_cli.data.prepared import MANIFEST
+
+    command = f"gaal data prepare {name} --raw RAW --out {folder or 'PREP'}"
+    how = f"prepare it with `{command}` from the raw data ({PUBLISHED[name]})"
+    if not folder:
+        raise GaalError(
+            f"the {name} dataset trains on prepared data, given by --data-dir PREP; {how}", field="data.dir"
+        )
+    if not (Path(folder) / MANIFEST).is_file():
+        raise GaalError(f"no prepared data (no {MANIFEST}); {how}", source=folder, field="data.dir")
+    return Path(folder)
