@@ -8,13 +8,20 @@ import json
 
 import numpy as np
 import pandas as pd
-from raw_datasets import HAM_BAD_ROWS, make_ham10000
+from raw_datasets import make_ham10000
 from typer.testing import CliRunner
 
 from gaal_cli.cli import app
 from gaal_cli.data.ham10000 import grouped_split, read_metadata
 
 runner = CliRunner()
+HAM_BAD_ROWS_REASONS = [  # one row each in the miniature made with bad=True
+    "not one of the 7 HAM10000 diagnoses",
+    "no image ISIC_9000002.jpg in HAM10000_images_part_1/ or HAM10000_images_part_2/",
+    "no lesion_id",
+    "age is not a number",
+    "image_id listed on an earlier line too",
+]
 
 
 def prepare(raw, out, *extra):
@@ -77,14 +84,9 @@ def test_bad_rows_are_reported_then_dropped_and_counted_with_skip_bad(tmp_path):
     assert "line 2 (ISIC_9000001)" in result.output and "'xyz'" in result.output
     assert not (tmp_path / "prep").exists()
     manifest, table = prepare(raw, tmp_path / "prep", "--skip-bad")
-    dropped = manifest["dropped"]
-    assert dropped["dx X is not one of the 7 HAM10000 diagnoses"] == 1
-    assert dropped["no image ISIC_9000002.jpg in HAM10000_images_part_1/ or HAM10000_images_part_2/"] == 1
-    assert dropped["no lesion_id (the split groups images by lesion)"] == 1
-    assert dropped["age is not a number"] == 1
-    assert dropped["image_id listed on an earlier line too"] == 1
+    for reason in HAM_BAD_ROWS_REASONS:
+        assert sum(n for key, n in manifest["dropped"].items() if reason in key) == 1, (reason, manifest["dropped"])
     assert not table["image"].str.contains("ISIC_90000").any()
-    assert len(HAM_BAD_ROWS) == 4
 
 
 def test_grouped_split_keeps_groups_whole_and_is_stratified():

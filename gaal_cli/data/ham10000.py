@@ -42,7 +42,7 @@ TEST_FRACTION, VAL_FRACTION = 0.2, 0.2
 
 
 def read_metadata(path: Path) -> pd.DataFrame:
-    """The metadata as text, stripped, with empty cells as NaN and `age` as a float.
+    """The metadata as stripped text with empty cells as NaN.
 
     Cells such as "NA" stay text: only an empty cell is missing, as in the release.
 
@@ -56,10 +56,7 @@ def read_metadata(path: Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise GaalError(f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}", source=str(path))
-    frame = frame[COLUMNS].apply(lambda column: column.str.strip()).replace("", np.nan)
-    frame["age_text"] = frame["age"]
-    frame["age"] = pd.to_numeric(frame["age"], errors="coerce")
-    return frame
+    return frame[COLUMNS].apply(lambda column: column.str.strip()).replace("", np.nan)
 
 
 def image_folders(raw: Path) -> list[Path]:
@@ -80,7 +77,9 @@ def index_images(folders: list[Path]) -> dict[str, Path]:
     return index
 
 
-def find_bad_rows(meta: pd.DataFrame, images: dict[str, Path], folders: list[Path], problems: Problems) -> None:
+def find_bad_rows(
+    meta: pd.DataFrame, age: pd.Series, images: dict[str, Path], folders: list[Path], problems: Problems
+) -> None:
     """Record rows that cannot be used: unknown diagnosis, no lesion, a repeated or absent image, a bad age."""
     problems.add_many(meta["image_id"].isna().to_numpy(), "no image_id", column="image_id")
     no_lesion = meta["lesion_id"].isna().to_numpy()
@@ -93,8 +92,7 @@ def find_bad_rows(meta: pd.DataFrame, images: dict[str, Path], folders: list[Pat
     for row, image_id in enumerate(meta["image_id"]):
         if isinstance(image_id, str) and image_id not in images:
             problems.add(row, f"no image {image_id}.jpg in {where}", column="image_id")
-    not_number = meta["age"].isna() & meta["age_text"].notna()
-    problems.add_many(not_number.to_numpy(), "age is not a number", column="age")
+    problems.add_many((age.isna() & meta["age"].notna()).to_numpy(), "age is not a number", column="age")
 
 
 def grouped_split(
@@ -141,7 +139,8 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, include_dx_type: bo
     images = index_images(folders)
     names = [f"line {i + 2} ({image_id})" for i, image_id in enumerate(meta["image_id"])]
     problems = Problems(str(metadata), names, skip_bad)
-    find_bad_rows(meta, images, folders, problems)
+    age = pd.to_numeric(meta["age"], errors="coerce")  # an empty cell stays NaN: a missing value
+    find_bad_rows(meta, age, images, folders, problems)
 
     labels = meta["dx"].map({dx: i for i, dx in enumerate(DIAGNOSES)}).fillna(-1).to_numpy(dtype=np.int64)
     # a row without lesion_id is dropped as bad; until then it is a group of its own
@@ -164,7 +163,7 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, include_dx_type: bo
     }
     return prepare_rows(
         out,
-        features=meta[["age", *categorical]],
+        features=meta[categorical].assign(age=age)[["age", *categorical]],
         continuous=["age"],
         categorical=categorical,
         labels=labels,
