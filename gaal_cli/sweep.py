@@ -60,7 +60,15 @@ LOG = "train.log"
 POLL_SECONDS = 0.5
 # settings of where and how fast a run trains, not of what it computes: a finished run that
 # differs from the sweep only in these is still current
-WHERE_KEYS = {"data.dir", "data.cache", "data.num_workers", "data.eval_batch_size", "train.device", "train.threads"}
+WHERE_KEYS = {
+    "data.dir",
+    "data.cache",
+    "data.num_workers",
+    "data.augment_on",
+    "data.eval_batch_size",
+    "train.device",
+    "train.threads",
+}
 
 
 class SweepSpec(BaseModel):
