@@ -22,7 +22,7 @@ import torch
 from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
 from gaal_cli.data import build_data, images_on_device, make_loader
-from gaal_cli.data.base import DataBundle, SplitDataset
+from gaal_cli.data.base import Batch, DataBundle, SplitDataset
 from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
@@ -266,11 +266,7 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
     history: dict[str, list[torch.Tensor]] = {}
     steps = 0
     for step, batch in enumerate(loader, start=1):
-        batch = batch.to(s.device, non_blocking=True)
-        if s.finish_images is not None:
-            batch = batch._replace(image=s.finish_images(batch.image))
-        if s.device.type == "cuda" and s.config.train.channels_last:
-            batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
+        batch = device_batch(s, batch)
         with autocast(s.device, s.config.train.bf16):
             stats = method.train_step(batch, s.optimizer)
         for key, value in stats.items():
@@ -284,6 +280,18 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
     per_step = [{"step": i + 1, **{k: round(v[i], 6) for k, v in columns.items()}} for i in range(steps)]
     means = {k: round(sum(v) / len(v), 6) for k, v in columns.items()}
     return means, per_step
+
+
+def device_batch(s: Session, batch: Batch) -> Batch:
+    """A loader batch as the method trains on it: on the device (copied from pinned memory without
+    waiting), its images finished there if the loader deferred them (data.augment_on), and in
+    channels_last on CUDA when asked for."""
+    batch = batch.to(s.device, non_blocking=True)
+    if s.finish_images is not None:
+        batch = batch._replace(image=s.finish_images(batch.image))
+    if s.device.type == "cuda" and s.config.train.channels_last:
+        batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
+    return batch
 
 
 @torch.no_grad()
