@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -156,7 +156,7 @@ class ImageTransform:
             images = v2.functional.resize(images, [self.size, self.size], antialias=True)
         return images if self.deferred else self.finish(images)
 
-    def on_device(self):
+    def on_device(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Leave everything after the resize to `finish`, called by the engine on the device.
 
         Returns:
@@ -375,6 +375,6 @@ class ImageTableSplit:
         idx = torch.from_numpy(rows)
         return Batch(self.transform(self._images(rows)), self.tabular[idx], self.labels[idx])
 
-    def defer_images(self):
+    def defer_images(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """Batches carry uint8 images from now on; see base.images_on_device."""
         return self.transform.on_device()
