@@ -18,8 +18,8 @@ On CUDA the step's achieved TFLOP/s (FLOPs counted by torch.utils.flop_counter, 
 products and convolutions of the forward and backward passes) is set against the GPU's dense
 bf16 peak (a table of NVIDIA datasheet figures, or --peak-tflops); on the CPU it is given alone.
 
-Memory, measured from just before the method is built (so it covers parameters, optimiser state
-and activations, not the imports):
+Memory, measured from just before the engine's set-up (so it covers the dataset, parameters,
+optimiser state and activations, not the imports):
 - CUDA: `torch.cuda.max_memory_allocated` (tensors only, not the caching allocator's reserve).
 - CPU: the process's peak resident set (`ru_maxrss`, its high-water mark reset first through
   /proc/self/clear_refs) minus the resident set just before; it includes allocator slack and
