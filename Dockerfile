@@ -26,11 +26,15 @@ COPY requirements.lock tools/check_base_image.py /tmp/gaal-build/
 RUN python /tmp/gaal-build/check_base_image.py /tmp/gaal-build/requirements.lock \
     && pip install --no-deps -r /tmp/gaal-build/requirements.lock
 
+# experiments/ becomes package data (gaal_cli/experiments, see pyproject.toml): the dry run of a
+# named sweep, from a folder without experiments/, stops the build if the image could not find it
 COPY pyproject.toml README.md /tmp/gaal-build/src/
 COPY gaal_cli /tmp/gaal-build/src/gaal_cli
+COPY experiments /tmp/gaal-build/src/experiments
 RUN pip install --no-deps /tmp/gaal-build/src \
     && rm -rf /tmp/gaal-build \
-    && gaal --help > /dev/null
+    && gaal --help > /dev/null \
+    && cd /tmp && gaal sweep table1_dvm --dry-run --results /tmp/dry-run > /dev/null
 
 # A non-root user with uid 1000 (the usual first user on the host), so files written to a
 # bind-mounted results folder belong to that user; Ubuntu images already hold uid 1000 as

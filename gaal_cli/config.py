@@ -49,6 +49,9 @@ class DataConfig(Section):
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0)
     augment: bool = False
+    # where augmentation, scaling and normalisation of training images run: in the loader
+    # (workers), or on the training device after a uint8 copy; auto = the device on a GPU
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     normalize: Literal["auto", "none", "imagenet"] = "auto"
     cache: bool = True
     target: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ import torch
 
 from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
-from gaal_cli.data import build_data, make_loader
-from gaal_cli.data.base import DataBundle, SplitDataset
+from gaal_cli.data import build_data, images_on_device, make_loader
+from gaal_cli.data.base import Batch, DataBundle, SplitDataset
 from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
@@ -102,6 +103,8 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     comm: Comm
+    # turns the training batches' uint8 images into floats on the device (data.augment_on), if deferred
+    finish_images: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def setup(config: Config) -> Session:
@@ -127,7 +130,8 @@ def setup(config: Config) -> Session:
     if config.train.compile:
         method.encoders.image = torch.compile(method.encoders.image)
         method.encoders.tabular = torch.compile(method.encoders.tabular)
-    return Session(config, device, data, method, optimizer, scheduler, comm)
+    finish_images = images_on_device(data.train, config.data.augment_on, device)
+    return Session(config, device, data, method, optimizer, scheduler, comm, finish_images)
 
 
 def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
@@ -262,9 +266,7 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
     history: dict[str, list[torch.Tensor]] = {}
     steps = 0
     for step, batch in enumerate(loader, start=1):
-        batch = batch.to(s.device, non_blocking=True)
-        if s.device.type == "cuda" and s.config.train.channels_last:
-            batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
+        batch = device_batch(s, batch)
         with autocast(s.device, s.config.train.bf16):
             stats = method.train_step(batch, s.optimizer)
         for key, value in stats.items():
@@ -278,6 +280,18 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
     per_step = [{"step": i + 1, **{k: round(v[i], 6) for k, v in columns.items()}} for i in range(steps)]
     means = {k: round(sum(v) / len(v), 6) for k, v in columns.items()}
     return means, per_step
+
+
+def device_batch(s: Session, batch: Batch) -> Batch:
+    """A loader batch as the method trains on it: on the device (copied from pinned memory without
+    waiting), its images finished there if the loader deferred them (data.augment_on), and in
+    channels_last on CUDA when asked for."""
+    batch = batch.to(s.device, non_blocking=True)
+    if s.finish_images is not None:
+        batch = batch._replace(image=s.finish_images(batch.image))
+    if s.device.type == "cuda" and s.config.train.channels_last:
+        batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
+    return batch
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import importlib.resources
 import itertools
 import os
 import re
@@ -52,14 +53,22 @@ from gaal_cli.errors import GaalError, did_you_mean
 from gaal_cli.results import RunFolder, atomic_write
 
 EXPERIMENTS = Path("experiments")
-# the checkout this package runs from: its experiments/ is found from any working directory
+# the checkout an editable install runs from; a wheel carries the same files as gaal_cli/experiments
 CHECKOUT_EXPERIMENTS = Path(gaal_cli.__file__).resolve().parents[1] / "experiments"
 LOCK = ".lock"
 LOG = "train.log"
 POLL_SECONDS = 0.5
 # settings of where and how fast a run trains, not of what it computes: a finished run that
 # differs from the sweep only in these is still current
-WHERE_KEYS = {"data.dir", "data.cache", "data.num_workers", "data.eval_batch_size", "train.device", "train.threads"}
+WHERE_KEYS = {
+    "data.dir",
+    "data.cache",
+    "data.num_workers",
+    "data.augment_on",
+    "data.eval_batch_size",
+    "train.device",
+    "train.threads",
+}
 
 
 class SweepSpec(BaseModel):
@@ -112,8 +121,27 @@ class Outcome:
 # ---------------------------------------------------------------- spec -> runs (pure)
 
 
+def packaged_experiments() -> Path:
+    """The named experiments that came with this installation of gaal.
+
+    A wheel (and so the Docker image) carries the top-level experiments/ folder as package data
+    in gaal_cli/experiments (see pyproject.toml); an editable install or a checkout on
+    PYTHONPATH has no such folder and reads the checkout's experiments/ instead.
+    """
+    packaged = importlib.resources.files(gaal_cli) / "experiments"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return CHECKOUT_EXPERIMENTS
+
+
+def experiment_roots() -> tuple[Path, Path]:
+    """Where a name is looked up, in order: ./experiments, then the installed ones."""
+    return EXPERIMENTS, packaged_experiments()
+
+
 def resolve_experiment(name: str) -> Path:
-    """An experiment file from a path, or from a name relative to experiments/ ('synthetic/lambda').
+    """An experiment file from a path, or from a name relative to experiments/ ('synthetic/lambda'):
+    a YAML path first, then ./experiments/<name>.yaml, then the experiments installed with gaal.
 
     Raises:
         GaalError: no such file; the message lists the known names.
@@ -121,13 +149,12 @@ def resolve_experiment(name: str) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    for root in (EXPERIMENTS, CHECKOUT_EXPERIMENTS):
+    roots = experiment_roots()
+    for root in roots:
         candidate = root / f"{name}.yaml"
         if candidate.is_file():
             return candidate
-    known = sorted(
-        {experiment_name(p, root) for root in (EXPERIMENTS, CHECKOUT_EXPERIMENTS) for p in root.rglob("*.yaml")}
-    )
+    known = sorted({experiment_name(p, root) for root in roots for p in root.rglob("*.yaml")})
     hint = f"; known experiments: {', '.join(known)}" if known else ""
     raise GaalError(
         f"no experiment file '{name}' (nor experiments/{name}.yaml){did_you_mean(name, known)}{hint}", source=name
@@ -136,7 +163,7 @@ def resolve_experiment(name: str) -> Path:
 
 def experiment_name(path: Path, *roots: Path) -> str:
     """'synthetic/lambda' for experiments/synthetic/lambda.yaml; the file stem elsewhere."""
-    for root in roots or (EXPERIMENTS, CHECKOUT_EXPERIMENTS):
+    for root in roots or experiment_roots():
         if path.resolve().is_relative_to(root.resolve()):
             return path.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
     return path.stem

@@ -1,15 +1,21 @@
-"""The Docker packaging: requirements.lock against pyproject.toml, and the Dockerfile's promises.
+"""The packaging: the wheel, requirements.lock against pyproject.toml, and the Dockerfile's promises.
 
 Nothing here builds an image (no Docker engine in the test environment); these checks catch the
 drift a build would not: a dependency added to pyproject but not to the lock, a pin outside its
-range, a base image whose torch is not the one the lock pins, a root user or a lost entrypoint.
+range, a base image whose torch is not the one the lock pins, a root user or a lost entrypoint,
+a file the image needs left out of the build context. The wheel is built and installed for real,
+from the files the Dockerfile copies, to show the named experiments travel with it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -199,3 +205,97 @@ def test_build_check_rejects_a_lock_that_disagrees_with_the_installed_torch(tmp_
     stale.write_text(f"torch==1.0.0\ntorchvision=={vision_version}\n")
     assert check.main(str(stale)) == 1
     assert "pins 1.0.0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the wheel and the build context
+
+IMAGE_SOURCE = "/tmp/gaal-build/src"  # the folder the Dockerfile copies the package into and pip-installs
+
+
+def image_package_sources(instructions: list[tuple[str, str]]) -> list[str]:
+    """The checkout paths the Dockerfile copies into IMAGE_SOURCE, the folder it installs gaal from."""
+    sources = []
+    for keyword, args in instructions:
+        parts = args.split()
+        if keyword == "COPY" and parts[-1].rstrip("/").startswith(IMAGE_SOURCE):
+            sources += parts[:-1]
+    return sources
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore `patterns` leave `path` (or a folder above it) out of the build context.
+
+    Broader than Docker's own matching (fnmatch's * also crosses /), so a doubt counts as excluded.
+    """
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        assert not pattern.startswith("!"), "exceptions in .dockerignore: teach this check about them"
+        pattern = pattern.strip("/")
+        for candidate in candidates:
+            if fnmatch.fnmatchcase(candidate, pattern) or (
+                pattern.startswith("**/") and fnmatch.fnmatchcase(candidate.rsplit("/", 1)[-1], pattern[3:])
+            ):
+                return True
+    return False
+
+
+def test_the_build_context_keeps_everything_the_dockerfile_copies(docker):
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    copied = [src for keyword, args in docker if keyword == "COPY" for src in args.split()[:-1]]
+    assert "experiments" in image_package_sources(docker), "the image must install the named experiments"
+    for source in copied:
+        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which the checkout lacks"
+        assert not dockerignored(source, patterns), f".dockerignore leaves {source} out, but the Dockerfile copies it"
+
+
+def test_the_wheel_lists_every_package_of_the_checkout():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    inits = (ROOT / "gaal_cli").rglob("__init__.py")
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in inits} | {"gaal_cli.experiments"}
+    assert listed == found, f"pyproject.toml's packages differ from the checkout's: {sorted(listed ^ found)}"
+
+
+def run_checked(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert done.returncode == 0, f"{' '.join(map(str, command))} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_finds_the_named_experiments_from_any_folder(tmp_path, docker):
+    """Build the wheel from exactly what the image installs, put it in a fresh venv (torch and the
+    other dependencies come from this machine through --system-site-packages), and run a named
+    sweep's dry run from a folder that has no experiments/ and is outside the checkout."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for path in image_package_sources(docker):
+        if (ROOT / path).is_dir():
+            shutil.copytree(ROOT / path, source / path, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / path, source / path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout must not leak in
+    pip = ["-m", "pip", "--disable-pip-version-check", "--no-input"]
+    # --no-index: a path is never read as a name on a package index
+    run_checked([sys.executable, *pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                 "-w", str(tmp_path / "dist"), str(source)], env=env)  # fmt: skip
+    wheel = next((tmp_path / "dist").glob("gaal-*.whl"))
+    venv = tmp_path / "venv"
+    run_checked([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], env=env)
+    python = venv / "bin" / "python"
+    # --ignore-installed: the editable gaal of this machine's site-packages is not the one tested
+    run_checked([str(python), *pip, "install", "--no-deps", "--no-index", "--ignore-installed", str(wheel)], env=env)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = "import gaal_cli, gaal_cli.sweep as s; print(gaal_cli.__file__); print(s.resolve_experiment('table1_dvm'))"
+    module, experiment = run_checked([str(python), "-c", probe], cwd=elsewhere, env=env).stdout.split()
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    assert Path(module) == site / "gaal_cli" / "__init__.py", f"gaal_cli came from {module}, not the wheel"
+    assert Path(experiment) == site / "gaal_cli" / "experiments" / "table1_dvm.yaml"
+
+    dry_run = [str(venv / "bin" / "gaal"), "sweep", "table1_dvm", "--dry-run", "--results", str(tmp_path / "runs")]
+    listing = run_checked(dry_run, cwd=elsewhere, env={**env, "COLUMNS": "200"}).stdout
+    assert "table1_dvm/gaal/seed" in listing
+    assert not (tmp_path / "runs").exists(), "a dry run writes nothing"

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 
 from gaal_cli.config import DataConfig
-from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, make_loader
+from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, images_on_device, make_loader
 from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES, require_prepared
 from gaal_cli.errors import GaalError, did_you_mean
 
@@ -65,6 +65,7 @@ __all__ = [
     "TabularSchema",
     "TensorSplit",
     "make_loader",
+    "images_on_device",
     "build_data",
     "register_dataset",
     "DATASETS",

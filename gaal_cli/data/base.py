@@ -6,7 +6,7 @@ so an in-memory dataset slices tensors at once and a disk-backed one decodes a b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -15,7 +15,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 
 class Batch(NamedTuple):
-    image: torch.Tensor  # float (B, 3, H, W), already scaled/normalised
+    image: torch.Tensor  # float (B, 3, H, W), already scaled/normalised (uint8 if deferred: images_on_device)
     tabular: torch.Tensor  # float (B, D): continuous values and integer category codes
     label: torch.Tensor  # long (B,)
 
@@ -48,6 +48,10 @@ class TabularSchema:
 
 
 class SplitDataset(Protocol):
+    """A split of rows. One that can hand its images over unfinished also has `defer_images()`:
+    from then on its batches carry uint8 images, and the function it returns turns them into
+    the encoders' floats on whatever device they are on (see `images_on_device`)."""
+
     def __len__(self) -> int: ...
 
     def __getitem__(self, rows: Sequence[int]) -> Batch: ...
@@ -81,13 +85,48 @@ class TensorSplit:
         if not (len(images) == len(tabular) == len(labels)):
             raise ValueError("images, tabular and labels differ in length")
         self.images, self.tabular, self.labels = images, tabular, labels
+        self.deferred = False
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, rows: Sequence[int]) -> Batch:
         idx = torch.as_tensor(rows, dtype=torch.long)
-        return Batch(self.images[idx].float().div_(255.0), self.tabular[idx], self.labels[idx])
+        images = self.images[idx]
+        return Batch(images if self.deferred else unit_range(images), self.tabular[idx], self.labels[idx])
+
+    def defer_images(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Batches carry uint8 images from now on; see `images_on_device`."""
+        self.deferred = True
+        return unit_range
+
+
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def images_on_device(
+    split: SplitDataset, where: str, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Move the end of `split`'s image pipeline (augmentation, scaling, normalisation) to `device`.
+
+    On a GPU the training augmentations cost the loader workers several times what reading the
+    cache does, and a float32 batch is four times the bytes of a uint8 one; so the loader hands
+    over uint8 batches (pinned), the engine copies them to the device and finishes them there.
+    The augmentation parameters are drawn as before (RecipeAugmentation), in the main process.
+
+    Args:
+        where: 'loader' (in the loader: its workers or the main process), 'device', or 'auto'
+            (the device when it is a GPU: a CPU run is left exactly as it was).
+
+    Returns:
+        What the engine applies to a batch's images once they are on the device, or None when
+        the loader finishes them (or the split cannot defer them).
+    """
+    on_device = where == "device" or (where == "auto" and device.type == "cuda")
+    defer = getattr(split, "defer_images", None)
+    return defer() if on_device and defer is not None else None
 
 
 class ShardedBatchSampler:

@@ -13,8 +13,9 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -135,6 +136,10 @@ def _as_is(item):
 class ImageTransform:
     """uint8 images (B, 3, H, W) to the float tensors the encoders take.
 
+    Resizing runs where the batch is read. The rest (augmentation, scaling, normalisation) runs
+    there too, or, after `on_device()`, wherever `finish` is called: the engine then moves uint8
+    batches to the training device (a quarter of the bytes of float32) and finishes them there.
+
     Args:
         size: output side.
         augment: the MMCL/GAAL training augmentations (REFERENCE §2); training split only.
@@ -144,17 +149,50 @@ class ImageTransform:
     def __init__(self, size: int, augment: bool, normalize: str):
         self.size, self.augment, self.normalize = size, augment, normalize
         self._augment = RecipeAugmentation(size) if augment else None
+        self.deferred = False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.size or images.shape[-2] != self.size:
             images = v2.functional.resize(images, [self.size, self.size], antialias=True)
+        return images if self.deferred else self.finish(images)
+
+    def on_device(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Leave everything after the resize to `finish`, called by the engine on the device.
+
+        Returns:
+            `finish`, the function that turns the uint8 batches into the encoders' floats.
+        """
+        self.deferred = True
+        return self.finish
+
+    def finish(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, size, size) to float on the same device: augmented, scaled, normalised."""
         out = self._augment(images) if self._augment is not None else images.float()
         out = out.div_(255.0)
         if self.normalize == "imagenet":
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            mean = torch.tensor(IMAGENET_MEAN, device=out.device).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=out.device).view(1, 3, 1, 1)
             out = (out - mean) / std
         return out
+
+
+class Draws(NamedTuple):
+    """One batch's augmentation parameters, one row per image (see RecipeAugmentation.draw)."""
+
+    jitter: torch.Tensor  # bool (B,): colour jitter applied
+    factors: torch.Tensor  # (B, 3) brightness, contrast, saturation factors
+    order: torch.Tensor  # long (B, 3): the order the three are applied in
+    gray: torch.Tensor  # bool (B,): turned grey
+    blurred: torch.Tensor  # long (K,): rows blurred
+    sigma: torch.Tensor  # (K,) their blur widths
+    boxes: torch.Tensor  # (B, 4) crop boxes x0, y0, x1, y1
+    flipped: torch.Tensor  # long (F,): rows flipped
+
+    def to(self, device: torch.device) -> Draws:
+        """On `device`; a GPU gets them from pinned memory without waiting for the work queued before."""
+        if device.type == "cpu":
+            return self
+        return Draws(*(t.pin_memory().to(device, non_blocking=True) for t in self))
 
 
 class RecipeAugmentation:
@@ -170,6 +208,10 @@ class RecipeAugmentation:
     the largest odd size below the image side, since reflect padding needs an image wider than
     half the kernel. Crops come from the cached pixels at the training resolution rather than
     from the original file, so a crop is enlarged from fewer pixels than in MMCL.
+
+    The parameters are always drawn on the CPU from torch's default generator (in the process
+    that calls this: a loader worker, or the main process), and the pixels are worked on the
+    images' own device, so a batch augmented on a GPU gets the draws it would get on the CPU.
     """
 
     JITTER = 0.8
@@ -180,24 +222,38 @@ class RecipeAugmentation:
         self.kernel = min(29, size - 1 if size % 2 == 0 else size)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) to augmented float (B, 3, size, size) on the 0-255 scale."""
-        x = images.float()
-        n = len(x)
+        """uint8 (B, 3, H, W) to augmented float (B, 3, size, size) on the 0-255 scale, same device."""
+        n, _, h, w = images.shape
+        return self.apply(images, self.draw(n, h, w))
+
+    def draw(self, n: int, h: int, w: int) -> Draws:
+        """The parameters for `n` images of h x w, drawn on the CPU in a fixed order."""
         factors = torch.empty(n, 3).uniform_(1 - self.JITTER, 1 + self.JITTER)
-        x = torch.where(_draw(n, 0.8), color_jitter(x, factors, torch.argsort(torch.rand(n, 3), dim=1)), x)
-        x = torch.where(_draw(n, 0.2), grayscale(x).expand_as(x), x)
-        blur = _draw(n, 0.5).view(-1)
-        if blur.any():
-            x[blur] = gaussian_blur(x[blur], self.kernel, torch.empty(int(blur.sum())).uniform_(0.1, 2.0))
-        x = resized_crop(x, crop_boxes(n, x.shape[-2], x.shape[-1], self.SCALE, self.RATIO), self.size)
-        flip = _draw(n, 0.5).view(-1)
-        x[flip] = x[flip].flip(-1)
+        jitter = _draw(n, 0.8)
+        order = torch.argsort(torch.rand(n, 3), dim=1)
+        gray, blur = _draw(n, 0.2), _draw(n, 0.5)
+        blurred = blur.nonzero().view(-1)
+        sigma = torch.empty(len(blurred)).uniform_(0.1, 2.0)
+        boxes = crop_boxes(n, h, w, self.SCALE, self.RATIO)
+        flipped = _draw(n, 0.5).nonzero().view(-1)
+        return Draws(jitter, factors, order, gray, blurred, sigma, boxes, flipped)
+
+    def apply(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """Augment uint8 `images` with `draws`, on the images' device (float32, 0-255 scale)."""
+        d = draws.to(images.device)
+        x = images.float()
+        x = torch.where(d.jitter.view(-1, 1, 1, 1), color_jitter(x, d.factors, d.order), x)
+        x = torch.where(d.gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+        if len(d.blurred):
+            x[d.blurred] = gaussian_blur(x[d.blurred], self.kernel, d.sigma)
+        x = resized_crop(x, d.boxes, self.size)
+        x[d.flipped] = x[d.flipped].flip(-1)
         return x
 
 
 def _draw(n: int, p: float) -> torch.Tensor:
-    """Per-image coin flips, shaped to broadcast over (B, C, H, W)."""
-    return (torch.rand(n) < p).view(n, 1, 1, 1)
+    """Per-image coin flips (B,), True with probability `p`."""
+    return torch.rand(n) < p
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +305,7 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tenso
     As torchvision's resized_crop when enlarging, except on the outermost output pixels, which
     interpolate with the pixels just outside the box instead of repeating the box's edge.
     """
-    indexed = torch.cat([torch.arange(len(x), dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
+    indexed = torch.cat([torch.arange(len(x), dtype=x.dtype, device=x.device)[:, None], boxes.to(x.dtype)], dim=1)
     return roi_align(x, indexed, output_size=(size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
@@ -257,7 +313,7 @@ def gaussian_blur(images: torch.Tensor, kernel: int, sigma: torch.Tensor) -> tor
     """Blur float images (B, C, H, W), image i with `sigma[i]`, reflect-padded (as torchvision)."""
     n, c, h, w = images.shape
     half = kernel // 2
-    t = torch.arange(-half, half + 1, dtype=images.dtype)
+    t = torch.arange(-half, half + 1, dtype=images.dtype, device=images.device)
     weights = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
     weights = (weights / weights.sum(1, keepdim=True)).repeat_interleave(c, 0)
     x = torch.nn.functional.pad(images.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
@@ -318,3 +374,7 @@ class ImageTableSplit:
         rows = np.asarray(rows, dtype=np.int64)
         idx = torch.from_numpy(rows)
         return Batch(self.transform(self._images(rows)), self.tabular[idx], self.labels[idx])
+
+    def defer_images(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Batches carry uint8 images from now on; see base.images_on_device."""
+        return self.transform.on_device()
