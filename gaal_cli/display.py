@@ -59,13 +59,14 @@ def format_stats(stats: Mapping[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
 
 
+_METRIC_ORDER = ["acc", "bal_acc", "f1", "auroc"]
+
+
 def metrics_table(title: str, metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Table:
-    """Rows: split; columns: multi/image/tabular accuracy and macro-F1 (AUROC when binary)."""
+    """Rows: split; columns: multi/image/tabular accuracy, balanced accuracy and macro-F1 (AUROC when binary)."""
     table = Table(title=title)
     table.add_column("split")
-    keys = sorted(
-        {k for split in metrics.values() for head in split.values() for k in head}, key=["acc", "f1", "auroc"].index
-    )
+    keys = sorted({k for split in metrics.values() for head in split.values() for k in head}, key=_METRIC_ORDER.index)
     for head in HEADS:
         for key in keys:
             table.add_column(f"{head} {key}", justify="right")
