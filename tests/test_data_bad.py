@@ -3,9 +3,10 @@ or, with --skip-bad, dropped and counted."""
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
-from raw_datasets import make_celeba, make_table
+from raw_datasets import make_celeba, make_table, write_jpeg
 from typer.testing import CliRunner
 
 from gaal_cli.cli import app
@@ -55,11 +56,32 @@ def corrupt_nan(table):
     return "line 5", "missing value", None, "weight"
 
 
-def corrupt_unseen_category(table):
-    frame = pd.read_csv(table)
-    row = int(frame.index[frame["split"] == "test"][0])
-    edit(table, row, "colour", "green")
-    return f"line {row + 2}", "'green' does not occur in the training split", None, "colour"
+def corrupt_inf(table):
+    edit(table, 6, "weight", "inf")  # pandas reads it as a float infinity: a non-finite cell is a missing one
+    return "line 8", "missing value", None, "weight"
+
+
+def corrupt_empty_image_cell(table):
+    edit(table, 2, "photo", None)
+    return "line 4", "empty image cell", None, "photo"
+
+
+def corrupt_parent_path(table):
+    write_jpeg(table.parent.parent / "x.png", (1, 2, 3), np.random.default_rng(0))
+    edit(table, 4, "photo", "../x.png")
+    return "line 6", "leaves the table's folder", None, "photo"
+
+
+def corrupt_absolute_path(table):
+    outside = table.parent.parent / "x.png"
+    write_jpeg(outside, (1, 2, 3), np.random.default_rng(0))
+    edit(table, 4, "photo", str(outside))
+    return "line 6", "leaves the table's folder", None, "photo"
+
+
+def corrupt_etc_passwd(table):
+    edit(table, 5, "photo", "../../../../../../../../etc/passwd")
+    return "line 7", "leaves the table's folder", None, "photo"
 
 
 def corrupt_absent_class(table):
@@ -71,15 +93,18 @@ def corrupt_absent_class(table):
     return f"line {first + 2}", "class 'fox' has no row in the val/test split", None, "species"
 
 
-CASES = [corrupt_missing, corrupt_not_an_image, corrupt_truncated, corrupt_nan, corrupt_unseen_category,
-         corrupt_absent_class]  # fmt: skip
+CASES = [corrupt_missing, corrupt_not_an_image, corrupt_truncated, corrupt_nan, corrupt_inf, corrupt_absent_class,
+         corrupt_empty_image_cell, corrupt_parent_path, corrupt_absolute_path, corrupt_etc_passwd]  # fmt: skip
+# a missing feature value is imputed by default; it is a bad row with data.missing=error
+SETTINGS = {corrupt_nan: {"missing": "error"}, corrupt_inf: {"missing": "error"}}
 
 
 @pytest.mark.parametrize("corrupt", CASES)
 def test_bad_row_is_named_and_nothing_is_written(tmp_path, corrupt):
     table = make_table(tmp_path / "user", split=True)
     row, reason, file, column = corrupt(table)
-    result, out = run(tmp_path, table)
+    sets = [arg for k, v in SETTINGS.get(corrupt, {}).items() for arg in ("--set", f"data.{k}={v}")]
+    result, out = run(tmp_path, table, *sets)
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert str(table) in text and (f"{row}:" in text or f"{row}," in text) and reason in text, text
@@ -88,13 +113,15 @@ def test_bad_row_is_named_and_nothing_is_written(tmp_path, corrupt):
     if column:
         assert f"field '{column}'" in text
     assert "Traceback" not in result.output and not out.exists()
+    assert not (table.parent / ".gaal_cache").exists() or column != "photo"  # refused paths fail before any cache
 
 
 @pytest.mark.parametrize("corrupt", CASES)
 def test_skip_bad_drops_and_counts(tmp_path, corrupt):
     table = make_table(tmp_path / "user", split=True)
     corrupt(table)
-    cfg = DataConfig(name=str(table), target="species", image_column="photo", image_size=16, skip_bad=True)
+    settings = SETTINGS.get(corrupt, {})
+    cfg = DataConfig(name=str(table), target="species", image_column="photo", image_size=16, skip_bad=True, **settings)
     data = build_data(cfg, 0)
     dropped = sum(data.info["dropped"].values())
     assert dropped >= 1 and len(data.train) + len(data.val) + len(data.test) == 48 - dropped

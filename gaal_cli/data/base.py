@@ -48,6 +48,8 @@ class TabularSchema:
 
 
 class SplitDataset(Protocol):
+    labels: torch.Tensor  # long (N,): class balance, class weights
+
     def __len__(self) -> int: ...
 
     def __getitem__(self, rows: Sequence[int]) -> Batch: ...
@@ -63,6 +65,9 @@ class DataBundle:
     schema: TabularSchema
     class_names: list[str]
     info: dict = field(default_factory=dict)
+    # the fitted preprocessing as plain JSON-able data (a user table's `TableState.to_json()`),
+    # saved with the run so new rows can be encoded the same way; None when there is none to carry
+    preprocessing: dict | None = None
 
     @property
     def num_classes(self) -> int:
