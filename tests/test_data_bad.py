@@ -166,3 +166,77 @@ def test_prepare_reports_bad_raw_rows_and_writes_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert sum(manifest["counts"].values()) == 38 and sum(manifest["dropped"].values()) == 2
+
+
+def test_duplicated_target_column_is_refused_before_it_leaks(tmp_path):
+    table = make_table(tmp_path / "user", split=True)
+    lines = table.read_text().splitlines()
+    # a second 'species' column: pandas would rename it 'species.1' and train on it as a feature
+    table.write_text("\n".join([lines[0] + ",species"] + [f"{x},{x.split(',')[1]}" for x in lines[1:]]) + "\n")
+    result, out = run(tmp_path, table)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "column 2 and column 7 are both named 'species'" in text, text
+    assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("content", ["", "photo,species,weight,colour,indoor\n"])
+def test_empty_and_header_only_tables_write_nothing(tmp_path, content):
+    table = tmp_path / "user" / "table.csv"
+    table.parent.mkdir()
+    table.write_text(content)
+    result, out = run(tmp_path, table)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and str(table) in text and ("empty" in text or "no rows" in text), text
+    assert "Traceback" not in result.output and not out.exists() and not (table.parent / ".gaal_cache").exists()
+
+
+def test_one_class_in_train_is_refused(tmp_path):
+    table = make_table(tmp_path / "user", split=True)
+    frame = pd.read_csv(table)
+    frame["species"] = "cat"
+    frame.to_csv(table, index=False)
+    result, out = run(tmp_path, table)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "train split holds 1 class ('cat')" in text, text
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_an_empty_split_is_refused(tmp_path):
+    table = make_table(tmp_path / "user", split=True)
+    frame = pd.read_csv(table)
+    frame.loc[frame["split"] == "val", "split"] = "train"
+    frame.to_csv(table, index=False)
+    result, out = run(tmp_path, table)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "the val split has no rows" in text, text
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_decompression_bomb_is_a_bad_row(tmp_path, monkeypatch):
+    from PIL import Image
+
+    table = make_table(tmp_path / "user", split=True)
+    bomb = table.parent / "photos" / "bomb.png"
+    Image.new("RGB", (40, 40)).save(bomb)  # 1600 pixels: a bomb under the limit set below
+    edit(table, 7, "photo", "photos/bomb.png")
+    for limit in (1000, 500):  # over the limit (a warning) and over twice the limit (an error) in PIL
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        result, out = run(tmp_path, table)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "line 9" in text and "bomb.png" in text and "unreadable image" in text, text
+        assert "Traceback" not in result.output and not out.exists()
+
+
+def test_a_failed_cache_build_leaves_no_temp_file(tmp_path, monkeypatch):
+    from gaal_cli.data import images
+
+    table = make_table(tmp_path / "user", n=12)
+
+    def broken(path, size):
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(images, "decode", broken)
+    cfg = DataConfig(name=str(table), target="species", image_column="photo", image_size=16)
+    with pytest.raises(RuntimeError):
+        build_data(cfg, 0)
+    assert not [p for p in (table.parent / ".gaal_cache").rglob("*") if "tmp" in p.name]

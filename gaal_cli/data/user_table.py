@@ -296,7 +296,7 @@ def load_table(cfg: DataConfig) -> LoadedTable:
     features = [c for c in frame.columns if c not in special]
     names = np.array(row_names(path, len(frame)), dtype=object)
     dropped: dict[str, int] = {}
-    keep = frame[cfg.target].notna().to_numpy()
+    keep = np.array(frame[cfg.target].notna(), dtype=bool)
     if (~keep).any():
         dropped["no label"] = int((~keep).sum())
     if cfg.missing == "drop":
