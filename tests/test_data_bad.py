@@ -126,6 +126,8 @@ def test_skip_bad_drops_and_counts(tmp_path, corrupt):
     dropped = sum(data.info["dropped"].values())
     assert dropped >= 1 and len(data.train) + len(data.val) + len(data.test) == 48 - dropped
     assert data.info["counts"] == {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    if corrupt in (corrupt_parent_path, corrupt_absolute_path, corrupt_etc_passwd):
+        assert any("leaves the table's folder" in reason for reason in data.info["dropped"])  # refused, never read
     if corrupt is corrupt_absent_class:
         assert data.class_names == ["cat", "dog"] and set(data.test.labels.tolist()) == {0, 1}
 
@@ -225,6 +227,15 @@ def test_decompression_bomb_is_a_bad_row(tmp_path, monkeypatch):
         text = " ".join(result.output.split())
         assert result.exit_code == 2 and "line 9" in text and "bomb.png" in text and "unreadable image" in text, text
         assert "Traceback" not in result.output and not out.exists()
+
+
+def test_outside_paths_are_read_when_allowed(tmp_path):
+    table = make_table(tmp_path / "user", split=True)
+    corrupt_parent_path(table)
+    corrupt_absolute_path(table)
+    data = build_data(DataConfig(name=str(table), target="species", image_column="photo", image_size=16,
+                                 allow_outside_paths=True), 0)  # fmt: skip
+    assert sum(data.info["counts"].values()) == 48 and not data.info["dropped"]
 
 
 def test_a_failed_cache_build_leaves_no_temp_file(tmp_path, monkeypatch):

@@ -243,7 +243,7 @@ def image_paths(values: pd.Series, folder: Path, allow_outside: bool, problems: 
         if not allow_outside and os.path.commonpath([root, path]) != root:
             problems.add(
                 row,
-                f"image path {text!r} leaves the table's folder {root} (set data.allow_outside_paths=true to allow it)",
+                f"image path {text!r} leaves the table's folder (set data.allow_outside_paths=true to allow it)",
                 column=str(values.name),
             )
             path = ""
