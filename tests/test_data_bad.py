@@ -126,6 +126,7 @@ def test_skip_bad_drops_and_counts(tmp_path, corrupt):
     dropped = sum(data.info["dropped"].values())
     assert dropped >= 1 and len(data.train) + len(data.val) + len(data.test) == 48 - dropped
     assert data.info["counts"] == {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+    assert data.preprocessing["class_names"] == data.class_names
     if corrupt in (corrupt_parent_path, corrupt_absolute_path, corrupt_etc_passwd):
         assert any("leaves the table's folder" in reason for reason in data.info["dropped"])  # refused, never read
     if corrupt is corrupt_absent_class:

@@ -191,7 +191,14 @@ def build_prepared(cfg: DataConfig, recipe: str) -> DataBundle:
     schema = TabularSchema(tuple(manifest["columns"]), tuple(manifest["field_lengths"]))
     info = {"recipe": manifest["recipe"], "prepared_dropped": manifest.get("dropped", {})}
     normalize = manifest["normalize"] if cfg.normalize == "auto" else cfg.normalize
-    return bundle(rows, schema, cfg, folder / "cache", normalize, problems, info)
+    preprocessing = {
+        "format": "gaal-prepared-preprocessing",
+        "format_version": 1,
+        **{k: manifest.get(k) for k in ("recipe", "target", "columns", "field_lengths", "encoding")},
+        "class_names": list(manifest["class_names"]),
+        "image": {"size": cfg.image_size, "normalize": normalize},
+    }
+    return bundle(rows, schema, cfg, folder / "cache", normalize, problems, info, preprocessing=preprocessing)
 
 
 def bundle(
@@ -247,6 +254,8 @@ def bundle(
     if notes is not None:
         info.update(_note_counts(notes, rows, kept))
     report_data_notes(info)
+    if preprocessing is not None:  # --skip-bad may have dropped a whole class
+        preprocessing = {**preprocessing, "class_names": list(kept.class_names)}
     return DataBundle(*splits, schema=schema, class_names=kept.class_names, info=info, preprocessing=preprocessing)
 
 

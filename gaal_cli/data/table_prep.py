@@ -226,8 +226,9 @@ def fit_encoding(
     vocab = train if vocabulary is None else vocabulary
     mean, std, fill, indicators = [], [], [], []
     for name in continuous:
-        gaps = is_missing(train[name])
-        seen = train[name][~gaps].astype(float)
+        numbers = pd.to_numeric(train[name], errors="coerce")  # text in it is a bad row, found by `encode`
+        gaps = is_missing(numbers)
+        seen = numbers[~gaps].astype(float)
         mean.append(float(seen.mean()) if len(seen) else 0.0)
         spread = float(seen.std(ddof=0)) if len(seen) else 0.0
         std.append(spread if spread > 1e-12 else 1.0)
@@ -289,8 +290,11 @@ def encode(frame: pd.DataFrame, enc: Encoding, problems: Problems, notes: Notes 
     out = np.empty((len(frame), len(enc.names)), dtype=np.float32)
     gaps = {}
     for j, name in enumerate(enc.continuous):
-        values = frame[name].astype(float).to_numpy()
-        gaps[name] = is_missing(frame[name])
+        numbers = pd.to_numeric(frame[name], errors="coerce")
+        for row in np.flatnonzero(numbers.isna().to_numpy() & frame[name].notna().to_numpy()):
+            problems.add(row, f"{frame[name].iloc[row]!r} is not a number", column=name)
+        values = numbers.to_numpy(dtype=float, na_value=np.nan)
+        gaps[name] = is_missing(numbers)
         if enc.impute:
             values = np.where(gaps[name], enc.fill[j], values)
             notes.imputed[name] = gaps[name]
