@@ -63,20 +63,19 @@ _METRIC_ORDER = ["acc", "bal_acc", "f1", "auroc"]
 
 
 def metrics_table(title: str, metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Table:
-    """Rows: split; columns: multi/image/tabular accuracy, balanced accuracy and macro-F1 (AUROC when binary)."""
+    """Rows: split x head (multi/image/tabular); columns: accuracy, balanced accuracy, macro-F1
+    (AUROC when binary). A row per head keeps the table narrow enough for an 80-column terminal."""
     table = Table(title=title)
     table.add_column("split")
+    table.add_column("head")
     keys = sorted({k for split in metrics.values() for head in split.values() for k in head}, key=_METRIC_ORDER.index)
-    for head in HEADS:
-        for key in keys:
-            table.add_column(f"{head} {key}", justify="right")
+    for key in keys:
+        table.add_column(key, justify="right")
     for split, heads in metrics.items():
-        row = [split]
         for head in HEADS:
-            for key in keys:
-                value = heads.get(head, {}).get(key)
-                row.append("-" if value is None else f"{value:.4f}")
-        table.add_row(*row)
+            if head in heads:
+                values = [heads[head].get(key) for key in keys]
+                table.add_row(split, head, *("-" if v is None else f"{v:.4f}" for v in values))
     return table
 
 
