@@ -121,6 +121,13 @@ def test_preprocessing_state_round_trips_and_encodes_like_training(tmp_path):
     test = (new["split"] == "test").to_numpy()
     assert torch.equal(torch.from_numpy(encoded.tabular[test]), data.test.tabular)
     assert encoded.labels[test].tolist() == data.test.labels.tolist() and not encoded.problems.bad
+    assert encoded.ids == [str(i) for i in range(48)]
+    new.loc[[0, 1], "colour"] = "purple"  # a category no run has seen, as at predict time
+    again = apply_state(state, new, table)
+    column = list(data.schema.names).index("colour")
+    assert again.tabular[:2, column].tolist() == [2.0, 2.0] and again.notes.counts()["unknown_categories"] == {
+        "colour": 2
+    }
     with pytest.raises(Exception, match="lacks column"):
         apply_state(state, new.drop(columns=["colour"]), table)
 

@@ -165,8 +165,10 @@ class EncodedTable:
     """A table encoded by a `TableState`: one entry per input row, bad rows recorded in `problems`.
 
     `labels` is None when the table has no target column; a row without a label gets -1.
+    `ids` names each row in an output: its id-column value, else its row number from 0.
     """
 
+    ids: list[str]
     paths: list[str]
     tabular: np.ndarray
     labels: np.ndarray | None
@@ -219,7 +221,9 @@ def apply_state(
         labels[frame[state.target].isna().to_numpy()] = -1
         for row in np.flatnonzero((labels < 0) & frame[state.target].notna().to_numpy()):
             problems.add(row, f"label {text.iloc[row]!r} is not one of the run's classes", column=state.target)
-    return EncodedTable(paths, tabular, labels, problems, notes)
+    has_ids = state.id_column is not None and state.id_column in frame.columns
+    ids = [str(v) for v in frame[state.id_column]] if has_ids else [str(i) for i in range(len(frame))]
+    return EncodedTable(ids, paths, tabular, labels, problems, notes)
 
 
 def row_names(table: Path, n: int) -> list[str]:
