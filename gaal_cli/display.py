@@ -99,11 +99,14 @@ def _counts(counts: Mapping[str, int]) -> str:
 def inspection_tables(found: Mapping) -> list:
     """`gaal data inspect` on the console: columns, classes per split, bad rows (first 20), dropped rows."""
     columns = Table(title=f"{found['table']}: {found['rows']} rows")
-    for name in ("column", "type", "missing"):
-        columns.add_column(name, justify="right" if name == "missing" else "left")
+    for name in ("column", "type", "missing", "distinct"):
+        columns.add_column(name, justify="left" if name in ("column", "type") else "right")
     types = {**{c: "continuous" for c in found["continuous"]}, **{c: "categorical" for c in found["categorical"]}}
     for column, missing in found["missing"].items():
-        columns.add_row(column, types.get(column, "(not a feature)"), str(missing))
+        kind = types.get(column, "(not a feature)")
+        if kind == "categorical" and found["distinct"][column] == found["rows"] - sum(found["dropped"].values()):
+            kind += " (an id? --set data.id_column=...)"
+        columns.add_row(column, kind, str(missing), str(found["distinct"][column]))
     classes = Table(title=f"classes and split: {found['split']}")
     classes.add_column("class")
     for name in ("all", *found["split_counts"]):

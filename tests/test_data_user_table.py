@@ -178,6 +178,7 @@ def test_data_inspect_reports_and_writes_nothing(tmp_path):
     found = json.loads(result.output)
     assert found["continuous"] == ["weight"] and found["categorical"] == ["colour", "indoor"]
     assert found["classes"] == {"cat": 8, "dog": 8, "fox": 8} and found["missing"]["weight"] == 1
+    assert found["distinct"]["colour"] == 2
     assert found["bad_rows"][0]["row"] == "line 5" and "not found" in found["bad_rows"][0]["reason"]
     assert sum(found["split_counts"]["test"].values()) == 5
     assert sorted(p.name for p in table.parent.rglob("*")) == before

@@ -176,9 +176,16 @@ class EncodedTable:
     notes: Notes
 
 
-def fit_state(train: pd.DataFrame, cfg: DataConfig, features: list[str], class_names: list[str]) -> TableState:
-    """Fit the encoding on the training rows (bad rows already left out) of a user table."""
-    continuous, categorical = infer_types(train, features, cfg.categorical, cfg.continuous)
+def fit_state(
+    train: pd.DataFrame, cfg: DataConfig, types: tuple[list[str], list[str]], class_names: list[str]
+) -> TableState:
+    """Fit the encoding on the training rows (bad rows already left out) of a user table.
+
+    Args:
+        types: the (continuous, categorical) feature columns, from `infer_types` on the whole
+            table (typing sees no label, and a flag column may show one value in train only).
+    """
+    continuous, categorical = types
     # always imputing: with data.missing=error or drop no kept row has a gap, so this only adds
     # the `unknown` code for categories that first appear in val, test or at predict time
     encoding = fit_encoding(train, continuous, categorical, impute=True)
@@ -186,7 +193,7 @@ def fit_state(train: pd.DataFrame, cfg: DataConfig, features: list[str], class_n
         target=str(cfg.target),
         image_column=str(cfg.image_column),
         id_column=cfg.id_column,
-        features=list(features),
+        features=[*continuous, *categorical],
         class_names=list(class_names),
         encoding=encoding,
         image_size=cfg.image_size,
@@ -331,7 +338,8 @@ def build_table(cfg: DataConfig, seed: int) -> DataBundle:
     # bad image cells first, so that their rows stay out of the fitted statistics
     image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
     bad = np.isin(np.arange(len(t.frame)), list(t.problems.bad))
-    state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, t.features, t.class_names)
+    types = infer_types(t.frame, t.features, cfg.categorical, cfg.continuous)
+    state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, types, t.class_names)
     encoded = apply_state(state, t.frame, t.path, problems=t.problems)
     rows = Rows(encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)))
     enc = state.encoding
@@ -430,6 +438,8 @@ def inspect_table(cfg: DataConfig) -> dict:
         "categorical": categorical,
         "classes": classes,
         "missing": {str(c): int(is_missing(t.frame[c]).sum()) for c in t.frame.columns},
+        # a categorical column with a value per row is an id (one-hot of width N): set data.id_column
+        "distinct": {str(c): int(t.frame[c].nunique()) for c in t.frame.columns},
         "dropped": t.dropped,
         "bad_rows": bad,
         "split": t.split_info,
