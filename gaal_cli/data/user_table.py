@@ -203,12 +203,23 @@ def fit_state(
 
 
 def apply_state(
-    state: TableState, frame: pd.DataFrame, table: Path, *, skip_bad: bool = False, problems: Problems | None = None
+    state: TableState,
+    frame: pd.DataFrame,
+    table: Path,
+    *,
+    skip_bad: bool = False,
+    allow_outside_paths: bool | None = None,
+    problems: Problems | None = None,
 ) -> EncodedTable:
     """Encode `frame` (read from the file `table`) exactly as the run that fitted `state` did.
 
     Missing values are filled, unseen categories coded `unknown` (both counted in `notes`);
     empty image cells, paths outside the table's folder and unknown labels are bad rows.
+
+    Args:
+        skip_bad: bad rows are to be dropped (`problems.raise_or_keep()` then returns the mask).
+        allow_outside_paths: overrides the run's own setting (the new table may live elsewhere).
+        problems: record into these (training shares them with its earlier checks).
 
     Raises:
         GaalError: a feature or the image column is absent from the table.
@@ -216,8 +227,10 @@ def apply_state(
     absent = [c for c in [state.image_column, *state.features] if c not in frame.columns]
     if absent:
         raise GaalError(f"the table lacks column(s) the run was trained with: {', '.join(absent)}", source=str(table))
-    problems = problems or Problems(str(table), row_names(table, len(frame)), skip_bad)
-    paths = image_paths(frame[state.image_column], table.parent, state.allow_outside_paths, problems)
+    if problems is None:
+        problems = Problems(str(table), row_names(table, len(frame)), skip_bad)
+    outside = state.allow_outside_paths if allow_outside_paths is None else allow_outside_paths
+    paths = image_paths(frame[state.image_column], table.parent, outside, problems)
     notes = Notes()
     tabular = encode(frame[state.features], state.encoding, problems, notes)
     labels = None
