@@ -70,6 +70,9 @@ def train(
     ),
     target: str | None = typer.Option(None, "--target", help="Class column of a .csv/.parquet dataset."),
     image_column: str | None = typer.Option(None, "--image-column", help="Image-path column of a table."),
+    group_column: str | None = typer.Option(
+        None, "--group-column", help="Table column (patient, lesion) whose rows stay in one split."
+    ),
     skip_bad: bool | None = typer.Option(None, "--skip-bad", help="Drop and count bad rows instead of failing."),
     overrides: list[str] = typer.Option([], "--set", help="Override any config key: --set methods.gaal.epsilon=0.1"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -89,6 +92,7 @@ def train(
         "train.device": device,
         "data.target": target,
         "data.image_column": image_column,
+        "data.group_column": group_column,
         "data.skip_bad": skip_bad,
     }
     config = load_config(experiment, overrides, flags)
@@ -258,6 +262,34 @@ def prepare_data(
     stdout.print(f"{recipe}: {len(manifest['class_names'])} classes, {len(manifest['columns'])} columns; {counts}")
     stdout.print(f"dropped rows: {dropped}", highlight=False)
     stdout.print(f"prepared data: {out}")
+
+
+@data_app.command("inspect")
+@user_errors
+def inspect_data(
+    table: Path = typer.Argument(..., help="A .csv or .parquet table with an image-path column."),
+    target: str = typer.Option(..., "--target", help="Class column."),
+    image_column: str = typer.Option(..., "--image-column", help="Image-path column (relative to the table)."),
+    group_column: str | None = typer.Option(None, "--group-column", help="Column whose rows stay in one split."),
+    overrides: list[str] = typer.Option([], "--set", help="Other data settings: --set data.missing=drop"),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """What training on TABLE would see: column types, classes, missing values, bad images, the split.
+
+    Writes nothing (no cache, no run folder); images are checked by their headers only.
+    """
+    from gaal_cli.config import load_config
+    from gaal_cli.data.user_table import inspect_table
+    from gaal_cli.display import inspection_tables
+
+    flags = {"data.name": str(table), "data.target": target, "data.image_column": image_column}
+    config = load_config(None, overrides, {**flags, "data.group_column": group_column})
+    found = inspect_table(config.data)
+    if as_json:
+        stdout.print_json(json.dumps(found))
+        return
+    for part in inspection_tables(found):
+        stdout.print(part)
 
 
 @app.command("methods")

@@ -57,8 +57,12 @@ class DataConfig(Section):
     target: str | None = None
     image_column: str | None = None
     split_column: str = "split"
+    group_column: str | None = None
+    id_column: str | None = None
     categorical: list[str] | None = None
     continuous: list[str] | None = None
+    missing: Literal["impute", "drop", "error"] = "impute"
+    allow_outside_paths: bool = False
     skip_bad: bool = False
     synthetic: SyntheticConfig = SyntheticConfig()
 
@@ -93,6 +97,7 @@ class TrainConfig(Section):
     compile: bool = False
     deterministic: bool = True
     threads: int | None = Field(None, ge=1)
+    class_weights: Literal["none", "balanced"] = "none"
 
 
 class Config(Section):

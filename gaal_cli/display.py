@@ -59,24 +59,100 @@ def format_stats(stats: Mapping[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in stats.items())
 
 
+_METRIC_ORDER = ["acc", "bal_acc", "f1", "auroc"]
+
+
 def metrics_table(title: str, metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Table:
-    """Rows: split; columns: multi/image/tabular accuracy and macro-F1 (AUROC when binary)."""
+    """Rows: split x head (multi/image/tabular); columns: accuracy, balanced accuracy, macro-F1
+    (AUROC when binary). A row per head keeps the table narrow enough for an 80-column terminal."""
     table = Table(title=title)
     table.add_column("split")
-    keys = sorted(
-        {k for split in metrics.values() for head in split.values() for k in head}, key=["acc", "f1", "auroc"].index
-    )
-    for head in HEADS:
-        for key in keys:
-            table.add_column(f"{head} {key}", justify="right")
+    table.add_column("head")
+    keys = sorted({k for split in metrics.values() for head in split.values() for k in head}, key=_METRIC_ORDER.index)
+    for key in keys:
+        table.add_column(key, justify="right")
     for split, heads in metrics.items():
-        row = [split]
         for head in HEADS:
-            for key in keys:
-                value = heads.get(head, {}).get(key)
-                row.append("-" if value is None else f"{value:.4f}")
-        table.add_row(*row)
+            if head in heads:
+                values = [heads[head].get(key) for key in keys]
+                table.add_row(split, head, *("-" if v is None else f"{v:.4f}" for v in values))
     return table
+
+
+def report_data_notes(info: Mapping) -> None:
+    """Print what loading a table dropped, imputed or mapped to `unknown` (nothing when none)."""
+    dropped = {k: v for k, v in info.get("dropped", {}).items() if v}
+    if dropped:
+        total = sum(dropped.values())
+        console.print(f"dropped {total} row{'s' * (total > 1)}: " + _counts(dropped), highlight=False)
+    if info.get("imputed"):
+        console.print("imputed missing values (train medians / a missing code): " + _counts(info["imputed"]))
+    unknown = {s: c for s, c in info.get("unknown_categories", {}).items() if c}
+    for split, counts in unknown.items():
+        console.print(f"categories unseen in training, coded unknown, in {split}: " + _counts(counts), highlight=False)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def inspection_tables(found: Mapping) -> list:
+    """`gaal data inspect` on the console: columns, classes per split, bad rows (first 20), dropped rows."""
+    columns = Table(title=f"{found['table']}: {found['rows']} rows")
+    for name in ("column", "type", "missing", "distinct"):
+        columns.add_column(name, justify="left" if name in ("column", "type") else "right")
+    types = {**{c: "continuous" for c in found["continuous"]}, **{c: "categorical" for c in found["categorical"]}}
+    for column, missing in found["missing"].items():
+        kind = types.get(column, "(not a feature)")
+        if kind == "categorical" and found["distinct"][column] == found["rows"] - sum(found["dropped"].values()):
+            kind += " (an id? --set data.id_column=...)"
+        columns.add_row(column, kind, str(missing), str(found["distinct"][column]))
+    classes = Table(title=f"classes and split: {found['split']}")
+    classes.add_column("class")
+    for name in ("all", *found["split_counts"]):
+        classes.add_column(name, justify="right")
+    for name, count in found["classes"].items():
+        classes.add_row(name, str(count), *(str(c[name]) for c in found["split_counts"].values()))
+    parts: list = [columns, classes]
+    bad = found["bad_rows"]
+    if bad:
+        rows = Table(title=f"{len(bad)} bad row{'s' * (len(bad) > 1)} (training fails on them; --skip-bad drops them)")
+        for name in ("row", "column", "reason"):
+            rows.add_column(name)
+        for item in bad[:20]:
+            where = f" ({item['file']})" if item["file"] else ""
+            rows.add_row(item["row"], item["column"] or "", item["reason"] + where)
+        parts.append(rows)
+    dropped = {k: v for k, v in found["dropped"].items() if v}
+    parts.append(f"dropped before training: {_counts(dropped)}" if dropped else "no rows dropped before training")
+    return parts
+
+
+class CountProgress:
+    """A bar over a fixed number of items (the image-cache build), gone from the screen when done."""
+
+    def __init__(self, description: str, total: int, enabled: bool = True):
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
+        )
+        self.task = self.progress.add_task(description, total=total)
+
+    def __enter__(self) -> CountProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.advance(self.task, n)
 
 
 class SweepProgress:

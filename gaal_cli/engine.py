@@ -7,6 +7,7 @@ at the end, on the best checkpoint.
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 import time
@@ -27,9 +28,10 @@ from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
 from gaal_cli.methods import Method, build_method
+from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
 from gaal_cli.models import build_encoders
-from gaal_cli.results import RunFolder, load_checkpoint
+from gaal_cli.results import RunFolder, atomic_write, load_checkpoint
 
 LOG_EVERY = 10
 
@@ -152,6 +154,10 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
     s.comm.barrier()
     if s.comm.is_main:
         run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
+        if s.data.preprocessing is not None:
+            atomic_write(run.file(RunFolder.PREPROCESSING), json.dumps(s.data.preprocessing, indent=1))
+        else:
+            run.file(RunFolder.PREPROCESSING).unlink(missing_ok=True)
     start_epoch, best = 1, {"score": -1.0, "epoch": 0, "stale": 0}
     if state is not None:
         s.method.load_state_dict(state["model"])
@@ -237,7 +243,7 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
     """Write the epoch's log lines and checkpoints (the best one, and the last for resuming)."""
     epoch = record["epoch"]
     if record["best"]:
-        run.save(RunFolder.CHECKPOINT, checkpoint(s.method, s.config, epoch, score))
+        run.save(RunFolder.CHECKPOINT, checkpoint(s.method, s.config, epoch, score, s.data.preprocessing))
     run.log_epoch(record)
     run.log_steps(epoch, per_step)
     resume = {
@@ -246,7 +252,7 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
         "rng": torch.get_rng_state(),
         "best": dict(best),
     }
-    run.save(RunFolder.LAST, {**checkpoint(s.method, s.config, epoch, score), **resume})
+    run.save(RunFolder.LAST, {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **resume})
 
 
 def evaluate_session(s: Session, split: str) -> dict[str, dict[str, float]]:
@@ -265,9 +271,10 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
     bar.start_epoch(epoch, s.config.train.epochs, len(loader))
     history: dict[str, list[torch.Tensor]] = {}
     steps = 0
+    weights = class_weights(s.data, s.config.train.class_weights, s.device)
     for step, batch in enumerate(loader, start=1):
         batch = device_batch(s, batch)
-        with autocast(s.device, s.config.train.bf16):
+        with autocast(s.device, s.config.train.bf16), weighted_classes(weights):
             stats = method.train_step(batch, s.optimizer)
         for key, value in stats.items():
             history.setdefault(key, []).append(value.detach().float().reshape(()))
@@ -292,6 +299,18 @@ def device_batch(s: Session, batch: Batch) -> Batch:
     if s.device.type == "cuda" and s.config.train.channels_last:
         batch = batch._replace(image=batch.image.contiguous(memory_format=torch.channels_last))
     return batch
+
+
+def class_weights(data: DataBundle, mode: str, device: torch.device) -> torch.Tensor | None:
+    """Loss weight per class for `train.class_weights`.
+
+    'balanced' is n / (C * n_c) over the training labels (scikit-learn's rule): every class
+    carries the same total weight, so a rare diagnosis is not drowned by the common one.
+    """
+    if mode == "none":
+        return None
+    counts = torch.bincount(data.train.labels.cpu(), minlength=data.num_classes).float()
+    return (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device)
 
 
 @torch.no_grad()
@@ -333,13 +352,18 @@ def monitored(metrics: dict[str, dict[str, float]], head: str) -> float:
     return next(iter(metrics.values()))["acc"]
 
 
-def checkpoint(method: Method, config: Config, epoch: int, score: float) -> dict[str, Any]:
+def checkpoint(
+    method: Method, config: Config, epoch: int, score: float, preprocessing: dict | None = None
+) -> dict[str, Any]:
+    """Plain data and tensors only; `preprocessing` (the data's fitted encoding) lets a checkpoint
+    encode new rows without the run folder or the training table."""
     return {
         "model": method.state_dict(),
         "config": config.resolved(),
         "epoch": epoch,
         "score": score,
         "gaal_version": __version__,
+        "preprocessing": preprocessing,
     }
 
 

@@ -1,4 +1,4 @@
-"""Classification metrics on collected logits: accuracy, macro-F1 and (binary) AUROC."""
+"""Classification metrics on collected logits: accuracy, balanced accuracy, macro-F1 and (binary) AUROC."""
 
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ def macro_f1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> floa
     return f1[present].mean().item()
 
 
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Mean per-class recall over the classes present in the labels.
+
+    Real label sets are imbalanced: a model that always answers the majority class scores a high
+    accuracy but a balanced accuracy of 1 / (number of classes present).
+    """
+    support = torch.bincount(labels, minlength=num_classes).double()
+    hits = torch.bincount(labels[pred == labels], minlength=num_classes).double()
+    present = support > 0
+    return (hits[present] / support[present]).mean().item()
+
+
 def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
     """Area under the ROC curve via the Mann-Whitney statistic (ties get average ranks)."""
     positives = int(labels.sum())
@@ -34,10 +46,15 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """acc and f1 for any task; auroc as well when there are two classes."""
+    """acc, bal_acc and f1 for any task; auroc as well when there are two classes."""
     logits, labels = logits.float().cpu(), labels.cpu()
     num_classes = logits.shape[-1]
-    out = {"acc": accuracy(logits, labels).item(), "f1": macro_f1(logits.argmax(-1), labels, num_classes)}
+    pred = logits.argmax(-1)
+    out = {
+        "acc": accuracy(logits, labels).item(),
+        "bal_acc": balanced_accuracy(pred, labels, num_classes),
+        "f1": macro_f1(pred, labels, num_classes),
+    }
     if num_classes == 2:
         score = auroc(torch.softmax(logits, -1)[:, 1], labels)
         if score is not None:

@@ -45,6 +45,7 @@ class RunFolder:
     CHECKPOINT = "checkpoint.pt"
     LAST = "last.pt"
     REPORT = "report.json"
+    PREPROCESSING = "preprocessing.json"  # a user table's fitted encoding (TableState), when there is one
     DONE = "DONE"
 
     def __init__(self, path: str | Path):

@@ -12,7 +12,8 @@ from raw_datasets import make_ham10000
 from typer.testing import CliRunner
 
 from gaal_cli.cli import app
-from gaal_cli.data.ham10000 import grouped_split, read_metadata
+from gaal_cli.data.ham10000 import read_metadata
+from gaal_cli.data.table_prep import grouped_split
 
 runner = CliRunner()
 HAM_BAD_ROWS_REASONS = [  # one row each in the miniature made with bad=True
@@ -93,13 +94,13 @@ def test_grouped_split_keeps_groups_whole_and_is_stratified():
     rng = np.random.default_rng(1)
     groups = np.repeat(np.arange(300), rng.integers(1, 5, 300))
     labels = (groups % 3 == 0).astype(int) + (groups % 7 == 0)  # three classes of unequal size
-    split = grouped_split(groups, labels, 0.2, 0.25, seed=5)
+    split = grouped_split(labels, groups, 0.2, 0.25, seed=5)
     frame = pd.DataFrame({"group": groups, "label": labels, "split": split})
     assert frame.groupby("group")["split"].nunique().max() == 1
     share = pd.crosstab(frame["label"], frame["split"], normalize="index")
     assert np.allclose(share["test"], 0.2, atol=0.05) and np.allclose(share["val"], 0.8 * 0.25, atol=0.05)
-    assert np.array_equal(split, grouped_split(groups, labels, 0.2, 0.25, seed=5))
-    assert not np.array_equal(split, grouped_split(groups, labels, 0.2, 0.25, seed=6))
+    assert np.array_equal(split, grouped_split(labels, groups, 0.2, 0.25, seed=5))
+    assert not np.array_equal(split, grouped_split(labels, groups, 0.2, 0.25, seed=6))
 
 
 def test_prepared_ham10000_trains_one_epoch(tmp_path):

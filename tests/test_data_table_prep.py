@@ -63,3 +63,10 @@ def test_unseen_category_is_a_named_error():
     assert "line 3" in str(err.value) and "'z'" in str(err.value) and err.value.field == "c"
     skipping = Problems("t.csv", ["line 2", "line 3"], skip=True, bad=dict(problems.bad))
     assert skipping.raise_or_keep().tolist() == [True, False]
+
+
+def test_text_in_a_continuous_column_is_a_named_bad_row():
+    enc = fit_encoding(pd.DataFrame({"x": [1.0, 3.0]}), ["x"], [], impute=True)
+    problems = Problems("t.csv", ["line 2", "line 3"])
+    encode(pd.DataFrame({"x": ["2.5", "heavy"]}), enc, problems)
+    assert problems.bad == {1: ("'heavy' is not a number", "x", None)}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gaal_cli.metrics import auroc, classification_metrics, macro_f1
+from gaal_cli.metrics import auroc, balanced_accuracy, classification_metrics, macro_f1
 
 
 def test_macro_f1_hand_computed():
@@ -24,3 +24,13 @@ def test_binary_metrics_include_auroc():
     out = classification_metrics(logits, torch.tensor([0, 1, 1, 1]))
     assert out["acc"] == 0.75 and "auroc" in out
     assert "auroc" not in classification_metrics(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+
+
+def test_balanced_accuracy_hand_computed():
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 0, 0, 1, 1, 0, 1])
+    # recall: class 0 3/4, class 1 1/2, class 2 0/1 -> mean 5/12 (accuracy would be 4/7)
+    assert balanced_accuracy(pred, y, 4) == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+    logits = torch.nn.functional.one_hot(pred, 4).float()
+    out = classification_metrics(logits, y)
+    assert out["bal_acc"] == pytest.approx(5 / 12) and out["acc"] == pytest.approx(4 / 7)

@@ -51,6 +51,7 @@ class SplitDataset(Protocol):
     """A split of rows. One that can hand its images over unfinished also has `defer_images()`:
     from then on its batches carry uint8 images, and the function it returns turns them into
     the encoders' floats on whatever device they are on (see `images_on_device`)."""
+    labels: torch.Tensor  # long (N,): class balance, class weights
 
     def __len__(self) -> int: ...
 
@@ -67,6 +68,9 @@ class DataBundle:
     schema: TabularSchema
     class_names: list[str]
     info: dict = field(default_factory=dict)
+    # the fitted preprocessing as plain JSON-able data (a user table's `TableState.to_json()`),
+    # saved with the run so new rows can be encoded the same way; None when there is none to carry
+    preprocessing: dict | None = None
 
     @property
     def num_classes(self) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from gaal_cli.data.prepared import prepare_rows
-from gaal_cli.data.table_prep import Problems
+from gaal_cli.data.table_prep import Problems, grouped_split
 from gaal_cli.errors import GaalError
 
 VERSION = 1
@@ -95,37 +95,6 @@ def find_bad_rows(
     problems.add_many((age.isna() & meta["age"].notna()).to_numpy(), "age is not a number", column="age")
 
 
-def grouped_split(
-    groups: np.ndarray, labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int
-) -> np.ndarray:
-    """Split names per row with every group wholly in one split, stratified on the groups' labels.
-
-    Per class (a group's class is that of its first row), the groups are shuffled and taken in
-    turn for test while they hold about `test_fraction` of the class's rows, then for val while
-    they hold about `val_fraction` of the rest. A class with three groups or more has at least
-    one in each split, so even the rarest diagnosis can be validated and tested.
-    """
-    rng = np.random.default_rng(seed)
-    _, first, inverse, sizes = np.unique(groups, return_index=True, return_inverse=True, return_counts=True)
-    group_label = labels[first]
-    assign = np.full(len(first), "train", dtype=object)
-    for cls in np.unique(group_label):
-        members = rng.permutation(np.flatnonzero(group_label == cls))
-        n_test = groups_for_fraction(sizes[members], test_fraction, at_least_one=len(members) >= 3)
-        assign[members[:n_test]] = "test"
-        rest = members[n_test:]
-        n_val = groups_for_fraction(sizes[rest], val_fraction, at_least_one=len(rest) >= 2)
-        assign[rest[:n_val]] = "val"
-    return assign[inverse]
-
-
-def groups_for_fraction(sizes: np.ndarray, fraction: float, *, at_least_one: bool) -> int:
-    """How many leading groups hold about `fraction` of the rows: those whose middle row is within it."""
-    middle = np.cumsum(sizes) - sizes / 2
-    count = int(np.sum(middle <= fraction * sizes.sum()))
-    return max(count, 1) if at_least_one else count
-
-
 def prepare(raw: Path, out: Path, *, skip_bad: bool = False, include_dx_type: bool = False, seed: int = 2022) -> dict:
     """Prepare HAM10000 from RAW into OUT (see the module docstring).
 
@@ -145,7 +114,7 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, include_dx_type: bo
     labels = meta["dx"].map({dx: i for i, dx in enumerate(DIAGNOSES)}).fillna(-1).to_numpy(dtype=np.int64)
     # a row without lesion_id is dropped as bad; until then it is a group of its own
     lesions = meta["lesion_id"].fillna(pd.Series([f"row {i}" for i in range(len(meta))])).to_numpy(dtype=str)
-    split = grouped_split(lesions, labels, TEST_FRACTION, VAL_FRACTION, seed)
+    split = grouped_split(labels, lesions, TEST_FRACTION, VAL_FRACTION, seed)
     paths = [str(images.get(str(i), folders[0] / f"{i}.jpg")) for i in meta["image_id"]]
     categorical = ["sex", "localization"] + (["dx_type"] if include_dx_type else [])
     manifest = {
@@ -174,4 +143,5 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, include_dx_type: bo
         problems=problems,
         manifest=manifest,
         vocabulary=meta[categorical],
+        impute=True,
     )

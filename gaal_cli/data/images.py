@@ -13,7 +13,9 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,15 +28,36 @@ from torchvision.transforms import v2
 
 from gaal_cli.data.base import Batch
 from gaal_cli.data.table_prep import Problems
+from gaal_cli.display import CountProgress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_CHUNK = 256
 
 
+# what opening or decoding a file from a stranger may raise; a decompression bomb (a small file
+# that claims billions of pixels) is one more unreadable image, not a crash
+IMAGE_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    ValueError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+@contextmanager
+def _opened(path: str | Path) -> Iterator[Image.Image]:
+    """PIL's Image.open with its decompression-bomb warning (over MAX_IMAGE_PIXELS) made an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            yield img
+
+
 def decode(path: str | Path, size: int) -> np.ndarray:
     """The image at `path` as RGB uint8 (3, size, size), squashed to a square as in MMCL."""
-    with Image.open(path) as img:
+    with _opened(path) as img:
         img = img.convert("RGB").resize((size, size), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
@@ -47,11 +70,11 @@ def check_files(paths: Sequence[str], problems: Problems, *, headers: bool = Tru
                 problems.add(row, "image file not found", file=path)
             continue
         try:
-            with Image.open(path):
+            with _opened(path):
                 pass
         except FileNotFoundError:
             problems.add(row, "image file not found", file=path)
-        except (UnidentifiedImageError, OSError) as err:
+        except IMAGE_ERRORS as err:
             problems.add(row, f"unreadable image: {err}", file=path)
 
 
@@ -79,7 +102,7 @@ class _Decoder(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
             return i, decode(self.paths[i], self.size), None
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+        except IMAGE_ERRORS as err:
             return i, None, str(err) or type(err).__name__
 
 
@@ -107,7 +130,17 @@ def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Proble
 
 
 def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dict[str, str]:
+    """Decode every image into `file`, via a temp file that no failure or Ctrl-C leaves behind."""
     tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npy")  # runs in parallel may build the same cache
+    try:
+        failed = _decode_into(tmp, paths, size, num_workers)
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return failed
+
+
+def _decode_into(tmp: Path, paths: Sequence[str], size: int, num_workers: int) -> dict[str, str]:
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
     failed: dict[str, str] = {}
     loader = DataLoader(
@@ -117,15 +150,16 @@ def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dic
         collate_fn=lambda item: item,
         generator=torch.Generator(),  # never draw the workers' seed from the global RNG
     )
-    for i, image, error in loader:
-        if error is None:
-            pixels[i] = image
-        else:
-            pixels[i] = 0
-            failed[str(i)] = error
+    with CountProgress(f"image cache {size}px", len(paths)) as bar:
+        for i, image, error in loader:
+            if error is None:
+                pixels[i] = image
+            else:
+                pixels[i] = 0
+                failed[str(i)] = error
+            bar.advance()
     pixels.flush()
     del pixels
-    os.replace(tmp, file)
     return failed
 
 

@@ -26,12 +26,16 @@ from gaal_cli.data.images import ImageTableSplit, ImageTransform, check_files, e
 from gaal_cli.data.table_prep import (
     SPLITS,
     Encoding,
+    Notes,
     Problems,
     check_classes_in_splits,
+    check_splits_filled,
+    check_trainable,
     encode,
     find_missing,
     fit_encoding,
 )
+from gaal_cli.display import report_data_notes
 from gaal_cli.errors import GaalError
 
 FORMAT = "gaal-prepared"
@@ -66,11 +70,19 @@ def encode_split_table(
     split: np.ndarray,
     problems: Problems,
     vocabulary: pd.DataFrame | None = None,
+    *,
+    impute: bool = False,
+    notes: Notes | None = None,
 ) -> tuple[np.ndarray, Encoding]:
-    """Fit the encoding on the training rows (those not already bad) and encode every row."""
+    """Fit the encoding on the training rows (those not already bad) and encode every row.
+
+    Args:
+        impute: fill missing values and map unseen categories to `unknown` (see `fit_encoding`);
+            what was filled is recorded in `notes`.
+    """
     train = features[(split == "train") & ~np.isin(np.arange(len(features)), list(problems.bad))]
-    enc = fit_encoding(train, continuous, categorical, vocabulary)
-    return encode(features, enc, problems), enc
+    enc = fit_encoding(train, continuous, categorical, vocabulary, impute=impute)
+    return encode(features, enc, problems, notes), enc
 
 
 def drop_bad(rows: Rows, problems: Problems, label_column: str | None) -> tuple[Rows, dict[str, int]]:
@@ -78,8 +90,12 @@ def drop_bad(rows: Rows, problems: Problems, label_column: str | None) -> tuple[
 
     Returns:
         The kept rows, relabelled 0..C-1 if classes went, and the dropped counts per reason.
+
+    Raises:
+        GaalError: a bad row without `skip`; an empty split or fewer than two classes in train.
     """
     kept = rows.take(problems.raise_or_keep())
+    check_splits_filled(kept.split, problems.source)
     absent = Problems(problems.source, [problems.row_names[i] for i in kept.origin], problems.skip)
     check_classes_in_splits(kept.labels, kept.split, kept.class_names, absent, column=label_column)
     kept = kept.take(absent.raise_or_keep())
@@ -89,6 +105,7 @@ def drop_bad(rows: Rows, problems: Problems, label_column: str | None) -> tuple[
         relabel[present] = np.arange(len(present))
         names = [kept.class_names[i] for i in present]
         kept = Rows(kept.paths, kept.tabular, relabel[kept.labels], kept.split, names, kept.origin)
+    check_trainable(kept.labels, kept.split, kept.class_names, problems.source)
     return kept, {**problems.counts(), **absent.counts()}
 
 
@@ -174,7 +191,14 @@ def build_prepared(cfg: DataConfig, recipe: str) -> DataBundle:
     schema = TabularSchema(tuple(manifest["columns"]), tuple(manifest["field_lengths"]))
     info = {"recipe": manifest["recipe"], "prepared_dropped": manifest.get("dropped", {})}
     normalize = manifest["normalize"] if cfg.normalize == "auto" else cfg.normalize
-    return bundle(rows, schema, cfg, folder / "cache", normalize, problems, info)
+    preprocessing = {
+        "format": "gaal-prepared-preprocessing",
+        "format_version": 1,
+        **{k: manifest.get(k) for k in ("recipe", "target", "columns", "field_lengths", "encoding")},
+        "class_names": list(manifest["class_names"]),
+        "image": {"size": cfg.image_size, "normalize": normalize},
+    }
+    return bundle(rows, schema, cfg, folder / "cache", normalize, problems, info, preprocessing=preprocessing)
 
 
 def bundle(
@@ -186,16 +210,26 @@ def bundle(
     problems: Problems,
     info: dict,
     label_column: str | None = None,
+    notes: Notes | None = None,
+    preprocessing: dict | None = None,
+    dropped_before: dict[str, int] | None = None,
 ) -> DataBundle:
     """Check the images, build the cache, drop or report bad rows, and make the three splits.
 
     Cheap checks (missing files, problems already recorded) fail before the cache is built, so
     a bad table costs seconds, not a decoding pass; files that do not decode fail after it.
+    What was dropped, imputed or mapped to `unknown` is counted in `info` and on the console.
+
+    Args:
+        notes: what encoding filled in, per row (counted over the rows kept).
+        preprocessing: the fitted preprocessing as plain data, carried by the run.
+        dropped_before: rows the caller already dropped, counted per reason (rows without a label).
     """
     check_files(rows.paths, problems, headers=not cfg.cache)  # the cache build decodes every file anyway
     problems.raise_or_keep()
     cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers) if cfg.cache else None
     kept, dropped = drop_bad(rows, problems, label_column)
+    dropped = {**(dropped_before or {}), **dropped}
     splits = []
     for name in SPLITS:
         mask = kept.split == name
@@ -217,7 +251,26 @@ def bundle(
         "dropped": dropped,
         "image_cache": str(cache) if cache else None,
     }
-    return DataBundle(*splits, schema=schema, class_names=kept.class_names, info=info)
+    if notes is not None:
+        info.update(_note_counts(notes, rows, kept))
+    report_data_notes(info)
+    if preprocessing is not None:  # --skip-bad may have dropped a whole class
+        preprocessing = {**preprocessing, "class_names": list(kept.class_names)}
+    return DataBundle(*splits, schema=schema, class_names=kept.class_names, info=info, preprocessing=preprocessing)
+
+
+def _note_counts(notes: Notes, rows: Rows, kept: Rows) -> dict:
+    """Imputed cells over the kept rows; unknown categories per split (train has none by construction)."""
+    position = {int(o): i for i, o in enumerate(rows.origin)}
+    origin = np.array([position[int(o)] for o in kept.origin], dtype=np.int64)
+    mask = np.zeros(len(rows.origin), dtype=bool)
+    mask[origin] = True
+    unknown = {}
+    for name in SPLITS:
+        in_split = np.zeros(len(rows.origin), dtype=bool)
+        in_split[origin[kept.split == name]] = True
+        unknown[name] = notes.counts(in_split)["unknown_categories"]
+    return {"imputed": notes.counts(mask)["imputed"], "unknown_categories": unknown}
 
 
 def prepare_rows(
@@ -234,16 +287,25 @@ def prepare_rows(
     problems: Problems,
     manifest: dict,
     vocabulary: pd.DataFrame | None = None,
+    impute: bool = False,
 ) -> dict:
     """The shared end of every recipe: check, encode (fitted on train), drop or report bad rows, write.
 
     Nothing is written when a bad row stops the preparation.
 
+    Args:
+        impute: fill missing feature values from training statistics and give unseen categories
+            an `unknown` code (see `fit_encoding`) instead of treating them as bad rows.
+
     Returns:
         The manifest written to `out`.
     """
-    find_missing(features, list(continuous) + list(categorical), problems)
-    tabular, enc = encode_split_table(features, continuous, categorical, split, problems, vocabulary)
+    if not impute:
+        find_missing(features, list(continuous) + list(categorical), problems)
+    notes = Notes()
+    tabular, enc = encode_split_table(
+        features, continuous, categorical, split, problems, vocabulary, impute=impute, notes=notes
+    )
     check_files(paths, problems)
     rows = Rows(paths, tabular, labels, split, class_names, np.arange(len(paths)))
     kept, dropped = drop_bad(rows, problems, manifest.get("target"))
@@ -253,5 +315,6 @@ def prepare_rows(
         "field_lengths": list(enc.field_lengths),
         "encoding": enc.to_json(),
         "dropped": {**manifest.get("dropped", {}), **dropped},
+        **({"imputed": notes.counts()["imputed"]} if impute else {}),
     }
     return write_prepared(out, kept, image_root, manifest)

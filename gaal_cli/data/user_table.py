@@ -1,15 +1,28 @@
 """Any table with image paths: `gaal train --dataset table.csv --target COL --image-column COL`.
 
-Image paths are relative to the table's folder (absolute ones are kept). Every other column is
-a feature, typed by `infer_types` unless `data.categorical` / `data.continuous` say otherwise.
+Image paths are relative to the table's folder; a path that leaves it (`../x.png`, an absolute
+path elsewhere) is a bad row unless `data.allow_outside_paths` is set. Every other column is a feature,
+typed by `infer_types` unless `data.categorical` / `data.continuous` say otherwise, except the
+split, group and id columns. Rows without a label are dropped and counted. Missing feature
+values (empty, NaN or infinite cells) follow `data.missing`: `impute` (training medians, a
+`missing` code, a missing indicator per affected numeric column), `drop` (dropped and
+counted) or `error` (bad rows). Categories unseen in training get an `unknown` code.
+
 A `data.split_column` holding train/val/test is used when present; otherwise a stratified
 split with seed `SPLIT_SEED` (the same for every run seed, as the paper's splits are) puts
-`TEST_FRACTION` of the rows in test and `VAL_FRACTION` of the rest in val. Class labels may be
-text; they are sorted, numbered from 0 and recorded in the report.
+`TEST_FRACTION` of the rows in test and `VAL_FRACTION` of the rest in val, keeping each
+`data.group_column` group (a patient, a lesion) in one split. Class labels may be text; they
+are sorted, numbered from 0 and recorded in the report.
+
+Everything fitted on the training split is a `TableState`: `fit_state` makes it, `to_json`
+saves it with the run (preprocessing.json, the checkpoint), `TableState.from_json` and
+`apply_state` encode any later table of the same columns exactly as training did.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +30,315 @@ import pandas as pd
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import DataBundle, TabularSchema
-from gaal_cli.data.prepared import Rows, bundle, encode_split_table
-from gaal_cli.data.table_prep import SPLITS, Problems, find_missing, infer_types, stratified_split
+from gaal_cli.data.images import check_files
+from gaal_cli.data.prepared import Rows, bundle
+from gaal_cli.data.table_prep import (
+    SPLITS,
+    Encoding,
+    Notes,
+    Problems,
+    category_text,
+    encode,
+    find_missing,
+    fit_encoding,
+    grouped_split,
+    infer_types,
+    is_missing,
+    stratified_split,
+)
 from gaal_cli.errors import GaalError
 
 SPLIT_SEED = 2022
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+STATE_FORMAT, STATE_VERSION = "gaal-table-preprocessing", 1
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """The table at `path` (CSV, or Parquet when pyarrow or fastparquet is installed)."""
+    """The table at `path` (CSV, or Parquet when pyarrow or fastparquet is installed).
+
+    Raises:
+        GaalError: no such file, unreadable, empty, header only, or two columns of one name.
+    """
     if not path.is_file():
         raise GaalError("no such table file", source=str(path), field="data.name")
     if path.suffix.lower() == ".parquet":
         try:
-            return pd.read_parquet(path)
+            frame = pd.read_parquet(path)
         except ImportError:
             raise GaalError(
                 "reading Parquet needs pyarrow: pip install 'gaal[parquet]' (or convert the table to CSV)",
                 source=str(path),
             ) from None
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise GaalError(f"not a readable CSV table ({err})", source=str(path)) from None
+        header = [str(c) for c in frame.columns]
+    else:
+        try:
+            # the raw header: pandas renames a second 'label' to 'label.1', which would become a feature
+            header = [str(c) for c in pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]]
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise GaalError(
+                "the file is empty (expected a header line and one row per image)", source=str(path)
+            ) from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise GaalError(f"not a readable CSV table ({err})", source=str(path)) from None
+    _check_header(header, path)
+    if frame.empty:
+        raise GaalError("the table has a header but no rows", source=str(path))
+    return frame
+
+
+def _check_header(header: list[str], path: Path) -> None:
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name in seen:
+            raise GaalError(
+                f"column {seen[name]} and column {position} are both named {name!r}; rename one "
+                "(a duplicated target would otherwise become a feature that leaks the label)",
+                source=str(path),
+                field=name,
+            )
+        seen[name] = position
+
+
+@dataclass
+class TableState:
+    """What a run fitted on a user table: enough to encode new rows of the same columns.
+
+    Plain data once `to_json` is called (saved as preprocessing.json and in the checkpoint).
+    """
+
+    target: str
+    image_column: str
+    id_column: str | None
+    features: list[str]
+    class_names: list[str]
+    encoding: Encoding
+    image_size: int
+    normalize: str
+    allow_outside_paths: bool
+
+    def to_json(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "target": self.target,
+            "image_column": self.image_column,
+            "id_column": self.id_column,
+            "features": list(self.features),
+            "class_names": list(self.class_names),
+            "encoding": self.encoding.to_json(),
+            "image": {"size": self.image_size, "normalize": self.normalize},
+            "allow_outside_paths": self.allow_outside_paths,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, source: str) -> TableState:
+        """Rebuild a state saved by `to_json` (from preprocessing.json or a checkpoint).
+
+        Raises:
+            GaalError: not a table preprocessing record of this version, or a malformed one.
+        """
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise GaalError(f"not a {STATE_FORMAT} record", source=source)
+        if data.get("format_version") != STATE_VERSION:
+            raise GaalError(f"format_version {data.get('format_version')!r}, expected {STATE_VERSION}", source=source)
+        try:
+            return cls(
+                target=str(data["target"]),
+                image_column=str(data["image_column"]),
+                id_column=None if data["id_column"] is None else str(data["id_column"]),
+                features=[str(c) for c in data["features"]],
+                class_names=[str(c) for c in data["class_names"]],
+                encoding=Encoding.from_json(data["encoding"], source),
+                image_size=int(data["image"]["size"]),
+                normalize=str(data["image"]["normalize"]),
+                allow_outside_paths=bool(data["allow_outside_paths"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise GaalError(f"malformed {STATE_FORMAT} record ({type(err).__name__}: {err})", source=source) from None
+
+
+@dataclass
+class EncodedTable:
+    """A table encoded by a `TableState`: one entry per input row, bad rows recorded in `problems`.
+
+    `labels` is None when the table has no target column; a row without a label gets -1.
+    `ids` names each row in an output: its id-column value, else its row number from 0.
+    """
+
+    ids: list[str]
+    paths: list[str]
+    tabular: np.ndarray
+    labels: np.ndarray | None
+    problems: Problems
+    notes: Notes
+
+
+def fit_state(
+    train: pd.DataFrame, cfg: DataConfig, types: tuple[list[str], list[str]], class_names: list[str]
+) -> TableState:
+    """Fit the encoding on the training rows (bad rows already left out) of a user table.
+
+    Args:
+        types: the (continuous, categorical) feature columns, from `infer_types` on the whole
+            table (typing sees no label, and a flag column may show one value in train only).
+    """
+    continuous, categorical = types
+    # always imputing: with data.missing=error or drop no kept row has a gap, so this only adds
+    # the `unknown` code for categories that first appear in val, test or at predict time
+    encoding = fit_encoding(train, continuous, categorical, impute=True)
+    return TableState(
+        target=str(cfg.target),
+        image_column=str(cfg.image_column),
+        id_column=cfg.id_column,
+        features=[*continuous, *categorical],
+        class_names=list(class_names),
+        encoding=encoding,
+        image_size=cfg.image_size,
+        normalize="none" if cfg.normalize == "auto" else cfg.normalize,
+        allow_outside_paths=cfg.allow_outside_paths,
+    )
+
+
+def apply_state(
+    state: TableState,
+    frame: pd.DataFrame,
+    table: Path,
+    *,
+    skip_bad: bool = False,
+    allow_outside_paths: bool | None = None,
+    problems: Problems | None = None,
+) -> EncodedTable:
+    """Encode `frame` (read from the file `table`) exactly as the run that fitted `state` did.
+
+    Missing values are filled, unseen categories coded `unknown` (both counted in `notes`);
+    empty image cells, paths outside the table's folder and unknown labels are bad rows.
+
+    Args:
+        skip_bad: bad rows are to be dropped (`problems.raise_or_keep()` then returns the mask).
+        allow_outside_paths: overrides the run's own setting (the new table may live elsewhere).
+        problems: record into these (training shares them with its earlier checks).
+
+    Raises:
+        GaalError: a feature or the image column is absent from the table.
+    """
+    absent = [c for c in [state.image_column, *state.features] if c not in frame.columns]
+    if absent:
+        raise GaalError(f"the table lacks column(s) the run was trained with: {', '.join(absent)}", source=str(table))
+    if problems is None:
+        problems = Problems(str(table), row_names(table, len(frame)), skip_bad)
+    outside = state.allow_outside_paths if allow_outside_paths is None else allow_outside_paths
+    paths = image_paths(frame[state.image_column], table.parent, outside, problems)
+    notes = Notes()
+    tabular = encode(frame[state.features], state.encoding, problems, notes)
+    labels = None
+    if state.target in frame.columns:
+        lookup = {name: i for i, name in enumerate(state.class_names)}
+        text = category_text(frame[state.target])
+        labels = np.array(text.map(lookup).fillna(-1), dtype=np.int64)
+        labels[frame[state.target].isna().to_numpy()] = -1
+        for row in np.flatnonzero((labels < 0) & frame[state.target].notna().to_numpy()):
+            problems.add(row, f"label {text.iloc[row]!r} is not one of the run's classes", column=state.target)
+    has_ids = state.id_column is not None and state.id_column in frame.columns
+    ids = [str(v) for v in frame[state.id_column]] if has_ids else [str(i) for i in range(len(frame))]
+    return EncodedTable(ids, paths, tabular, labels, problems, notes)
+
+
+def row_names(table: Path, n: int) -> list[str]:
+    return [f"line {i + 2}" if table.suffix.lower() == ".csv" else f"row {i + 1}" for i in range(n)]
+
+
+def image_paths(values: pd.Series, folder: Path, allow_outside: bool, problems: Problems) -> list[str]:
+    """Absolute image paths; empty cells and (unless allowed) paths leaving `folder` are bad rows.
+
+    A refused path becomes "" so that nothing, not even a --skip-bad cache build, reads it.
+    """
+    root = os.path.abspath(folder)
+    out = []
+    for row, value in enumerate(values):
+        text = "" if pd.isna(value) else str(value).strip()
+        if not text:
+            problems.add(row, "empty image cell", column=str(values.name))
+            out.append("")
+            continue
+        path = os.path.normpath(os.path.join(root, text))  # an absolute `text` stays itself
+        if not allow_outside and os.path.commonpath([root, path]) != root:
+            problems.add(
+                row,
+                f"image path {text!r} leaves the table's folder (set data.allow_outside_paths=true to allow it)",
+                column=str(values.name),
+            )
+            path = ""
+        out.append(path)
+    return out
+
+
+@dataclass
+class LoadedTable:
+    """A user table after the row-level decisions every use of it shares (train and inspect)."""
+
+    path: Path
+    frame: pd.DataFrame
+    names: list[str]
+    features: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    split: np.ndarray
+    split_info: str
+    problems: Problems
+    dropped: dict[str, int]
+
+
+def load_table(cfg: DataConfig) -> LoadedTable:
+    """Read, check columns, drop unlabelled rows (and, with data.missing=drop, incomplete ones), split.
+
+    Raises:
+        GaalError: a named column is absent; see also `read_table`.
+    """
+    path = Path(cfg.name)
+    frame = read_table(path)
+    source = str(path)
+    for key, column in (("data.target", cfg.target), ("data.image_column", cfg.image_column)):
+        if column is None:
+            raise GaalError(f"a table needs {key} (--{key.split('.')[1].replace('_', '-')} COLUMN)", field=key)
+    for key, column in (
+        ("data.target", cfg.target),
+        ("data.image_column", cfg.image_column),
+        ("data.group_column", cfg.group_column),
+        ("data.id_column", cfg.id_column),
+    ):
+        if column is not None and column not in frame.columns:
+            raise GaalError(
+                f"no such column {column!r}; the table has: {', '.join(map(str, frame.columns))}",
+                source=source,
+                field=key,
+            )
+    has_split = cfg.split_column in frame.columns
+    special = {cfg.target, cfg.image_column, cfg.group_column, cfg.id_column, cfg.split_column if has_split else None}
+    features = [c for c in frame.columns if c not in special]
+    names = np.array(row_names(path, len(frame)), dtype=object)
+    dropped: dict[str, int] = {}
+    keep = np.array(frame[cfg.target].notna(), dtype=bool)
+    if (~keep).any():
+        dropped["no label"] = int((~keep).sum())
+    if cfg.missing == "drop":
+        incomplete = np.zeros(len(frame), dtype=bool)
+        for c in features:
+            incomplete |= is_missing(frame[c])
+        if (incomplete & keep).any():
+            dropped["missing value (data.missing=drop)"] = int((incomplete & keep).sum())
+        keep &= ~incomplete
+    frame, names = frame[keep].reset_index(drop=True), list(names[keep])
+    if frame.empty:
+        raise GaalError(f"no row left after dropping {dropped}", source=source, field=cfg.target)
+    problems = Problems(source, names, cfg.skip_bad)
+    if cfg.missing == "error":
+        find_missing(frame, features, problems)
+    labels, class_names = _labels(frame[cfg.target])
+    split, split_info = _choose_split(frame, cfg, labels, problems, has_split)
+    return LoadedTable(path, frame, names, features, labels, class_names, split, split_info, problems, dropped)
 
 
 def build_table(cfg: DataConfig, seed: int) -> DataBundle:
@@ -51,50 +347,30 @@ def build_table(cfg: DataConfig, seed: int) -> DataBundle:
     The run seed is not used: without a split column the split seed is `SPLIT_SEED`, so every
     seed of an experiment sees the same split.
     """
-    path = Path(cfg.name)
-    frame = read_table(path)
-    source = str(path)
-    for key, column in (("data.target", cfg.target), ("data.image_column", cfg.image_column)):
-        if column is None:
-            raise GaalError(f"a table needs {key} (--{key.split('.')[1].replace('_', '-')} COLUMN)", field=key)
-        if column not in frame.columns:
-            raise GaalError(
-                f"no such column; the table has: {', '.join(map(str, frame.columns))}", source=source, field=key
-            )
-    names = [f"line {i + 2}" if path.suffix.lower() == ".csv" else f"row {i + 1}" for i in range(len(frame))]
-    problems = Problems(source, names, cfg.skip_bad)
-    has_split = cfg.split_column in frame.columns
-    features = [
-        c
-        for c in frame.columns
-        if c not in (cfg.target, cfg.image_column) and not (has_split and c == cfg.split_column)
-    ]
-    find_missing(frame, [cfg.image_column, cfg.target, *features], problems)
-
-    labels, class_names = _labels(frame[cfg.target])
-    split = (
-        _split_column(frame[cfg.split_column], problems)
-        if has_split
-        else stratified_split(labels, TEST_FRACTION, VAL_FRACTION, SPLIT_SEED)
+    t = load_table(cfg)
+    # bad image cells first, so that their rows stay out of the fitted statistics
+    image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
+    bad = np.isin(np.arange(len(t.frame)), list(t.problems.bad))
+    types = infer_types(t.frame, t.features, cfg.categorical, cfg.continuous)
+    state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, types, t.class_names)
+    encoded = apply_state(state, t.frame, t.path, problems=t.problems)
+    rows = Rows(encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)))
+    enc = state.encoding
+    info = {"table": str(t.path), "target": cfg.target, "split": t.split_info, "encoding": enc.to_json()}
+    cache = t.path.parent / ".gaal_cache" / t.path.stem
+    return bundle(
+        rows,
+        TabularSchema(enc.names, enc.field_lengths),
+        cfg,
+        cache,
+        state.normalize,
+        t.problems,
+        info,
+        label_column=cfg.target,
+        notes=encoded.notes,
+        preprocessing=state.to_json(),
+        dropped_before=t.dropped,
     )
-    continuous, categorical = infer_types(frame, features, cfg.categorical, cfg.continuous)
-    tabular, enc = encode_split_table(frame[features], continuous, categorical, split, problems)
-
-    folder = path.parent
-    paths = [str(p if Path(p).is_absolute() else folder / p) for p in frame[cfg.image_column].astype(str)]
-    rows = Rows(paths, tabular, labels, split, class_names, np.arange(len(frame)))
-    schema = TabularSchema(enc.names, enc.field_lengths)
-    info = {
-        "table": str(path),
-        "target": cfg.target,
-        "split": f"column '{cfg.split_column}'"
-        if has_split
-        else (f"stratified, seed {SPLIT_SEED}, test {TEST_FRACTION}, val {VAL_FRACTION} of the rest"),
-        "encoding": enc.to_json(),
-    }
-    normalize = "none" if cfg.normalize == "auto" else cfg.normalize
-    cache = folder / ".gaal_cache" / path.stem
-    return bundle(rows, schema, cfg, cache, normalize, problems, info, label_column=cfg.target)
 
 
 def _labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -111,8 +387,74 @@ def _labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     return values.map(lookup).fillna(-1).to_numpy(dtype=np.int64), names
 
 
+def _choose_split(
+    frame: pd.DataFrame, cfg: DataConfig, labels: np.ndarray, problems: Problems, has_split: bool
+) -> tuple[np.ndarray, str]:
+    """The user's split column, else a seeded stratified split (grouped when a group column is set)."""
+    groups = None
+    if cfg.group_column is not None:
+        column = frame[cfg.group_column]
+        problems.add_many(column.isna().to_numpy(), "missing group", column=cfg.group_column)
+        groups = category_text(column).to_numpy(dtype=object)
+    if has_split:
+        split = _split_column(frame[cfg.split_column], problems)
+        if groups is not None:
+            _check_groups_within_splits(groups, split, problems, cfg.group_column)
+        return split, f"column '{cfg.split_column}'"
+    shares = f"seed {SPLIT_SEED}, test {TEST_FRACTION}, val {VAL_FRACTION} of the rest"
+    if groups is not None:
+        split = grouped_split(labels, groups, TEST_FRACTION, VAL_FRACTION, SPLIT_SEED)
+        return split, f"stratified by group '{cfg.group_column}', {shares}"
+    return stratified_split(labels, TEST_FRACTION, VAL_FRACTION, SPLIT_SEED), f"stratified, {shares}"
+
+
 def _split_column(values: pd.Series, problems: Problems) -> np.ndarray:
     split = values.astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
     for row in np.flatnonzero(split.isna().to_numpy()):
         problems.add(row, f"split {values.iloc[row]!r} is not one of {', '.join(SPLITS)}", column=values.name)
     return split.fillna("train").to_numpy(dtype=object)
+
+
+def _check_groups_within_splits(groups: np.ndarray, split: np.ndarray, problems: Problems, column: str) -> None:
+    """A user's split that puts one group in two splits leaks it: every such row is a bad row."""
+    frame = pd.DataFrame({"group": groups, "split": split})
+    spread = frame.groupby("group")["split"].nunique()
+    for group in spread.index[spread > 1]:
+        rows = np.flatnonzero(groups == group)
+        where = sorted(set(split[rows]))
+        problems.add_many(rows, f"group {group!r} is in more than one split ({', '.join(where)})", column=column)
+
+
+def inspect_table(cfg: DataConfig) -> dict:
+    """What training on the table would see, without writing anything (`gaal data inspect`).
+
+    Returns:
+        Plain data: columns and their inferred types, class counts, missing values per column,
+        bad rows (unreadable or missing images, paths outside the folder), the split it would make.
+    """
+    t = load_table(cfg)
+    paths = image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
+    check_files(paths, t.problems, headers=True)  # opens each file's header only
+    continuous, categorical = infer_types(t.frame, t.features, cfg.categorical, cfg.continuous)
+    classes = {name: int(np.sum(t.labels == i)) for i, name in enumerate(t.class_names)}
+    per_split = {
+        s: {name: int(np.sum((t.labels == i) & (t.split == s))) for i, name in enumerate(t.class_names)} for s in SPLITS
+    }
+    bad = [
+        {"row": t.names[row], "reason": reason, "column": column, "file": file}
+        for row, (reason, column, file) in sorted(t.problems.bad.items())
+    ]
+    return {
+        "table": str(t.path),
+        "rows": len(t.frame) + sum(t.dropped.values()),
+        "continuous": continuous,
+        "categorical": categorical,
+        "classes": classes,
+        "missing": {str(c): int(is_missing(t.frame[c]).sum()) for c in t.frame.columns},
+        # a categorical column with a value per row is an id (one-hot of width N): set data.id_column
+        "distinct": {str(c): int(t.frame[c].nunique()) for c in t.frame.columns},
+        "dropped": t.dropped,
+        "bad_rows": bad,
+        "split": t.split_info,
+        "split_counts": per_split,
+    }

@@ -8,7 +8,9 @@ the engine synchronises with the device only when it logs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -112,8 +114,24 @@ def build_method(name: str, settings: MethodSettings, encoders: Encoders, num_cl
     return METHODS[name].cls(encoders, num_classes, settings)
 
 
+# per-class loss weights (train.class_weights) for the training steps the engine runs inside
+# `weighted_classes`; every method's `cross_entropy` picks them up without knowing about them
+_CLASS_WEIGHTS: ContextVar[torch.Tensor | None] = ContextVar("class_weights", default=None)
+
+
+@contextmanager
+def weighted_classes(weights: torch.Tensor | None) -> Iterator[None]:
+    """Inside the block, `cross_entropy` weights each sample by its class (None: unweighted)."""
+    token = _CLASS_WEIGHTS.set(weights)
+    try:
+        yield
+    finally:
+        _CLASS_WEIGHTS.reset(token)
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits.float(), labels)
+    """Mean cross-entropy; inside `weighted_classes`, the class-weighted mean."""
+    return nn.functional.cross_entropy(logits.float(), labels, weight=_CLASS_WEIGHTS.get())
 
 
 def fuse_missing(image: torch.Tensor | None, tabular: torch.Tensor | None, fused: Callable[[], torch.Tensor]):
