@@ -388,7 +388,7 @@ def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xlim(-1, 1)
         ax.axvline(0, color="black", lw=1)
         ax.set_title(
-            f"{dataset_label(d)}: CF image-encoder gradient cosine\n{np.mean(v < 0):.0%} of {len(v)} steps < 0"
+            f"{dataset_label(d)}\nCF image-encoder gradient cosine: {np.mean(v < 0):.0%} of {len(v)} steps < 0"
         )
         ax.set_xlabel(r"$\cos(g_I^{\mathrm{image}},\ g_I^{\mathrm{multi}})$")
         ax.set_ylabel("training steps")
@@ -488,7 +488,7 @@ def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
     datasets = dataset_order(summary["dataset"].unique())
     methods = [m for m in METHOD_ORDER if m in set(summary["method"])]
     methods += sorted(set(summary["method"]) - set(methods))
-    colours = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    colours, markers = plt.get_cmap("tab10").colors, "osD^v"
     fig, axes = _figure(2 * len(datasets), width=5.5, height=3.8)
     grid = [axes[i : i + 2] for i in range(0, len(axes), 2)]
     for row, d in zip(grid, datasets):
@@ -500,13 +500,17 @@ def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
                     continue
                 style = "--" if method in ("image", "tabular") else "-"
                 ax.errorbar(
-                    line[DOMINANCE_KEY], line[f"{head}_mean"], yerr=line[f"{head}_std"].fillna(0), marker="o",
-                    ms=3, capsize=2, ls=style, color=colours[i % 20], label=method,
+                    line[DOMINANCE_KEY], line[f"{head}_mean"], yerr=line[f"{head}_std"].fillna(0),
+                    ms=4, capsize=2, ls=style, color=colours[i % 10], marker=markers[i // 10 % 5], label=method,
                 )  # fmt: skip
             ax.set_xlabel("dominance (0: balanced, 1: calibrated to DVM)")
             ax.set_ylabel(f"test {HEAD_LABELS[head]} accuracy")
-            ax.set_title(f"{dataset_label(d)}: test {HEAD_LABELS[head]} accuracy vs dominance")
-        row[1].legend(title=seeds_caption(part["n"]), loc="center left", bbox_to_anchor=(1.02, 0.5))
+            ax.set_title(f"{dataset_label(d)}\ntest {HEAD_LABELS[head]} accuracy vs dominance")
+        # one legend for both panels: the tabular-only model has no Image accuracy to draw
+        labelled = {label: h for ax in row for h, label in zip(*ax.get_legend_handles_labels())}
+        handles = [labelled[m] for m in methods if m in labelled]
+        row[1].legend(handles, [m for m in methods if m in labelled], title=seeds_caption(part["n"]),
+                      loc="center left", bbox_to_anchor=(1.02, 0.5))  # fmt: skip
     return _save(fig, path)
 
 
