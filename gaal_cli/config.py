@@ -51,8 +51,9 @@ class SyntheticConfig(Section):
         knobs = ("tabular_noise", "image_noise", "shape_flip")
         noise_knobs = [k for k in knobs if getattr(self, k) != type(self).model_fields[k].default]
         if self.regime != "complementary" and noise_knobs:
+            verb = "tunes" if len(noise_knobs) == 1 else "tune"
             raise ValueError(
-                f"{', '.join(noise_knobs)} tune the complementary regime only; "
+                f"{', '.join(noise_knobs)} {verb} the complementary regime only; "
                 f"{self.regime} sets each modality's noise from dominance"
             )
         return self

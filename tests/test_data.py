@@ -111,7 +111,7 @@ def test_regime_knobs_are_checked(override, message):
 
 
 def test_noise_knobs_are_refused_where_dominance_sets_them():
-    with pytest.raises(GaalError, match="tabular_noise tune the complementary regime only"):
+    with pytest.raises(GaalError, match="tabular_noise tunes the complementary regime only"):
         load_config(None, ["data.synthetic.regime=table_dominant", "data.synthetic.tabular_noise=0.2"])
     config = load_config(None, ["data.synthetic.regime=image_dominant", "data.synthetic.dominance=0.3"])
     assert load_config(None, [f"data.synthetic={json.dumps(config.data.synthetic.model_dump())}"])  # round trip
