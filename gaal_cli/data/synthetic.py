@@ -4,8 +4,8 @@ Three regimes (`data.synthetic.regime`):
 
 - `complementary` (the default, described below): each modality is needed for half the classes.
 - `table_dominant`: both modalities carry the whole class (every class has its own table and
-  picture) and the table is much easier to learn, as on DVM (REFERENCE §2: an MLP alone nearly
-  matches the fused accuracy and joint training starves the image branch).
+  picture) and the table is much easier to learn, as on DVM (GAAL paper, Table I: an MLP alone
+  nearly matches joint training, whose image branch starves).
 - `image_dominant`: the mirror image, the picture being the easy modality.
 
 In the two dominant regimes `dominance` in [0, 1] (default 1) dials the imbalance: at 0 both
@@ -14,9 +14,9 @@ and the other noisier, along straight lines between the constants `BALANCED`, `E
 Dominance 1 of `table_dominant` is calibrated on concat and the unimodal models against DVM's
 signature (see README, "Imbalance regimes"); the constants were never tuned for any other method.
 
-Complementary regime. Classes come in pairs (2k, 2k+1). In an *image-only* pair (k even) both classes share one
-table distribution, so only the picture tells them apart; in a *table-only* pair (k odd) both
-share one picture distribution, so only the table does. Across pairs both modalities carry
+Complementary regime. Classes come in pairs (2k, 2k+1). In an *image-only* pair (k even) both
+classes share one table distribution, so only the picture tells them apart; in a *table-only*
+pair (k odd) both share one picture distribution, so only the table does. Across pairs both modalities carry
 the class, each with its own noise. Hence neither modality alone reaches the fused accuracy.
 
 The table is the easier modality, as on DVM: continuous fields are class means plus Gaussian
