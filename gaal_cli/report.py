@@ -1,4 +1,5 @@
-"""Tables and figures from finished run folders: Table I / II style tables, Figs. 1a, 3, 4, 5.
+"""Tables and figures from finished run folders: Table I / II style tables, Figs. 1a, 3, 4, 5,
+each table's modality diagnostics and the accuracy-against-dominance figure of a regime sweep.
 
 Every number comes from the runs' own files: test accuracy and seconds per epoch from
 report.json, the settings from config.yaml, the curves from metrics.jsonl and the gradient
@@ -6,7 +7,9 @@ cosines from steps.jsonl. A table's rows are the settings that vary among the ru
 experiment on one dataset (the sweep's axes, read back from the configs, so hand-run folders
 work too); its columns are Multi / Image / Tabular per dataset, mean ± std over seeds.
 Experiments whose rows are the method alone form Table I, those varying GAAL's `cgs` / `ugg`
-switches Table II; any other experiment gets its own table.
+switches Table II; any other experiment gets its own table. A synthetic regime other than the
+default counts as a dataset of its own (`synthetic-table_dominant`), so its Table II sits
+beside the complementary one. Figures are written as PNG (for report.md), PDF and SVG.
 
 This lives apart from results.py, which holds the run-folder layout and is imported by every
 training run: training should not load pandas and matplotlib, and the layout should stay

@@ -9,15 +9,17 @@ Three regimes (`data.synthetic.regime`):
 - `image_dominant`: the mirror image, the picture being the easy modality.
 
 In the two dominant regimes `dominance` in [0, 1] (default 1) dials the imbalance: at 0 both
-modalities sit at the same middle noise levels; moving towards 1 the dominant modality gets cleaner
-and the other noisier, along straight lines between the constants `BALANCED`, `EASY` and `HARD`.
+modalities sit at the same middle noise levels; moving towards 1 the dominant modality gets
+cleaner and the other noisier, along straight lines between the constants `BALANCED`, `EASY` and
+`HARD`.
 Dominance 1 of `table_dominant` is calibrated on concat and the unimodal models against DVM's
 signature (see README, "Imbalance regimes"); the constants were never tuned for any other method.
 
 Complementary regime. Classes come in pairs (2k, 2k+1). In an *image-only* pair (k even) both
 classes share one table distribution, so only the picture tells them apart; in a *table-only*
-pair (k odd) both share one picture distribution, so only the table does. Across pairs both modalities carry
-the class, each with its own noise. Hence neither modality alone reaches the fused accuracy.
+pair (k odd) both share one picture distribution, so only the table does. Across pairs both
+modalities carry the class, each with its own noise. Hence neither modality alone reaches the
+fused accuracy.
 
 The table is the easier modality, as on DVM: continuous fields are class means plus Gaussian
 noise and categorical fields are a class prototype kept with some probability, which an MLP
@@ -57,8 +59,8 @@ class Noise:
     shape_flip: float
 
 
-# dominance 0 of both dominant regimes: the same middle noise for both (a CNN still learns the picture
-# more slowly than an MLP the table: README, "Imbalance regimes", has what each reaches)
+# dominance 0 of both dominant regimes: the same middle noise for both (a CNN still learns the
+# picture more slowly than an MLP the table: README, "Imbalance regimes", has what each reaches)
 BALANCED = Noise(tabular=1.0, hue_jitter=0.06, pixel=0.2, shape_flip=0.2)
 # dominance 1: the dominant modality's noise (calibrated: table_dominant's table) ...
 EASY = Noise(tabular=0.6, hue_jitter=0.01, pixel=0.05, shape_flip=0.0)
