@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from gaal_cli.errors import GaalError, did_you_mean
 
@@ -26,8 +26,14 @@ class Section(BaseModel):
 
 
 class SyntheticConfig(Section):
-    """The embedded dataset (see `gaal_cli.data.synthetic` for what each knob does)."""
+    """The embedded dataset (see `gaal_cli.data.synthetic` for what each knob does).
 
+    `regime` picks how the class is spread over the modalities; `dominance` dials the dominant
+    regimes and the three noise knobs tune the complementary one (each is refused elsewhere).
+    """
+
+    regime: Literal["complementary", "table_dominant", "image_dominant"] = "complementary"
+    dominance: float | None = Field(None, ge=0, le=1)
     n_train: int = Field(3000, ge=10)
     n_val: int = Field(1000, ge=10)
     n_test: int = Field(2000, ge=10)
@@ -37,6 +43,21 @@ class SyntheticConfig(Section):
     tabular_noise: float = Field(0.8, ge=0)
     image_noise: float = Field(0.35, ge=0)
     shape_flip: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _knobs_of_the_regime(self) -> SyntheticConfig:
+        if self.regime == "complementary" and self.dominance is not None:
+            raise ValueError("dominance applies to the table_dominant and image_dominant regimes only")
+        # compared with the defaults, not `model_fields_set`: a saved config spells every key out
+        knobs = ("tabular_noise", "image_noise", "shape_flip")
+        noise_knobs = [k for k in knobs if getattr(self, k) != type(self).model_fields[k].default]
+        if self.regime != "complementary" and noise_knobs:
+            verb = "tunes" if len(noise_knobs) == 1 else "tune"
+            raise ValueError(
+                f"{', '.join(noise_knobs)} {verb} the complementary regime only; "
+                f"{self.regime} sets each modality's noise from dominance"
+            )
+        return self
 
 
 class DataConfig(Section):

@@ -22,6 +22,7 @@ import torch
 
 from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
+from gaal_cli.contributions import run_shapley
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle, SplitDataset
 from gaal_cli.display import EpochProgress, console
@@ -179,6 +180,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
         "dataset": config.data.name,
         "seed": config.seed,
         "metrics": metrics,
+        "shapley": run_shapley(metrics, s.data.num_classes),
         "best_epoch": best_state["epoch"],
         "epochs_run": len(run.read_metrics()),
         "timings": {

@@ -1,4 +1,5 @@
-"""Tables and figures from finished run folders: Table I / II style tables, Figs. 1a, 3, 4, 5.
+"""Tables and figures from finished run folders: Table I / II style tables, Figs. 1a, 3, 4, 5,
+each table's modality diagnostics and the accuracy-against-dominance figure of a regime sweep.
 
 Every number comes from the runs' own files: test accuracy and seconds per epoch from
 report.json, the settings from config.yaml, the curves from metrics.jsonl and the gradient
@@ -6,7 +7,9 @@ cosines from steps.jsonl. A table's rows are the settings that vary among the ru
 experiment on one dataset (the sweep's axes, read back from the configs, so hand-run folders
 work too); its columns are Multi / Image / Tabular per dataset, mean ± std over seeds.
 Experiments whose rows are the method alone form Table I, those varying GAAL's `cgs` / `ugg`
-switches Table II; any other experiment gets its own table.
+switches Table II; any other experiment gets its own table. A synthetic regime other than the
+default counts as a dataset of its own (`synthetic-table_dominant`), so its Table II sits
+beside the complementary one. Figures are written as PNG (for report.md), PDF and SVG.
 
 This lives apart from results.py, which holds the run-folder layout and is imported by every
 training run: training should not load pandas and matplotlib, and the layout should stay
@@ -22,11 +25,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from gaal_cli.contributions import MODALITIES, negative_rate, run_shapley
 from gaal_cli.errors import GaalError
 from gaal_cli.results import RunFolder, finished_runs
 from gaal_cli.sweep import WHERE_KEYS, format_value
 
 HEADS = ("multi", "image", "tabular")
+SPLITS = ("val", "test")
 METHOD_ORDER = (
     "image", "tabular", "concat", "max", "daft", "ogm_ge", "mmpareto", "mla",
     "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal",
@@ -35,6 +40,18 @@ DATASET_LABELS = {"dvm": "DVM", "sun": "SUNAttribute", "celeba": "CelebA", "synt
 ABLATION_KEYS = ("methods.gaal.cgs", "methods.gaal.ugg")
 LAMBDA_KEYS = ("methods.gaal.lambda_image", "methods.gaal.lambda_tabular")
 EPSILON_KEY = "methods.gaal.epsilon"
+DOMINANCE_KEY = "data.synthetic.dominance"
+# per-run modality diagnostics (columns of runs.csv) and their headers in report.md
+DIAGNOSTICS = {
+    "shapley_image_val": "φ image (val)",
+    "shapley_tabular_val": "φ table (val)",
+    "shapley_image_test": "φ image (test)",
+    "shapley_tabular_test": "φ table (test)",
+    "gap_image": "image head − image alone",
+    "gap_tabular": "tabular head − tabular alone",
+    "negcos_image": "cos < 0, image",
+    "negcos_tabular": "cos < 0, table",
+}
 # config keys that never define a row: identity, the dataset (the columns) and where a run trained
 NOT_ROWS = {"name", "seed", "data.name", *WHERE_KEYS}
 
@@ -54,7 +71,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_runs(root: Path) -> pd.DataFrame:
-    """One row per finished run under `root`: its settings, test accuracies and timings.
+    """One row per finished run under `root`: its settings, test accuracies, timings and
+    modality diagnostics (see `DIAGNOSTICS`).
 
     Raises:
         GaalError: no finished run there.
@@ -63,22 +81,69 @@ def load_runs(root: Path) -> pd.DataFrame:
     for run in finished_runs(root):
         report = run.read_report()
         test = report["metrics"]["test"]
+        config = flatten(yaml.safe_load(run.file(RunFolder.CONFIG).read_text()))
         rows.append(
             {
-                **flatten(yaml.safe_load(run.file(RunFolder.CONFIG).read_text())),
+                **config,
                 "experiment": report["experiment"],
-                "dataset": report["dataset"],
+                "dataset": dataset_key(report["dataset"], config),
                 "method": report["method"],
                 "seed": report["seed"],
                 **{head: test[head]["acc"] if head in test else np.nan for head in HEADS},
                 "sec_per_epoch": report["timings"]["seconds_per_epoch"],
                 "epochs": report["epochs_run"],
+                **run_diagnostics(run, report),
                 "folder": str(run.path),
             }
         )
     if not rows:
         raise GaalError("no finished runs (folders with DONE and report.json) under it", source=str(root))
-    return pd.DataFrame(rows)
+    return add_unimodal_gaps(pd.DataFrame(rows))
+
+
+def dataset_key(name: str, config: dict[str, Any]) -> str:
+    """The dataset a run's numbers belong to: a synthetic regime other than the default is a
+    dataset of its own (its own columns, panels and Table II), so `synthetic-table_dominant`."""
+    regime = config.get("data.synthetic.regime")
+    if name == "synthetic" and isinstance(regime, str) and regime != "complementary":
+        return f"synthetic-{regime}"
+    return name
+
+
+def dataset_label(key: str) -> str:
+    if key.startswith("synthetic-"):
+        return f"synthetic, {key.removeprefix('synthetic-').replace('_', '-')}"
+    return DATASET_LABELS.get(key, key)
+
+
+def run_diagnostics(run: RunFolder, report: dict[str, Any]) -> dict[str, float]:
+    """Shapley values per split and modality, and the rate of negative gradient cosines."""
+    values = run_shapley(report["metrics"], report.get("data", {}).get("classes"))
+    out = {f"shapley_{m}_{split}": values.get(split, {}).get(m, np.nan) for split in SPLITS for m in MODALITIES}
+    steps = run.read_steps()
+    for m in MODALITIES:
+        rate = negative_rate(steps, m)
+        out[f"negcos_{m}"] = rate[0] if rate else np.nan
+    return out
+
+
+def add_unimodal_gaps(runs: pd.DataFrame) -> pd.DataFrame:
+    """`gap_<modality>`: a run's unimodal head accuracy minus the mean accuracy of the unimodal
+    method trained alone on that modality in the same family (same experiment and dataset,
+    same settings apart from the method); NaN where the family has no such run."""
+    runs = runs.copy()
+    for m in MODALITIES:
+        runs[f"gap_{m}"] = np.nan
+    for _, part in runs.groupby("experiment"):
+        family = [r for r in row_keys(part) if r != "method"] + ["dataset"]
+        for m in MODALITIES:
+            alone = part[part["method"] == m].groupby(family, dropna=False)[m].mean().rename("alone")
+            if alone.empty:
+                continue
+            joined = part[family].join(alone, on=family)["alone"]
+            has_head = part["method"] != m
+            runs.loc[part.index[has_head], f"gap_{m}"] = (part[m] - joined)[has_head]
+    return runs
 
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
@@ -163,37 +228,118 @@ def dataset_order(datasets) -> list[str]:
     return known + sorted(set(datasets) - set(known))
 
 
+BOLD_RULE = (
+    "Bold: a column's best mean, only where it exceeds the runner-up by more than the larger of their "
+    "standard deviations over seeds; nothing is bold with one seed or on a tie."
+)
+
+
+def standout(means: pd.Series, stds: pd.Series) -> Any:
+    """The index of the best mean if it stands apart from the runner-up by more than the
+    seeds' spread (the larger of the two standard deviations), else None.
+
+    A single seed has no spread and a tie no gap, so neither is ever called best.
+    """
+    ranked = means.dropna().sort_values(ascending=False)
+    if len(ranked) < 2:
+        return None
+    best, second = ranked.index[0], ranked.index[1]
+    spread = np.nanmax([stds[best], stds[second]]) if not pd.isna(stds[best]) else np.nan
+    return best if not pd.isna(spread) and ranked.iloc[0] - ranked.iloc[1] > spread else None
+
+
+def mean_std(mean: float, std: float, digits: int = 4) -> str:
+    # one seed has no spread: show the mean alone rather than a made-up ± 0
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def markdown(summary: pd.DataFrame, rows: list[str]) -> str:
-    """Rows by setting, columns Multi / Image / Tabular / s per epoch / n per dataset; best mean bold."""
+    """Rows by setting, columns Multi / Image / Tabular / s per epoch / n per dataset; the best
+    mean bold where it stands apart (`BOLD_RULE`, stated under the table)."""
     datasets = dataset_order(summary["dataset"].unique())
     header = [r.split(".")[-1] for r in rows]
     for d in datasets:
-        label = DATASET_LABELS.get(d, d)
+        label = dataset_label(d)
         header += [f"{label} Multi", f"{label} Image", f"{label} Tabular", f"{label} s/epoch", f"{label} n"]
-    best = {
-        (d, h): summary.loc[summary["dataset"] == d, f"{h}_mean"].max() for d in datasets for h in HEADS
-    }  # NaN when no run has that head
+    bold = set()
+    for d in datasets:
+        part = summary[summary["dataset"] == d]
+        for h in HEADS:
+            best = standout(part[f"{h}_mean"], part[f"{h}_std"])
+            bold |= set() if best is None else {(best, h)}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    index = summary.set_index([*rows, "dataset"])
+    position = {
+        (*key, d): i for i, (key, d) in enumerate(zip(summary[rows].itertuples(index=False), summary["dataset"]))
+    }
     for key in row_order(summary, rows):
         cells = [format_value(v) for v in key]
         for d in datasets:
-            cell = index.loc[(*key, d)] if (*key, d) in index.index else None
-            if cell is None:
+            i = position.get((*key, d))
+            if i is None:
                 cells += ["-"] * 5
                 continue
+            cell = summary.loc[summary.index[i]]
             for h in HEADS:
-                mean, std = cell[f"{h}_mean"], cell[f"{h}_std"]
-                # one seed has no spread: show the mean alone rather than a made-up ± 0
-                text = "-" if pd.isna(mean) else f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
-                cells.append(f"**{text}**" if not pd.isna(mean) and mean == best[(d, h)] else text)
+                text = mean_std(cell[f"{h}_mean"], cell[f"{h}_std"])
+                cells.append(f"**{text}**" if (summary.index[i], h) in bold else text)
             sec = cell["sec_per_epoch_mean"]
             cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\n{BOLD_RULE}\n"
+
+
+def summarize_diagnostics(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of each modality diagnostic, per row and dataset."""
+    grouped = runs.groupby([*rows, "dataset"], dropna=False)
+    stats = grouped[list(DIAGNOSTICS)].agg(["mean", "std"])
+    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
+    stats["n"] = grouped.size()
+    return stats.reset_index()
+
+
+def diagnostics_markdown(diag: pd.DataFrame, rows: list[str]) -> str:
+    """One line per row and dataset: Shapley values, gaps to the unimodal models, cosine rates."""
+    header = [*(r.split(".")[-1] for r in rows), "dataset", *DIAGNOSTICS.values(), "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for d in dataset_order(diag["dataset"].unique()):
+        part = diag[diag["dataset"] == d]
+        for key in row_order(part, rows):
+            cell = part[(part[rows] == pd.Series(key, index=rows)).all(axis=1)].iloc[0]
+            values = [mean_std(cell[f"{c}_mean"], cell[f"{c}_std"], digits=3) for c in DIAGNOSTICS]
+            lines.append(
+                "| " + " | ".join([*(format_value(v) for v in key), dataset_label(d), *values, str(cell["n"])]) + " |"
+            )
+    return "\n".join(lines) + "\n\n" + DIAGNOSTICS_NOTE + "\n"
+
+
+DIAGNOSTICS_NOTE = (
+    "φ: two-player Shapley value of each modality's contribution to the fused accuracy, from the accuracies "
+    "of the multimodal head v(both), the image head v(image), the tabular head v(table) and chance 1/classes "
+    "v(none); φ image + φ table = v(both) − v(none); '-' where the method has no unimodal heads. "
+    "Head − alone: the run's unimodal head accuracy (test) minus the mean of the unimodal method trained alone "
+    "in the same experiment with the same settings. cos < 0: fraction of training steps whose logged gradient "
+    "cosine (unimodal vs multimodal loss, that encoder) is negative. Mean ± std over seeds."
+)
 
 
 # ---------------------------------------------------------------- figures
+
+
+# print-sized text, and fonts kept as text (SVG) or embedded as TrueType (PDF) for editing
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8,
+    "svg.fonttype": "none",
+    "pdf.fonttype": 42,
+}
+FORMATS = (".png", ".pdf", ".svg")
+HEAD_LABELS = {"multi": "Multi", "image": "Image", "tabular": "Tabular"}
 
 
 def _figure(n_panels: int, width: float = 4.5, height: float = 3.6):
@@ -202,17 +348,30 @@ def _figure(n_panels: int, width: float = 4.5, height: float = 3.6):
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(STYLE)
     fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, height), squeeze=False)
     return fig, list(axes[0])
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the figure as PNG (for report.md), PDF and SVG (for a paper); returns the PNG."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for suffix in FORMATS:
+        # no creation date in the vector files, so a rebuilt report is byte-identical
+        metadata = {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None
+        fig.savefig(path.with_suffix(suffix), dpi=200, metadata=metadata)
     plt.close(fig)
-    return path
+    return path.with_suffix(".png")
+
+
+def seeds_caption(counts, bars: str = "error bars") -> str:
+    """'mean ± std over 3 seeds' (or a range of counts); one seed has no `bars` to explain."""
+    n = sorted({int(c) for c in counts})
+    if n == [1]:
+        return f"1 seed (no {bars})"
+    return f"{bars}: mean ± std over {n[0]}{'' if len(n) == 1 else f'-{n[-1]}'} seeds"
 
 
 def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
@@ -231,9 +390,11 @@ def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
         ax.hist(v, bins=np.linspace(-1, 1, 41), color="tab:blue", alpha=0.8)
         ax.set_xlim(-1, 1)
         ax.axvline(0, color="black", lw=1)
-        ax.set_title(f"{DATASET_LABELS.get(d, d)}: {np.mean(v < 0):.0%} of {len(v)} steps < 0")
-        ax.set_xlabel("cos(g_image, g_multimodal), image encoder")
-        ax.set_ylabel("steps")
+        ax.set_title(
+            f"{dataset_label(d)}\nCF image-encoder gradient cosine: {np.mean(v < 0):.0%} of {len(v)} steps < 0"
+        )
+        ax.set_xlabel(r"$\cos(g_I^{\mathrm{image}},\ g_I^{\mathrm{multi}})$")
+        ax.set_ylabel("training steps")
     return _save(fig, path)
 
 
@@ -242,9 +403,8 @@ def lambda_figure(summary: pd.DataFrame, path: Path) -> Path:
     datasets = dataset_order(summary["dataset"].unique())
     fig, axes = _figure(len(datasets))
     for ax, d in zip(axes, datasets):
-        grid = summary[summary["dataset"] == d].pivot_table(
-            index=LAMBDA_KEYS[0], columns=LAMBDA_KEYS[1], values="multi_mean"
-        )
+        part = summary[summary["dataset"] == d]
+        grid = part.pivot_table(index=LAMBDA_KEYS[0], columns=LAMBDA_KEYS[1], values="multi_mean")
         image = ax.imshow(grid.values, origin="lower", cmap="viridis")
         ax.set_xticks(range(len(grid.columns)), [format_value(v) for v in grid.columns])
         ax.set_yticks(range(len(grid.index)), [format_value(v) for v in grid.index])
@@ -252,10 +412,12 @@ def lambda_figure(summary: pd.DataFrame, path: Path) -> Path:
         for (i, j), value in np.ndenumerate(grid.values):
             colour = "white" if value < middle else "black"  # readable on viridis' dark and light ends
             ax.text(j, i, f"{value:.3f}", ha="center", va="center", color=colour, fontsize=8)
-        ax.set_xlabel("λ_T")
-        ax.set_ylabel("λ_I")
-        ax.set_title(f"{DATASET_LABELS.get(d, d)}: multi accuracy")
-        fig.colorbar(image, ax=ax)
+        ax.set_xlabel(r"$\lambda_T$ (tabular guidance fraction)")
+        ax.set_ylabel(r"$\lambda_I$ (image guidance fraction)")
+        n = sorted({int(c) for c in part["n"]})
+        seeds = f"{n[0]} seed{'s' if n[-1] > 1 else ''}" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
+        ax.set_title(f"{dataset_label(d)}: test Multi accuracy\n(mean over {seeds})")
+        fig.colorbar(image, ax=ax, label="test Multi accuracy")
     return _save(fig, path)
 
 
@@ -266,23 +428,39 @@ def curves_figure(runs: pd.DataFrame, path: Path) -> Path | None:
         for record in RunFolder(row.folder).read_metrics():
             train = record["train"]
             if "loss_image" in train:
-                frames.append((row.dataset, record["epoch"], train["loss_image"], train["loss_tabular"]))
+                frames.append((row.dataset, row.seed, record["epoch"], train["loss_image"], train["loss_tabular"]))
     if not frames:
         return None
-    curves = pd.DataFrame(frames, columns=["dataset", "epoch", "loss_image", "loss_tabular"])
+    curves = pd.DataFrame(frames, columns=["dataset", "seed", "epoch", "loss_image", "loss_tabular"])
     datasets = dataset_order(curves["dataset"].unique())
     fig, axes = _figure(len(datasets))
     for ax, d in zip(axes, datasets):
-        stats = curves[curves["dataset"] == d].groupby("epoch")[["loss_image", "loss_tabular"]].agg(["mean", "std"])
+        part = curves[curves["dataset"] == d]
+        stats = part.groupby("epoch")[["loss_image", "loss_tabular"]].agg(["mean", "std"])
         for loss, colour in (("loss_image", "tab:orange"), ("loss_tabular", "tab:green")):
             mean, std = stats[(loss, "mean")], stats[(loss, "std")].fillna(0)
-            ax.plot(stats.index, mean, color=colour, label=loss.replace("loss_", ""))
+            ax.plot(stats.index, mean, color=colour, marker="o", ms=3, label=loss.replace("loss_", ""))
             ax.fill_between(stats.index, mean - std, mean + std, color=colour, alpha=0.2)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss")
-        ax.set_title(f"{DATASET_LABELS.get(d, d)}: GAAL per-modality loss")
-        ax.legend()
+        ax.set_ylabel("training cross-entropy")
+        ax.set_title(f"{dataset_label(d)}: GAAL training loss per modality")
+        ax.legend(title=seeds_caption(part.groupby("epoch")["seed"].nunique(), bars="band"))
     return _save(fig, path)
+
+
+def _epsilon_axis(ax, eps: np.ndarray) -> None:
+    """ε on a scale that shows every point: symlog when the values span zero (or reach it) and
+    more than a decade, log when all are positive over decades, else linear."""
+    nonzero = np.abs(eps[eps != 0])
+    if len(nonzero) == 0:
+        return
+    decades = nonzero.max() / nonzero.min() >= 10
+    if decades and (eps <= 0).any():
+        ax.set_xscale("symlog", linthresh=float(nonzero.min()))
+    elif decades:
+        ax.set_xscale("log")
+    ax.set_xticks(eps, [format_value(e) for e in eps])
+    ax.minorticks_off()
 
 
 def epsilon_figure(summary: pd.DataFrame, path: Path) -> Path:
@@ -294,12 +472,48 @@ def epsilon_figure(summary: pd.DataFrame, path: Path) -> Path:
         for head in HEADS:
             ax.errorbar(
                 part[EPSILON_KEY], part[f"{head}_mean"], yerr=part[f"{head}_std"].fillna(0), marker="o", capsize=3,
-                label=head,
+                label=HEAD_LABELS[head],
             )  # fmt: skip
-        ax.set_xlabel("ε")
+        _epsilon_axis(ax, part[EPSILON_KEY].to_numpy(dtype=float))
+        ax.set_xlabel(r"alignment margin $\varepsilon$")
         ax.set_ylabel("test accuracy")
-        ax.set_title(DATASET_LABELS.get(d, d))
-        ax.legend()
+        ax.set_title(f"{dataset_label(d)}: GAAL test accuracy vs " + r"$\varepsilon$")
+        ax.legend(title=seeds_caption(part["n"]))
+    return _save(fig, path)
+
+
+def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
+    """Each method's Multi and Image test accuracy against the dominance knob, one row of two
+    panels per dataset (regime), mean ± std over seeds; unimodal methods appear in the panel
+    of the head they have."""
+    import matplotlib.pyplot as plt
+
+    datasets = dataset_order(summary["dataset"].unique())
+    methods = [m for m in METHOD_ORDER if m in set(summary["method"])]
+    methods += sorted(set(summary["method"]) - set(methods))
+    colours, markers = plt.get_cmap("tab10").colors, "osD^v"
+    fig, axes = _figure(2 * len(datasets), width=5.5, height=3.8)
+    grid = [axes[i : i + 2] for i in range(0, len(axes), 2)]
+    for row, d in zip(grid, datasets):
+        part = summary[summary["dataset"] == d]
+        for ax, head in zip(row, ("multi", "image")):
+            for i, method in enumerate(methods):
+                line = part[part["method"] == method].sort_values(DOMINANCE_KEY)
+                if line[f"{head}_mean"].isna().all():
+                    continue
+                style = "--" if method in ("image", "tabular") else "-"
+                ax.errorbar(
+                    line[DOMINANCE_KEY], line[f"{head}_mean"], yerr=line[f"{head}_std"].fillna(0),
+                    ms=4, capsize=2, ls=style, color=colours[i % 10], marker=markers[i // 10 % 5], label=method,
+                )  # fmt: skip
+            ax.set_xlabel("dominance (0: balanced, 1: calibrated to DVM)")
+            ax.set_ylabel(f"test {HEAD_LABELS[head]} accuracy")
+            ax.set_title(f"{dataset_label(d)}\ntest {HEAD_LABELS[head]} accuracy vs dominance")
+        # one legend for both panels: the tabular-only model has no Image accuracy to draw
+        labelled = {label: h for ax in row for h, label in zip(*ax.get_legend_handles_labels())}
+        handles = [labelled[m] for m in methods if m in labelled]
+        row[1].legend(handles, [m for m in methods if m in labelled], title=seeds_caption(part["n"]),
+                      loc="center left", bbox_to_anchor=(1.02, 0.5))  # fmt: skip
     return _save(fig, path)
 
 
@@ -307,7 +521,8 @@ def epsilon_figure(summary: pd.DataFrame, path: Path) -> Path:
 
 
 def write_report(root: Path, out: Path) -> list[Path]:
-    """Write runs.csv, one Markdown + CSV table per table kind, the figures and report.md.
+    """Write runs.csv, one Markdown + CSV table per table kind with its modality diagnostics,
+    the figures (PNG, PDF, SVG) and report.md.
 
     Returns:
         The files written.
@@ -325,23 +540,27 @@ def write_report(root: Path, out: Path) -> list[Path]:
         summary.to_csv(out / f"{kind}.csv", index=False)
         table = markdown(summary, rows)
         (out / f"{kind}.md").write_text(table)
-        written += [out / f"{kind}.csv", out / f"{kind}.md"]
+        diagnostics = diagnostics_markdown(summarize_diagnostics(part, rows), rows)
+        (out / f"{kind}_diagnostics.md").write_text(diagnostics)
+        written += [out / f"{kind}.csv", out / f"{kind}.md", out / f"{kind}_diagnostics.md"]
         experiments = ", ".join(sorted(part["experiment"].unique()))
-        sections.append(f"## {kind} ({experiments})\n\n{table}")
+        sections.append(f"## {kind} ({experiments})\n\n{table}\n### Modality diagnostics\n\n{diagnostics}")
         figure = None
         if set(rows) == set(LAMBDA_KEYS):
             figure = lambda_figure(summary, out / f"fig3_{kind}.png")
         elif rows == [EPSILON_KEY]:
             figure = epsilon_figure(summary, out / f"fig5_{kind}.png")
+        elif set(rows) == {"method", DOMINANCE_KEY}:
+            figure = regime_figure(summary, out / f"regime_{kind}.png")
         if figure:
-            written.append(figure)
+            written += [figure.with_suffix(s) for s in FORMATS]
             sections.append(f"![{figure.stem}]({figure.name})\n")
     for figure, title in (
         (conflict_figure(runs, out / "fig1a_conflict.png"), "Fig. 1a: gradient conflict under joint training"),
         (curves_figure(runs[runs["experiment"].map(_is_table1(runs))], out / "fig4_curves.png"), "Fig. 4: GAAL"),
     ):
         if figure:
-            written.append(figure)
+            written += [figure.with_suffix(s) for s in FORMATS]
             sections.append(f"## {title}\n\n![{figure.stem}]({figure.name})\n")
     (out / "report.md").write_text("\n".join(sections))
     return [*written, out / "report.md"]

@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.errors import GaalError
-from gaal_cli.report import load_runs, row_keys, write_report
+from gaal_cli.report import BOLD_RULE, _epsilon_axis, _figure, load_runs, row_keys, write_report
 
 runner = CliRunner()
 PNG = b"\x89PNG"
 
 
-def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, steps=None, losses=None):
+def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, steps=None, losses=None, classes=None):
     """A run folder as the engine writes it, with chosen test accuracies (multi, image, tabular)."""
     config = load_config(None, [f"name={experiment}", f"seed={seed}", *overrides])
     folder = root / experiment / variant / f"seed{seed}"
@@ -33,6 +33,8 @@ def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, ste
         "epochs_run": 2,
         "timings": {"total_seconds": 10.0, "seconds_per_epoch": 2.0 + seed % 2, "eval_seconds": 1.0},
     }
+    if classes:
+        report["data"] = {"classes": classes}
     (folder / "report.json").write_text(json.dumps(report))
     if done:
         (folder / "DONE").write_text("")
@@ -109,3 +111,108 @@ def test_two_runs_in_one_cell_are_an_error(results):
 def test_no_finished_runs_is_an_error(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no finished runs" in result.output
+
+
+def test_figures_come_as_png_pdf_and_svg(results, tmp_path):
+    written = write_report(results, tmp_path / "out")
+    for name in ("fig1a_conflict", "fig3_lam", "fig4_curves", "fig5_eps"):
+        assert {tmp_path / "out" / f"{name}{suffix}" for suffix in (".png", ".pdf", ".svg")} <= set(written)
+        assert (tmp_path / "out" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+        svg = (tmp_path / "out" / f"{name}.svg").read_text()
+        assert "<svg" in svg
+    lam = (tmp_path / "out" / "fig3_lam.svg").read_text()
+    assert "$\\lambda_I$" in lam and "λ" in lam  # a mathtext subscript, kept as text in the SVG
+
+
+def test_one_seed_is_shown_without_spread_and_never_bold(tmp_path):
+    root = tmp_path / "results"
+    fake_run(root, "t1", "gaal", 1, [], (0.9, 0.5, 0.8))
+    fake_run(root, "t1", "concat", 1, ["method=concat"], (0.6, 0.1, 0.6))
+    write_report(root, tmp_path / "out")
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "| gaal | 0.9000 | 0.5000 | 0.8000 |" in md
+    assert "**" not in md and "±" not in md.split("\n\n")[0]
+    assert BOLD_RULE in md
+
+
+def test_ties_are_never_bold(tmp_path):
+    root = tmp_path / "results"
+    for seed, acc in ((1, 0.8), (2, 0.9)):
+        fake_run(root, "t1", "gaal", seed, [], (acc, 0.5, acc))
+        fake_run(root, "t1", "concat", seed, ["method=concat"], (acc, 0.1, acc))
+    write_report(root, tmp_path / "out")
+    rows = (tmp_path / "out" / "table1.md").read_text().splitlines()[2:4]
+    assert all(row.split("|")[2].strip() == "0.8500 ± 0.0707" for row in rows)  # Multi: a tie, plain
+    assert all(row.split("|")[4].strip() == "0.8500 ± 0.0707" for row in rows)  # Tabular: a tie, plain
+    assert "**0.5000 ± 0.0000**" in rows[1]  # Image: 0.5 vs 0.1 with no spread at all stands apart
+
+
+def test_a_lead_inside_the_seeds_spread_is_not_bold(tmp_path):
+    root = tmp_path / "results"
+    for seed, (g, c) in ((1, (0.80, 0.79)), (2, (0.90, 0.88))):
+        fake_run(root, "t1", "gaal", seed, [], (g, g, g))
+        fake_run(root, "t1", "concat", seed, ["method=concat"], (c, c, c))
+    write_report(root, tmp_path / "out")
+    assert "**" not in (tmp_path / "out" / "table1.md").read_text()  # 0.85 vs 0.835 with std 0.07
+
+
+def test_modality_diagnostics_per_run_and_per_row(tmp_path):
+    root = tmp_path / "results"
+    steps = [{"cos_image": v, "cos_tabular": 0.5} for v in (-0.5, -0.1, 0.2, 0.3)]
+    for seed in (1, 2):
+        fake_run(root, "t1", "concat", seed, ["method=concat"], (0.9, 0.5, 0.8), classes=10, steps=steps)
+        fake_run(root, "t1", "image", seed, ["method=image"], (0.6, 0.6, None), classes=10)
+        fake_run(root, "t1", "tabular", seed, ["method=tabular"], (0.85, None, 0.85), classes=10)
+        fake_run(root, "t1", "max", seed, ["method=max"], (0.9, None, None), classes=10)
+    write_report(root, tmp_path / "out")
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index(["method", "seed"])
+    concat = runs.loc[("concat", 1)]
+    # v(both) 0.9, v(image) 0.5, v(table) 0.8, v(none) 1/10
+    assert concat["shapley_image_test"] == pytest.approx(0.25) and concat["shapley_tabular_val"] == pytest.approx(0.55)
+    assert concat["gap_image"] == pytest.approx(0.5 - 0.6) and concat["gap_tabular"] == pytest.approx(0.8 - 0.85)
+    assert concat["negcos_image"] == pytest.approx(0.5) and concat["negcos_tabular"] == pytest.approx(0.0)
+    assert pd.isna(runs.loc[("max", 1), "shapley_image_test"]) and pd.isna(runs.loc[("image", 1), "gap_image"])
+    diagnostics = (tmp_path / "out" / "table1_diagnostics.md").read_text()
+    concat_line = next(line for line in diagnostics.splitlines() if line.startswith("| concat |"))
+    assert "| 0.250 ± 0.000 | 0.550 ± 0.000 |" in concat_line and "| -0.100 ± 0.000 |" in concat_line
+    max_line = next(line for line in diagnostics.splitlines() if line.startswith("| max |"))
+    assert max_line.count("| - ") == 8
+    assert "### Modality diagnostics" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_regimes_are_datasets_of_their_own_with_a_dominance_figure(tmp_path):
+    root = tmp_path / "results"
+    table_dominant = ["data.synthetic.regime=table_dominant"]
+    for seed in (1, 2):
+        for d in (0.0, 1.0):
+            for method, accs in (("concat", (0.9, 0.5 - 0.3 * d, 0.9)), ("image", (0.6, 0.6, None))):
+                sets = [*table_dominant, f"data.synthetic.dominance={d}", f"method={method}"]
+                fake_run(root, "regime", f"{method}_d{d}", seed, sets, accs, classes=10)
+        for exp, extra in (("abl", []), ("abl_td", table_dominant)):  # Table II beside Table II: no clash
+            fake_run(root, exp, "alt", seed, ["methods.gaal.cgs=false", "methods.gaal.ugg=false", *extra], (0.7,) * 3)
+            fake_run(root, exp, "full", seed, extra, (0.8,) * 3)
+    written = write_report(root, tmp_path / "out")
+    assert tmp_path / "out" / "regime_regime.pdf" in written
+    assert set(row_keys(load_runs(root).query("experiment == 'regime'"))) == {"method", "data.synthetic.dominance"}
+    table2 = (tmp_path / "out" / "table2.md").read_text()
+    assert "synthetic Multi" in table2 and "synthetic, table-dominant Multi" in table2
+    regime = pd.read_csv(tmp_path / "out" / "regime.csv")
+    image_gap = (
+        pd.read_csv(tmp_path / "out" / "runs.csv")
+        .query("method == 'concat'")
+        .set_index("data.synthetic.dominance")["gap_image"]
+    )
+    assert image_gap[1.0].tolist() == pytest.approx([0.2 - 0.6] * 2)  # compared with image alone at the same level
+    assert set(regime["dataset"]) == {"synthetic-table_dominant"}
+
+
+@pytest.mark.parametrize(
+    "eps, scale",
+    [([-0.01, 0.0, 0.01, 0.1], "symlog"), ([0.001, 0.01, 0.1], "log"), ([0.0, 0.05, 0.1], "linear")],
+)
+def test_epsilon_axis_fits_the_values(eps, scale):
+    import numpy as np
+
+    fig, (ax,) = _figure(1)
+    _epsilon_axis(ax, np.asarray(eps))
+    assert ax.get_xscale() == scale
