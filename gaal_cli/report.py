@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from gaal_cli.config import read_yaml_file
 from gaal_cli.errors import GaalError
 from gaal_cli.results import RunFolder, finished_runs
 from gaal_cli.sweep import WHERE_KEYS, format_value
@@ -54,31 +54,53 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_runs(root: Path) -> pd.DataFrame:
-    """One row per finished run under `root`: its settings, test accuracies and timings.
+    """One row per finished run under `root`: its settings, test accuracies and timings. A run
+    folder whose report.json or config.yaml cannot be read is skipped with a warning naming it.
 
     Raises:
-        GaalError: no finished run there.
+        GaalError: no readable finished run there.
     """
+    from gaal_cli.display import console
+
     rows = []
     for run in finished_runs(root):
-        report = run.read_report()
-        test = report["metrics"]["test"]
-        rows.append(
-            {
-                **flatten(yaml.safe_load(run.file(RunFolder.CONFIG).read_text())),
-                "experiment": report["experiment"],
-                "dataset": report["dataset"],
-                "method": report["method"],
-                "seed": report["seed"],
-                **{head: test[head]["acc"] if head in test else np.nan for head in HEADS},
-                "sec_per_epoch": report["timings"]["seconds_per_epoch"],
-                "epochs": report["epochs_run"],
-                "folder": str(run.path),
-            }
-        )
+        try:
+            rows.append(run_row(run))
+        except GaalError as err:
+            console.print(f"[yellow]warning:[/] skipped a broken run folder: {err.render()}", highlight=False)
     if not rows:
         raise GaalError("no finished runs (folders with DONE and report.json) under it", source=str(root))
     return pd.DataFrame(rows)
+
+
+def run_row(run: RunFolder) -> dict[str, Any]:
+    """A finished run's settings, test accuracies and timings.
+
+    Raises:
+        GaalError: report.json or config.yaml unreadable, or missing what a table needs.
+    """
+    report = run.read_report()
+    config = read_yaml_file(run.file(RunFolder.CONFIG))
+    try:
+        test = report["metrics"]["test"]
+        return {
+            **flatten(config),
+            "experiment": report["experiment"],
+            "dataset": report["dataset"],
+            "method": report["method"],
+            "seed": report["seed"],
+            **{head: _number(test[head]["acc"]) if head in test else np.nan for head in HEADS},
+            "sec_per_epoch": _number(report["timings"]["seconds_per_epoch"]),
+            "epochs": report["epochs_run"],
+            "folder": str(run.path),
+        }
+    except (KeyError, TypeError, AttributeError) as err:
+        raise GaalError(f"lacks what a table needs ({type(err).__name__}: {err})", source=str(run.path)) from None
+
+
+def _number(value: Any) -> float:
+    """A metric as a float; null (how a NaN is written) and anything else not a number is NaN."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
 
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
@@ -220,7 +242,8 @@ def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     over the steps of joint training (concat with `grad_cosine: true`)."""
     values: dict[str, list[float]] = {}
     for row in runs[runs["method"] == "concat"].itertuples():
-        cosines = [s["cos_image"] for s in RunFolder(row.folder).read_steps() if "cos_image" in s]
+        # a NaN cosine is written as null (strict JSON): it is no step of the histogram
+        cosines = [s["cos_image"] for s in RunFolder(row.folder).read_steps() if s.get("cos_image") is not None]
         values.setdefault(row.dataset, []).extend(cosines)
     values = {d: v for d, v in values.items() if v}
     if not values:
