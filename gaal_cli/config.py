@@ -26,7 +26,7 @@ Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 # gigabytes, the 'billion laughs'), and its nesting. An experiment is a few kilobytes deep 4.
 YAML_MAX_BYTES = 1_000_000
 OVERRIDE_MAX_BYTES = 100_000
-YAML_MAX_EXPANDED = 2 * YAML_MAX_BYTES  # an alias-free document of N bytes expands to at most ~2N
+EXPANSION = 2  # an alias-free document of N bytes expands to at most ~2N nodes and characters
 YAML_MAX_DEPTH = 64
 
 
@@ -187,10 +187,10 @@ def parse_yaml(text: str, source: str, max_bytes: int = YAML_MAX_BYTES) -> Any:
         if node is None:
             return None
         expanded = _expanded_size(node, {}, set(), 0, source)
-        if expanded > YAML_MAX_EXPANDED:
+        if expanded > EXPANSION * max_bytes:
             raise GaalError(
                 f"expands (through its aliases) to {expanded:,} nodes and characters; at most "
-                f"{YAML_MAX_EXPANDED:,} are read. Write the values out instead of nesting aliases",
+                f"{EXPANSION * max_bytes:,} are read. Write the values out instead of nesting aliases",
                 source=source,
             )
         return loader.construct_document(node)

@@ -67,7 +67,8 @@ def load_runs(root: Path) -> pd.DataFrame:
         try:
             rows.append(run_row(run))
         except GaalError as err:
-            console.print(f"[yellow]warning:[/] skipped a broken run folder: {err.render()}", highlight=False)
+            message = f"[yellow]warning:[/] skipped a broken run folder: {err.render()}"
+            console.print(message, highlight=False, soft_wrap=True)
     if not rows:
         raise GaalError("no finished runs (folders with DONE and report.json) under it", source=str(root))
     return pd.DataFrame(rows)

@@ -513,7 +513,7 @@ def input_error(active: Active) -> str | None:
     so that the same error in two runs compares equal; None for any other outcome."""
     if active.process.returncode != 2:
         return None
-    return last_log_line(active.run).replace(str(active.run.folder), "<run>") or None
+    return last_log_line(active.run).removeprefix("error: ").replace(str(active.run.folder), "<run>") or None
 
 
 def eta_seconds(durations: list[float], left: int, running_elapsed: list[float], workers: int) -> float | None:
