@@ -241,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    from gaal_cli.results import to_json  # strict JSON: a NaN measurement is written as null
 
     if args.child:
-        print(json.dumps(measure(args.child, args.experiment, args.set, args.steps, args.warmup)))
+        print(to_json(measure(args.child, args.experiment, args.set, args.steps, args.warmup)))
         return 0
 
     from gaal_cli.methods import METHODS
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_isolated(name, args))
     print_table(rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(to_json(rows, indent=2) + "\n")
     return 1 if any("error" in r for r in rows) else 0
 
 

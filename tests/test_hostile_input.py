@@ -96,6 +96,23 @@ def test_truncated_last_pt_names_the_restart_and_restart_trains(tmp_path, tiny):
     assert (out / "DONE").exists() and not (out / "last.pt").exists()
 
 
+def test_a_crafted_weights_file_runs_no_code(tmp_path):
+    planted, weights = tmp_path / "PLANTED", tmp_path / "weights.pth"
+    torch.save({"conv1.weight": Planted(planted)}, weights)
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", "--out", str(out), *sets(["model.pretrained=true", f"model.weights={weights}"])]
+    )
+    assert_refused(result, str(weights), "model.weights")
+    assert not planted.exists() and not out.exists()
+
+
+def test_a_checkpoint_with_a_bad_config_is_one_paragraph(tmp_path):
+    file = tmp_path / "checkpoint.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "config": {"train": {"lr": float("inf")}}}, file)
+    assert_refused(runner.invoke(app, ["eval", str(file)]), str(file), "train.lr")
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_what_the_engine_saves_loads_with_weights_only(name, tiny, tmp_path):
     """Every method, optimiser and scheduler: last.pt and checkpoint.pt hold tensors and plain data."""
