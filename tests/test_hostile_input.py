@@ -130,7 +130,7 @@ def test_what_the_engine_saves_loads_with_weights_only(name, tiny, tmp_path):
     batch = next(iter(make_loader(data.train, 32, shuffle=True, seed=0)))
     method.train_step(batch, optimizer)
     scheduler.step()
-    session = types.SimpleNamespace(method=method, config=config, optimizer=optimizer, scheduler=scheduler)
+    session = types.SimpleNamespace(method=method, config=config, optimizer=optimizer, scheduler=scheduler, data=data)
     run = RunFolder(tmp_path)
     record = {"epoch": 1, "best": True}
     save_epoch(session, run, record, [], 0.5, {"score": 0.5, "epoch": 1, "stale": 0})
