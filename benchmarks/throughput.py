@@ -349,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    from gaal_cli.results import to_json  # strict JSON: a NaN measurement is written as null
 
     if args.child:
-        row = measure(args.child, args.experiment, args.set, args.steps, args.warmup, args.peak_tflops)
-        print(json.dumps(row))
+        print(to_json(measure(args.child, args.experiment, args.set, args.steps, args.warmup, args.peak_tflops)))
         return 0
 
     from gaal_cli.methods import METHODS
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_isolated(name, args))
     print_table(rows)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(to_json(rows, indent=2) + "\n")
     return 1 if any("error" in r for r in rows) else 0
 
 

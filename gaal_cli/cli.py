@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from pathlib import Path
 
 import typer
@@ -66,7 +65,7 @@ def train(
     seed: int | None = typer.Option(None, "--seed", "-s", help="Random seed."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run folder (default: results/<experiment>/<method>/seed<seed>)."
+        None, "--out", "-o", help="Run folder (default: results/<experiment>/<dataset>/<method>/seed<seed>)."
     ),
     target: str | None = typer.Option(None, "--target", help="Class column of a .csv/.parquet dataset."),
     image_column: str | None = typer.Option(None, "--image-column", help="Image-path column of a table."),
@@ -76,12 +75,16 @@ def train(
     skip_bad: bool | None = typer.Option(None, "--skip-bad", help="Drop and count bad rows instead of failing."),
     overrides: list[str] = typer.Option([], "--set", help="Override any config key: --set methods.gaal.epsilon=0.1"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    restart: bool = typer.Option(
+        False, "--restart", help="Train from epoch 1 whatever the run folder holds (a broken last.pt, another run)."
+    ),
 ) -> None:
     """Train one run and write config, per-epoch metrics, best checkpoint and report.json."""
     from gaal_cli.config import load_config
     from gaal_cli.display import metrics_table
     from gaal_cli.distributed import is_main_process
     from gaal_cli.engine import train as run_training
+    from gaal_cli.results import default_run_folder
 
     flags = {
         "data.name": dataset,
@@ -96,8 +99,8 @@ def train(
         "data.skip_bad": skip_bad,
     }
     config = load_config(experiment, overrides, flags)
-    run_dir = out or Path("results") / config.name / config.method / f"seed{config.seed}"
-    report = run_training(config, run_dir, show_progress=not quiet)
+    run_dir = out or default_run_folder(config)
+    report = run_training(config, run_dir, show_progress=not quiet, restart=restart)
     if not is_main_process():
         return
     stdout.print(
@@ -119,6 +122,7 @@ def evaluate(
     """Evaluate a trained run's best checkpoint on one split."""
     from gaal_cli.display import metrics_table
     from gaal_cli.engine import evaluate_checkpoint
+    from gaal_cli.results import to_json
 
     if split not in ("train", "val", "test"):
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
@@ -126,7 +130,7 @@ def evaluate(
         raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
     metrics, config = evaluate_checkpoint(run, split, missing, {"data.dir": data_dir, "train.device": device})
     if as_json:
-        stdout.print_json(json.dumps(metrics))
+        stdout.print_json(to_json(metrics))
         return
     title = f"{config.method} on {config.data.name}, {split}" + (f", {missing} missing" if missing else "")
     stdout.print(metrics_table(title, {split: metrics}))
@@ -196,19 +200,23 @@ def ablate(
 
 def _run_sweep(plan, workers: int, dry_run: bool) -> None:
     from gaal_cli.display import plan_table
-    from gaal_cli.sweep import run_sweep, statuses
+    from gaal_cli.sweep import check_inputs, run_sweep, statuses
 
     if dry_run:
         stdout.print(plan_table(f"{plan.name}: {len(plan.runs)} runs from {plan.source}", statuses(plan)))
+        check_inputs(plan)
         return
     outcome = run_sweep(plan, workers)
     stdout.print(
         f"{plan.name}: {len(outcome.trained)} trained, {len(outcome.skipped)} already done, "
         f"{len(outcome.failed)} failed, {len(outcome.busy)} left to another process"
+        + (f", {len(outcome.not_started)} not started" if outcome.not_started else "")
     )
     for run, reason in outcome.failed:
         stderr.print(f"[red]failed[/] {run.label}: {reason}", highlight=False, soft_wrap=True)
-    if outcome.failed:
+    if outcome.stopped_because:
+        stderr.print(f"[red]stopped launching runs[/]: {outcome.stopped_because}", highlight=False, soft_wrap=True)
+    if outcome.failed or outcome.not_started:
         raise typer.Exit(1)
 
 

@@ -11,18 +11,31 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from gaal_cli.errors import GaalError, did_you_mean
 
+# seeds every generator the project seeds accepts (numpy's legacy seed is 32-bit), so a bad
+# seed is a config error before anything is written, not an overflow deep in a run
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+# bounds on a YAML document (an experiment file, a run's config.yaml, a --set value): its size,
+# its size once aliases are expanded (a few hundred bytes of nested aliases can expand to
+# gigabytes, the 'billion laughs'), and its nesting. An experiment is a few kilobytes deep 4.
+YAML_MAX_BYTES = 1_000_000
+OVERRIDE_MAX_BYTES = 100_000
+EXPANSION = 2  # an alias-free document of N bytes expands to at most ~2N nodes and characters
+YAML_MAX_DEPTH = 64
+
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, and a
+    float must be finite (`.inf` or `.nan` from YAML would otherwise train on NaN silently)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(Section):
@@ -125,7 +138,7 @@ class Config(Section):
     """A whole experiment: what to train, on what, and how."""
 
     name: str = "quickstart"
-    seed: int = 2022
+    seed: Seed = 2022
     method: str = "gaal"
     methods: dict[str, SerializeAsAny[BaseModel]] = {}
     data: DataConfig = DataConfig()
@@ -165,12 +178,13 @@ class Config(Section):
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=value` into (['a', 'b'], parsed value); the value is read as YAML."""
     key, sep, value = text.partition("=")
+    source = f"--set {_shorten(text)}"
     if not sep or not key.strip():
-        raise GaalError("expected KEY=VALUE, for example train.epochs=5", source=f"--set {text}")
+        raise GaalError("expected KEY=VALUE, for example train.epochs=5", source=source)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value, source, OVERRIDE_MAX_BYTES) if value.strip() else None
     except yaml.YAMLError as err:
-        raise GaalError(f"the value is not valid YAML ({err})", source=f"--set {text}") from None
+        raise GaalError(f"the value is not valid YAML ({_shorten(str(err))})", source=source) from None
     return key.strip().split("."), parsed
 
 
@@ -185,21 +199,92 @@ def apply_override(tree: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def parse_yaml(text: str, source: str, max_bytes: int = YAML_MAX_BYTES) -> Any:
+    """`yaml.safe_load` with bounded work: the text's size, and the document's size with every
+    alias expanded, counted on the composed node graph (each node once) before anything is built.
+
+    Raises:
+        GaalError: a document too large, too deeply nested, or with a recursive alias.
+        yaml.YAMLError: malformed YAML (the caller names the place).
+    """
+    if len(text.encode()) > max_bytes:
+        raise GaalError(f"is {len(text.encode()):,} bytes; at most {max_bytes:,} are read", source=source)
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise GaalError(f"nested more than {YAML_MAX_DEPTH} levels deep", source=source) from None
+        if node is None:
+            return None
+        expanded = _expanded_size(node, {}, set(), 0, source)
+        if expanded > EXPANSION * max_bytes:
+            raise GaalError(
+                f"expands (through its aliases) to {expanded:,} nodes and characters; at most "
+                f"{EXPANSION * max_bytes:,} are read. Write the values out instead of nesting aliases",
+                source=source,
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int], depth: int, source: str) -> int:
+    """Nodes plus scalar characters of `node` with aliases expanded; each node is counted once
+    (`sizes`), so the work is linear in the file whatever the expansion."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise GaalError("holds an alias that contains itself (a recursive document)", source=source)
+    if depth > YAML_MAX_DEPTH:
+        raise GaalError(f"nested more than {YAML_MAX_DEPTH} levels deep", source=source)
+    if isinstance(node, yaml.ScalarNode):
+        size = 1 + len(node.value)
+    else:
+        open_nodes.add(key)
+        pairs = node.value if isinstance(node, yaml.MappingNode) else [(child,) for child in node.value]
+        size = 1
+        for pair in pairs:
+            for child in pair:
+                size += _expanded_size(child, sizes, open_nodes, depth + 1, source)
+        open_nodes.discard(key)
+    sizes[key] = size
+    return size
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    """A value quoted in an error message: a huge one would make a huge message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def read_yaml(path: Path) -> dict:
     """Read an experiment file as a mapping, with errors that name the file and line."""
     if not path.is_file():
         raise GaalError("no such experiment file", source=str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise GaalError(f"malformed YAML{where}: {getattr(err, 'problem', err)}", source=str(path)) from None
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise GaalError(f"expected a mapping of settings at the top level, got {type(data).__name__}", source=str(path))
     return data
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A YAML file's document (bounded, see `parse_yaml`); errors name the file and line."""
+    try:
+        if path.stat().st_size > YAML_MAX_BYTES:
+            raise GaalError(f"is {path.stat().st_size:,} bytes; at most {YAML_MAX_BYTES:,} are read", source=str(path))
+        return parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as err:
+        raise GaalError(f"is not UTF-8 text (byte {err.start})", source=str(path)) from None
+    except OSError as err:
+        raise GaalError(f"cannot be read ({err.strerror or err})", source=str(path)) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = _shorten(str(getattr(err, "problem", err)))
+        raise GaalError(f"malformed YAML{where}: {problem}", source=str(path)) from None
 
 
 def load_config(
@@ -244,7 +329,7 @@ def config_from_mapping(
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(tree, keys, value)
-        origin[tuple(keys)] = f"--set {text}"
+        origin[tuple(keys)] = f"--set {_shorten(text)}"
     tree["methods"] = _validate_methods(tree.get("methods"), source, origin)
     try:
         return Config.model_validate(tree)
@@ -310,7 +395,7 @@ def _explain(
         message = msg
     else:
         allowed = re.findall(r"'([^']*)'", first["ctx"]["expected"]) if first["type"] == "literal_error" else []
-        message = f"{msg} (got {got!r}){did_you_mean(got, allowed)}"
+        message = f"{msg} (got {_shorten(repr(got))}){did_you_mean(got, allowed)}"
     more = len(err.errors()) - 1
     if more:
         message += f" [and {more} more problem{'s' if more > 1 else ''}]"

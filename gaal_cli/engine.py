@@ -32,7 +32,7 @@ from gaal_cli.methods import Method, build_method
 from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
 from gaal_cli.models import build_encoders
-from gaal_cli.results import RunFolder, atomic_write, load_checkpoint
+from gaal_cli.results import RESTART_HINT, RunFolder, atomic_write, load_checkpoint, load_state, to_json
 
 LOG_EVERY = 10
 
@@ -137,40 +137,43 @@ def setup(config: Config) -> Session:
     return Session(config, device, data, method, optimizer, scheduler, comm, finish_images)
 
 
-def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
+def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, restart: bool = False) -> dict[str, Any]:
     """Train `config` into the run folder `out_dir` and return its report.
 
     A folder holding an interrupted run of the same config resumes from its last epoch; one
-    holding a finished run is trained again from scratch. Under torchrun only rank 0 writes.
+    holding a finished run of the same config is trained again from scratch; one holding a
+    finished run of another config is refused. `restart` trains from epoch 1 whatever the folder
+    holds (an unreadable last.pt, another config's run). Under torchrun only rank 0 writes.
 
     Raises:
-        GaalError: bad input found while setting up (nothing is written in that case).
+        GaalError: bad input found while setting up (nothing is written in that case), or a
+            non-finite training loss (the folder keeps the last finished epoch).
     """
     t_start = time.perf_counter()
     run = RunFolder(out_dir)
     run.check_writable()
-    s = setup(config)
     resolved = config.resolved()
-    state = run.resumable(resolved)
+    if not restart:
+        run.refuse_overwrite(resolved)
+    s = setup(config)
+    state = None if restart else run.resumable(resolved)
+    if state is not None:
+        restore(s, state, run.file(RunFolder.LAST))
     s.comm.barrier()
     if s.comm.is_main:
         run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
         if s.data.preprocessing is not None:
-            atomic_write(run.file(RunFolder.PREPROCESSING), json.dumps(s.data.preprocessing, indent=1))
+            atomic_write(run.file(RunFolder.PREPROCESSING), to_json(s.data.preprocessing, indent=1))
         else:
             run.file(RunFolder.PREPROCESSING).unlink(missing_ok=True)
     start_epoch, best = 1, {"score": -1.0, "epoch": 0, "stale": 0}
     if state is not None:
-        s.method.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        s.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         console.print(f"[yellow]resuming {run.path} after epoch {state['epoch']}")
 
     epoch_seconds = fit(s, run, start_epoch, best, show_progress and s.comm.is_main)
     s.comm.barrier()
-    best_state = torch.load(run.file(RunFolder.CHECKPOINT), map_location=s.device, weights_only=False)
+    best_state = load_state(run.file(RunFolder.CHECKPOINT), map_location=s.device)
     s.method.load_state_dict(best_state["model"])
     t_test = time.perf_counter()
     metrics = {split: evaluate_session(s, split) for split in ("val", "test")}
@@ -197,6 +200,25 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
     if s.comm.is_main:
         run.finish(report)
     return report
+
+
+def restore(s: Session, state: dict[str, Any], file: Path) -> None:
+    """Load an interrupted run's state, before anything is written: one that does not fit this
+    config's model and optimiser is refused with the way to restart.
+
+    Raises:
+        GaalError: names the file.
+    """
+    try:
+        s.method.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise GaalError(
+            f"does not fit this config's model and optimiser ({reason}); {RESTART_HINT}", source=str(file)
+        ) from None
 
 
 def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show_progress: bool) -> list[float]:
@@ -282,6 +304,7 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
             history.setdefault(key, []).append(value.detach().float().reshape(()))
         steps += 1
         if step % LOG_EVERY == 0 or step == len(loader):
+            check_finite_loss(history["loss"], step, epoch)
             running = {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}
             bar.update(LOG_EVERY if step % LOG_EVERY == 0 else step % LOG_EVERY, running)
     # one host transfer per epoch: per-step values as lists, ready for steps.jsonl
@@ -313,6 +336,27 @@ def class_weights(data: DataBundle, mode: str, device: torch.device) -> torch.Te
         return None
     counts = torch.bincount(data.train.labels.cpu(), minlength=data.num_classes).float()
     return (counts.sum() / (len(counts) * counts.clamp_min(1))).to(device)
+
+
+def check_finite_loss(losses: list[torch.Tensor], step: int, epoch: int) -> None:
+    """Stop the run at a NaN or infinite training loss: every later step would train on NaN.
+
+    Checked where the progress bar already reads the losses back (every LOG_EVERY steps), so
+    it adds no device synchronisation; the message names the first bad step of the window.
+
+    Raises:
+        GaalError: names the epoch, the step and the value.
+    """
+    window = torch.stack(losses[-((step - 1) % LOG_EVERY + 1) :])
+    finite = torch.isfinite(window)
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0, 0])
+    raise GaalError(
+        f"the training loss is {float(window[first])} at epoch {epoch}, step {step - len(window) + 1 + first}: "
+        "the run stopped there, without saving that epoch. Lower train.lr, or look for extreme values in the "
+        "data, then rerun (the run folder keeps the epochs before it; the same config resumes after them)"
+    )
 
 
 @torch.no_grad()
@@ -392,20 +436,20 @@ def evaluate_checkpoint(
     Args:
         overrides: dotted config keys to change before rebuilding (e.g. data.dir on another host).
     """
-    from gaal_cli.config import apply_override
+    from gaal_cli.config import apply_override, config_from_mapping
 
     state, file = load_checkpoint(path)
     tree = state["config"]
     for key, value in (overrides or {}).items():
         if value is not None:
             apply_override(tree, key.split("."), value)
-    config = Config.model_validate(tree)
+    config = config_from_mapping(tree, f"{file} (its config)")
     device = resolve_device(config.train.device)
     data = build_data(config.data, config.seed)
     method = create_method(config, data)
     try:
         method.load_state_dict(state["model"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
         raise GaalError(
             f"the checkpoint does not match the model its config builds ({err})", source=str(file)
         ) from None

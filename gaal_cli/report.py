@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from gaal_cli.config import read_yaml_file
 from gaal_cli.contributions import MODALITIES, negative_rate, run_shapley
 from gaal_cli.errors import GaalError
 from gaal_cli.results import RunFolder, finished_runs
@@ -72,30 +72,21 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_runs(root: Path) -> pd.DataFrame:
     """One row per finished run under `root`: its settings, test accuracies, timings and
-    modality diagnostics (see `DIAGNOSTICS`).
+    modality diagnostics (see `DIAGNOSTICS`). A run folder whose report.json or config.yaml
+    cannot be read is skipped with a warning naming it.
 
     Raises:
-        GaalError: no finished run there.
+        GaalError: no readable finished run there.
     """
+    from gaal_cli.display import console
+
     rows = []
     for run in finished_runs(root):
-        report = run.read_report()
-        test = report["metrics"]["test"]
-        config = flatten(yaml.safe_load(run.file(RunFolder.CONFIG).read_text()))
-        rows.append(
-            {
-                **config,
-                "experiment": report["experiment"],
-                "dataset": dataset_key(report["dataset"], config),
-                "method": report["method"],
-                "seed": report["seed"],
-                **{head: test[head]["acc"] if head in test else np.nan for head in HEADS},
-                "sec_per_epoch": report["timings"]["seconds_per_epoch"],
-                "epochs": report["epochs_run"],
-                **run_diagnostics(run, report),
-                "folder": str(run.path),
-            }
-        )
+        try:
+            rows.append(run_row(run))
+        except GaalError as err:
+            message = f"[yellow]warning:[/] skipped a broken run folder: {err.render()}"
+            console.print(message, highlight=False, soft_wrap=True)
     if not rows:
         raise GaalError("no finished runs (folders with DONE and report.json) under it", source=str(root))
     return add_unimodal_gaps(pd.DataFrame(rows))
@@ -144,6 +135,37 @@ def add_unimodal_gaps(runs: pd.DataFrame) -> pd.DataFrame:
             has_head = part["method"] != m
             runs.loc[part.index[has_head], f"gap_{m}"] = (part[m] - joined)[has_head]
     return runs
+
+
+def run_row(run: RunFolder) -> dict[str, Any]:
+    """A finished run's settings, test accuracies and timings.
+
+    Raises:
+        GaalError: report.json or config.yaml unreadable, or missing what a table needs.
+    """
+    report = run.read_report()
+    config = flatten(read_yaml_file(run.file(RunFolder.CONFIG)))
+    try:
+        test = report["metrics"]["test"]
+        return {
+            **config,
+            "experiment": report["experiment"],
+            "dataset": dataset_key(report["dataset"], config),
+            "method": report["method"],
+            "seed": report["seed"],
+            **{head: _number(test[head]["acc"]) if head in test else np.nan for head in HEADS},
+            "sec_per_epoch": _number(report["timings"]["seconds_per_epoch"]),
+            "epochs": report["epochs_run"],
+            **run_diagnostics(run, report),
+            "folder": str(run.path),
+        }
+    except (KeyError, TypeError, AttributeError) as err:
+        raise GaalError(f"lacks what a table needs ({type(err).__name__}: {err})", source=str(run.path)) from None
+
+
+def _number(value: Any) -> float:
+    """A metric as a float; null (how a NaN is written) and anything else not a number is NaN."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else np.nan
 
 
 def row_keys(runs: pd.DataFrame) -> list[str]:
@@ -379,7 +401,8 @@ def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     over the steps of joint training (concat with `grad_cosine: true`)."""
     values: dict[str, list[float]] = {}
     for row in runs[runs["method"] == "concat"].itertuples():
-        cosines = [s["cos_image"] for s in RunFolder(row.folder).read_steps() if "cos_image" in s]
+        # a NaN cosine is written as null (strict JSON): it is no step of the histogram
+        cosines = [s["cos_image"] for s in RunFolder(row.folder).read_steps() if s.get("cos_image") is not None]
         values.setdefault(row.dataset, []).extend(cosines)
     values = {d: v for d, v in values.items() if v}
     if not values:

@@ -13,20 +13,105 @@
 
 Single files are written to a temporary name and renamed, so a killed run never leaves a
 half-written one; the .jsonl logs are appended a line at a time and a line cut short by a
-kill is skipped when read.
+kill is skipped when read. Every JSON file is strict JSON: a NaN or infinite number is written
+as null. Checkpoints are read with `torch.load(weights_only=True)`: tensors and plain data only,
+so loading a shared run folder cannot run code.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from gaal_cli.config import read_yaml_file
 from gaal_cli.errors import GaalError
+
+# settings of where and how fast a run trains, not of what it computes: a finished run that
+# differs from a config only in these is still a run of that config
+WHERE_KEYS = {
+    "data.dir",
+    "data.cache",
+    "data.num_workers",
+    "data.augment_on",
+    "data.eval_batch_size",
+    "train.device",
+    "train.threads",
+}
+# what last.pt holds beyond a checkpoint (see engine.save_epoch)
+RESUME_KEYS = {"model", "config", "epoch", "optimizer", "scheduler", "rng", "best"}
+RESTART_HINT = "rerun the same `gaal train` command with --restart to train the run again from epoch 1"
+
+
+def to_json(data: Any, **kwargs: Any) -> str:
+    """Strict JSON (what any JSON reader accepts): a NaN or infinite number becomes null."""
+    return json.dumps(_finite(data), allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def load_state(file: Path, map_location: Any = "cpu", hint: str = "") -> dict[str, Any]:
+    """A checkpoint's dict, read with `weights_only=True`: a pickle that would build any other
+    object (and so could run code) is refused, not loaded.
+
+    Raises:
+        GaalError: names the file: not tensors and plain data, unreadable or cut short, not a dict.
+    """
+    hint = f"; {hint}" if hint else ""
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise GaalError(
+                "holds objects other than tensors and plain data (dict, list, number, string); it is refused "
+                f"because loading them could run code. gaal writes only tensors and plain data{hint}",
+                source=str(file),
+            ) from None
+        raise GaalError(f"is not a readable checkpoint ({_first_line(err)}){hint}", source=str(file)) from None
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise GaalError(
+            f"is not a readable checkpoint, cut short or not written by torch ({type(err).__name__}: "
+            f"{_first_line(err)}){hint}",
+            source=str(file),
+        ) from None
+    if not isinstance(state, dict):
+        raise GaalError(
+            f"is not a gaal checkpoint (expected a dict, got {type(state).__name__}){hint}", source=str(file)
+        )
+    return state
+
+
+def _first_line(err: Exception) -> str:
+    line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return line if len(line) <= 200 else line[:200] + "..."
+
+
+def changed_keys(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config trees."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        keys = list(wanted) + [k for k in saved if k not in wanted]
+        return [c for k in keys for c in changed_keys(saved.get(k), wanted.get(k), f"{prefix}{k}.")]
+    return [] if saved == wanted else [prefix.rstrip(".")]
+
+
+def result_changes(saved: Any, wanted: dict) -> list[str]:
+    """Changed keys that can change a run's results (paths, devices and threads cannot)."""
+    return [k for k in changed_keys(saved, wanted) if k not in WHERE_KEYS]
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -80,18 +165,58 @@ class RunFolder:
                 self.file(name).unlink(missing_ok=True)
             else:
                 rows = [r for r in _read_jsonl(self.file(name)) if r["epoch"] <= resume_epoch]
-                atomic_write(self.file(name), "".join(json.dumps(r) + "\n" for r in rows))
+                atomic_write(self.file(name), "".join(to_json(r) + "\n" for r in rows))
         if resume_epoch is None:
             self.file(self.LAST).unlink(missing_ok=True)
         atomic_write(self.file(self.CONFIG), yaml.safe_dump(config, sort_keys=False))
 
     def resumable(self, config: dict[str, Any]) -> dict | None:
-        """The last-epoch state of an interrupted run with the same config, if there is one."""
+        """The last-epoch state of an interrupted run with the same config, if there is one.
+
+        Raises:
+            GaalError: a last.pt that cannot be read or is not gaal's; the message says how to restart.
+        """
         last = self.file(self.LAST)
         if not last.exists():
             return None
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        return state if state.get("config") == config else None
+        state = load_state(last, hint=RESTART_HINT)
+        missing = RESUME_KEYS - state.keys()
+        if missing:
+            raise GaalError(
+                f"is not a gaal resume state (no {', '.join(sorted(missing))}); {RESTART_HINT}", source=str(last)
+            )
+        best = state["best"]
+        if not isinstance(state["epoch"], int) or not (
+            isinstance(best, dict) and {"score", "epoch", "stale"} <= best.keys()
+        ):
+            raise GaalError(f"is not a gaal resume state (bad 'epoch' or 'best'); {RESTART_HINT}", source=str(last))
+        return state if state["config"] == config else None
+
+    def stale_keys(self, config: dict[str, Any]) -> list[str]:
+        """The result-changing keys in which the finished run here differs from `config`
+        (none when no run finished here).
+
+        Raises:
+            GaalError: the finished run's config.yaml cannot be read.
+        """
+        if not self.done:
+            return []
+        saved = read_yaml_file(self.file(self.CONFIG))
+        return result_changes(saved, config) if isinstance(saved, dict) else ["config.yaml (not a mapping)"]
+
+    def refuse_overwrite(self, config: dict[str, Any]) -> None:
+        """A finished run of another config is never overwritten silently (the sweeps' rule).
+
+        Raises:
+            GaalError: names the folder and the keys that differ.
+        """
+        keys = self.stale_keys(config)
+        if keys:
+            raise GaalError(
+                f"holds a finished run of another config (differs in: {', '.join(keys[:5])}); "
+                "pass --restart to replace it, choose another --out, or delete the folder",
+                source=str(self.path),
+            )
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         _append_jsonl(self.file(self.METRICS), [record])
@@ -111,12 +236,36 @@ class RunFolder:
         os.replace(tmp, self.file(name))
 
     def finish(self, report: dict[str, Any]) -> None:
-        atomic_write(self.file(self.REPORT), json.dumps(report, indent=2))
+        atomic_write(self.file(self.REPORT), to_json(report, indent=2))
         self.file(self.LAST).unlink(missing_ok=True)
         atomic_write(self.file(self.DONE), "")
 
     def read_report(self) -> dict[str, Any]:
-        return json.loads(self.file(self.REPORT).read_text())
+        """The run's report.json.
+
+        Raises:
+            GaalError: it cannot be read or is not a JSON object.
+        """
+        file = self.file(self.REPORT)
+        try:
+            report = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise GaalError(f"cannot be read as JSON ({err})", source=str(file)) from None
+        if not isinstance(report, dict):
+            raise GaalError("is not a JSON object", source=str(file))
+        return report
+
+
+def default_run_folder(config: Any, root: Path = Path("results")) -> Path:
+    """`<root>/<experiment>/<dataset>/<method>/seed<seed>`: runs on different datasets never share
+    a folder. A table's dataset name is a path; its file name, made safe, names the folder."""
+    return root / config.name / dataset_folder(config.data.name) / config.method / f"seed{config.seed}"
+
+
+def dataset_folder(name: str) -> str:
+    """One safe folder name for a dataset: `data/cars.csv` -> `cars.csv`, `/x/a b.csv` -> `a_b.csv`."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).lstrip(".")
+    return safe or "dataset"
 
 
 def finished_runs(root: str | Path) -> list[RunFolder]:
@@ -127,7 +276,7 @@ def finished_runs(root: str | Path) -> list[RunFolder]:
 
 def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "a") as fh:
-        fh.write("".join(json.dumps(row) + "\n" for row in rows))
+        fh.write("".join(to_json(row) + "\n" for row in rows))
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -155,10 +304,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
     file = path / RunFolder.CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise GaalError("no checkpoint found (expected a run folder or a checkpoint.pt file)", source=str(path))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a corrupt or foreign file
-        raise GaalError(f"cannot read the checkpoint ({type(err).__name__}: {err})", source=str(file)) from None
-    if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
-        raise GaalError("not a gaal checkpoint (expected keys 'model' and 'config')", source=str(file))
+    state = load_state(file)
+    if not {"model", "config"} <= state.keys() or not all(isinstance(state[k], dict) for k in ("model", "config")):
+        raise GaalError("not a gaal checkpoint (expected keys 'model' and 'config', each a dict)", source=str(file))
     return state, file

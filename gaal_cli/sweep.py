@@ -20,9 +20,13 @@ the key names, so settings that belong together move together
 run folder `<results>/<name>/<variant>/seed<seed>/`; `{key}` is replaced by the value of a
 dotted key of the run's resolved config, and two runs may not share a folder.
 
-Every grid point is validated before anything is written. Each run is then its own process
+Every grid point is validated before anything is written, and each run's inputs (a prepared
+data folder, a table, a weights file) are checked on disk: a dry run lists the missing ones, and
+a sweep launches no run whose inputs are missing. Each run is then its own process
 (`python -m gaal_cli train <run>/config.yaml --out <run>`, output in `<run>/train.log`), so a
-crash or kill of one run cannot touch another. A run holds an exclusive lock on `<run>/.lock`
+crash or kill of one run cannot touch another; when runs keep failing with the same input error
+(exit code 2), the sweep stops launching and says so. A run folder that cannot be written fails
+that run, and the sweep goes on to its summary. A run holds an exclusive lock on `<run>/.lock`
 (which records its pid) for as long as it lives, so a second sweep over the same file skips
 runs that are in progress instead of training them twice. Finished runs (DONE + report.json)
 are skipped; an interrupted one is retrained, resuming from its last epoch (see engine.train).
@@ -48,9 +52,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import gaal_cli
-from gaal_cli.config import Config, config_from_mapping, read_yaml
+from gaal_cli.config import SEED_MAX, Config, Seed, config_from_mapping, read_yaml
 from gaal_cli.errors import GaalError, did_you_mean
-from gaal_cli.results import RunFolder, atomic_write
+from gaal_cli.results import WHERE_KEYS, RunFolder, atomic_write, changed_keys, result_changes  # noqa: F401
 
 EXPERIMENTS = Path("experiments")
 # the checkout an editable install runs from; a wheel carries the same files as gaal_cli/experiments
@@ -58,17 +62,10 @@ CHECKOUT_EXPERIMENTS = Path(gaal_cli.__file__).resolve().parents[1] / "experimen
 LOCK = ".lock"
 LOG = "train.log"
 POLL_SECONDS = 0.5
-# settings of where and how fast a run trains, not of what it computes: a finished run that
-# differs from the sweep only in these is still current
-WHERE_KEYS = {
-    "data.dir",
-    "data.cache",
-    "data.num_workers",
-    "data.augment_on",
-    "data.eval_batch_size",
-    "train.device",
-    "train.threads",
-}
+# runs failing with the same input error (exit code 2) before the sweep stops launching more
+SAME_ERROR_LIMIT = 2
+# a --seeds range longer than this is a typo, not a sweep
+MAX_SEEDS = 10_000
 
 
 class SweepSpec(BaseModel):
@@ -76,7 +73,7 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seeds: list[int] = Field(default_factory=lambda: [2022], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [2022], min_length=1, max_length=MAX_SEEDS)
     grid: dict[str, list[Any]] = {}
     variant: str = "{method}"
 
@@ -116,6 +113,8 @@ class Outcome:
     skipped: list[Run] = field(default_factory=list)
     failed: list[tuple[Run, str]] = field(default_factory=list)
     busy: list[Run] = field(default_factory=list)
+    not_started: list[Run] = field(default_factory=list)
+    stopped_because: str | None = None
 
 
 # ---------------------------------------------------------------- spec -> runs (pure)
@@ -220,16 +219,25 @@ def variant_name(rule: str, resolved: dict[str, Any]) -> str:
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
-    """'2022,2024' or '2022-2026' (inclusive) or a mix; None stays None."""
+    """'2022,2024' or '2022-2026' (inclusive) or a mix; None stays None.
+
+    Raises:
+        GaalError: not a seed or range, a seed outside 0..2**32-1, or more than MAX_SEEDS seeds.
+    """
     if text is None:
         return None
-    seeds = []
+    seeds: list[int] = []
     for part in text.split(","):
         first, sep, last = part.strip().partition("-")
         try:
-            seeds += list(range(int(first), int(last) + 1)) if sep else [int(first)]
+            low, high = int(first), int(last) if sep else int(first)
         except ValueError:
             raise GaalError(f"'{part}' is not a seed or a range like 2022-2026", source="--seeds") from None
+        if not 0 <= low <= high <= SEED_MAX:
+            raise GaalError(f"'{part}': seeds are whole numbers from 0 to {SEED_MAX}, low-high", source="--seeds")
+        if len(seeds) + high - low + 1 > MAX_SEEDS:
+            raise GaalError(f"more than {MAX_SEEDS:,} seeds; split the sweep", source="--seeds")
+        seeds += range(low, high + 1)
     return seeds
 
 
@@ -344,28 +352,54 @@ def load_ablation(
 # ---------------------------------------------------------------- running
 
 
-def changed_keys(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config trees."""
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        keys = list(wanted) + [k for k in saved if k not in wanted]
-        return [c for k in keys for c in changed_keys(saved.get(k), wanted.get(k), f"{prefix}{k}.")]
-    return [] if saved == wanted else [prefix.rstrip(".")]
+def missing_inputs(config: Config) -> list[str]:
+    """What a run reads that is not on disk: its prepared data folder, its table, its weights.
+
+    Checked before a sweep launches anything, so that a sweep over data that is not there says
+    so at once instead of starting a process per run that fails after loading.
+    """
+    from gaal_cli.data.prepared import MANIFEST
+    from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
+
+    data, missing = config.data, []
+    if data.name.lower().endswith(TABLE_SUFFIXES):
+        if not Path(data.name).is_file():
+            missing.append(f"the table {data.name} (data.name)")
+    elif data.name in RECIPES:
+        if not data.dir:
+            missing.append(f"the prepared {data.name} folder (data.dir is not set)")
+        elif not (Path(data.dir) / MANIFEST).is_file():
+            missing.append(f"{Path(data.dir) / MANIFEST} (data.dir; make it with `gaal data prepare {data.name}`)")
+    elif data.name != "synthetic":
+        missing.append(f"the dataset '{data.name}' (data.name: not synthetic, {', '.join(RECIPES)} or a table)")
+    if config.model.weights and not Path(config.model.weights).is_file():
+        missing.append(f"the weights file {config.model.weights} (model.weights)")
+    return missing
 
 
-def result_changes(saved: dict, wanted: dict) -> list[str]:
-    """Changed keys that can change a run's results (paths, devices and threads cannot)."""
-    return [k for k in changed_keys(saved, wanted) if k not in WHERE_KEYS]
+def check_inputs(sweep: Sweep) -> None:
+    """Refuse a sweep whose runs miss inputs, naming each missing input once with its run count.
+
+    Raises:
+        GaalError: the missing inputs.
+    """
+    counts: dict[str, int] = {}
+    for run in sweep.runs:
+        for item in missing_inputs(run.config):
+            counts[item] = counts.get(item, 0) + 1
+    if counts:
+        lines = "; ".join(f"{item} ({n} run{'s' if n > 1 else ''})" for item, n in counts.items())
+        raise GaalError(f"inputs missing on disk: {lines}", source=sweep.source)
 
 
 def status(run: Run) -> str:
     """'done', 'stale' (done with another config), 'running' (locked by a live process),
-    'partial' (started, unfinished) or 'new'."""
+    'partial' (started, unfinished), 'new', or 'new, missing input' (see `missing_inputs`)."""
     folder = RunFolder(run.folder)
     if folder.done:
-        saved = yaml.safe_load(folder.file(RunFolder.CONFIG).read_text())
-        return "stale" if result_changes(saved, run.config.resolved()) else "done"
-    if not run.folder.exists():
-        return "new"
+        return "stale" if folder.stale_keys(run.config.resolved()) else "done"
+    if not run.folder.is_dir():
+        return "new, missing input" if missing_inputs(run.config) else "new"
     if (run.folder / LOCK).exists():
         with open(run.folder / LOCK) as fh:
             try:
@@ -382,9 +416,8 @@ def check_not_stale(sweep: Sweep) -> None:
         GaalError: names the folder and the keys that differ.
     """
     for run in sweep.runs:
-        if status(run) == "stale":
-            saved = yaml.safe_load(RunFolder(run.folder).file(RunFolder.CONFIG).read_text())
-            keys = ", ".join(result_changes(saved, run.config.resolved())[:5])
+        keys = ", ".join(RunFolder(run.folder).stale_keys(run.config.resolved())[:5])
+        if keys:
             raise GaalError(
                 f"holds a finished run of another config (differs in: {keys}); "
                 "delete the folder to retrain it, or give the experiment another name",
@@ -416,30 +449,43 @@ class Active:
     started: float
 
 
+class Unwritable(str):
+    """Why a run folder could not be written (launch's answer instead of a process)."""
+
+
 def launch(run: Run, env: dict[str, str]) -> Active | str:
     """Lock the run folder and start its training process.
 
     Returns:
         The process, or 'running' if another process holds the run, or 'done' if another
-        sweep finished it since this one started.
+        sweep finished it since this one started, or an `Unwritable` reason when the folder
+        cannot be written (the results folder went read-only, a file is in the way, the disk is full).
     """
-    run.folder.mkdir(parents=True, exist_ok=True)
-    lock = os.open(run.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = log = None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
-        return "running"
-    if RunFolder(run.folder).done:
-        os.close(lock)
-        return "done"
-    atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
-    command = run_command(run)
-    log = open(run.folder / LOG, "a")
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
-    log.flush()
-    # the child inherits the locked descriptor: the lock lives as long as the run does
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,))
+        run.folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(run.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            return "running"
+        if RunFolder(run.folder).done:
+            os.close(lock)
+            return "done"
+        atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
+        command = run_command(run)
+        log = open(run.folder / LOG, "a")
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
+        log.flush()
+        # the child inherits the locked descriptor: the lock lives as long as the run does
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,))
+    except OSError as err:
+        if log is not None:
+            log.close()
+        if lock is not None:
+            os.close(lock)
+        return Unwritable(f"cannot write the run folder {run.folder} ({err.strerror or type(err).__name__})")
     os.ftruncate(lock, 0)
     os.pwrite(lock, f"{process.pid}\n".encode(), 0)
     return Active(run, process, lock, log, time.monotonic())
@@ -474,9 +520,25 @@ def release(active: Active) -> None:
 def failure_reason(active: Active) -> str:
     code = active.process.returncode
     why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-    lines = [line for line in (active.run.folder / LOG).read_text(errors="replace").splitlines() if line.strip()]
-    last = lines[-1].strip() if lines and not lines[-1].startswith("# ") else ""
+    last = last_log_line(active.run)
     return f"{why}{': ' + last if last else ''} (log: {active.run.folder / LOG})"
+
+
+def last_log_line(run: Run) -> str:
+    """The last line a run's process wrote (its error, when it failed); '' when there is none."""
+    try:
+        lines = [line for line in (run.folder / LOG).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines and not lines[-1].startswith("# ") else ""
+
+
+def input_error(active: Active) -> str | None:
+    """The error of a run that failed on bad input (exit code 2), with its own folder left out,
+    so that the same error in two runs compares equal; None for any other outcome."""
+    if active.process.returncode != 2:
+        return None
+    return last_log_line(active.run).removeprefix("error: ").replace(str(active.run.folder), "<run>") or None
 
 
 def eta_seconds(durations: list[float], left: int, running_elapsed: list[float], workers: int) -> float | None:
@@ -493,11 +555,25 @@ def statuses(sweep: Sweep) -> list[tuple[Run, str]]:
     return [(run, status(run)) for run in sweep.runs]
 
 
+def run_seconds(folder: RunFolder) -> float | None:
+    """A finished run's training time from its report; None when the report does not say."""
+    try:
+        seconds = folder.read_report()["timings"]["total_seconds"]
+    except (GaalError, KeyError, TypeError):
+        return None
+    return float(seconds) if isinstance(seconds, int | float) else None
+
+
 def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
     """Train every run of `sweep` not yet done, `workers` at a time, with one progress display.
 
-    A failed run is recorded and the sweep goes on. Ctrl-C stops the runs in progress (they
-    keep their last epoch, so the next sweep resumes them) and is raised again.
+    A failed run is recorded and the sweep goes on, until SAME_ERROR_LIMIT runs have failed
+    with the same input error: then no more runs are launched (`Outcome.not_started`). Ctrl-C
+    stops the runs in progress (they keep their last epoch, so the next sweep resumes them)
+    and is raised again.
+
+    Raises:
+        GaalError: a stale finished run, or runs whose inputs are missing (nothing is launched).
     """
     from gaal_cli.display import SweepProgress
 
@@ -506,15 +582,21 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
     todo = []
     for run in sweep.runs:
         (outcome.skipped if RunFolder(run.folder).done else todo).append(run)
-    durations = [RunFolder(r.folder).read_report()["timings"]["total_seconds"] for r in outcome.skipped]
+    check_inputs(Sweep(sweep.name, sweep.source, todo))
+    durations = [t for t in (run_seconds(RunFolder(r.folder)) for r in outcome.skipped) if t is not None]
+    errors: dict[str, int] = {}
     env = child_env(workers)
     active: list[Active] = []
     with SweepProgress(sweep.name, len(sweep.runs), len(outcome.skipped)) as progress:
         try:
             while todo or active:
-                while todo and len(active) < workers:
+                while todo and len(active) < workers and outcome.stopped_because is None:
                     run = todo.pop(0)
                     started = launch(run, env)
+                    if isinstance(started, Unwritable):
+                        outcome.failed.append((run, str(started)))
+                        progress.finished(run, f"[red]failed[/]: {started}", "failed")
+                        continue
                     if started == "running":
                         outcome.busy.append(run)
                         progress.finished(run, "[yellow]skipped: running in another process", "busy")
@@ -529,6 +611,9 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
                 for a in [a for a in active if a.process.poll() is not None]:
                     active.remove(a)
                     _settle(a, outcome, durations, progress)
+                    _stop_on_repeated_error(a, errors, outcome)
+                if outcome.stopped_because is not None and not active:
+                    outcome.not_started, todo = todo, []
                 now = time.monotonic()
                 elapsed = [now - a.started for a in active]
                 progress.update(active, len(todo), eta_seconds(durations, len(todo), elapsed, workers))
@@ -538,14 +623,27 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
     return outcome
 
 
+def _stop_on_repeated_error(active: Active, errors: dict[str, int], outcome: Outcome) -> None:
+    """Count a run's input error; at SAME_ERROR_LIMIT of the same one, the sweep stops launching."""
+    error = input_error(active)
+    if error is None:
+        return
+    errors[error] = errors.get(error, 0) + 1
+    if errors[error] >= SAME_ERROR_LIMIT and outcome.stopped_because is None:
+        outcome.stopped_because = f"{errors[error]} runs failed with the same input error: {error}"
+
+
 def _settle(active: Active, outcome: Outcome, durations: list[float], progress) -> None:
     release(active)
     seconds = time.monotonic() - active.started
     if active.process.returncode == 0 and RunFolder(active.run.folder).done:
         outcome.trained.append(active.run)
         durations.append(seconds)
-        report = RunFolder(active.run.folder).read_report()["metrics"]["test"]
-        accs = "  ".join(f"{head} {m['acc']:.4f}" for head, m in report.items())
+        try:
+            report = RunFolder(active.run.folder).read_report()["metrics"]["test"]
+            accs = "  ".join(f"{head} {m['acc']:.4f}" for head, m in report.items())
+        except (GaalError, KeyError, TypeError, ValueError):
+            accs = ""
         progress.finished(active.run, f"[green]done[/] in {seconds:.0f} s  {accs}")
     else:
         reason = failure_reason(active)

@@ -30,7 +30,7 @@ MODALITIES = ("image", "tabular")
 class MethodSettings(BaseModel):
     """Base of each method's own settings block (`methods.<name>` in the YAML)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     grad_cosine: bool = Field(
         False,

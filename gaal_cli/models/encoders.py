@@ -6,6 +6,7 @@ either modality (GAAL's shared head) or concatenate them (joint training).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import timm
@@ -51,7 +52,15 @@ def create_backbone(name: str, pretrained: bool, weights: str | None) -> nn.Modu
         path = Path(weights)
         if not path.is_file():
             raise GaalError("no such weights file", source=str(path), field="model.weights")
-        return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
+        try:  # timm reads the file with weights_only=True: a pickle that builds objects is refused
+            return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
+        except (RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
+            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise GaalError(
+                f"cannot load these weights into '{name}' (a state dict of tensors is expected): {reason}",
+                source=str(path),
+                field="model.weights",
+            ) from None
     return timm.create_model(name, pretrained=False, num_classes=0)
 
 
