@@ -129,7 +129,7 @@ def setup(config: Config) -> Session:
     method = create_method(config, data).to(device)
     if device.type == "cuda" and config.train.channels_last:
         method.encoders.image.to(memory_format=torch.channels_last)
-    plan = plan_stages(method.stages(config.train.epochs), config.train.epochs, config.train.stage_fit, config.method)
+    plan = plan_method_stages(config)
     attach(method, comm, device)
     if config.train.compile:
         method.encoders.image = torch.compile(method.encoders.image)
@@ -137,6 +137,14 @@ def setup(config: Config) -> Session:
     s = Session(config, device, data, method, None, None, comm, plan, [])  # type: ignore[arg-type]
     start_optimizer(s, plan[0])
     return s
+
+
+def plan_method_stages(config: Config) -> list[PlannedStage]:
+    """The stages of `config`'s method placed in its run (raises GaalError when they cannot fit)."""
+    from gaal_cli.methods import METHODS
+
+    declared = METHODS[config.method].cls.stages(config.method_settings(), config.train.epochs)
+    return plan_stages(declared, config.train.epochs, config.train.stage_fit, config.method)
 
 
 def start_optimizer(s: Session, planned: PlannedStage) -> None:

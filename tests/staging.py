@@ -4,7 +4,7 @@ from gaal_cli.stages import PlannedStage, plan_stages, stage_at
 
 
 def plan_for(method, epochs: int) -> list[PlannedStage]:
-    return plan_stages(method.stages(epochs), epochs)
+    return plan_stages(method.stages(method.settings, epochs), epochs)
 
 
 def enter_epoch(method, plan: list[PlannedStage], epoch: int) -> PlannedStage:

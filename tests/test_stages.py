@@ -10,7 +10,7 @@ from gaal_cli import engine
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.engine import build_optimizer, create_method, train
+from gaal_cli.engine import build_optimizer, create_method, plan_method_stages, train
 from gaal_cli.errors import GaalError
 from gaal_cli.stages import WHOLE_RUN, Stage, build_stage_optimizer, plan_stages, scale_lengths
 
@@ -40,15 +40,14 @@ def test_plan_fits_scales_and_refuses():
 def test_default_di_mml_run_reaches_stage_2():
     config = load_config(overrides=["method=di_mml"])
     assert config.train.epochs == 8
-    method = create_method(config, build_data(load_config(overrides=["data.synthetic.n_train=10"]).data, 0))
-    plan = plan_stages(method.stages(8), 8, config.train.stage_fit)
+    plan = plan_method_stages(config)
     assert plan[-1].name == "fusion" and plan[-1].start <= 8
 
 
 def test_one_stage_builds_the_runs_own_optimiser(tiny):
     config = load_config(overrides=[*tiny, "method=concat", "train.scheduler=cosine", "train.optimizer=sgd"])
     method = create_method(config, build_data(config.data, 0))
-    (whole,) = plan_stages(method.stages(config.train.epochs), config.train.epochs)
+    (whole,) = plan_method_stages(config)
     opt, sched = build_stage_optimizer(method, whole, config.train)
     ref_opt, ref_sched = build_optimizer(method, config.train)
     assert type(opt) is type(ref_opt) and opt.defaults == ref_opt.defaults

@@ -78,8 +78,11 @@ class Method(nn.Module):
         u_t = self.encoders.tabular(tabular) if tabular is not None else None
         return u_i, u_t
 
-    def stages(self, epochs: int) -> Sequence[Stage]:
+    @classmethod
+    def stages(cls, settings: MethodSettings, epochs: int) -> Sequence[Stage]:
         """The stages this method trains in, in order (see gaal_cli/stages.py).
+
+        A function of the settings alone, so that experiment files can be checked without data.
 
         Args:
             epochs: train.epochs, for a method whose stages repeat to fill the run.

@@ -177,8 +177,8 @@ class DiMml(Method):
         self.stats = DimensionStatistics()
         self.collecting = False
 
-    def stages(self, epochs: int) -> list[Stage]:
-        s = self.settings
+    @classmethod
+    def stages(cls, s: DiMmlSettings, epochs: int) -> list[Stage]:
         return [
             Stage("detached", s.stage1_epochs, ("encoders.", "heads.", "shared."), s.stage_optimizer, selects=False),
             Stage("fusion", s.stage2_epochs, ("fusion.",), s.stage_optimizer),

@@ -111,6 +111,10 @@ class IgmSettings(StagedSettings, MethodSettings):
         return [value] if isinstance(value, int) else value
 
 
+def modality_order(first: str) -> tuple[str, ...]:
+    return MODALITIES if first == "image" else MODALITIES[::-1]
+
+
 def flat_transform(cov: torch.Tensor, tau: float) -> torch.Tensor:
     """T = V diag(exp(-tau (lambda - lambda_min) / (lambda_max - lambda_min))) V^T (eq. 4).
 
@@ -191,10 +195,10 @@ class Igm(Method):
         return [getattr(self, f"{kind}_{modality}_{i}") for i in range(len(self.linears(modality)))]
 
     def order(self) -> tuple[str, ...]:
-        return MODALITIES if self.settings.first == "image" else MODALITIES[::-1]
+        return modality_order(self.settings.first)
 
-    def stages(self, epochs: int) -> list[Stage]:
-        s = self.settings
+    @classmethod
+    def stages(cls, s: IgmSettings, epochs: int) -> list[Stage]:
         lengths = s.stage_epochs
         count = s.stages
         if count is None:  # as many whole stages as fit, at least one per modality
@@ -205,7 +209,7 @@ class Igm(Method):
             count = max(count, min(2, epochs))
         plan = []
         for k in range(count):
-            m = self.order()[k % 2]
+            m = modality_order(s.first)[k % 2]
             plan.append(Stage(f"{m}", lengths[k % len(lengths)], (f"encoders.{m}.", f"heads.{m}."), s.stage_optimizer))
         return plan
 

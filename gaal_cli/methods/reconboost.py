@@ -98,6 +98,10 @@ class ReconBoostSettings(StagedSettings, MethodSettings):
     head_hidden: int = Field(256, ge=0, description="hidden width of the shared head (0: one Linear)")
 
 
+def modality_order(first: str) -> tuple[str, ...]:
+    return MODALITIES if first == "image" else MODALITIES[::-1]
+
+
 def boost_weights(other_logits: torch.Tensor | None, labels: torch.Tensor, num_classes: int, w1: float, w2: float):
     """Per-sample weights w1 - w2 * q_y, q from the other modalities' ensemble logits (None: uniform)."""
     if other_logits is None:
@@ -122,18 +126,15 @@ class ReconBoost(Method):
         # that a saved model is read out with the same members
         self.register_buffer("ensemble", torch.zeros(len(MODALITIES), dtype=torch.bool))
 
-    def order(self) -> tuple[str, ...]:
-        return MODALITIES if self.settings.first == "image" else MODALITIES[::-1]
-
-    def stages(self, epochs: int) -> list[Stage]:
+    @classmethod
+    def stages(cls, s: ReconBoostSettings, epochs: int) -> list[Stage]:
         """Boosting phase, then rectification phase, for each boosting stage (modalities alternate)."""
-        s = self.settings
         phases = 2 if s.rectify_epochs else 1
         # None: as many as fit, and both modalities once the run has an epoch for every phase
         count = s.stages or max(1, min(2, epochs // phases), epochs // (s.stage_epochs + s.rectify_epochs))
         plan = []
         for k in range(count):
-            m = self.order()[k % 2]
+            m = modality_order(s.first)[k % 2]
             scale = s.lr_decay ** (k // s.lr_decay_every) if s.lr_decay_every else 1.0
             boosted = "encoders." if k >= 1 else f"encoders.{m}."
             plan.append(
@@ -161,7 +162,7 @@ class ReconBoost(Method):
         """(boosting stage index, its modality, whether this is its rectification phase)."""
         index = self.stage.index if self.stage is not None else 0
         k, phase = divmod(index, 2 if self.settings.rectify_epochs else 1)
-        return k, self.order()[k % 2], phase == 1
+        return k, modality_order(self.settings.first)[k % 2], phase == 1
 
     def members(self) -> list[str]:
         """Modalities in the ensemble: those that have begun a boosting phase."""
