@@ -149,6 +149,8 @@ def plan_method_stages(config: Config) -> list[PlannedStage]:
 
 def start_optimizer(s: Session, planned: PlannedStage) -> None:
     """A fresh optimiser and scheduler for the stage `planned` (data-parallel when the run is)."""
+    # a stage's optimiser clears only its own gradients: drop what earlier stages left behind
+    s.method.zero_grad(set_to_none=True)
     s.optimizer, s.scheduler = build_stage_optimizer(s.method, planned, s.config.train)
     attach_optimizer(s.optimizer, s.comm)
     s.method.stage = planned

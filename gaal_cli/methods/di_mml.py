@@ -151,6 +151,14 @@ class DimensionStatistics:
         counts = torch.bincount(labels, minlength=num_classes).float()
         self.counts = counts if self.counts is None else self.counts + counts
 
+    def state(self) -> dict:
+        """Plain data for a resume file: the running sums and the last epoch's centroids and hits."""
+        return {"sums": self.sums, "counts": self.counts, "centroids": self.centroids, "hits": self.hits}
+
+    def load(self, state: dict) -> None:
+        self.sums, self.counts = dict(state["sums"]), state["counts"]
+        self.centroids, self.hits = dict(state["centroids"]), dict(state["hits"])
+
     def roll(self) -> None:
         """Start an epoch: the last epoch's class means become the centroids to score against."""
         if self.counts is not None:
@@ -210,6 +218,14 @@ class DiMml(Method):
             return
         self.stats.roll()
         self.collecting = epoch >= contrast_start - 2
+
+    def resume_state(self) -> dict:
+        # the dimension statistics gathered over the epochs before the contrast starts
+        return {"stats": self.stats.state()}
+
+    def load_resume_state(self, state: dict) -> None:
+        if "stats" in state:
+            self.stats.load(state["stats"])
 
     def idle_parameters(self) -> set[str]:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
