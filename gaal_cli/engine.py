@@ -115,8 +115,10 @@ def setup(config: Config) -> Session:
     """Device, seeds, data, method and optimiser for `config` (joins torchrun's group if any).
 
     Raises:
-        GaalError: bad input (unknown dataset, bad data, bad backbone, unavailable device).
+        GaalError: bad input (unknown dataset, bad data, bad backbone, unavailable device, stages
+            that cannot fit train.epochs).
     """
+    plan = plan_method_stages(config)  # a schedule that cannot fit is refused before any work
     comm, device_spec = init_from_environment(config.train.device)
     check_batch(config.data.batch_size, comm)
     device = resolve_device(device_spec)
@@ -129,7 +131,6 @@ def setup(config: Config) -> Session:
     method = create_method(config, data).to(device)
     if device.type == "cuda" and config.train.channels_last:
         method.encoders.image.to(memory_format=torch.channels_last)
-    plan = plan_method_stages(config)
     attach(method, comm, device)
     if config.train.compile:
         method.encoders.image = torch.compile(method.encoders.image)
