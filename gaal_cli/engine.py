@@ -163,11 +163,12 @@ def start_stage(s: Session, planned: PlannedStage) -> None:
     s.method.on_stage_start(planned)
     s.stages_run.append(describe(planned, s.optimizer))
     if len(s.plan) > 1 and s.comm.is_main:
-        scaled = f" (declared {planned.declared}, scaled to fit train.epochs)" if planned.scale != 1.0 else ""
+        lr = s.optimizer.param_groups[0]["lr"]
         console.print(
-            f"stage {planned.index + 1}/{len(s.plan)} '{planned.name}': epochs {planned.start}-{planned.end}"
-            f"{scaled}, lr {s.optimizer.param_groups[0]['lr']:.3g}"
+            f"stage {planned.index + 1}/{len(s.plan)} {planned.name}: epochs {planned.start}-{planned.end}, lr {lr:.3g}"
         )
+        if planned.scale != 1.0:
+            console.print(f"  (declared {planned.declared} epochs, shrunk to fit train.epochs)")
 
 
 def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def test_cli_says_when_stages_are_scaled_and_refuses_when_asked(tmp_path, tiny):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "-m", "di_mml", "--out", str(out), *sets([*tiny, "train.epochs=3"])])
     assert result.exit_code == 0, result.output
-    assert "scaled to fit train.epochs" in result.output
+    assert "shrunk to fit train.epochs" in result.output
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert [(s["start_epoch"], s["declared_epochs"]) for s in stages] == [(1, 150), (3, 20)]
 
