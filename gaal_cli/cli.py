@@ -289,12 +289,13 @@ def inspect_data(
     from gaal_cli.config import load_config
     from gaal_cli.data.user_table import inspect_table
     from gaal_cli.display import inspection_tables
+    from gaal_cli.results import to_json
 
     flags = {"data.name": str(table), "data.target": target, "data.image_column": image_column}
     config = load_config(None, overrides, {**flags, "data.group_column": group_column})
     found = inspect_table(config.data)
     if as_json:
-        stdout.print_json(json.dumps(found))
+        stdout.print_json(to_json(found))
         return
     for part in inspection_tables(found):
         stdout.print(part)

@@ -124,6 +124,9 @@ class TrainConfig(Section):
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
     patience: int = Field(10, ge=1)
+    stage_fit: Literal["scale", "refuse"] = Field(
+        "scale", description="when a method's stages do not fit train.epochs: shrink them in proportion, or refuse"
+    )
     monitor: Literal["multi", "image", "tabular"] = "multi"
     device: str = "auto"
     bf16: bool = False

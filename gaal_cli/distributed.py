@@ -116,18 +116,24 @@ def init_from_environment(device_spec: str) -> tuple[Comm, str]:
     return TorchComm(), device_spec
 
 
-def attach(method: torch.nn.Module, optimizer: torch.optim.Optimizer, comm: Comm, device: torch.device) -> None:
-    """Make `method` and `optimizer` data-parallel over `comm` (no-op for one process)."""
+def attach(method: torch.nn.Module, comm: Comm, device: torch.device) -> None:
+    """Make `method` data-parallel over `comm` (no-op for one process); see `attach_optimizer`."""
     method.comm = comm
     if comm.world_size == 1:
         return
     if device.type == "cuda":
         method.encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.encoders)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    optimizer.register_step_pre_hook(lambda *_: comm.reduce_pending(params))
     # replicas start identical: broadcast rank 0's weights in case initialisation differed
     for tensor in list(method.parameters()) + list(method.buffers()):
         dist.broadcast(tensor.data, src=0)
+
+
+def attach_optimizer(optimizer: torch.optim.Optimizer, comm: Comm) -> None:
+    """Average pending gradients over `comm` before each step of `optimizer` (every stage's own)."""
+    if comm.world_size == 1:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.register_step_pre_hook(lambda *_: comm.reduce_pending(params))
 
 
 def check_batch(batch_size: int, comm: Comm) -> None:

@@ -1,13 +1,13 @@
 """The training engine: epochs, evaluation, early stopping, checkpoints and the run folder.
 
-It knows no method: a `Method` trains itself one batch at a time and predicts three heads.
-Validation picks the best epoch and drives early stopping; the test split is evaluated once,
-at the end, on the best checkpoint.
+It knows no method: a `Method` trains itself one batch at a time and predicts three heads,
+and declares the stages it trains in (gaal_cli/stages.py: each stage gets a fresh optimiser
+and schedule; early stopping acts only in the last stage). Validation picks the best epoch and
+drives early stopping; the test split is evaluated once, at the end, on the best checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import random
 import time
@@ -26,13 +26,14 @@ from gaal_cli.contributions import run_shapley
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle, SplitDataset
 from gaal_cli.display import EpochProgress, console
-from gaal_cli.distributed import Comm, attach, check_batch, init_from_environment
+from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
 from gaal_cli.methods import Method, build_method
 from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
 from gaal_cli.models import build_encoders
 from gaal_cli.results import RESTART_HINT, RunFolder, atomic_write, load_checkpoint, load_state, to_json
+from gaal_cli.stages import PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
 
 LOG_EVERY = 10
 
@@ -97,7 +98,10 @@ def autocast(device: torch.device, bf16: bool):
 
 @dataclass
 class Session:
-    """Everything a run trains with, built before anything is written to the run folder."""
+    """Everything a run trains with, built before anything is written to the run folder.
+
+    `optimizer` and `scheduler` are the current stage's; `stages_run` describes each stage begun.
+    """
 
     config: Config
     device: torch.device
@@ -106,6 +110,8 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     comm: Comm
+    plan: list[PlannedStage]
+    stages_run: list[dict[str, Any]]
     # turns the training batches' uint8 images into floats on the device (data.augment_on), if deferred
     finish_images: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -114,8 +120,10 @@ def setup(config: Config) -> Session:
     """Device, seeds, data, method and optimiser for `config` (joins torchrun's group if any).
 
     Raises:
-        GaalError: bad input (unknown dataset, bad data, bad backbone, unavailable device).
+        GaalError: bad input (unknown dataset, bad data, bad backbone, unavailable device, stages
+            that cannot fit train.epochs).
     """
+    plan = plan_method_stages(config)  # a schedule that cannot fit is refused before any work
     comm, device_spec = init_from_environment(config.train.device)
     check_batch(config.data.batch_size, comm)
     device = resolve_device(device_spec)
@@ -128,13 +136,45 @@ def setup(config: Config) -> Session:
     method = create_method(config, data).to(device)
     if device.type == "cuda" and config.train.channels_last:
         method.encoders.image.to(memory_format=torch.channels_last)
-    optimizer, scheduler = build_optimizer(method, config.train)
-    attach(method, optimizer, comm, device)
+    attach(method, comm, device)
     if config.train.compile:
         method.encoders.image = torch.compile(method.encoders.image)
         method.encoders.tabular = torch.compile(method.encoders.tabular)
     finish_images = images_on_device(data.train, config.data.augment_on, device)
-    return Session(config, device, data, method, optimizer, scheduler, comm, finish_images)
+    s = Session(config, device, data, method, None, None, comm, plan, [], finish_images)  # type: ignore[arg-type]
+    start_optimizer(s, plan[0])
+    return s
+
+
+def plan_method_stages(config: Config) -> list[PlannedStage]:
+    """The stages of `config`'s method placed in its run (raises GaalError when they cannot fit)."""
+    from gaal_cli.methods import METHODS
+
+    declared = METHODS[config.method].cls.stages(config.method_settings(), config.train.epochs)
+    return plan_stages(declared, config.train.epochs, config.train.stage_fit, config.method)
+
+
+def start_optimizer(s: Session, planned: PlannedStage) -> None:
+    """A fresh optimiser and scheduler for the stage `planned` (data-parallel when the run is)."""
+    # a stage's optimiser clears only its own gradients: drop what earlier stages left behind
+    s.method.zero_grad(set_to_none=True)
+    s.optimizer, s.scheduler = build_stage_optimizer(s.method, planned, s.config.train)
+    attach_optimizer(s.optimizer, s.comm)
+    s.method.stage = planned
+
+
+def start_stage(s: Session, planned: PlannedStage) -> None:
+    """Begin a stage: its own optimiser and schedule, and the method's stage hook."""
+    start_optimizer(s, planned)
+    s.method.on_stage_start(planned)
+    s.stages_run.append(describe(planned, s.optimizer))
+    if len(s.plan) > 1 and s.comm.is_main:
+        lr = s.optimizer.param_groups[0]["lr"]
+        console.print(
+            f"stage {planned.index + 1}/{len(s.plan)} {planned.name}: epochs {planned.start}-{planned.end}, lr {lr:.3g}"
+        )
+        if planned.scale != 1.0:
+            console.print(f"  (declared {planned.declared} epochs, shrunk to fit train.epochs)")
 
 
 def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, restart: bool = False) -> dict[str, Any]:
@@ -157,8 +197,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
         run.refuse_overwrite(resolved)
     s = setup(config)
     state = None if restart else run.resumable(resolved)
-    if state is not None:
-        restore(s, state, run.file(RunFolder.LAST))
+    first_epoch = restore(s, state, run.file(RunFolder.LAST)) if state is not None else 1
     s.comm.barrier()
     if s.comm.is_main:
         run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
@@ -166,9 +205,9 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
             atomic_write(run.file(RunFolder.PREPROCESSING), to_json(s.data.preprocessing, indent=1))
         else:
             run.file(RunFolder.PREPROCESSING).unlink(missing_ok=True)
-    start_epoch, best = 1, {"score": -1.0, "epoch": 0, "stale": 0}
+    start_epoch, best = first_epoch, {"score": -1.0, "epoch": 0, "stale": 0}
     if state is not None:
-        start_epoch, best = state["epoch"] + 1, state["best"]
+        best = state["best"]
         console.print(f"[yellow]resuming {run.path} after epoch {state['epoch']}")
 
     epoch_seconds = fit(s, run, start_epoch, best, show_progress and s.comm.is_main)
@@ -186,6 +225,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
         "shapley": run_shapley(metrics, s.data.num_classes),
         "best_epoch": best_state["epoch"],
         "epochs_run": len(run.read_metrics()),
+        "stages": s.stages_run,
         "timings": {
             "total_seconds": round(time.perf_counter() - t_start, 3),
             "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else None,
@@ -202,18 +242,18 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     return report
 
 
-def restore(s: Session, state: dict[str, Any], file: Path) -> None:
+def restore(s: Session, state: dict[str, Any], file: Path) -> int:
     """Load an interrupted run's state, before anything is written: one that does not fit this
     config's model and optimiser is refused with the way to restart.
 
     Raises:
         GaalError: names the file.
+
+    Returns:
+        The first epoch still to train.
     """
     try:
-        s.method.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        s.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        return resume(s, state)
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise GaalError(
@@ -221,15 +261,76 @@ def restore(s: Session, state: dict[str, Any], file: Path) -> None:
         ) from None
 
 
+def resume(s: Session, state: dict[str, Any]) -> int:
+    """Restore an interrupted run's model, stage, optimiser, method state and RNG streams.
+
+    Returns:
+        The first epoch still to train.
+    """
+    s.method.load_state_dict(state["model"])
+    s.method.load_resume_state(state.get("method", {}))
+    start_epoch = state["epoch"] + 1
+    s.stages_run[:] = state.get("stages_run", [])
+    if start_epoch <= s.plan[-1].end:
+        planned = stage_at(s.plan, start_epoch)
+        start_optimizer(s, planned)
+        if start_epoch > planned.start:  # inside a stage: its optimiser continues
+            s.optimizer.load_state_dict(state["optimizer"])
+            s.scheduler.load_state_dict(state["scheduler"])
+    set_rng_states(state["rng"])
+    return start_epoch
+
+
+def rng_states() -> dict[str, Any]:
+    """The RNG streams of every device: torch CPU, every CUDA device, numpy and python."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            *map(int, np_state[2:4]),
+            float(np_state[4]),
+        ],
+        "python": _plain(random.getstate()),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _plain(state: tuple) -> list:
+    """python's random state as plain lists (tuples load fine too, but lists make the intent clear)."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
 def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show_progress: bool) -> list[float]:
-    """The epoch loop: train, validate, keep the best checkpoint, stop early. Returns epoch times."""
+    """The epoch loop: train, validate, keep the best checkpoint, stop early. Returns epoch times.
+
+    Each stage starts with a fresh optimiser and its own patience; early stopping ends the run
+    only in its last stage, and only epochs of stages that select are best-checkpoint candidates.
+    """
     cfg = s.config
     epoch_seconds = []
     with EpochProgress(show_progress) as bar:
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            if best["stale"] >= cfg.train.patience:
+        for epoch in range(start_epoch, s.plan[-1].end + 1):
+            planned = stage_at(s.plan, epoch)
+            if epoch == planned.start:
+                start_stage(s, planned)
+                best["stale"] = 0
+            elif planned.last and best["stale"] >= cfg.train.patience:
                 break
             t0 = time.perf_counter()
+            lr = s.optimizer.param_groups[0]["lr"]
             loader = make_loader(
                 s.data.train,
                 cfg.data.batch_size,
@@ -243,12 +344,13 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
             s.scheduler.step()
             val = evaluate_session(s, "val")
             score = monitored(val, cfg.train.monitor)
-            improved = score > best["score"]
+            improved = planned.stage.selects and score > best["score"]
             best.update({"score": score, "epoch": epoch, "stale": 0} if improved else {"stale": best["stale"] + 1})
             epoch_seconds.append(time.perf_counter() - t0)
             record = {
                 "epoch": epoch,
-                "lr": s.optimizer.param_groups[0]["lr"],
+                "lr": lr,
+                "stage": planned.name,
                 "seconds": round(epoch_seconds[-1], 3),
                 "train": train_stats,
                 "val": val,
@@ -273,7 +375,9 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
     resume = {
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),
-        "rng": torch.get_rng_state(),
+        "rng": rng_states(),
+        "method": s.method.resume_state(),
+        "stages_run": list(s.stages_run),
         "best": dict(best),
     }
     run.save(RunFolder.LAST, {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **resume})

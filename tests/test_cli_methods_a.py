@@ -26,7 +26,7 @@ EXPECTED = {
 def test_cli_train_each_method(name, tmp_path, tiny):
     out = tmp_path / name
     args = ["train", "-m", name, "--out", str(out), "-q"]
-    extra = ["data.synthetic.n_train=64", "methods.di_mml.stage2_epoch=2", "methods.di_mml.contrast_start_epoch=3"]
+    extra = ["data.synthetic.n_train=64", "methods.di_mml.stage1_epochs=1", "methods.di_mml.stage2_epochs=1"]
     args += [a for o in [*tiny, *extra] for a in ("--set", o)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

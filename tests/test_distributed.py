@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.data.base import Batch
-from gaal_cli.distributed import TorchComm, attach
+from gaal_cli.distributed import TorchComm, attach, attach_optimizer
 from gaal_cli.engine import build_optimizer, create_method
 
 STEPS = 3
@@ -33,7 +33,9 @@ def worker(rank, world, init_file, tiny, method_name, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     method, optimizer, batch = build(tiny, method_name)
-    attach(method, optimizer, TorchComm(), torch.device("cpu"))
+    comm = TorchComm()
+    attach(method, comm, torch.device("cpu"))
+    attach_optimizer(optimizer, comm)
     per = len(batch.label) // world
     shard = Batch(*(t[rank * per : (rank + 1) * per] for t in batch))
     for _ in range(STEPS):

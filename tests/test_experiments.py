@@ -4,12 +4,16 @@ One test per file. Until the baselines are merged, files that name a method this
 not register fail with "unknown method"; `gaal methods` lists the registered ones.
 """
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from gaal_cli.engine import plan_method_stages
+from gaal_cli.stages import build_stage_optimizer
 from gaal_cli.sweep import experiment_name, load_sweep, resolve_experiment
 
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
@@ -37,3 +41,26 @@ def test_experiment_file_validates_at_every_grid_point(path, tmp_path):
     assert sweep.name == name, "the experiment's name mirrors its path, so results/ mirrors experiments/"
     assert len({run.folder for run in sweep.runs}) == len(sweep.runs)
     assert not any(tmp_path.iterdir()), "validation writes nothing"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[experiment_name(p, ROOT) for p in FILES])
+def test_every_stage_of_every_run_starts_before_the_run_can_end_at_a_live_learning_rate(path, tmp_path):
+    """STYLE habit 15: what each experiment implies at the scale users run it, without training.
+
+    Every stage starts within train.epochs (early stopping cannot end a run before its last
+    stage: engine.fit), at >= 1 % of its base learning rate, and no stage has to be shrunk.
+    """
+    probe = torch.nn.Linear(1, 1)
+    for run in load_sweep(path, results=tmp_path).runs:
+        config = run.config
+        plan = plan_method_stages(config)
+        assert plan[-1].end <= config.train.epochs, run.label
+        for planned in plan:
+            where = f"{run.label}: stage {planned.name!r}"
+            assert planned.start <= config.train.epochs, where
+            assert planned.epochs == (planned.declared or planned.epochs), f"{where} is shrunk to fit"
+            spec = planned.stage.optimizer
+            base = spec.lr if spec is not None else config.train.lr
+            everything = dataclasses.replace(planned, stage=dataclasses.replace(planned.stage, trains=()))
+            optimizer, _ = build_stage_optimizer(probe, everything, config.train)
+            assert optimizer.param_groups[0]["lr"] >= 0.01 * base, where

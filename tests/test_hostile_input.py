@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from typer.testing import CliRunner
 import gaal_cli
 from gaal_cli.cli import app
 from gaal_cli.config import YAML_MAX_BYTES, load_config
-from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import build_optimizer, create_method, save_epoch
+from gaal_cli.data import make_loader
+from gaal_cli.engine import save_epoch, setup
 from gaal_cli.methods import METHODS
 from gaal_cli.results import RunFolder, default_run_folder, load_state, to_json
 
@@ -122,15 +121,12 @@ def test_what_the_engine_saves_loads_with_weights_only(name, tiny, tmp_path):
     config = load_config(
         overrides=[*tiny, f"method={name}", f"train.optimizer={optimizer_kind}", f"train.scheduler={scheduler_kind}"]
     )
-    data = build_data(config.data, 0)
-    method = create_method(config, data)
-    optimizer, scheduler = build_optimizer(method, config.train)
-    method.train()
-    method.on_epoch_start(1)
-    batch = next(iter(make_loader(data.train, 32, shuffle=True, seed=0)))
-    method.train_step(batch, optimizer)
-    scheduler.step()
-    session = types.SimpleNamespace(method=method, config=config, optimizer=optimizer, scheduler=scheduler, data=data)
+    session = setup(config)  # the first stage's optimiser and scheduler, as a run starts
+    session.method.train()
+    session.method.on_epoch_start(1)
+    batch = next(iter(make_loader(session.data.train, 32, shuffle=True, seed=0)))
+    session.method.train_step(batch, session.optimizer)
+    session.scheduler.step()
     run = RunFolder(tmp_path)
     record = {"epoch": 1, "best": True}
     save_epoch(session, run, record, [], 0.5, {"score": 0.5, "epoch": 1, "stale": 0})

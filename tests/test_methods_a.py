@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from staging import enter_epoch, plan_for
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
@@ -253,9 +254,10 @@ def test_di_mml_finds_its_dimensions_from_the_two_epochs_before_the_contrast_sta
 
 
 def test_di_mml_stage2_trains_only_the_fusion_head_and_gates_it_in(tiny):
-    method, batch = setup(tiny, "di_mml", "methods.di_mml.stage2_epoch=2")
+    method, batch = setup(tiny, "di_mml", "methods.di_mml.stage1_epochs=1", "methods.di_mml.stage2_epochs=1")
+    plan = plan_for(method, 2)
     method.train()
-    method.on_epoch_start(1)
+    enter_epoch(method, plan, 1)
     opt = GradRecorder(method)
     method.train_step(batch, opt)
     assert not any(n.startswith("fusion.") for n in opt.records[0])
@@ -263,7 +265,7 @@ def test_di_mml_stage2_trains_only_the_fusion_head_and_gates_it_in(tiny):
     with torch.no_grad():
         before = method.predict(batch.image, batch.tabular)
     method.train()
-    method.on_epoch_start(2)
+    enter_epoch(method, plan, 2)
     running = method.encoders.tabular.mlp[1].running_mean.clone()
     method.train_step(batch, opt)
     assert set(opt.records[1]) == {"fusion.weight", "fusion.bias"}

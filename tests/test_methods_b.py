@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from staging import enter_epoch, plan_for
 from typer.testing import CliRunner
 
 from gaal_cli.cli import app
@@ -50,10 +51,11 @@ def names(method, *prefixes):
 
 
 def run_steps(method, batches, epochs):
-    """One training step per listed epoch; returns the optimiser with its records."""
+    """One training step per listed epoch of a run of max(epochs) epochs; returns the optimiser."""
     opt = RecordingAdam(method)
+    plan = plan_for(method, max(epochs))
     for epoch, batch in zip(epochs, batches):
-        method.on_epoch_start(epoch)
+        enter_epoch(method, plan, epoch)
         method.train_step(batch, opt)
     return opt
 
@@ -92,9 +94,9 @@ def test_reconboost_second_stage_rectifies_both_encoders(tiny):
     method, batches = setup(
         tiny, "reconboost", "methods.reconboost.stage_epochs=1", "methods.reconboost.rectify_epochs=1"
     )
-    opt = run_steps(method, batches, epochs=[3, 4])
+    opt = run_steps(method, batches + batches, epochs=[1, 2, 3, 4])
     assert_finite(opt.records)
-    boost, rectify = (set(r) for r in opt.records)
+    boost, rectify = (set(r) for r in opt.records[2:])
     assert boost == names(method, "encoders.tabular", "head")
     assert rectify == names(method, "")
     assert method.members() == ["image", "tabular"]
@@ -129,7 +131,9 @@ def test_reconboost_step_loss_is_the_weighted_ce(tiny):
     )
     method.eval()  # deterministic features for the recomputation (no batch statistics)
     batch = batches[0]
-    method.on_epoch_start(2)  # stage 1: tabular boosts, weighted by the image learner
+    plan = plan_for(method, 2)
+    enter_epoch(method, plan, 1)
+    enter_epoch(method, plan, 2)  # stage 1: tabular boosts, weighted by the image learner
     with torch.no_grad():
         q = F.softmax(method.encode("image", batch.image), -1).gather(1, batch.label[:, None]).squeeze(1)
         ce = F.cross_entropy(method.encode("tabular", batch.tabular), batch.label, reduction="none")
@@ -159,7 +163,10 @@ def test_lfm_loss_and_alpha_schedule():
     ce_hand = -math.log(math.exp(1.0) / (math.exp(1.0) + math.exp(0.5)))  # CE of the mean logits (1, 0.5)
     assert float(ce) == pytest.approx(ce_hand, rel=1e-6)
     assert float(loss) == pytest.approx(0.75 * ce_hand + 0.25 * float(js), rel=1e-6)
-    assert [alpha_schedule(e, 1.0, 0.5, 3) for e in (1, 2, 3, 9)] == [1.0, 0.75, 0.5, 0.5]
+    # the official direction: the CE weight starts low and rises (0.2 / 0.30 / 0.54 at 0-based 0 / 20 / 100)
+    assert [round(alpha_schedule(e, 0.2, 140.0), 3) for e in (1, 21, 101)] == [0.2, 0.3, 0.533]
+    # the matching weight halves every half-life
+    assert 1 - alpha_schedule(11, 0.2, 10.0) == pytest.approx(0.4)
 
 
 def test_igm_flat_transform_from_a_known_covariance():
@@ -190,7 +197,7 @@ def test_igm_tabular_head_gradient_is_right_multiplied_by_the_image_T(tiny):
     run_steps(method, batches[:2], epochs=[1, 1])  # last epoch of the image stage: covariance accumulates
     cov = method.cov_image_0.clone()
     assert cov.abs().sum() > 0
-    method.on_epoch_start(2)  # tabular stage: T_image computed from that covariance
+    enter_epoch(method, plan_for(method, 2), 2)  # tabular stage: T_image computed from that covariance
     assert torch.allclose(method.flat_image_0, flat_transform(cov, 0.4), atol=1e-6)
     assert not torch.allclose(method.flat_image_0, torch.eye(len(cov)))
 
@@ -328,3 +335,34 @@ def test_cli_train_end_to_end(tmp_path, tiny, name, extra, logged):
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert any(logged in s for s in steps)
     assert all(math.isfinite(s["loss"]) for s in steps)
+
+
+def test_arl_scales_nothing_during_the_official_warm_up(tiny):
+    method, batches = setup(tiny, "arl")
+    assert method.settings.warmup_epochs == 6  # official: scaling from 0-based epoch 6
+    x = torch.randn(4, 16)  # tiny features are 16 wide
+    for epoch, scaled in ((6, False), (7, True)):
+        method.on_epoch_start(epoch)
+        w = method.weights(x, x)
+        assert bool((w == 0).all()) != scaled
+
+
+def test_lfm_learnable_weights_start_at_the_official_split_and_learn(tiny):
+    method, batches = setup(tiny, "lfm", "methods.lfm.schedule=learnable", "methods.lfm.alpha_lr=0.5")
+    method.on_epoch_start(1)
+    assert torch.allclose(method.weights(), torch.tensor([0.05, 0.95]))
+    w = method.weights()
+    method.eval()  # the same features for the hand-computed gradient
+    logits = {m: method.heads[m](getattr(method.encoders, m)(getattr(batches[0], m))) for m in ("image", "tabular")}
+    _, ce, js = lfm_loss(logits["image"], logits["tabular"], batches[0].label, w[0])
+    params = [p for p in method.parameters() if p.requires_grad]
+    g_ce = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
+    g_js = torch.autograd.grad(js, params, allow_unused=True)
+    opt = RecordingAdam(method)
+    stats = method.train_step(batches[0], opt)
+    name = {p: n for n, p in method.named_parameters()}
+    for p, a, b in zip(params, g_ce, g_js):
+        want = w[0] * (0 if a is None else a) + w[1] * (0 if b is None else b)
+        assert torch.allclose(opt.records[0][name[p]], torch.as_tensor(want).expand_as(p), atol=1e-6)
+    # the CE term's score (1) is at least the matching term's (a cosine): the CE weight never falls
+    assert float(method.weights()[0]) >= 0.05 and float(stats["cos_ce_match"]) <= 1.0

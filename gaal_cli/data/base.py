@@ -51,6 +51,7 @@ class SplitDataset(Protocol):
     """A split of rows. One that can hand its images over unfinished also has `defer_images()`:
     from then on its batches carry uint8 images, and the function it returns turns them into
     the encoders' floats on whatever device they are on (see `images_on_device`)."""
+
     labels: torch.Tensor  # long (N,): class balance, class weights
 
     def __len__(self) -> int: ...

@@ -12,8 +12,12 @@ Variance estimate, as in the official code: the batch-mean entropy H_m of softma
 logits), normalised over the two modalities (H_m / (H_I + H_T)) and floored at
 `entropy_floor` (0.3 in the code) so one near-certain modality cannot take all the weight;
 then w_m = (1 / H_m) / (1 / H_I + 1 / H_T). The weights are computed from the current batch,
-detached, before the backward pass; before epoch `warmup_epochs + 1` both are 0.5, as in the
-official code (`--start 5`, 0-based).
+detached, before the backward pass.
+
+Warm-up, as in the official code: no scaling at all (w = 0, gradients x1) for the first
+`warmup_epochs` = 6 epochs; the scaling starts at 1-based epoch 7, the official code's 0-based
+epoch 6 (its `--start 5`: scaled once the epoch exceeds 5). Before this was read from the
+official code, the warm-up here applied the symmetric x1.5 and lasted 5 epochs.
 
 Known deviation of the public code, as an option: it computes the weights (further mixed
 with the normalised mean |logit| of the other modality and sharpened by softmax(T = 8)) but
@@ -54,7 +58,7 @@ class ArlSettings(MethodSettings):
         "paper", description="paper: w from 1/variance; code: the official code's fixed 0.5 (x1.5)"
     )
     entropy_floor: float = Field(0.3, ge=0, lt=0.5, description="floor of the normalised entropies")
-    warmup_epochs: int = Field(5, ge=0, description="epochs with w = 0.5 before the rule starts")
+    warmup_epochs: int = Field(6, ge=0, description="first epochs without any scaling (official: 0-based 0-5)")
 
 
 class ScaleGrad(torch.autograd.Function):
@@ -93,7 +97,9 @@ class Arl(Method):
 
     def weights(self, u_image: torch.Tensor, u_tabular: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        if s.weights == "code" or self.epoch <= s.warmup_epochs:
+        if self.epoch <= s.warmup_epochs:
+            return torch.zeros(2, device=u_image.device)
+        if s.weights == "code":
             return torch.full((2,), 0.5, device=u_image.device)
         with torch.no_grad():
             logits = (self.head.unimodal(u_image, "image"), self.head.unimodal(u_tabular, "tabular"))

@@ -8,11 +8,11 @@ the engine synchronises with the device only when it logs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +22,7 @@ from gaal_cli.data.base import Batch
 from gaal_cli.distributed import Comm
 from gaal_cli.metrics import accuracy  # noqa: F401  (methods import it from here)
 from gaal_cli.models.encoders import Encoders
+from gaal_cli.stages import WHOLE_RUN, PlannedStage, Stage
 
 #: the two modalities, in the order methods iterate over them
 MODALITIES = ("image", "tabular")
@@ -54,6 +55,8 @@ class Method(nn.Module):
     modalities: tuple[str, ...] = ("image", "tabular")
     #: collectives for data-parallel runs; set by the engine (see gaal_cli/distributed.py)
     comm: Comm = Comm()
+    #: the stage the current epoch belongs to; set by the engine before every epoch
+    stage: PlannedStage | None = None
 
     def __init__(self, encoders: Encoders, num_classes: int, settings: MethodSettings):
         super().__init__()
@@ -77,8 +80,34 @@ class Method(nn.Module):
         u_t = self.encoders.tabular(tabular) if tabular is not None else None
         return u_i, u_t
 
+    @classmethod
+    def stages(cls, settings: MethodSettings, epochs: int) -> Sequence[Stage]:
+        """The stages this method trains in, in order (see gaal_cli/stages.py).
+
+        A function of the settings alone, so that experiment files can be checked without data.
+
+        Args:
+            epochs: train.epochs, for a method whose stages repeat to fill the run.
+
+        The default is one stage over the whole run with the run's optimiser.
+        """
+        return WHOLE_RUN
+
+    def on_stage_start(self, stage: PlannedStage) -> None:
+        """Hook called once when a stage begins (not again when a run resumes inside it)."""
+
     def on_epoch_start(self, epoch: int) -> None:
-        """Hook for methods whose rule depends on the epoch (modulation windows, stages)."""
+        """Hook for methods whose rule depends on the epoch (modulation windows, warm-ups)."""
+
+    def resume_state(self) -> dict[str, Any]:
+        """What the method keeps across batches and epochs outside its state_dict, for resuming.
+
+        Plain data and tensors only (resume files load with weights_only=True).
+        """
+        return {}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore what `resume_state` returned."""
 
     def idle_parameters(self) -> set[str]:
         """Names of trainable parameters this method leaves untouched in its current stage.

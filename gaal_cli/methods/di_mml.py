@@ -4,7 +4,7 @@ Facts below are from the paper's description in REFERENCE §3 and the official c
 (github fanyunfeng-bit/DI-MML, main_CFT.py, main_CFT_stage2.py, loss/contrast_loss.py); the
 paper text itself was not available offline, so where they could differ the code is followed.
 
-Stage 1 (epochs before `stage2_epoch`), "detached" training: each encoder m has its own linear
+Stage 1 (`stage1_epochs`), "detached" training: each encoder m has its own linear
 head h_m and its own objective, so the modalities do not compete for one fused loss;
 interaction comes from a shared classifier ψ on both features and, from epoch
 `contrast_start_epoch` on, the dimension-decoupled unidirectional contrastive (DUC) term:
@@ -23,8 +23,8 @@ the previous two epochs: class centroids from the one before last, accuracies of
 epoch's features against them (features of the training steps, train mode, a model that moves
 meanwhile). It needs `contrast_start_epoch` ≥ 3; until the sets exist L_DUC is 0.
 
-Stage 2 (from `stage2_epoch` on): encoders and unimodal heads frozen (no gradient, encoders in
-eval mode); a concatenation fusion head f is trained with CE(f([u_I, u_T])). Inference gates
+Stage 2 (`stage2_epochs`): encoders and unimodal heads frozen (no gradient, encoders in eval
+mode); a concatenation fusion head f is trained with CE(f([u_I, u_T])). Inference gates
 the three logits per sample by certainty (official stage-2 validation):
 
     w = softmax([max p_I, max p_T, max p_F] / T₂),   multi = Σ_k w_k · logits_k
@@ -32,9 +32,19 @@ the three logits per sample by certainty (official stage-2 validation):
 Before any stage-2 step the gate covers h_I and h_T only (the official stage 1 reports no
 fused prediction; this is the natural one). Image and Tabular columns: h_I and h_T.
 
-Defaults are the official code's: λ_ψ = 1, τ = 1, T₂ = 1, contrast from epoch 21 (epoch 20
-counted from 0), 150 stage-1 epochs (so stage 2 from epoch 151). The engine runs both stages
-in one run; a short run must set `stage2_epoch` and `contrast_start_epoch` below train.epochs.
+Stages (gaal_cli/stages.py). The official code runs stage 2 as a separate run
+(main_CFT_stage2.py) with a fresh optimiser; here the engine runs both stages in one run and
+gives each its own fresh optimiser: by default the official one, SGD lr 1e-3, momentum 0.9,
+weight decay 1e-4, StepLR(70, 0.1) inside the stage (`stage_optimizer`; null: the run's train.*).
+Stage 1's optimiser holds the encoders and the three stage-1 heads, stage 2's only the fusion
+head. Only stage-2 epochs are candidates for the best checkpoint (stage 1 has no fusion head
+yet; the official stage 2 likewise keeps its own best). When the stages do not fit
+train.epochs the engine shrinks both in proportion (e.g. the default 8 epochs: 7 + 1), and the
+contrast start shrinks with stage 1 (never before epoch 3 of the stage; a stage 1 of fewer than
+3 epochs trains without L_DUC).
+
+Defaults are the official code's: λ_ψ = 1, τ = 1, T₂ = 1, contrast from epoch 21 of stage 1
+(epoch 20 counted from 0), 150 stage-1 epochs, 20 stage-2 epochs (its default --epochs).
 """
 
 from __future__ import annotations
@@ -56,11 +66,21 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
+
+#: the official optimiser of both stages (main_CFT.py, main_CFT_stage2.py)
+OFFICIAL_OPTIMIZER = StageOptimizer(kind="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4, step_size=70, gamma=0.1)
 
 
-class DiMmlSettings(MethodSettings):
-    stage2_epoch: int = Field(151, ge=1, description="first epoch of stage 2 (official: 150 stage-1 epochs)")
-    contrast_start_epoch: int = Field(21, ge=3, description="first epoch with the DUC term (official: 20 from 0)")
+class DiMmlSettings(StagedSettings, MethodSettings):
+    stage1_epochs: int = Field(150, ge=1, description="epochs of stage 1, detached training (official: 150)")
+    stage2_epochs: int = Field(20, ge=1, description="epochs of stage 2, the fusion head (official: 20)")
+    stage_optimizer: StageOptimizer | None = Field(
+        OFFICIAL_OPTIMIZER, description="each stage's fresh optimiser (official: SGD 1e-3); null: train.*"
+    )
+    contrast_start_epoch: int = Field(
+        21, ge=3, description="epoch of stage 1 that starts the DUC term (official: 20 from 0)"
+    )
     shared_weight: float = Field(1.0, ge=0, description="λ_ψ: weight of the shared-classifier losses")
     contrastive_temperature: float = Field(1.0, gt=0, description="τ of the DUC InfoNCE")
     gate_temperature: float = Field(1.0, gt=0, description="T₂ of the certainty gate")
@@ -131,6 +151,14 @@ class DimensionStatistics:
         counts = torch.bincount(labels, minlength=num_classes).float()
         self.counts = counts if self.counts is None else self.counts + counts
 
+    def state(self) -> dict:
+        """Plain data for a resume file: the running sums and the last epoch's centroids and hits."""
+        return {"sums": self.sums, "counts": self.counts, "centroids": self.centroids, "hits": self.hits}
+
+    def load(self, state: dict) -> None:
+        self.sums, self.counts = dict(state["sums"]), state["counts"]
+        self.centroids, self.hits = dict(state["centroids"]), dict(state["hits"])
+
     def roll(self) -> None:
         """Start an epoch: the last epoch's class means become the centroids to score against."""
         if self.counts is not None:
@@ -155,35 +183,58 @@ class DiMml(Method):
         self.register_buffer("image_only", torch.zeros(d, dtype=torch.bool))
         self.register_buffer("tabular_only", torch.zeros(d, dtype=torch.bool))
         self.stats = DimensionStatistics()
-        self.stage = 1
         self.collecting = False
 
+    @classmethod
+    def stages(cls, s: DiMmlSettings, epochs: int) -> list[Stage]:
+        return [
+            Stage("detached", s.stage1_epochs, ("encoders.", "heads.", "shared."), s.stage_optimizer, selects=False),
+            Stage("fusion", s.stage2_epochs, ("fusion.",), s.stage_optimizer),
+        ]
+
+    @property
+    def fusion_stage(self) -> bool:
+        return self.stage is not None and self.stage.index == 1
+
+    def contrast_start(self, stage: PlannedStage | None) -> int:
+        """Run epoch of the first DUC epoch: the setting, shrunk with stage 1, never before its 3rd epoch."""
+        scale = stage.scale if stage is not None else 1.0
+        start = stage.start if stage is not None else 1
+        return start - 1 + max(3, round(self.settings.contrast_start_epoch * scale))
+
     def on_epoch_start(self, epoch: int) -> None:
-        s = self.settings
-        self.stage = 2 if epoch >= s.stage2_epoch else 1
         self.collecting = False
-        if self.stage == 2:
+        if self.fusion_stage:
             self.encoders.eval()
             return
         if self.dims_ready:
             return
-        if epoch >= s.contrast_start_epoch and len(self.stats.hits) == 2:
+        contrast_start = self.contrast_start(self.stage)
+        if epoch >= contrast_start and len(self.stats.hits) == 2:
             only = effective_only(self.stats.hits)
             self.image_only.copy_(only["image"])
             self.tabular_only.copy_(only["tabular"])
             self.dims_ready.fill_(True)
             return
         self.stats.roll()
-        self.collecting = epoch >= s.contrast_start_epoch - 2
+        self.collecting = epoch >= contrast_start - 2
+
+    def resume_state(self) -> dict:
+        # the dimension statistics gathered over the epochs before the contrast starts
+        return {"stats": self.stats.state()}
+
+    def load_resume_state(self, state: dict) -> None:
+        if "stats" in state:
+            self.stats.load(state["stats"])
 
     def idle_parameters(self) -> set[str]:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         fusion = {n for n in names if n.startswith("fusion.")}
-        return fusion if self.stage == 1 else names - fusion
+        return names - fusion if self.fusion_stage else fusion
 
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
-        stats = self.stage1_loss(batch) if self.stage == 1 else self.stage2_loss(batch)
+        stats = self.stage2_loss(batch) if self.fusion_stage else self.stage1_loss(batch)
         stats["loss"].backward()
         stats.update(encoder_grad_norms(self.encoders))
         optimizer.step()

@@ -2,7 +2,17 @@
 
 seeds/003, §3 and Algorithm 1. Late fusion: each modality m has its encoder and its own head
 FC(d, 256) - ReLU - FC(256, 64) - FC(64, C) (§4.2). Training alternates stages, one modality
-per stage (`stage_epochs` epochs each, `first` first).
+per stage (`first` first), `stages` of them, their lengths cycling through `stage_epochs`.
+
+Stages (gaal_cli/stages.py), as the official code (configs/crema.json, train_CREMA.py): 12
+stages of 25, 50, 25, 50, ... epochs, each with a fresh SGD (lr 1e-2, momentum 0.9, weight
+decay 1e-4) and its own StepLR(40, 0.1) (`stage_optimizer`; null: the run's train.*). A stage's
+optimiser holds its modality's encoder and head. Every epoch is a candidate for the best
+checkpoint, as in the official code. Departures: the official code starts every stage from
+the best checkpoint so far (chosen on the test split) and steps its StepLR before each epoch
+(so it decays after 39 epochs, here after 40); here a stage continues from the last weights.
+`stages: null` trains as many stages as fit train.epochs (at least 2 when the run has 2 epochs); stages that do not fit
+are shrunk in proportion by the engine.
 
 - Flat gradient modification (eq. 2-5). After a stage on modality k, for every Linear layer
   of k's head, the uncentred covariance of its batch-mean inputs is accumulated over the
@@ -50,11 +60,11 @@ so no unimodal-vs-multimodal cosine exists for IGM.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from gaal_cli import surgery
@@ -69,19 +79,40 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
+
+#: the official optimiser of every stage (configs/crema.json: SGD, lr_scheduler patience 40 as step)
+OFFICIAL_OPTIMIZER = StageOptimizer(kind="sgd", lr=1e-2, momentum=0.9, weight_decay=1e-4, step_size=40, gamma=0.1)
 
 
-class IgmSettings(MethodSettings):
+class IgmSettings(StagedSettings, MethodSettings):
     tau: float = Field(0.4, gt=0, description="scaling factor of eq. 4")
     rho: float = Field(0.05, ge=0, description="SAM radius on the head (paper/code: 1e-15, inactive; 0: no SAM)")
     sam_mix: float = Field(1.0, gt=0, le=1, description="weight of the perturbed loss (official code: 0.3)")
     sam_norm: Literal["global", "per_tensor"] = "global"
     gm: bool = Field(True, description="flat gradient modification (false: the 'w/o GM' ablation)")
-    stage_epochs: int = Field(1, ge=1, description="epochs per modality stage")
+    stage_epochs: list[Annotated[int, Field(ge=1)]] = Field(
+        [25, 50], min_length=1, description="epochs of successive stages, cycled (official: 25, 50)"
+    )
+    stages: int | None = Field(
+        None, ge=1, description="modality stages (official: 12); None: as many as fit train.epochs, at least 2"
+    )
+    stage_optimizer: StageOptimizer | None = Field(
+        OFFICIAL_OPTIMIZER, description="each stage's fresh optimiser (official: SGD 1e-2); null: train.*"
+    )
     first: Literal["image", "tabular"] = "image"
     head_widths: tuple[int, int] = (256, 64)
     cov_batch: int = Field(12, ge=1, description="rows per batch mean in the covariance (paper: 12)")
     fusion: Literal["entropy", "average"] = "entropy"
+
+    @field_validator("stage_epochs", mode="before")
+    @classmethod
+    def _one_length(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+
+def modality_order(first: str) -> tuple[str, ...]:
+    return MODALITIES if first == "image" else MODALITIES[::-1]
 
 
 def flat_transform(cov: torch.Tensor, tau: float) -> torch.Tensor:
@@ -163,22 +194,43 @@ class Igm(Method):
     def buffers_of(self, kind: str, modality: str) -> list[torch.Tensor]:
         return [getattr(self, f"{kind}_{modality}_{i}") for i in range(len(self.linears(modality)))]
 
-    def stage(self, epoch: int) -> tuple[int, str, bool]:
-        """(stage index, modality trained in `epoch`, whether `epoch` is the last of its stage)."""
-        index, position = divmod(epoch - 1, self.settings.stage_epochs)
-        order = MODALITIES if self.settings.first == "image" else MODALITIES[::-1]
-        return index, order[index % 2], position == self.settings.stage_epochs - 1
+    def order(self) -> tuple[str, ...]:
+        return modality_order(self.settings.first)
+
+    @classmethod
+    def stages(cls, s: IgmSettings, epochs: int) -> list[Stage]:
+        lengths = s.stage_epochs
+        count = s.stages
+        if count is None:  # as many whole stages as fit, at least one per modality
+            count, used = 0, 0
+            while used + lengths[count % len(lengths)] <= epochs:
+                used += lengths[count % len(lengths)]
+                count += 1
+            count = max(count, min(2, epochs))
+        plan = []
+        for k in range(count):
+            m = modality_order(s.first)[k % 2]
+            plan.append(Stage(f"{m}", lengths[k % len(lengths)], (f"encoders.{m}.", f"heads.{m}."), s.stage_optimizer))
+        return plan
+
+    def schedule(self) -> tuple[int, str, bool]:
+        """(stage index, modality trained now, whether this epoch is the last of its stage)."""
+        stage = self.stage
+        index = stage.index if stage is not None else 0
+        last = stage is not None and self.epoch == stage.end
+        return index, self.order()[index % 2], last
+
+    def on_stage_start(self, stage: PlannedStage) -> None:
+        """T of the modality the previous stage trained, from its last epoch's covariance (eq. 4)."""
+        if stage.index >= 1:
+            self.update_flat(self.order()[(stage.index - 1) % 2])
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
-        if epoch > 1:
-            _, previous, finished = self.stage(epoch - 1)
-            if finished:
-                self.update_flat(previous)
 
     def idle_parameters(self) -> set[str]:
         """The encoder and head of the modality that the current stage does not train."""
-        _, modality, _ = self.stage(self.epoch)
+        _, modality, _ = self.schedule()
         other = "tabular" if modality == "image" else "image"
         prefixes = (f"encoders.{other}.", f"heads.{other}.")
         return {name for name, _ in self.named_parameters() if name.startswith(prefixes)}
@@ -192,7 +244,7 @@ class Igm(Method):
 
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
-        index, modality, last_epoch = self.stage(self.epoch)
+        index, modality, last_epoch = self.schedule()
         other = "tabular" if modality == "image" else "image"
         head = self.heads[modality]
         x = batch.image if modality == "image" else batch.tabular

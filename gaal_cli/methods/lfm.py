@@ -12,12 +12,23 @@ term unsupervised contrastive learning; the JS form between the two predictions 
 REFERENCE §3 records for the official code, and is what is implemented. Image-only and tabular-only accuracy
 are o_I and o_T; the fused prediction is (o_I + o_T) / 2.
 
-alpha adaptation: the paper's heuristic strategy lowers the weight of label fitting with a
-monotonically decreasing function of the epoch (its learning-based variant solves a
-bi-level problem instead and is not implemented here). Neither the paper's exact function
-nor its official code were available while writing this, so the schedule is explicit and
-configurable: alpha_0 falls linearly from `alpha_start` at epoch 1 to `alpha_end` at epoch
-`decay_epochs` and stays there. The defaults are this project's choice, not the paper's.
+alpha adaptation, in the official code's direction: the CE weight starts low and rises
+(REFERENCE §3: about 0.20 at epoch 0, 0.30 at 20, 0.54 at 100, 0-based).
+
+- `schedule: heuristic` (default): alpha_0(e) = 1 - (1 - alpha_start) * h / (e + h), e the
+  0-based epoch, i.e. the matching weight 1 - alpha_0 halves every `matching_half_life` = h
+  epochs from where it starts. With alpha_start = 0.2 and h = 140 this gives 0.200 / 0.300 /
+  0.533 at epochs 0 / 20 / 100, the curve through the official code's values as REFERENCE
+  records them; the official code's own formula was not available here, so this is a fit of
+  the three points, not a copy of it.
+- `schedule: learnable`: the paper's learning-based strategy as a one-step, first-order
+  bi-level update (this project's reading; the official update was not available here):
+  alpha = softmax(beta), beta starting at CE 0.05 / matching 0.95 as in the official code.
+  Each step takes the gradients of both terms, steps the model with their alpha-weighted sum,
+  and moves beta to lower the CE after that step; to first order d CE(theta') / d alpha_k is
+  proportional to -<g_CE, g_k>, taken here scale-free as the cosine (so the CE weight's own
+  score is 1 and the matching term's is cos(g_CE, g_match)); beta += alpha_lr * dalpha. Costs
+  one extra backward pass per step.
 
 Logs alpha (the CE weight), the two loss terms and, with `grad_cosine: true`, per encoder the
 cosine between the gradient of its unimodal CE and that of L.
@@ -25,11 +36,14 @@ cosine between the gradient of its unimodal CE and that of L.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
+from gaal_cli import surgery
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import (
     MODALITIES,
@@ -43,17 +57,24 @@ from gaal_cli.methods.base import (
 )
 from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms
 
+#: the CE weight each schedule starts from in the official code
+OFFICIAL_START = {"heuristic": 0.2, "learnable": 0.05}
+
 
 class LfmSettings(MethodSettings):
-    alpha_start: float = Field(1.0, ge=0, le=1, description="weight of the supervised loss at epoch 1")
-    alpha_end: float = Field(0.5, ge=0, le=1, description="weight of the supervised loss after the decay")
-    decay_epochs: int = Field(8, ge=1, description="epoch at which alpha reaches alpha_end")
+    schedule: Literal["heuristic", "learnable"] = Field(
+        "heuristic", description="heuristic: a rising CE weight; learnable: learnt by a first-order bi-level step"
+    )
+    alpha_start: float | None = Field(
+        None, gt=0, lt=1, description="CE weight at the first epoch; None: the official 0.2 (heuristic) / 0.05"
+    )
+    matching_half_life: float = Field(
+        140.0, gt=0, description="heuristic: epochs over which the matching weight halves (0.2 -> 0.54 by 100)"
+    )
+    alpha_lr: float = Field(0.01, ge=0, description="learnable: step size of the CE/matching logits per batch")
 
-    @model_validator(mode="after")
-    def _decreasing(self):
-        if self.alpha_end > self.alpha_start:
-            raise ValueError("the heuristic schedule decreases: alpha_end must not exceed alpha_start")
-        return self
+    def start(self) -> float:
+        return self.alpha_start if self.alpha_start is not None else OFFICIAL_START[self.schedule]
 
 
 def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
@@ -66,16 +87,25 @@ def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tenso
     return ((kl_pm + kl_qm) / 2).mean()
 
 
-def alpha_schedule(epoch: int, start: float, end: float, decay_epochs: int) -> float:
-    """Linear decrease from `start` (epoch 1) to `end` (epoch `decay_epochs`), then constant."""
-    if decay_epochs == 1:
-        return end
-    progress = min(max(epoch - 1, 0) / (decay_epochs - 1), 1.0)
-    return start + (end - start) * progress
+def alpha_schedule(epoch: int, start: float, half_life: float) -> float:
+    """CE weight of 1-based `epoch`: 1 - (1 - start) * h / (e + h), e = epoch - 1 (rises from `start`)."""
+    e = max(epoch - 1, 0)
+    return 1 - (1 - start) * half_life / (e + half_life)
+
+
+def learnable_update(alpha: torch.Tensor, score: torch.Tensor, lr: float) -> torch.Tensor:
+    """Change of the logits beta for scores s_k (d alpha_k/d beta_j through the softmax)."""
+    return lr * alpha * (score - (alpha * score).sum())
+
+
+def loss_grads(loss: torch.Tensor, params: list[torch.Tensor], retain: bool) -> list[torch.Tensor]:
+    """Gradient of `loss` per parameter (zeros where unused)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
 def lfm_loss(
-    logits_image: torch.Tensor, logits_tabular: torch.Tensor, labels: torch.Tensor, alpha: float
+    logits_image: torch.Tensor, logits_tabular: torch.Tensor, labels: torch.Tensor, alpha: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L, CE of the averaged logits, JS of the two predictions)."""
     ce = cross_entropy((logits_image + logits_tabular) / 2, labels)
@@ -90,11 +120,21 @@ class Lfm(Method):
     def __init__(self, encoders, num_classes, settings: LfmSettings):
         super().__init__(encoders, num_classes, settings)
         self.heads = nn.ModuleDict({m: nn.Linear(encoders.feature_dim, num_classes) for m in MODALITIES})
-        self.alpha = settings.alpha_start
+        start = settings.start()
+        # the learnable weights' logits (CE, matching); a buffer: learnt by its own rule, saved
+        self.register_buffer("beta", torch.tensor([start, 1 - start]).log())
+        self.alpha = start
 
     def on_epoch_start(self, epoch: int) -> None:
         s = self.settings
-        self.alpha = alpha_schedule(epoch, s.alpha_start, s.alpha_end, s.decay_epochs)
+        if s.schedule == "heuristic":
+            self.alpha = alpha_schedule(epoch, s.start(), s.matching_half_life)
+
+    def weights(self) -> torch.Tensor:
+        """(CE weight, matching weight) for this step."""
+        if self.settings.schedule == "learnable":
+            return torch.softmax(self.beta, 0)
+        return torch.tensor([self.alpha, 1 - self.alpha], device=self.beta.device)
 
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
@@ -102,22 +142,39 @@ class Lfm(Method):
             "image": self.heads["image"](self.encoders.image(batch.image)),
             "tabular": self.heads["tabular"](self.encoders.tabular(batch.tabular)),
         }
-        loss, ce, js = lfm_loss(logits["image"], logits["tabular"], batch.label, self.alpha)
+        w = self.weights()
+        loss, ce, js = lfm_loss(logits["image"], logits["tabular"], batch.label, w[0])
         fused = (logits["image"] + logits["tabular"]).detach() / 2
         stats = {
             "loss": loss.detach(),
             "acc": accuracy(fused, batch.label),
             "ce": ce.detach(),
             "js": js.detach(),
-            "alpha": torch.tensor(self.alpha),
+            "alpha": w[0].detach().clone(),
         }
         if self.settings.grad_cosine:
             unimodal = {m: cross_entropy(logits[m], batch.label) for m in MODALITIES}
             stats.update(encoder_cosines(unimodal, loss, self.encoders))
-        loss.backward()
+        if self.settings.schedule == "learnable":
+            stats["cos_ce_match"] = self.learnable_backward(ce, js, w)
+        else:
+            loss.backward()
         stats.update(encoder_grad_norms(self.encoders))
         optimizer.step()
         return stats
+
+    def learnable_backward(self, ce: torch.Tensor, js: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Set .grad to w_CE g_CE + w_match g_match and move beta (module docstring). Returns the cosine."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        g_ce = loss_grads(ce, params, retain=True)
+        g_js = loss_grads(js, params, retain=False)
+        for p, a, b in zip(params, g_ce, g_js):
+            p.grad = w[0] * a + w[1] * b
+        cos = surgery.cosine(surgery.flatten(g_ce), surgery.flatten(g_js)).detach()
+        score = torch.stack([torch.ones_like(cos), cos]).to(w.dtype)
+        with torch.no_grad():
+            self.beta += learnable_update(w, score, self.settings.alpha_lr)
+        return cos
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
         li = self.heads["image"](self.encoders.image(image)) if image is not None else None

@@ -100,6 +100,14 @@ class Mla(Method):
             self.last_epoch_steps = self.step
         self.step = 0
 
+    def resume_state(self) -> dict:
+        # alpha's schedule needs the length of the previous epoch
+        return {"step": self.step, "last_epoch_steps": self.last_epoch_steps}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.step = state.get("step", 0)
+        self.last_epoch_steps = state.get("last_epoch_steps")
+
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         order = ("image", "tabular") if self.settings.order == "image_first" else ("tabular", "image")
         alpha = mla_alpha(self.step, self.settings.steps_per_epoch or self.last_epoch_steps)

@@ -23,22 +23,32 @@ official code (`common_space: True`) both modalities share one head, Linear(d, 2
 Linear(256, C) (`head_hidden: 0` for a single Linear). Stage lengths default to the official
 code's `epochs_per_stage = correct_epoch = 4`.
 
+Stages (gaal_cli/stages.py). Each boosting phase and each rectification phase is an engine
+stage with a fresh optimiser, as the official code builds a new SGD for each: by default the
+official one, SGD lr 0.01, momentum 0.9, weight decay 5e-4, constant within the phase
+(`stage_optimizer`; null: the run's train.*), its learning rate multiplied by `lr_decay` every
+`lr_decay_every` boosting stages (official CREMA-D: x0.1 every 30). A boosting phase's optimiser
+holds encoder m and the head; a rectification phase's the members' encoders, the head and beta.
+`stages` boosting stages are trained (official: up to 1001, i.e. until stopped; None here: as
+many as fit train.epochs, at least 2 so that both modalities boost, shrunk to fit; only a run
+shorter than two stages' phases gets a single stage, and then the tabular encoder never
+trains). The best checkpoint is chosen among rectification epochs (the official code evaluates
+the ensemble after each rectification), or among boosting epochs when `rectify_epochs: 0`.
+
 Read-out: fused = beta * sum of the logits of the modalities already in the ensemble;
 image-only / tabular-only = the shared head on that modality's features (its learner in the
 ensemble). The paper's own unimodal numbers come from linear probes trained on frozen
 encoders afterwards, a separate training run outside this method's interface.
 
 Departures from the official code: its boosting loss averages over classes as well
-(a constant 1/C factor, i.e. a learning-rate rescaling, not reproduced); it restarts SGD for
-each stage, here the engine's one optimiser runs throughout; its recommended start from
-pre-trained unimodal models (`--use_pretrain`) is not part of this method (initial weights
-come from `model.weights`, as for every method).
+(a constant 1/C factor, i.e. a learning-rate rescaling, not reproduced); it keeps only
+checkpoints from its fourth stage on and selects them on the test split (here: validation,
+rectification epochs of any stage); its recommended start from pre-trained unimodal models
+(`--use_pretrain`) is not part of this method (initial weights come from `model.weights`, as
+for every method).
 Departure from the paper: its memory consolidation scheme is not implemented. Its official
 form (`ga_loss`, the MSE between the softmax of the current and of the previous learner,
 both detached) contributes no gradient, and the paper's own formula was not available here.
-
-Stage lengths are in epochs: a run needs more than stage_epochs + rectify_epochs epochs
-before the second modality trains at all (with the defaults, train.epochs > 8).
 
 Logs the mean sample weight (`weight_mean`), the phase (`rectify` 0/1), beta, and with
 `grad_cosine: true` the cosine between encoder m's gradients under its unimodal loss and
@@ -65,15 +75,31 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms, encoder_params, grad_cosine
+from gaal_cli.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
+
+#: the official optimiser of every phase (train.py: a new SGD for each boosting and rectification phase)
+OFFICIAL_OPTIMIZER = StageOptimizer(kind="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
-class ReconBoostSettings(MethodSettings):
+class ReconBoostSettings(StagedSettings, MethodSettings):
     w1: float = Field(5.0, description="constant part of the sample weight")
     w2: float = Field(1.0, description="how much the other modalities' true-class probability lowers it")
     stage_epochs: int = Field(4, ge=1, description="boosting epochs per stage")
     rectify_epochs: int = Field(4, ge=0, description="global rectification epochs after each stage")
+    stages: int | None = Field(
+        None, ge=2, description="boosting stages (official: until stopped); None: as many as fit train.epochs"
+    )
+    stage_optimizer: StageOptimizer | None = Field(
+        OFFICIAL_OPTIMIZER, description="each phase's fresh optimiser (official: SGD 0.01); null: train.*"
+    )
+    lr_decay: float = Field(0.1, gt=0, le=1, description="learning-rate factor every lr_decay_every stages")
+    lr_decay_every: int | None = Field(30, ge=1, description="boosting stages per decay (official CREMA-D: 30)")
     first: Literal["image", "tabular"] = "image"
     head_hidden: int = Field(256, ge=0, description="hidden width of the shared head (0: one Linear)")
+
+
+def modality_order(first: str) -> tuple[str, ...]:
+    return MODALITIES if first == "image" else MODALITIES[::-1]
 
 
 def boost_weights(other_logits: torch.Tensor | None, labels: torch.Tensor, num_classes: int, w1: float, w2: float):
@@ -96,24 +122,52 @@ class ReconBoost(Method):
             nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, num_classes)) if h else nn.Linear(d, num_classes)
         )
         self.boost_rate = nn.Parameter(torch.ones(()))
-        # the epoch is state: it decides which modalities the saved ensemble holds
-        self.register_buffer("epoch", torch.ones((), dtype=torch.long))
+        # which modalities have begun a boosting phase, i.e. are in the ensemble; a buffer, so
+        # that a saved model is read out with the same members
+        self.register_buffer("ensemble", torch.zeros(len(MODALITIES), dtype=torch.bool))
 
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch.fill_(epoch)
+    @classmethod
+    def stages(cls, s: ReconBoostSettings, epochs: int) -> list[Stage]:
+        """Boosting phase, then rectification phase, for each boosting stage (modalities alternate)."""
+        phases = 2 if s.rectify_epochs else 1
+        # None: as many as fit, and both modalities once the run has an epoch for every phase
+        count = s.stages or max(1, min(2, epochs // phases), epochs // (s.stage_epochs + s.rectify_epochs))
+        plan = []
+        for k in range(count):
+            m = modality_order(s.first)[k % 2]
+            scale = s.lr_decay ** (k // s.lr_decay_every) if s.lr_decay_every else 1.0
+            boosted = "encoders." if k >= 1 else f"encoders.{m}."
+            plan.append(
+                Stage(
+                    f"boost {m}",
+                    s.stage_epochs,
+                    (f"encoders.{m}.", "head."),
+                    s.stage_optimizer,
+                    scale,
+                    selects=not s.rectify_epochs,
+                )
+            )
+            if s.rectify_epochs:
+                plan.append(
+                    Stage("rectify", s.rectify_epochs, (boosted, "head.", "boost_rate"), s.stage_optimizer, scale)
+                )
+        return plan
+
+    def on_stage_start(self, stage: PlannedStage) -> None:
+        _, modality, rectify = self.schedule()
+        if not rectify:
+            self.ensemble[MODALITIES.index(modality)] = True
 
     def schedule(self) -> tuple[int, str, bool]:
-        """(stage index, modality of the stage, whether this epoch is a rectification epoch)."""
-        s = self.settings
-        cycle = s.stage_epochs + s.rectify_epochs
-        stage, position = divmod(int(self.epoch) - 1, cycle)
-        order = MODALITIES if s.first == "image" else MODALITIES[::-1]
-        return stage, order[stage % 2], position >= s.stage_epochs
+        """(boosting stage index, its modality, whether this is its rectification phase)."""
+        index = self.stage.index if self.stage is not None else 0
+        k, phase = divmod(index, 2 if self.settings.rectify_epochs else 1)
+        return k, modality_order(self.settings.first)[k % 2], phase == 1
 
     def members(self) -> list[str]:
-        """Modalities in the ensemble: those that have had a boosting phase."""
-        stage, modality, _ = self.schedule()
-        return list(MODALITIES) if stage >= 1 else [modality]
+        """Modalities in the ensemble: those that have begun a boosting phase."""
+        members = [m for i, m in enumerate(MODALITIES) if self.ensemble[i]]
+        return members or [self.schedule()[1]]
 
     def idle_parameters(self) -> set[str]:
         """Boosting trains one encoder and the head; rectification the members' encoders,

@@ -1,0 +1,116 @@
+"""Training stages (gaal_cli/stages.py): planning, fresh optimisers, early stopping, selection."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gaal_cli import engine
+from gaal_cli.cli import app
+from gaal_cli.config import load_config
+from gaal_cli.data import build_data
+from gaal_cli.engine import build_optimizer, create_method, plan_method_stages, train
+from gaal_cli.errors import GaalError
+from gaal_cli.stages import WHOLE_RUN, Stage, build_stage_optimizer, plan_stages, scale_lengths
+
+runner = CliRunner()
+
+
+def sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def test_plan_fits_scales_and_refuses():
+    two = [Stage("a", 150, selects=False), Stage("b", 20)]
+    plan = plan_stages(two, 500)
+    assert [(p.start, p.epochs) for p in plan] == [(1, 150), (151, 20)]  # the run ends with its last stage
+    scaled = plan_stages(two, 8)
+    assert [(p.start, p.epochs) for p in scaled] == [(1, 7), (8, 1)]
+    assert scaled[1].scale == pytest.approx(1 / 20)
+    with pytest.raises(GaalError, match="train.stage_fit=scale"):
+        plan_stages(two, 8, fit="refuse")
+    with pytest.raises(GaalError, match="at least 2 epochs"):
+        plan_stages(two, 1)
+    assert [(p.start, p.epochs) for p in plan_stages([Stage("a", 3), Stage("b")], 10)] == [(1, 3), (4, 7)]
+    assert [p.epochs for p in plan_stages(WHOLE_RUN, 8)] == [8]
+    assert scale_lengths([25, 50, 25, 50], 8) == [1, 3, 1, 3] and sum(scale_lengths([1, 1, 9], 5)) == 5
+
+
+def test_default_di_mml_run_reaches_stage_2():
+    config = load_config(overrides=["method=di_mml"])
+    assert config.train.epochs == 8
+    plan = plan_method_stages(config)
+    assert plan[-1].name == "fusion" and plan[-1].start <= 8
+
+
+def test_one_stage_builds_the_runs_own_optimiser(tiny):
+    config = load_config(overrides=[*tiny, "method=concat", "train.scheduler=cosine", "train.optimizer=sgd"])
+    method = create_method(config, build_data(config.data, 0))
+    (whole,) = plan_method_stages(config)
+    opt, sched = build_stage_optimizer(method, whole, config.train)
+    ref_opt, ref_sched = build_optimizer(method, config.train)
+    assert type(opt) is type(ref_opt) and opt.defaults == ref_opt.defaults
+    assert [p for g in opt.param_groups for p in g["params"]] == [p for g in ref_opt.param_groups for p in g["params"]]
+    assert type(sched) is type(ref_sched) and sched.T_max == ref_sched.T_max
+
+
+def test_each_stage_starts_with_a_fresh_optimiser_at_its_base_lr(tmp_path, tiny):
+    # the run's StepLR(1, 0.1) would leave stage 2 at 1e-5 under one optimiser for the whole run
+    extra = [
+        "methods.di_mml.stage_optimizer=null",
+        "methods.di_mml.stage1_epochs=2",
+        "methods.di_mml.stage2_epochs=1",
+        "methods.di_mml.contrast_start_epoch=3",
+        "train.epochs=3",
+        "train.step_size=1",
+    ]
+    config = load_config(overrides=[*tiny, "method=di_mml", *extra])
+    report = train(config, tmp_path / "run", show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-4, 1e-3])
+    assert [(s["name"], s["start_epoch"], s["epochs"]) for s in report["stages"]] == [
+        ("detached", 1, 2),
+        ("fusion", 3, 1),
+    ]
+    assert report["best_epoch"] == 3  # stage 1 has no fusion head yet: not a candidate
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert bool(state["model"]["fusion_trained"])
+
+
+@pytest.mark.parametrize(
+    "name, extra, epochs_run",
+    [
+        ("concat", [], 2),  # one stage: patience 1 stops it after one stale epoch
+        ("igm", ["methods.igm.stages=4", "methods.igm.stage_epochs=[1]"], 4),  # never before its last stage
+        # its patience counts from the last stage's start: one stale epoch there, then it stops
+        ("igm", ["methods.igm.stages=2", "methods.igm.stage_epochs=[1, 4]"], 2),
+    ],
+)
+def test_early_stopping_acts_only_in_the_last_stage(tmp_path, tiny, monkeypatch, name, extra, epochs_run):
+    monkeypatch.setattr(engine, "monitored", lambda metrics, head: 0.5)  # never improves after epoch 1
+    config = load_config(overrides=[*tiny, f"method={name}", "train.epochs=5", "train.patience=1", *extra])
+    report = train(config, tmp_path / "run", show_progress=False)
+    assert report["epochs_run"] == epochs_run
+
+
+def test_cli_says_when_stages_are_scaled_and_refuses_when_asked(tmp_path, tiny):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "-m", "di_mml", "--out", str(out), *sets([*tiny, "train.epochs=3"])])
+    assert result.exit_code == 0, result.output
+    assert "shrunk to fit train.epochs" in result.output
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert [(s["start_epoch"], s["declared_epochs"]) for s in stages] == [(1, 150), (3, 20)]
+
+    refused = tmp_path / "refused"
+    args = sets([*tiny, "train.epochs=3", "train.stage_fit=refuse"])
+    result = runner.invoke(app, ["train", "-m", "di_mml", "--out", str(refused), *args])
+    assert result.exit_code == 2, result.output
+    assert "train.epochs" in result.output and "Traceback" not in result.output
+    assert not refused.exists()
+
+
+def test_partial_stage_optimizer_block_keeps_the_methods_other_defaults():
+    config = load_config(overrides=["method=reconboost", "methods.reconboost.stage_optimizer.lr=0.05"])
+    spec = config.method_settings().stage_optimizer
+    assert (spec.kind, spec.lr, spec.weight_decay) == ("sgd", 0.05, 5e-4)
