@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -146,19 +147,35 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """Load a checkpoint from a run folder or a checkpoint file.
+    """Load a checkpoint from a run folder or a checkpoint file, as tensors and plain data only.
+
+    `weights_only=True`: a checkpoint is a file from a stranger, and unpickling anything else
+    (a class, a function reference) could run code.
 
     Raises:
-        GaalError: no checkpoint there, or not a gaal checkpoint.
+        GaalError: no checkpoint there, one holding other objects, or not a gaal checkpoint.
     """
     path = Path(path)
     file = path / RunFolder.CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise GaalError("no checkpoint found (expected a run folder or a checkpoint.pt file)", source=str(path))
     try:
-        state = torch.load(file, map_location="cpu", weights_only=False)
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise GaalError(
+            "refused: the checkpoint holds objects other than tensors and plain data, and loading them "
+            f"could run code ({_unpickling_reason(err)})",
+            source=str(file),
+        ) from None
     except Exception as err:  # torch raises many types for a corrupt or foreign file
         raise GaalError(f"cannot read the checkpoint ({type(err).__name__}: {err})", source=str(file)) from None
     if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
         raise GaalError("not a gaal checkpoint (expected keys 'model' and 'config')", source=str(file))
     return state, file
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names the object (not its advice to load unsafely)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(err).__name__])[0].rstrip(".")
