@@ -24,6 +24,7 @@ from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle, SplitDataset
+from gaal_cli.data.recipes import TABLE_SUFFIXES
 from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
@@ -467,6 +468,13 @@ def evaluate_checkpoint(
     """
     state, config, file = load_run(path, overrides)
     device = resolve_device(config.train.device)
+    table = Path(config.data.name)
+    if config.data.name.lower().endswith(TABLE_SUFFIXES) and not table.is_file():
+        raise GaalError(
+            "the run's table is not there (a relative path is read from the current folder); name it with --data FILE",
+            source=str(table),
+            field="data.name",
+        )
     data = build_data(config.data, config.seed, preprocessing=state.get("preprocessing"))
     method = restore_method(state, config, file, data.schema.field_lengths, data.num_classes).to(device)
     return evaluate(method, data.split(split), device, config.data.eval_batch_size, missing=missing), config

@@ -224,6 +224,8 @@ def _read_images(e: _Encoded, with_images: bool, cache_folder: Path, num_workers
         cache = ensure_cache(e.paths, e.image_size, cache_folder, e.problems, num_workers)
     keep = e.problems.raise_or_keep()
     rows = np.flatnonzero(keep)
+    if not len(rows):
+        raise GaalError(f"no row left to predict: all {len(keep)} are bad rows", source=e.problems.source)
     tabular = torch.from_numpy(e.tabular[keep])
     labels = None if e.labels is None else e.labels[keep]
     carried = torch.from_numpy(labels if labels is not None else np.full(len(rows), -1, dtype=np.int64))
