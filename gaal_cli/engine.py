@@ -424,6 +424,8 @@ def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple
 
     state, file = load_checkpoint(path)
     tree = state["config"]
+    if not isinstance(tree, dict):
+        raise GaalError(f"the checkpoint's config is a {type(tree).__name__}, expected a mapping", source=str(file))
     for key, value in (overrides or {}).items():
         if value is not None:
             apply_override(tree, key.split("."), value)

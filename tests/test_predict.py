@@ -172,6 +172,9 @@ def test_crafted_checkpoints_are_refused(trained, moved, tmp_path):
     torch.save({**saved, "model": model}, crafted)
     result = predict(crafted, moved, out)
     assert result.exit_code == 2 and "does not match" in result.output and not out.exists()
+    torch.save({**saved, "config": ["not", "a", "mapping"]}, crafted)
+    result = predict(crafted, moved, out)
+    assert result.exit_code == 2 and "expected a mapping" in result.output and not out.exists()
     torch.save({**saved, "preprocessing": None}, crafted)  # a run on the synthetic data carries none
     result = predict(crafted, moved, out)
     assert result.exit_code == 2 and "no preprocessing record" in result.output and not out.exists()
