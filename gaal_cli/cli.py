@@ -116,10 +116,11 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="train, val or test."),
     missing: str | None = typer.Option(None, "--missing", help="Evaluate with 'tabular' (or 'image') absent."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Prepared data folder, if it moved."),
+    data: Path | None = typer.Option(None, "--data", help="The run's .csv/.parquet table, if it moved."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Evaluate a trained run's best checkpoint on one split."""
+    """Evaluate a trained run's best checkpoint on one split (a table encoded with the run's saved preprocessing)."""
     from gaal_cli.display import metrics_table
     from gaal_cli.engine import evaluate_checkpoint
     from gaal_cli.results import to_json
@@ -128,12 +129,41 @@ def evaluate(
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
     if missing not in (None, "tabular", "image"):
         raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
-    metrics, config = evaluate_checkpoint(run, split, missing, {"data.dir": data_dir, "train.device": device})
+    overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
+    metrics, config = evaluate_checkpoint(run, split, missing, overrides)
     if as_json:
         stdout.print_json(to_json(metrics))
         return
     title = f"{config.method} on {config.data.name}, {split}" + (f", {missing} missing" if missing else "")
     stdout.print(metrics_table(title, {split: metrics}))
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    data: Path = typer.Option(..., "--data", help="Table to predict (.csv/.parquet; image paths relative to it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: id, prediction, prob_<class> per class."),
+    missing: str | None = typer.Option(None, "--missing", help="Predict with 'tabular' (or 'image') absent."),
+    head: str = typer.Option("multi", "--head", help="multi (fused), image or tabular prediction."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop and count bad rows instead of failing."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Class probabilities for every row of a table, from a finished run; works from any directory."""
+    from gaal_cli.predict import predict_table
+
+    summary = predict_table(run, data, out, missing=missing, head=head, skip_bad=skip_bad, device=device)
+    if summary.skipped:
+        total = sum(summary.skipped.values())
+        counts = ", ".join(f"{k} {v}" for k, v in summary.skipped.items())
+        stdout.print(f"skipped {total} bad row{'s' * (total > 1)} (no output row for them): {counts}", highlight=False)
+    notes = {"imputed": summary.imputed, "categories unseen in training, coded unknown": summary.unknown_categories}
+    for what, counts in notes.items():
+        if counts:
+            stdout.print(f"{what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
+    if summary.accuracy is not None:
+        stdout.print(f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled rows", highlight=False)
+    stdout.print(f"wrote {summary.rows_written} of {summary.rows_read} rows: {summary.out}", highlight=False)
 
 
 SEEDS_HELP = "Replace the file's seeds: 2022,2023 or 2022-2026."

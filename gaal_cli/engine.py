@@ -25,6 +25,7 @@ from gaal_cli.config import Config, TrainConfig
 from gaal_cli.contributions import run_shapley
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle, SplitDataset
+from gaal_cli.data.recipes import TABLE_SUFFIXES
 from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
@@ -63,17 +64,29 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def create_method(config: Config, data: DataBundle) -> Method:
+    return build_run_method(config, data.schema.field_lengths, data.num_classes)
+
+
+def build_run_method(
+    config: Config, field_lengths: tuple[int, ...], num_classes: int, *, initial_weights: bool = True
+) -> Method:
+    """The method `config` trains, for a table of `field_lengths` and `num_classes` classes.
+
+    Args:
+        initial_weights: load the pretrained or `model.weights` image weights; a method about to
+            receive a checkpoint's weights skips them (no download, no file from the training host).
+    """
     m = config.model
     encoders = build_encoders(
-        data.schema.field_lengths,
+        tuple(field_lengths),
         image_backbone=m.image_backbone,
         feature_dim=m.feature_dim,
         tabular_hidden=m.tabular_hidden,
-        pretrained=m.pretrained,
-        weights=m.weights,
+        pretrained=m.pretrained and initial_weights,
+        weights=m.weights if initial_weights else None,
         dropout=m.dropout,
     )
-    return build_method(config.method, config.method_settings(), encoders, data.num_classes)
+    return build_method(config.method, config.method_settings(), encoders, num_classes)
 
 
 def build_optimizer(method: Method, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -478,6 +491,27 @@ def evaluate(
     Args:
         missing: 'tabular' or 'image' to evaluate with that modality absent at test time.
     """
+    logits, y = predict_split(method, split, device, batch_size, missing=missing, bf16=bf16)
+    return {head: classification_metrics(out, y) for head, out in logits.items()}
+
+
+@torch.no_grad()
+def predict_split(
+    method: Method,
+    split: SplitDataset,
+    device: torch.device,
+    batch_size: int,
+    *,
+    missing: str | None = None,
+    bf16: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Logits of each head the method defines (float32, on the CPU, in row order) and the labels.
+
+    `evaluate` and `gaal predict` both go through here, so a prediction is what evaluation scored.
+
+    Args:
+        missing: 'tabular' or 'image' to predict with that modality absent.
+    """
     method.eval()
     collected: dict[str, list[torch.Tensor]] = {}
     labels = []
@@ -491,8 +525,7 @@ def evaluate(
             if logits is not None:
                 collected.setdefault(head, []).append(logits.float().cpu())
         labels.append(batch.label.cpu())
-    y = torch.cat(labels)
-    return {head: classification_metrics(torch.cat(chunks), y) for head, chunks in collected.items()}
+    return {head: torch.cat(chunks) for head, chunks in collected.items()}, torch.cat(labels)
 
 
 def monitored(metrics: dict[str, dict[str, float]], head: str) -> float:
@@ -529,16 +562,14 @@ def versions() -> dict[str, str]:
     }
 
 
-def evaluate_checkpoint(
-    path: str | Path,
-    split: str = "test",
-    missing: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[dict[str, dict[str, float]], Config]:
-    """Rebuild data and model from a checkpoint's config and evaluate one split.
+def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], Config, Path]:
+    """A run's best checkpoint (plain data and tensors only) and the config it was trained with.
 
     Args:
-        overrides: dotted config keys to change before rebuilding (e.g. data.dir on another host).
+        overrides: dotted config keys to change (e.g. data.dir on another host).
+
+    Raises:
+        GaalError: no checkpoint, one holding anything but tensors and plain data, or a bad config.
     """
     from gaal_cli.config import apply_override, config_from_mapping
 
@@ -547,15 +578,50 @@ def evaluate_checkpoint(
     for key, value in (overrides or {}).items():
         if value is not None:
             apply_override(tree, key.split("."), value)
-    config = config_from_mapping(tree, f"{file} (its config)")
-    device = resolve_device(config.train.device)
-    data = build_data(config.data, config.seed)
-    method = create_method(config, data)
+    return state, config_from_mapping(tree, f"{file} (its config)"), file
+
+
+def restore_method(
+    state: dict[str, Any], config: Config, file: Path, field_lengths: tuple[int, ...], num_classes: int
+) -> Method:
+    """The checkpoint's method, its weights loaded.
+
+    Raises:
+        GaalError: the weights do not fit the model the config and the data build.
+    """
+    method = build_run_method(config, field_lengths, num_classes, initial_weights=False)
     try:
         method.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         raise GaalError(
             f"the checkpoint does not match the model its config builds ({err})", source=str(file)
         ) from None
-    method.to(device)
+    return method
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str = "test",
+    missing: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, dict[str, float]], Config]:
+    """Rebuild data and model from a checkpoint and evaluate one split.
+
+    The data is encoded with the preprocessing the run saved, not refitted: a user table
+    moved elsewhere or reread later gives exactly the inputs the run was scored on.
+
+    Args:
+        overrides: dotted config keys to change before rebuilding (e.g. data.dir on another host).
+    """
+    state, config, file = load_run(path, overrides)
+    device = resolve_device(config.train.device)
+    table = Path(config.data.name)
+    if config.data.name.lower().endswith(TABLE_SUFFIXES) and not table.is_file():
+        raise GaalError(
+            "the run's table is not there (a relative path is read from the current folder); name it with --data FILE",
+            source=str(table),
+            field="data.name",
+        )
+    data = build_data(config.data, config.seed, preprocessing=state.get("preprocessing"))
+    method = restore_method(state, config, file, data.schema.field_lengths, data.num_classes).to(device)
     return evaluate(method, data.split(split), device, config.data.eval_batch_size, missing=missing), config

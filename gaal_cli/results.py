@@ -78,8 +78,9 @@ def load_state(file: Path, map_location: Any = "cpu", hint: str = "") -> dict[st
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise GaalError(
-                "holds objects other than tensors and plain data (dict, list, number, string); it is refused "
-                f"because loading them could run code. gaal writes only tensors and plain data{hint}",
+                "holds objects other than tensors and plain data (dict, list, number, string): "
+                f"{_unpickling_reason(err)}; it is refused because loading them could run code. gaal writes "
+                f"only tensors and plain data{hint}",
                 source=str(file),
             ) from None
         raise GaalError(f"is not a readable checkpoint ({_first_line(err)}){hint}", source=str(file)) from None
@@ -94,6 +95,13 @@ def load_state(file: Path, map_location: Any = "cpu", hint: str = "") -> dict[st
             f"is not a gaal checkpoint (expected a dict, got {type(state).__name__}){hint}", source=str(file)
         )
     return state
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names the object (not its advice to load unsafely)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(err).__name__])[0].rstrip(".")
 
 
 def _first_line(err: Exception) -> str:
@@ -295,10 +303,13 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """Load a checkpoint from a run folder or a checkpoint file.
+    """Load a checkpoint from a run folder or a checkpoint file, as tensors and plain data only.
+
+    `weights_only=True`: a checkpoint is a file from a stranger, and unpickling anything else
+    (a class, a function reference) could run code.
 
     Raises:
-        GaalError: no checkpoint there, or not a gaal checkpoint.
+        GaalError: no checkpoint there, one holding other objects, or not a gaal checkpoint.
     """
     path = Path(path)
     file = path / RunFolder.CHECKPOINT if path.is_dir() else path
@@ -306,5 +317,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise GaalError("no checkpoint found (expected a run folder or a checkpoint.pt file)", source=str(path))
     state = load_state(file)
     if not {"model", "config"} <= state.keys() or not all(isinstance(state[k], dict) for k in ("model", "config")):
-        raise GaalError("not a gaal checkpoint (expected keys 'model' and 'config', each a dict)", source=str(file))
+        raise GaalError(
+            "not a gaal checkpoint: expected a mapping under each of the keys 'model' and 'config'", source=str(file)
+        )
     return state, file

@@ -22,17 +22,22 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     return wrap
 
 
-def build_data(cfg: DataConfig, seed: int) -> DataBundle:
+def build_data(cfg: DataConfig, seed: int, preprocessing: dict | None = None) -> DataBundle:
     """Build the dataset named by `cfg.name`.
+
+    Args:
+        preprocessing: a run's saved preprocessing record: a user table is encoded with it
+            instead of refitting (prepared datasets carry theirs in the PREP folder).
 
     Raises:
         GaalError: unknown dataset name (the message lists the known ones).
     """
     _load_builtin()
     if cfg.name.lower().endswith(TABLE_SUFFIXES):
-        from gaal_cli.data.user_table import build_table
+        from gaal_cli.data.user_table import TableState, build_table
 
-        return build_table(cfg, seed)
+        state = None if preprocessing is None else TableState.from_json(preprocessing, "the checkpoint's preprocessing")
+        return build_table(cfg, seed, state)
     if cfg.name not in DATASETS:
         raise GaalError(
             f"unknown dataset '{cfg.name}'{did_you_mean(cfg.name, DATASETS)}; expected one of: "

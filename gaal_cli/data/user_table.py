@@ -210,6 +210,8 @@ def apply_state(
     skip_bad: bool = False,
     allow_outside_paths: bool | None = None,
     problems: Problems | None = None,
+    modalities: tuple[str, ...] = ("image", "tabular"),
+    label_problems: bool = True,
 ) -> EncodedTable:
     """Encode `frame` (read from the file `table`) exactly as the run that fitted `state` did.
 
@@ -220,30 +222,46 @@ def apply_state(
         skip_bad: bad rows are to be dropped (`problems.raise_or_keep()` then returns the mask).
         allow_outside_paths: overrides the run's own setting (the new table may live elsewhere).
         problems: record into these (training shares them with its earlier checks).
+        modalities: the modalities to read; the other's columns need not be there (a prediction
+            with the table or the image missing) and come back as "" paths or zero features.
+        label_problems: a label that is not one of the run's classes is a bad row; without it
+            (`gaal predict`, which ignores the target) the row keeps label -1.
 
     Raises:
         GaalError: a feature or the image column is absent from the table.
     """
-    absent = [c for c in [state.image_column, *state.features] if c not in frame.columns]
+    needed = [state.image_column] * ("image" in modalities) + state.features * ("tabular" in modalities)
+    absent = [c for c in needed if c not in frame.columns]
     if absent:
         raise GaalError(f"the table lacks column(s) the run was trained with: {', '.join(absent)}", source=str(table))
     if problems is None:
         problems = Problems(str(table), row_names(table, len(frame)), skip_bad)
     outside = state.allow_outside_paths if allow_outside_paths is None else allow_outside_paths
-    paths = image_paths(frame[state.image_column], table.parent, outside, problems)
+    paths = [""] * len(frame)
+    if "image" in modalities:
+        paths = image_paths(frame[state.image_column], table.parent, outside, problems)
     notes = Notes()
-    tabular = encode(frame[state.features], state.encoding, problems, notes)
+    tabular = np.zeros((len(frame), len(state.encoding.names)), dtype=np.float32)
+    if "tabular" in modalities:
+        tabular = encode(frame[state.features], state.encoding, problems, notes)
     labels = None
     if state.target in frame.columns:
-        lookup = {name: i for i, name in enumerate(state.class_names)}
-        text = category_text(frame[state.target])
-        labels = np.array(text.map(lookup).fillna(-1), dtype=np.int64)
-        labels[frame[state.target].isna().to_numpy()] = -1
-        for row in np.flatnonzero((labels < 0) & frame[state.target].notna().to_numpy()):
-            problems.add(row, f"label {text.iloc[row]!r} is not one of the run's classes", column=state.target)
+        labels = _run_labels(frame[state.target], state.class_names, problems if label_problems else None)
     has_ids = state.id_column is not None and state.id_column in frame.columns
     ids = [str(v) for v in frame[state.id_column]] if has_ids else [str(i) for i in range(len(frame))]
     return EncodedTable(ids, paths, tabular, labels, problems, notes)
+
+
+def _run_labels(values: pd.Series, class_names: list[str], problems: Problems | None) -> np.ndarray:
+    """Class indices in the run's classes; -1 for an empty cell or (recorded in `problems`) another label."""
+    lookup = {name: i for i, name in enumerate(class_names)}
+    text = category_text(values)
+    labels = np.array(text.map(lookup).fillna(-1), dtype=np.int64)
+    labels[values.isna().to_numpy()] = -1
+    if problems is not None:
+        for row in np.flatnonzero((labels < 0) & values.notna().to_numpy()):
+            problems.add(row, f"label {text.iloc[row]!r} is not one of the run's classes", column=str(values.name))
+    return labels
 
 
 def row_names(table: Path, n: int) -> list[str]:
@@ -341,24 +359,29 @@ def load_table(cfg: DataConfig) -> LoadedTable:
     return LoadedTable(path, frame, names, features, labels, class_names, split, split_info, problems, dropped)
 
 
-def build_table(cfg: DataConfig, seed: int) -> DataBundle:
+def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> DataBundle:
     """The DataBundle of a user table named by `data.name`.
 
     The run seed is not used: without a split column the split seed is `SPLIT_SEED`, so every
     seed of an experiment sees the same split.
+
+    Args:
+        state: a trained run's fitted preprocessing (`gaal eval`): encode with it, fit nothing.
     """
     t = load_table(cfg)
-    # bad image cells first, so that their rows stay out of the fitted statistics
-    image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
-    bad = np.isin(np.arange(len(t.frame)), list(t.problems.bad))
-    types = infer_types(t.frame, t.features, cfg.categorical, cfg.continuous)
-    state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, types, t.class_names)
+    saved = state
+    if state is None:
+        # bad image cells first, so that their rows stay out of the fitted statistics
+        image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
+        bad = np.isin(np.arange(len(t.frame)), list(t.problems.bad))
+        types = infer_types(t.frame, t.features, cfg.categorical, cfg.continuous)
+        state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, types, t.class_names)
     encoded = apply_state(state, t.frame, t.path, problems=t.problems)
     rows = Rows(encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)))
     enc = state.encoding
     info = {"table": str(t.path), "target": cfg.target, "split": t.split_info, "encoding": enc.to_json()}
     cache = t.path.parent / ".gaal_cache" / t.path.stem
-    return bundle(
+    data = bundle(
         rows,
         TabularSchema(enc.names, enc.field_lengths),
         cfg,
@@ -371,6 +394,13 @@ def build_table(cfg: DataConfig, seed: int) -> DataBundle:
         preprocessing=state.to_json(),
         dropped_before=t.dropped,
     )
+    if saved is not None and data.class_names != saved.class_names:
+        raise GaalError(
+            f"the table's classes {data.class_names} are not the run's {state.class_names}",
+            source=str(t.path),
+            field=cfg.target,
+        )
+    return data
 
 
 def _labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:

@@ -1,0 +1,124 @@
+"""`gaal predict`: class probabilities for every row of a new table, from a finished run.
+
+Everything comes from the run folder (or a checkpoint file alone): the config that builds the
+model, the weights, and the fitted preprocessing that encodes new rows as training encoded its
+own. So it works from any directory, in a fresh process, with the table anywhere. The output
+CSV has one row per kept input row: its id (`data.id_column`, else the row number from 0), the
+predicted class name and one `prob_<class>` column per class (softmax of the chosen head's
+logits). It is written to a temporary name and renamed; a bad row (without `--skip-bad`)
+stops everything before it is written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gaal_cli.data.prediction_rows import PredictionRows, prediction_rows
+from gaal_cli.engine import load_run, predict_split, resolve_device, restore_method
+from gaal_cli.errors import GaalError
+from gaal_cli.results import atomic_write
+
+HEADS = ("multi", "image", "tabular")
+PROB_PREFIX = "prob_"
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction did: rows read and written, bad rows dropped, cells imputed, accuracy if labelled."""
+
+    out: Path
+    rows_read: int
+    rows_written: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    imputed: dict[str, int] = field(default_factory=dict)
+    unknown_categories: dict[str, int] = field(default_factory=dict)
+    labelled: int = 0
+    accuracy: float | None = None
+
+
+def predict_table(
+    run: Path,
+    data: Path,
+    out: Path,
+    *,
+    missing: str | None = None,
+    head: str = "multi",
+    skip_bad: bool = False,
+    device: str = "auto",
+) -> PredictSummary:
+    """Predict every row of the table `data` with the run `run` and write the CSV `out`.
+
+    Args:
+        missing: 'tabular' predicts from the image alone (Table I's Image column), 'image' from
+            the table alone; that modality's columns are not read.
+        head: which of the method's predictions: multi (fused), image or tabular.
+        skip_bad: drop and count bad rows (the output then has no row for them).
+
+    Raises:
+        GaalError: a bad run, table, row or option; nothing is written then.
+    """
+    if missing not in (None, "tabular", "image"):
+        raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
+    if head not in HEADS:
+        raise GaalError(f"unknown head '{head}'; expected one of: {', '.join(HEADS)}", source="--head")
+    if out.exists() and out.resolve() == data.resolve():
+        raise GaalError("is the data file itself; the predictions need another file", source=str(out), field="--out")
+    if out.is_dir():
+        raise GaalError("is a folder; expected the name of the CSV file to write", source=str(out), field="--out")
+    state, config, file = load_run(run)
+    where = resolve_device(device)
+    with tempfile.TemporaryDirectory(prefix="gaal-predict-") as images:
+        rows = prediction_rows(
+            state.get("preprocessing"),
+            data,
+            skip_bad=skip_bad,
+            missing=missing,
+            cache_folder=Path(images),
+            num_workers=config.data.num_workers,
+            source=str(file),
+        )
+        method = restore_method(state, config, file, rows.field_lengths, len(rows.class_names)).to(where)
+        logits, _ = predict_split(method, rows.split, where, config.data.eval_batch_size, missing=missing)
+    if head not in logits:
+        raise GaalError(
+            f"the {config.method} method has no {head} prediction"
+            + (f" with the {missing} missing" if missing else "")
+            + f"; it has: {', '.join(logits) or 'none'}",
+            source="--head",
+        )
+    probs = torch.softmax(logits[head].double(), dim=1).numpy()
+    table = output_frame(rows, probs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, table.to_csv(index=False, float_format="%.8g"))
+    return summarise(rows, probs, out)
+
+
+def output_frame(rows: PredictionRows, probs: np.ndarray) -> pd.DataFrame:
+    """One row per kept input row: id, predicted class name, a probability per class."""
+    frame = pd.DataFrame({rows.id_name: rows.ids, "prediction": [rows.class_names[i] for i in probs.argmax(1)]})
+    for j, name in enumerate(rows.class_names):
+        frame[f"{PROB_PREFIX}{name}"] = probs[:, j]
+    return frame
+
+
+def summarise(rows: PredictionRows, probs: np.ndarray, out: Path) -> PredictSummary:
+    summary = PredictSummary(
+        out=out,
+        rows_read=rows.rows_read,
+        rows_written=len(probs),
+        skipped=rows.skipped,
+        imputed=rows.notes["imputed"],
+        unknown_categories=rows.notes["unknown_categories"],
+    )
+    if rows.labels is not None:
+        labelled = rows.labels >= 0
+        summary.labelled = int(labelled.sum())
+        if summary.labelled:
+            summary.accuracy = float((probs.argmax(1)[labelled] == rows.labels[labelled]).mean())
+    return summary
