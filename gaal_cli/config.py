@@ -82,6 +82,9 @@ class TrainConfig(Section):
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
     patience: int = Field(10, ge=1)
+    min_delta: float = Field(
+        0.0, ge=0, description="early stopping counts an epoch as progress only if val improves by more than this"
+    )
     monitor: Literal["multi", "image", "tabular"] = "multi"
     device: str = "auto"
     bf16: bool = False
