@@ -89,6 +89,11 @@ class Gaal(Method):
         self.head = nn.Linear(encoders.feature_dim, num_classes)
 
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """Algorithm 1 on one batch: the first modality's turn, then the second's.
+
+        Each encoder's training forward runs once, with the weights its own turn starts from;
+        each turn's guidance comes from the other encoder's features (see the module docstring).
+        """
         first, second = ("image", "tabular") if self.settings.order == "image_first" else ("tabular", "image")
         inputs = {"image": batch.image, "tabular": batch.tabular}
         encoder = {"image": self.encoders.image, "tabular": self.encoders.tabular}
