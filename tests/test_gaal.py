@@ -299,3 +299,19 @@ def test_min_delta_ends_a_run_whose_gains_stay_below_it(tiny, tmp_path, monkeypa
     report = train(config, tmp_path / "run", show_progress=False)
     assert report["epochs_run"] == 2
     assert report["best_epoch"] == 2, "the best checkpoint still follows the gain below min_delta"
+
+
+def test_idle_step_survives_a_resume(tiny):
+    """Weights and optimiser state reloaded (every .grad None again) continue as if never stopped."""
+    config, method, batch = setup(tiny, *OFFICIAL)
+    method.train()
+    opt, _ = build_optimizer(method, config.train)
+    method.train_step(batch, opt)
+    resumed = setup(tiny, *OFFICIAL)[1].train()
+    resumed.load_state_dict(method.state_dict())
+    resumed_opt, _ = build_optimizer(resumed, config.train)
+    resumed_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # as from a file: no shared tensors
+    method.train_step(batch, opt)
+    resumed.train_step(batch, resumed_opt)
+    for (name, a), b in zip(method.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name

@@ -97,6 +97,8 @@ class Gaal(Method):
         first, second = ("image", "tabular") if self.settings.order == "image_first" else ("tabular", "image")
         inputs = {"image": batch.image, "tabular": batch.tabular}
         encoder = {"image": self.encoders.image, "tabular": self.encoders.tabular}
+        if self.settings.idle_step:
+            restore_zero_grads(optimizer)
         # under idle_step the first turn's step also moves the second encoder (once it has had
         # a gradient): its training forward must then wait until after that step
         second_moves = self.settings.idle_step and any(p.grad is not None for p in encoder[second].parameters())
@@ -201,3 +203,17 @@ class Gaal(Method):
         li = self.head(self.encoders.image(image)) if image is not None else None
         lt = self.head(self.encoders.tabular(tabular)) if tabular is not None else None
         return Predictions(fuse_missing(li, lt, lambda: (li + lt) / 2), li, lt)
+
+
+def restore_zero_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Give a zero gradient back to every parameter the optimiser has stepped before.
+
+    Under `idle_step`, whether a parameter has had a gradient lives in `.grad` (zero tensor or
+    None), which no checkpoint holds: after a resume every `.grad` is None, while the
+    optimiser's restored state still lists the parameters it has stepped. Without this the
+    first resumed batch would skip the idle step that an uninterrupted run takes.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None and p in optimizer.state:
+                p.grad = torch.zeros_like(p)
