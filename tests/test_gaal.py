@@ -238,6 +238,18 @@ def test_the_comparison_catches_each_departure(tiny, official, broken):
     assert gap > 1e-4
 
 
+@pytest.mark.parametrize("settings", [[], OFFICIAL], ids=["paper", "official"])
+def test_guidance_forwards_leave_batchnorm_statistics_alone(tiny, settings):
+    """Each encoder's running statistics count each batch once, as in joint training."""
+    _, method, batch = setup(tiny, *settings)
+    method.train()
+    opt = torch.optim.Adam(method.parameters(), lr=1e-3)
+    for _ in range(2):
+        method.train_step(batch, opt)
+    norms = [m for m in method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(int(m.num_batches_tracked) == 2 for m in norms)
+
+
 # ---------------------------------------------------------------- official-code mode
 
 
