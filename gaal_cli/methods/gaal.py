@@ -20,8 +20,11 @@ batch's features from before that step (one image step moves u_I by 5-12 %, enou
 the selected hard samples and whether the surgery fires), saving that forward. The first
 turn's guidance is fresh either way: the second encoder has not moved yet.
 
-Cost: each encoder runs forward and backward once per batch, as in joint training, plus the
-no-grad forward of `fresh`. The official code back-propagates the hard-sample loss through the
+Cost: each encoder runs forward and backward once per batch, as in joint training, plus one
+no-grad forward of the first encoder under `fresh` (about 1 + forward / (forward + backward) of
+the image encoder: 1.2-1.5x a concat step on a CPU, benchmarks/step_cost.py) and, under
+`idle_step`, one of the second encoder, whose training forward waits for the first turn's step.
+The official code back-propagates the hard-sample loss through the
 other encoder and throws that gradient away; here g_p is taken through the head alone on
 detached features. A guidance forward uses the encoder's training mode (BatchNorm normalises
 with the batch's statistics) but leaves its running statistics alone (`guidance_features`).
