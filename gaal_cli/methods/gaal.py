@@ -24,10 +24,10 @@ Cost: each encoder runs forward and backward once per batch, as in joint trainin
 no-grad forward of the first encoder under `fresh` (about 1 + forward / (forward + backward) of
 the image encoder: 1.2-1.5x a concat step on a CPU, benchmarks/step_cost.py) and, under
 `idle_step`, one of the second encoder, whose training forward waits for the first turn's step.
-The official code back-propagates the hard-sample loss through the
-other encoder and throws that gradient away; here g_p is taken through the head alone on
-detached features. A guidance forward uses the encoder's training mode (BatchNorm normalises
-with the batch's statistics) but leaves its running statistics alone (`guidance_features`).
+The official code back-propagates the hard-sample loss through the other encoder and throws
+that gradient away; here g_p is taken through the head alone on detached features. A guidance
+forward uses the encoder's training mode (BatchNorm normalises with the batch's statistics) but
+leaves its running statistics alone (`guidance_features`).
 
 Switches: `cgs: false` gives alternating learning only (Table II row 1); `ugg: false` takes
 g_p from the whole batch (row 2). Official-code behaviour, for like-for-like comparison with
