@@ -127,6 +127,9 @@ class TrainConfig(Section):
     stage_fit: Literal["scale", "refuse"] = Field(
         "scale", description="when a method's stages do not fit train.epochs: shrink them in proportion, or refuse"
     )
+    min_delta: float = Field(
+        0.0, ge=0, description="early stopping counts an epoch as progress only if val improves by more than this"
+    )
     monitor: Literal["multi", "image", "tabular"] = "multi"
     device: str = "auto"
     bf16: bool = False

@@ -8,6 +8,7 @@ drives early stopping; the test split is evaluated once, at the end, on the best
 
 from __future__ import annotations
 
+import math
 import platform
 import random
 import time
@@ -357,8 +358,7 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
             s.scheduler.step()
             val = evaluate_session(s, "val")
             score = monitored(val, cfg.train.monitor)
-            improved = planned.stage.selects and score > best["score"]
-            best.update({"score": score, "epoch": epoch, "stale": 0} if improved else {"stale": best["stale"] + 1})
+            improved = track_best(best, score, epoch, cfg.train.min_delta, selects=planned.stage.selects)
             epoch_seconds.append(time.perf_counter() - t0)
             record = {
                 "epoch": epoch,
@@ -376,6 +376,29 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
                 + ("  [green]best" if improved else "")
             )
     return epoch_seconds
+
+
+def track_best(best: dict[str, Any], score: float, epoch: int, min_delta: float, *, selects: bool = True) -> bool:
+    """Update `best` with this epoch's validation score; True when it is a new best epoch.
+
+    An epoch of a stage that does not select (see gaal_cli/stages.py) only counts towards patience.
+
+    Lightning's semantics, as the official GAAL code runs them: the best checkpoint follows any
+    improvement, while the early-stopping counter (`stale`) restarts only when the score beats
+    the last such reference by more than `min_delta`. The reference (`stop_score`) moves only
+    then, so a slow creep of small gains still ends the run.
+    """
+    if not selects:
+        best["stale"] += 1
+        return False
+    improved = score > best["score"]
+    if improved:
+        best.update(score=score, epoch=epoch)
+    if score - min_delta > best.get("stop_score", -math.inf):
+        best.update(stop_score=score, stale=0)
+    else:
+        best["stale"] += 1
+    return improved
 
 
 def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], score: float, best: dict) -> None:

@@ -68,16 +68,25 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-def n_selected(batch_size: int, fraction: float) -> int:
-    """How many samples top-lambda keeps: ceil(fraction * B), at least one."""
+def n_selected(batch_size: int, fraction: float, rounding: str = "ceil") -> int:
+    """How many samples top-lambda keeps, at least one.
+
+    Args:
+        rounding: 'ceil' reads eq. 7's top-lambda fraction as ceil(fraction * B) (the paper);
+            'floor' is the official code's int(fraction * B), float product truncated as is.
+    """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if rounding == "floor":
+        return max(1, int(fraction * batch_size))
+    if rounding != "ceil":
+        raise ValueError(f"rounding must be 'ceil' or 'floor', got {rounding!r}")
     return max(1, math.ceil(round(fraction * batch_size, 6)))
 
 
-def top_uncertain(logits: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Indices of the ceil(fraction * B) samples with the highest entropy (eq. 7)."""
-    return torch.topk(entropy(logits), n_selected(len(logits), fraction)).indices
+def top_uncertain(logits: torch.Tensor, fraction: float, rounding: str = "ceil") -> torch.Tensor:
+    """Indices of the n_selected(B, fraction, rounding) samples with the highest entropy (eq. 7)."""
+    return torch.topk(entropy(logits), n_selected(len(logits), fraction, rounding)).indices
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
