@@ -11,7 +11,7 @@ import platform
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.data.base import DataBundle, SplitDataset
+from gaal_cli.dependencies import Dependency, init_encoders, load_dependencies, recorded_dependencies
 from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
@@ -57,8 +58,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def create_method(config: Config, data: DataBundle) -> Method:
+def create_method(config: Config, data: DataBundle, dependencies: dict[str, Dependency] | None = None) -> Method:
+    """The method `config` names, on `data`'s shapes; `dependencies` are its loaded dependencies
+    (gaal_cli.dependencies), keyed by config key: `model.init_from` starts the encoders, the
+    method's own (`methods.<name>.<field>`) go to the method by field name."""
     m = config.model
+    dependencies = dependencies or {}
     encoders = build_encoders(
         data.schema.field_lengths,
         image_backbone=m.image_backbone,
@@ -68,7 +73,11 @@ def create_method(config: Config, data: DataBundle) -> Method:
         weights=m.weights,
         dropout=m.dropout,
     )
-    return build_method(config.method, config.method_settings(), encoders, data.num_classes)
+    start = dependencies.get("model.init_from")
+    if start is not None and start.state is not None:
+        init_encoders(encoders, start, m.init_encoders)
+    own = {key.rsplit(".", 1)[-1]: dep for key, dep in dependencies.items() if key.startswith("methods.")}
+    return build_method(config.method, config.method_settings(), encoders, data.num_classes, own)
 
 
 def build_optimizer(method: Method, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -102,6 +111,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     comm: Comm
+    dependencies: dict[str, Dependency] = field(default_factory=dict)
 
 
 def setup(config: Config) -> Session:
@@ -116,10 +126,11 @@ def setup(config: Config) -> Session:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     data = build_data(config.data, config.seed)
+    dependencies = load_dependencies(config, data, device)
     # seeded after the data is built, so that nothing the data build does (a cache build,
     # a new dataset's preprocessing) can move the global streams the model and training draw from
     seed_everything(config.seed, config.train.deterministic)
-    method = create_method(config, data).to(device)
+    method = create_method(config, data, dependencies).to(device)
     if device.type == "cuda" and config.train.channels_last:
         method.encoders.image.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(method, config.train)
@@ -127,7 +138,7 @@ def setup(config: Config) -> Session:
     if config.train.compile:
         method.encoders.image = torch.compile(method.encoders.image)
         method.encoders.tabular = torch.compile(method.encoders.tabular)
-    return Session(config, device, data, method, optimizer, scheduler, comm)
+    return Session(config, device, data, method, optimizer, scheduler, comm, dependencies)
 
 
 def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
@@ -145,6 +156,11 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
     s = setup(config)
     resolved = config.resolved()
     state = run.resumable(resolved)
+    if state is not None and dependency_hashes(state.get("dependencies")) != dependency_hashes(
+        provenance(s)["dependencies"]
+    ):
+        console.print(f"[yellow]{run.path}: a dependency changed since the interrupted attempt; starting over")
+        state = None
     s.comm.barrier()
     if s.comm.is_main:
         run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
@@ -177,6 +193,8 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True) ->
             "eval_seconds": round(time.perf_counter() - t_test, 3),
         },
         "data": {"classes": s.data.num_classes, **s.data.info},
+        "inputs_at_test": list(s.method.modalities),
+        "dependencies": {key: dep.summary() for key, dep in s.dependencies.items()},
         "device": str(s.device),
         "world_size": s.comm.world_size,
         "threads": torch.get_num_threads(),
@@ -233,7 +251,7 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
     """Write the epoch's log lines and checkpoints (the best one, and the last for resuming)."""
     epoch = record["epoch"]
     if record["best"]:
-        run.save(RunFolder.CHECKPOINT, checkpoint(s.method, s.config, epoch, score))
+        run.save(RunFolder.CHECKPOINT, {**checkpoint(s.method, s.config, epoch, score), **provenance(s)})
     run.log_epoch(record)
     run.log_steps(epoch, per_step)
     resume = {
@@ -242,7 +260,7 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
         "rng": torch.get_rng_state(),
         "best": dict(best),
     }
-    run.save(RunFolder.LAST, {**checkpoint(s.method, s.config, epoch, score), **resume})
+    run.save(RunFolder.LAST, {**checkpoint(s.method, s.config, epoch, score), **provenance(s), **resume})
 
 
 def evaluate_session(s: Session, split: str) -> dict[str, dict[str, float]]:
@@ -329,6 +347,20 @@ def checkpoint(method: Method, config: Config, epoch: int, score: float) -> dict
     }
 
 
+def provenance(s: Session) -> dict[str, Any]:
+    """What a checkpoint says about its inputs, so another run can depend on it safely: the
+    data's classes and field lengths, and the dependencies it was trained from."""
+    return {
+        "data": {"classes": s.data.num_classes, "field_lengths": list(s.data.schema.field_lengths)},
+        "dependencies": {key: dep.record() for key, dep in s.dependencies.items()},
+    }
+
+
+def dependency_hashes(records: dict[str, Any] | None) -> dict[str, str]:
+    """{config key: sha256} of a checkpoint's dependency records."""
+    return {key: record["sha256"] for key, record in (records or {}).items()}
+
+
 def versions() -> dict[str, str]:
     import timm
 
@@ -362,7 +394,8 @@ def evaluate_checkpoint(
     config = Config.model_validate(tree)
     device = resolve_device(config.train.device)
     data = build_data(config.data, config.seed)
-    method = create_method(config, data)
+    # the dependencies' records suffice to rebuild the model: a teacher is not needed at test time
+    method = create_method(config, data, recorded_dependencies(state.get("dependencies")))
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as err:
