@@ -19,7 +19,8 @@ class ImageEncoder(nn.Module):
     """A timm backbone (global-pooled) followed by a projection when its width differs.
 
     Args:
-        backbone: any timm model name, e.g. `resnet50` (paper) or `test_resnet` (CPU default).
+        backbone: any timm model name, e.g. `resnet50` (paper) or `test_resnet` (CPU default),
+            optionally with a weight tag for `pretrained` (`resnet50.tv_in1k`).
         feature_dim: output width.
         pretrained: start from timm's published weights (downloaded from its hub, or found in
             the local Hugging Face cache); ignored when `weights` is given.
@@ -44,7 +45,8 @@ GAAL_BACKBONE_PREFIX = "encoders.image.backbone."
 
 def create_backbone(name: str, pretrained: bool, weights: str | None) -> nn.Module:
     """A headless, pooled timm model, with weights from a local file, timm's hub, or random."""
-    if name not in timm.list_models():
+    # a name may carry timm's weight tag (resnet50.tv_in1k: torchvision's ImageNet weights)
+    if name.split(".")[0] not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise GaalError(f"'{name}' is not a timm model{hint}", field="model.image_backbone")
