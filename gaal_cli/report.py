@@ -66,7 +66,7 @@ def load_runs(root: Path) -> pd.DataFrame:
     for run in finished_runs(root):
         report = run.read_report()
         test = dict(report["metrics"]["test"])
-        if len(report.get("inputs_at_test", HEADS)) == 1:
+        if len(report.get("inputs_at_test", ("image", "tabular"))) == 1:
             test.pop("multi", None)  # the one-modality prediction is reported under its modality
         rows.append(
             {

@@ -16,7 +16,7 @@ runner = CliRunner()
 PNG = b"\x89PNG"
 
 
-def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, steps=None, losses=None):
+def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, steps=None, losses=None, inputs=None):
     """A run folder as the engine writes it, with chosen test accuracies (multi, image, tabular)."""
     config = load_config(None, [f"name={experiment}", f"seed={seed}", *overrides])
     folder = root / experiment / variant / f"seed{seed}"
@@ -32,6 +32,7 @@ def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, ste
         "best_epoch": 2,
         "epochs_run": 2,
         "timings": {"total_seconds": 10.0, "seconds_per_epoch": 2.0 + seed % 2, "eval_seconds": 1.0},
+        **({"inputs_at_test": inputs} if inputs else {}),
     }
     (folder / "report.json").write_text(json.dumps(report))
     if done:
@@ -109,3 +110,22 @@ def test_two_runs_in_one_cell_are_an_error(results):
 def test_no_finished_runs_is_an_error(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no finished runs" in result.output
+
+
+def test_test_time_missing_rows_fill_the_image_column_only(tmp_path):
+    """KD and FMR read the image alone at test: Table I rows with an Image cell and no Multi cell,
+    whatever teacher each seed used (a setting that names another run is no row)."""
+    root = tmp_path / "results"
+    for seed, acc in ((1, 0.6), (2, 0.7)):
+        fake_run(root, "t1", "gaal", seed, [], (0.9, 0.8, 0.7), inputs=["image", "tabular"])
+        for method, field in (("kd", "teacher"), ("fmr", "fixed_model")):
+            teacher = f"methods.{method}.{field}=results/t1/concat/seed{seed}"
+            fake_run(root, "t1m", method, seed, [f"method={method}", teacher], (acc, acc, None), inputs=["image"])
+    written = write_report(root, tmp_path / "out")
+    assert [p.name for p in written].count("table1.csv") == 1
+    table = pd.read_csv(tmp_path / "out" / "table1.csv").set_index("method")
+    rows = [line.split("|")[1].strip() for line in (tmp_path / "out" / "table1.md").read_text().splitlines()[2:]]
+    assert rows == ["gaal", "kd", "fmr"]  # Table I's order: GAAL, then the test-time missing rows
+    for method in ("kd", "fmr"):
+        assert pd.isna(table.loc[method, "multi_mean"]) and table.loc[method, "image_mean"] == pytest.approx(0.65)
+    assert table.loc["gaal", "multi_mean"] == pytest.approx(0.9)
