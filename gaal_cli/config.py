@@ -66,7 +66,8 @@ class ModelConfig(Section):
     Where the image backbone's starting weights come from: `weights` (a local file: a timm or
     torchvision state dict, or a gaal checkpoint's image backbone), else `pretrained` (timm's
     hub, when the host reaches it), else random. `init_from` names another run (its folder or
-    checkpoint) whose encoders start this run: a dependency, like a teacher (gaal_cli.dependencies).
+    checkpoint) whose encoders (those listed in `init_encoders`) start this run, replacing those
+    starting weights: a dependency, like a teacher (gaal_cli.dependencies).
     """
 
     image_backbone: str = "test_resnet"
