@@ -170,3 +170,32 @@ def test_pretrained_weights_offline_are_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(GaalError, match="cannot get timm.s pretrained weights for .test_resnet.") as err:
         ImageEncoder("test_resnet", 16, pretrained=True)
     assert "model.pretrained" in str(err.value) and "model.weights=PATH" in str(err.value)
+
+
+def test_an_interrupted_run_whose_teacher_changed_starts_over(tiny, tmp_path, monkeypatch):
+    from gaal_cli import engine
+
+    teacher = fake_checkpoint(tmp_path / "teacher.pt", "concat")
+    config = load_config(overrides=[*tiny, "train.epochs=3", "method=kd", f"methods.kd.teacher={teacher}"])
+    out, original, calls = tmp_path / "kd", engine.evaluate, {"n": 0}
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", interrupted_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, out, show_progress=False)
+    monkeypatch.setattr(engine, "evaluate", original)
+    first_epoch = (out / "metrics.jsonl").read_text().splitlines()[0]
+
+    state = torch.load(teacher, weights_only=True)  # the teacher is retrained meanwhile
+    state["model"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, teacher)
+    report = train(config, out, show_progress=False)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert lines[0] != first_epoch, "epoch 1 was trained again against the new teacher"
+    assert report["dependencies"]["methods.kd.teacher"]["sha256"] == hashlib.sha256(teacher.read_bytes()).hexdigest()
