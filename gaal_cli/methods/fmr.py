@@ -1,5 +1,7 @@
-"""FMR, fixed model reuse (Yang, Zhan, Fan, Jiang and Zhou, "Deep learning for fixed model
-reuse", AAAI 2017): Table I's FMR row, a test-time tabular-missing method.
+"""FMR, fixed model reuse (AAAI 2017): image model regressing a fixed tabular model's features.
+
+Yang, Zhan, Fan, Jiang and Zhou, "Deep learning for fixed model reuse", AAAI 2017: Table I's
+FMR row, a test-time tabular-missing method.
 
 FMR reuses a fixed model f whose features help in training but are unavailable (or not to be
 used) at test. In the paper's words (abstract), the network's features and the fixed features

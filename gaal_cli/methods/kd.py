@@ -1,5 +1,8 @@
-"""KD, knowledge distillation (Hinton, Vinyals and Dean, 2015, arXiv 1503.02531): Table I's KD
-row, a test-time tabular-missing method (the table helps in training; only the image at test).
+"""KD, knowledge distillation (Hinton et al. 2015): image student, CE + T^2 KL to a teacher run.
+
+Hinton, Vinyals and Dean, "Distilling the knowledge in a neural network", arXiv 1503.02531:
+Table I's KD row, a test-time tabular-missing method (the table helps in training; only the
+image at test).
 
 An image student (the image encoder and a linear head, the same network as the `image` row)
 learns from the labels and from a trained teacher's softened prediction (Hinton et al. §2):
