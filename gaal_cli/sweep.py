@@ -301,9 +301,10 @@ def fill_fields(rule: str, resolved: dict[str, Any]) -> str:
 
 
 def dependency_folders(config: Config) -> tuple[Path, ...]:
-    """The run folders a run's dependencies live in (a checkpoint file's folder for a file)."""
+    """The run folders a run depends on. A dependency named as a checkpoint file is taken as it
+    is: nothing to order or wait for (the run reports it if it is missing)."""
     paths = (Path(value) for value in config.dependencies().values())
-    return tuple(p.parent if p.suffix in (".pt", ".pth") else p for p in paths)
+    return tuple(p for p in paths if p.suffix not in (".pt", ".pth"))
 
 
 def dependencies_first(runs: list[Run], source: Path) -> list[Run]:
@@ -444,9 +445,13 @@ def locked(folder: Path) -> bool:
 
 
 def changed_dependencies(folder: RunFolder) -> list[str]:
-    """Dependencies of a finished run whose checkpoint is gone or differs from the one it used."""
+    """Dependencies of a finished run whose checkpoint now differs from the one it used.
+
+    A checkpoint that is gone changes nothing: committed results keep no checkpoints, and a
+    teacher trained again writes a new one, which then differs.
+    """
     recorded = folder.read_report().get("dependencies", {})
-    return [record["path"] for record in recorded.values() if file_hash(record["path"]) != record["sha256"]]
+    return [record["path"] for record in recorded.values() if file_hash(record["path"]) not in (None, record["sha256"])]
 
 
 def file_hash(path: str) -> str | None:
@@ -479,7 +484,7 @@ def check_not_stale(sweep: Sweep) -> None:
         if not keys:
             changed = ", ".join(changed_dependencies(RunFolder(run.folder)))
             raise GaalError(
-                f"holds a finished run trained from a dependency that has changed or gone since ({changed}); "
+                f"holds a finished run trained from a dependency that has changed since ({changed}); "
                 "delete the folder to retrain it from the current one",
                 source=str(run.folder),
             )

@@ -324,3 +324,26 @@ def test_a_teacher_trains_first_and_kills_leave_every_run_finished_once(tmp_path
     checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # as a retrained teacher would differ
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and str(student) in result.output and "dependency" in result.output
+
+
+def test_a_finished_run_is_stale_when_its_dependency_changed_not_when_it_is_gone(tmp_path, tiny):
+    import hashlib
+
+    from gaal_cli.results import RunFolder
+    from gaal_cli.sweep import statuses
+
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"first teacher")
+    path = spec(tmp_path, f"name: st\nmethod: kd\nmethods:\n  kd: {{teacher: '{teacher}'}}\n")
+    sweep = load_sweep(path, tiny, results=tmp_path / "r")
+    run = sweep.runs[0]
+    assert run.needs == ()  # a checkpoint file is no run to wait for
+    run.folder.mkdir(parents=True)
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(run.config.resolved()))
+    record = {"path": str(teacher), "sha256": hashlib.sha256(b"first teacher").hexdigest()}
+    RunFolder(run.folder).finish({"dependencies": {"methods.kd.teacher": record}})
+    assert statuses(sweep) == [(run, "done")]
+    teacher.write_bytes(b"retrained teacher")
+    assert statuses(sweep) == [(run, "stale")]
+    teacher.unlink()  # results committed without their checkpoints are still current
+    assert statuses(sweep) == [(run, "done")]
