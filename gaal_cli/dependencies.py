@@ -109,6 +109,13 @@ def checkpoint_file(path: str | Path, key: str) -> Path:
                 field=key,
             )
         path = run.file(RunFolder.CHECKPOINT)
+        if not path.is_file():
+            raise GaalError(
+                "is a finished run without its checkpoint.pt (committed results keep none): delete the "
+                "folder and train it again to use it",
+                source=str(path.parent),
+                field=key,
+            )
     if not path.is_file():
         raise GaalError("no such run folder or checkpoint file", source=str(path), field=key)
     return path
