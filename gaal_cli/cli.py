@@ -200,7 +200,11 @@ def sweep(
         options = SlurmOptions(slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_mem)
         runs, jobs = submit_sweep(plan, slurm_folder, options)
         ids = ", ".join(sorted({str(job.job_id).split("_")[0] for job in jobs})) or "none"
-        stdout.print(f"{plan.name}: {len(runs)} runs submitted (job {ids}), {len(plan.runs) - len(runs)} done")
+        left = len(plan.runs) - len(runs)
+        stdout.print(
+            f"{plan.name}: {len(runs)} runs submitted (job {ids}); {left} done or waiting for a dependency "
+            "(submit again once it has finished)"
+        )
         return
     _run_sweep(plan, workers, dry_run)
 

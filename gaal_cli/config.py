@@ -102,11 +102,20 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    """Encoders shared by every method: a timm image backbone and a tabular MLP."""
+    """Encoders shared by every method: a timm image backbone and a tabular MLP.
+
+    Where the image backbone's starting weights come from: `weights` (a local file: a timm or
+    torchvision state dict, or a gaal checkpoint's image backbone), else `pretrained` (timm's
+    hub, when the host reaches it), else random. `init_from` names another run (its folder or
+    checkpoint) whose encoders (those listed in `init_encoders`) start this run, replacing those
+    starting weights: a dependency, like a teacher (gaal_cli.dependencies).
+    """
 
     image_backbone: str = "test_resnet"
     pretrained: bool = False
     weights: str | None = None
+    init_from: str | None = None
+    init_encoders: list[Literal["image", "tabular"]] = Field(["image", "tabular"], min_length=1)
     feature_dim: int = Field(256, ge=1)
     tabular_hidden: list[int] = [256, 256]
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -173,6 +182,15 @@ class Config(Section):
 
         name = name or self.method
         return self.methods.get(name) or METHODS[name].settings()
+
+    def dependencies(self) -> dict[str, str]:
+        """Other runs this one needs, by dotted key: `model.init_from` and the active method's
+        checkpoint fields (a teacher, a fixed model). Unset ones are left out."""
+        found = {"model.init_from": self.model.init_from}
+        settings = self.method_settings()
+        for field in type(settings).dependency_fields:
+            found[f"methods.{self.method}.{field}"] = getattr(settings, field)
+        return {key: value for key, value in found.items() if value}
 
     def resolved(self) -> dict[str, Any]:
         """The config as saved in a run folder: the active method's settings spelled out."""

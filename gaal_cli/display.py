@@ -215,10 +215,14 @@ def _clock(seconds: float) -> str:
 
 
 def plan_table(title: str, rows) -> Table:
-    """A sweep's runs before it starts: folder and status (done, partial, new, running, stale)."""
+    """A sweep's runs before it starts: folder, status (done, partial, new, running, stale) and
+    the dependencies (teachers, fixed models) that must finish before it can start."""
+    from gaal_cli.results import RunFolder
+
     table = Table(title=title)
-    for column in ("variant", "seed", "status", "folder"):
+    for column in ("variant", "seed", "status", "folder", "waits for"):
         table.add_column(column)
     for run, state in rows:
-        table.add_row(run.variant, str(run.seed), state, str(run.folder))
+        waits = "\n".join(str(need) for need in run.needs if not RunFolder(need).done)
+        table.add_row(run.variant, str(run.seed), state, str(run.folder), waits)
     return table

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gaal_cli.contributions import run_shapley
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle, SplitDataset
 from gaal_cli.data.recipes import TABLE_SUFFIXES
+from gaal_cli.dependencies import Dependency, init_encoders, load_dependencies, recorded_dependencies
 from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
@@ -64,20 +65,29 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def create_method(config: Config, data: DataBundle) -> Method:
-    return build_run_method(config, data.schema.field_lengths, data.num_classes)
+def create_method(config: Config, data: DataBundle, dependencies: dict[str, Dependency] | None = None) -> Method:
+    return build_run_method(config, data.schema.field_lengths, data.num_classes, dependencies=dependencies)
 
 
 def build_run_method(
-    config: Config, field_lengths: tuple[int, ...], num_classes: int, *, initial_weights: bool = True
+    config: Config,
+    field_lengths: tuple[int, ...],
+    num_classes: int,
+    *,
+    initial_weights: bool = True,
+    dependencies: dict[str, Dependency] | None = None,
 ) -> Method:
     """The method `config` trains, for a table of `field_lengths` and `num_classes` classes.
 
     Args:
         initial_weights: load the pretrained or `model.weights` image weights; a method about to
             receive a checkpoint's weights skips them (no download, no file from the training host).
+        dependencies: its loaded dependencies (gaal_cli.dependencies), keyed by config key:
+            `model.init_from` starts the encoders, the method's own (`methods.<name>.<field>`) go
+            to the method by field name.
     """
     m = config.model
+    dependencies = dependencies or {}
     encoders = build_encoders(
         tuple(field_lengths),
         image_backbone=m.image_backbone,
@@ -87,7 +97,11 @@ def build_run_method(
         weights=m.weights if initial_weights else None,
         dropout=m.dropout,
     )
-    return build_method(config.method, config.method_settings(), encoders, num_classes)
+    start = dependencies.get("model.init_from")
+    if start is not None and start.state is not None:
+        init_encoders(encoders, start, m.init_encoders)
+    own = {key.rsplit(".", 1)[-1]: dep for key, dep in dependencies.items() if key.startswith("methods.")}
+    return build_method(config.method, config.method_settings(), encoders, num_classes, own)
 
 
 def build_optimizer(method: Method, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -128,6 +142,7 @@ class Session:
     stages_run: list[dict[str, Any]]
     # turns the training batches' uint8 images into floats on the device (data.augment_on), if deferred
     finish_images: Callable[[torch.Tensor], torch.Tensor] | None = None
+    dependencies: dict[str, Dependency] = field(default_factory=dict)
 
 
 def setup(config: Config) -> Session:
@@ -144,10 +159,11 @@ def setup(config: Config) -> Session:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     data = build_data(config.data, config.seed)
+    dependencies = load_dependencies(config, data, device)
     # seeded after the data is built, so that nothing the data build does (a cache build,
     # a new dataset's preprocessing) can move the global streams the model and training draw from
     seed_everything(config.seed, config.train.deterministic)
-    method = create_method(config, data).to(device)
+    method = create_method(config, data, dependencies).to(device)
     if device.type == "cuda" and config.train.channels_last:
         method.encoders.image.to(memory_format=torch.channels_last)
     attach(method, comm, device)
@@ -155,7 +171,7 @@ def setup(config: Config) -> Session:
         method.encoders.image = torch.compile(method.encoders.image)
         method.encoders.tabular = torch.compile(method.encoders.tabular)
     finish_images = images_on_device(data.train, config.data.augment_on, device)
-    s = Session(config, device, data, method, None, None, comm, plan, [], finish_images)  # type: ignore[arg-type]
+    s = Session(config, device, data, method, None, None, comm, plan, [], finish_images, dependencies)  # type: ignore[arg-type]
     start_optimizer(s, plan[0])
     return s
 
@@ -211,6 +227,11 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
         run.refuse_overwrite(resolved)
     s = setup(config)
     state = None if restart else run.resumable(resolved)
+    if state is not None and dependency_hashes(state.get("dependencies")) != dependency_hashes(
+        provenance(s)["dependencies"]
+    ):
+        console.print(f"[yellow]{run.path}: a dependency changed since the interrupted attempt; starting over")
+        state = None
     first_epoch = restore(s, state, run.file(RunFolder.LAST)) if state is not None else 1
     s.comm.barrier()
     if s.comm.is_main:
@@ -246,6 +267,8 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
             "eval_seconds": round(time.perf_counter() - t_test, 3),
         },
         "data": {"classes": s.data.num_classes, **s.data.info},
+        "inputs_at_test": list(s.method.modalities),
+        "dependencies": {key: dep.summary() for key, dep in s.dependencies.items()},
         "device": str(s.device),
         "world_size": s.comm.world_size,
         "threads": torch.get_num_threads(),
@@ -405,7 +428,10 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
     """Write the epoch's log lines and checkpoints (the best one, and the last for resuming)."""
     epoch = record["epoch"]
     if record["best"]:
-        run.save(RunFolder.CHECKPOINT, checkpoint(s.method, s.config, epoch, score, s.data.preprocessing))
+        run.save(
+            RunFolder.CHECKPOINT,
+            {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **provenance(s)},
+        )
     run.log_epoch(record)
     run.log_steps(epoch, per_step)
     resume = {
@@ -416,7 +442,10 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
         "stages_run": list(s.stages_run),
         "best": dict(best),
     }
-    run.save(RunFolder.LAST, {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **resume})
+    run.save(
+        RunFolder.LAST,
+        {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **provenance(s), **resume},
+    )
 
 
 def evaluate_session(s: Session, split: str) -> dict[str, dict[str, float]]:
@@ -573,6 +602,20 @@ def checkpoint(
     }
 
 
+def provenance(s: Session) -> dict[str, Any]:
+    """What a checkpoint says about its inputs, so another run can depend on it safely: the
+    data's classes and field lengths, and the dependencies it was trained from."""
+    return {
+        "data": {"classes": s.data.num_classes, "field_lengths": list(s.data.schema.field_lengths)},
+        "dependencies": {key: dep.record() for key, dep in s.dependencies.items()},
+    }
+
+
+def dependency_hashes(records: dict[str, Any] | None) -> dict[str, str]:
+    """{config key: sha256} of a checkpoint's dependency records."""
+    return {key: record["sha256"] for key, record in (records or {}).items()}
+
+
 def versions() -> dict[str, str]:
     import timm
 
@@ -612,7 +655,14 @@ def restore_method(
     Raises:
         GaalError: the weights do not fit the model the config and the data build.
     """
-    method = build_run_method(config, field_lengths, num_classes, initial_weights=False)
+    # the dependencies' records suffice to rebuild the model: a teacher is not needed at test time
+    method = build_run_method(
+        config,
+        field_lengths,
+        num_classes,
+        initial_weights=False,
+        dependencies=recorded_dependencies(state.get("dependencies")),
+    )
     try:
         method.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as err:

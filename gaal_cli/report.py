@@ -9,7 +9,10 @@ work too); its columns are Multi / Image / Tabular per dataset, mean ± std over
 Experiments whose rows are the method alone form Table I, those varying GAAL's `cgs` / `ugg`
 switches Table II; any other experiment gets its own table. A synthetic regime other than the
 default counts as a dataset of its own (`synthetic-table_dominant`), so its Table II sits
-beside the complementary one. Figures are written as PNG (for report.md), PDF and SVG.
+beside the complementary one. Figures are written as PNG (for report.md), PDF and SVG. A run that reads one modality at
+test (report.json `inputs_at_test`: the unimodal rows, and the test-time tabular-missing methods
+such as KD and FMR) has no multimodal prediction: its accuracy goes in that modality's column
+and its Multi cell stays empty, as in the paper's Table I.
 
 This lives apart from results.py, which holds the run-folder layout and is imported by every
 training run: training should not load pandas and matplotlib, and the layout should stay
@@ -34,7 +37,7 @@ HEADS = ("multi", "image", "tabular")
 SPLITS = ("val", "test")
 METHOD_ORDER = (
     "image", "tabular", "concat", "max", "daft", "ogm_ge", "mmpareto", "mla",
-    "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal",
+    "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal", "kd", "fmr",
 )  # fmt: skip
 DATASET_LABELS = {"dvm": "DVM", "sun": "SUNAttribute", "celeba": "CelebA", "synthetic": "synthetic"}
 ABLATION_KEYS = ("methods.gaal.cgs", "methods.gaal.ugg")
@@ -146,7 +149,9 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     report = run.read_report()
     config = flatten(read_yaml_file(run.file(RunFolder.CONFIG)))
     try:
-        test = report["metrics"]["test"]
+        test = dict(report["metrics"]["test"])
+        if len(report.get("inputs_at_test", ("image", "tabular"))) == 1:
+            test.pop("multi", None)  # the one-modality prediction is reported under its modality
         return {
             **config,
             "experiment": report["experiment"],
@@ -172,8 +177,19 @@ def row_keys(runs: pd.DataFrame) -> list[str]:
     """The settings that vary among one experiment's runs on the same dataset (else the method)."""
     candidates = [c for c in runs.columns if c == "method" or c.startswith(("methods.", "data.", "model.", "train."))]
     per_dataset = runs.groupby("dataset")
-    varying = [c for c in candidates if c not in NOT_ROWS and per_dataset[c].nunique().max() > 1]
+    not_rows = NOT_ROWS | dependency_keys()
+    varying = [c for c in candidates if c not in not_rows and per_dataset[c].nunique().max() > 1]
     return varying or ["method"]
+
+
+def dependency_keys() -> set[str]:
+    """Settings that name another run (a teacher, a fixed model): they differ per seed, not per row."""
+    from gaal_cli.methods import METHODS
+
+    keys = {"model.init_from"}
+    for name, spec in METHODS.items():
+        keys |= {f"methods.{name}.{field}" for field in spec.settings.dependency_fields}
+    return keys
 
 
 def table_kind(runs: pd.DataFrame, rows: list[str], experiment: str) -> str:

@@ -30,12 +30,25 @@ that run, and the sweep goes on to its summary. A run holds an exclusive lock on
 (which records its pid) for as long as it lives, so a second sweep over the same file skips
 runs that are in progress instead of training them twice. Finished runs (DONE + report.json)
 are skipped; an interrupted one is retrained, resuming from its last epoch (see engine.train).
+
+A run may depend on another run's checkpoint (a KD teacher, FMR's fixed model, `model.init_from`;
+gaal_cli.dependencies). In a sweep file such a setting may name a run folder with the fields
+`{results}` (the results root) and `{dotted.key}` of the run's own config, e.g.
+
+    methods: {kd: {teacher: "{results}/{name}/concat/seed{seed}"}}
+
+A dependency that is another run of the same sweep is trained first; a run starts only once
+its dependencies are finished, waits while one is still training (here or in another process),
+and is reported as not started when one failed or is unfinished outside the sweep. A finished
+run whose dependency's checkpoint has changed since it was trained (a retrained teacher) is
+stale, like one whose config changed: the sweep refuses to mix it with new results.
 """
 
 from __future__ import annotations
 
 import copy
 import fcntl
+import functools
 import importlib.resources
 import itertools
 import os
@@ -92,6 +105,8 @@ class Run:
     seed: int
     config: Config
     folder: Path
+    #: run folders this run needs finished before it starts (its dependencies)
+    needs: tuple[Path, ...] = ()
 
     @property
     def label(self) -> str:
@@ -204,15 +219,10 @@ def variant_name(rule: str, resolved: dict[str, Any]) -> str:
         GaalError: a field that is no config key, or a name that is not one folder.
     """
 
-    def lookup(match: re.Match) -> str:
-        node: Any = resolved
-        for part in match.group(1).split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise GaalError(f"'{{{match.group(1)}}}' is not a key of the run's config", field="sweep.variant")
-            node = node[part]
-        return format_value(node)
-
-    name = re.sub(r"\{([^{}]+)\}", lookup, rule)
+    try:
+        name = fill_fields(rule, resolved)
+    except GaalError as err:
+        raise GaalError(err.message, field="sweep.variant") from None
     if not name or "/" in name or name in (".", ".."):
         raise GaalError(f"'{name}' is not a folder name (rule '{rule}')", field="sweep.variant")
     return name
@@ -280,8 +290,85 @@ def load_sweep(
                     field="sweep.variant",
                 )
             seen[folder] = point
-            runs.append(Run(variant, config.seed, config, folder))
-    return Sweep(tree["name"], str(path), runs)
+            config = fill_dependencies(config, results, path)
+            runs.append(Run(variant, config.seed, config, folder, dependency_folders(config)))
+    return Sweep(tree["name"], str(path), dependencies_first(runs, path))
+
+
+def fill_dependencies(config: Config, results: Path, source: Path) -> Config:
+    """Replace `{results}` and `{dotted.key}` fields in the run's dependency settings.
+
+    Raises:
+        GaalError: a field that is no config key.
+    """
+    resolved = config.resolved()
+    filled = {}
+    for key, value in config.dependencies().items():
+        if "{" in value:
+            try:
+                filled[key] = fill_fields(value, {**resolved, "results": str(results)})
+            except GaalError as err:
+                raise GaalError(err.message, source=str(source), field=key) from None
+    if not filled:
+        return config
+    tree = config.model_dump(mode="json")
+    for key, value in filled.items():
+        merge(tree, key, value)
+    return Config.model_validate(tree)
+
+
+def fill_fields(rule: str, resolved: dict[str, Any]) -> str:
+    """`rule` with each `{dotted.key}` replaced by that key's value in `resolved`.
+
+    Raises:
+        GaalError: a field that is no key of `resolved`.
+    """
+
+    def lookup(match: re.Match) -> str:
+        node: Any = resolved
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise GaalError(f"'{{{match.group(1)}}}' is not a key of the run's config")
+            node = node[part]
+        return format_value(node)
+
+    return re.sub(r"\{([^{}]+)\}", lookup, rule)
+
+
+def dependency_folders(config: Config) -> tuple[Path, ...]:
+    """The run folders a run depends on. A dependency named as a checkpoint file is taken as it
+    is: nothing to order or wait for (the run reports it if it is missing)."""
+    paths = (Path(value) for value in config.dependencies().values())
+    return tuple(p for p in paths if p.suffix not in (".pt", ".pth"))
+
+
+def dependencies_first(runs: list[Run], source: Path) -> list[Run]:
+    """The runs in file order, except that a run comes after the runs of this sweep it needs.
+
+    Raises:
+        GaalError: runs that need each other (a cycle).
+    """
+    by_folder = {run.folder: run for run in runs}
+    ordered: list[Run] = []
+    placed: set[Path] = set()
+    visiting: set[Path] = set()
+
+    def place(run: Run) -> None:
+        if run.folder in placed:
+            return
+        if run.folder in visiting:
+            raise GaalError(f"{run.label} depends on itself through its dependencies", source=str(source))
+        visiting.add(run.folder)
+        for need in run.needs:
+            if need in by_folder:
+                place(by_folder[need])
+        visiting.discard(run.folder)
+        placed.add(run.folder)
+        ordered.append(run)
+
+    for run in runs:
+        place(run)
+    return ordered
 
 
 def _read_spec(block: Any, path: Path) -> SweepSpec:
@@ -393,34 +480,78 @@ def check_inputs(sweep: Sweep) -> None:
 
 
 def status(run: Run) -> str:
-    """'done', 'stale' (done with another config), 'running' (locked by a live process),
-    'partial' (started, unfinished), 'new', or 'new, missing input' (see `missing_inputs`)."""
+    """'done', 'stale' (done with another config, or from a dependency that changed since),
+    'running' (locked by a live process), 'partial' (started, unfinished), 'new', or
+    'new, missing input' (see `missing_inputs`)."""
     folder = RunFolder(run.folder)
     if folder.done:
-        return "stale" if folder.stale_keys(run.config.resolved()) else "done"
+        return "stale" if folder.stale_keys(run.config.resolved()) or changed_dependencies(folder) else "done"
     if not run.folder.is_dir():
         return "new, missing input" if missing_inputs(run.config) else "new"
-    if (run.folder / LOCK).exists():
-        with open(run.folder / LOCK) as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return "running"
+    if locked(run.folder):
+        return "running"
     return "partial" if any(run.folder.iterdir()) else "new"
 
 
+def locked(folder: Path) -> bool:
+    """Whether a live process holds the run folder's lock (it is training that run)."""
+    if not (folder / LOCK).exists():
+        return False
+    with open(folder / LOCK) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
+def changed_dependencies(folder: RunFolder) -> list[str]:
+    """Dependencies of a finished run whose checkpoint now differs from the one it used.
+
+    A checkpoint that is gone changes nothing: committed results keep no checkpoints, and a
+    teacher trained again writes a new one, which then differs.
+    """
+    recorded = folder.read_report().get("dependencies", {})
+    return [record["path"] for record in recorded.values() if file_hash(record["path"]) not in (None, record["sha256"])]
+
+
+def file_hash(path: str) -> str | None:
+    """sha256 of a file (None when missing), computed once per file version in this process."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    stat = file.stat()
+    return _hash_version(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_version(path: str, mtime_ns: int, size: int) -> str:
+    from gaal_cli.dependencies import sha256_file
+
+    return sha256_file(Path(path))
+
+
 def check_not_stale(sweep: Sweep) -> None:
-    """Refuse to mix results: a finished run whose config differs from the sweep's.
+    """Refuse to mix results: a finished run whose config differs from the sweep's, or one
+    trained from a dependency that has changed since.
 
     Raises:
-        GaalError: names the folder and the keys that differ.
+        GaalError: names the folder and the keys (or dependencies) that differ.
     """
     for run in sweep.runs:
-        keys = ", ".join(RunFolder(run.folder).stale_keys(run.config.resolved())[:5])
+        folder = RunFolder(run.folder)
+        keys = ", ".join(folder.stale_keys(run.config.resolved())[:5])
         if keys:
             raise GaalError(
                 f"holds a finished run of another config (differs in: {keys}); "
                 "delete the folder to retrain it, or give the experiment another name",
+                source=str(run.folder),
+            )
+        changed = ", ".join(changed_dependencies(folder)) if folder.done else ""
+        if changed:
+            raise GaalError(
+                f"holds a finished run trained from a dependency that has changed since ({changed}); "
+                "delete the folder to retrain it from the current one",
                 source=str(run.folder),
             )
 
@@ -504,7 +635,13 @@ def submit_sweep(sweep: Sweep, folder: Path, options=None, cluster: str = "slurm
     from gaal_cli.launchers import submit_slurm
 
     check_not_stale(sweep)
-    pending = [run for run in sweep.runs if status(run) in ("new", "partial")]
+    # a job array cannot wait for another job here: runs whose dependencies are unfinished go
+    # in a later submission
+    pending = [
+        run
+        for run in sweep.runs
+        if status(run) in ("new", "partial") and all(RunFolder(need).done for need in run.needs)
+    ]
     for run in pending:
         run.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
@@ -590,8 +727,16 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
     with SweepProgress(sweep.name, len(sweep.runs), len(outcome.skipped)) as progress:
         try:
             while todo or active:
-                while todo and len(active) < workers and outcome.stopped_because is None:
-                    run = todo.pop(0)
+                while (
+                    len(active) < workers
+                    and outcome.stopped_because is None
+                    and (picked := next_startable(todo, active, outcome))
+                ):
+                    run, blocked = picked
+                    if blocked:
+                        outcome.failed.append((run, blocked))
+                        progress.finished(run, f"[red]not started[/]: {blocked}", "failed")
+                        continue
                     started = launch(run, env)
                     if isinstance(started, Unwritable):
                         outcome.failed.append((run, str(started)))
@@ -631,6 +776,34 @@ def _stop_on_repeated_error(active: Active, errors: dict[str, int], outcome: Out
     errors[error] = errors.get(error, 0) + 1
     if errors[error] >= SAME_ERROR_LIMIT and outcome.stopped_because is None:
         outcome.stopped_because = f"{errors[error]} runs failed with the same input error: {error}"
+
+
+def next_startable(todo: list[Run], active: list[Active], outcome: Outcome) -> tuple[Run, str] | None:
+    """Take from `todo` the first run that need not wait for a dependency.
+
+    Returns:
+        (run, '') for a run whose dependencies are all finished; (run, why) for one that cannot
+        start because a dependency failed or is unfinished and not being trained; None when
+        every run left waits for a dependency still training (here or in another process).
+    """
+    pending = {run.folder for run in todo} | {a.run.folder for a in active}
+    failed = {run.folder for run, _ in outcome.failed}
+    for run in todo:
+        why = ""
+        for need in run.needs:
+            if RunFolder(need).done:
+                continue
+            if need in failed:
+                why = f"its dependency {need} failed"
+            elif need in pending or locked(need):
+                why = "wait"
+            else:
+                why = f"its dependency {need} is unfinished and not part of this sweep: train it first"
+            break
+        if why != "wait":
+            todo.remove(run)
+            return run, why
+    return None
 
 
 def _settle(active: Active, outcome: Outcome, durations: list[float], progress) -> None:

@@ -17,3 +17,12 @@ TINY = [
 def tiny():
     """Overrides that make any run train in a second or two on the CPU."""
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(tmp_path_factory):
+    """A checkpoint of an untrained tiny concat run, in the format training writes: enough to
+    stand in for a teacher or a fixed model (KD, FMR, model.init_from) in fast tests."""
+    from fake_runs import fake_checkpoint
+
+    return fake_checkpoint(tmp_path_factory.mktemp("teacher") / "checkpoint.pt", "concat")

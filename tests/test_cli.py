@@ -67,7 +67,7 @@ def test_bad_config_exits_2_without_traceback_or_files(tmp_path):
     [
         (["train", "--dataset", "nosuch"], "nosuch"),
         (["train", "--set", "model.image_backbone=resnet_nope"], "resnet_nope"),
-        (["train", "--set", "model.pretrained=true"], "model.pretrained"),
+        (["train", "--set", "model.weights=/no/such/weights.pth"], "model.weights"),
         (["eval", "/no/such/run"], "/no/such/run"),
         (["eval", ".", "--missing", "audio"], "audio"),
     ],

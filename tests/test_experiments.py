@@ -64,3 +64,17 @@ def test_every_stage_of_every_run_starts_before_the_run_can_end_at_a_live_learni
             everything = dataclasses.replace(planned, stage=dataclasses.replace(planned.stage, trains=()))
             optimizer, _ = build_stage_optimizer(probe, everything, config.train)
             assert optimizer.param_groups[0]["lr"] >= 0.01 * base, where
+
+
+def test_every_dependency_is_a_run_of_some_experiment_on_the_same_data(tmp_path):
+    """A teacher or fixed model named by an experiment file is a run that some experiment file
+    trains (same seed, same data), so `gaal sweep` of that file produces what the other needs."""
+    runs = {run.folder: run for path in FILES for run in load_sweep(path, results=tmp_path).runs}
+    needing = [run for run in runs.values() if run.needs]
+    assert needing, "the test-time missing rows (KD, FMR) name their dependencies"
+    for run in needing:
+        for need in run.needs:
+            assert need in runs, f"{run.folder} needs {need}, which no experiment file trains"
+            dep, own = runs[need].config, run.config
+            assert (dep.seed, dep.data.name, dep.data.dir) == (own.seed, own.data.name, own.data.dir)
+            assert dep.data.synthetic == own.data.synthetic

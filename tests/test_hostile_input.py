@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fake_runs import dependency_overrides
 from typer.testing import CliRunner
 
 import gaal_cli
@@ -113,13 +114,19 @@ def test_a_checkpoint_with_a_bad_config_is_one_paragraph(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_what_the_engine_saves_loads_with_weights_only(name, tiny, tmp_path):
+def test_what_the_engine_saves_loads_with_weights_only(name, tiny, tmp_path, teacher_checkpoint):
     """Every method, optimiser and scheduler: last.pt and checkpoint.pt hold tensors and plain data."""
     index = sorted(METHODS).index(name)
     optimizer_kind = ("adam", "adamw", "sgd")[index % 3]
     scheduler_kind = ("step", "cosine", "none")[index // 3 % 3]
     config = load_config(
-        overrides=[*tiny, f"method={name}", f"train.optimizer={optimizer_kind}", f"train.scheduler={scheduler_kind}"]
+        overrides=[
+            *tiny,
+            f"method={name}",
+            f"train.optimizer={optimizer_kind}",
+            f"train.scheduler={scheduler_kind}",
+            *dependency_overrides(name, teacher_checkpoint),  # KD's teacher, FMR's fixed model
+        ]
     )
     session = setup(config)  # the first stage's optimiser and scheduler, as a run starts
     session.method.train()
@@ -170,8 +177,8 @@ def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(tmp_path, tiny, m
 
     original = engine.create_method
 
-    def diverging(config, data):
-        method = original(config, data)
+    def diverging(config, data, *args):
+        method = original(config, data, *args)
         step = method.train_step
         calls = {"n": 0}
 

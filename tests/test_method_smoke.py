@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
+from fake_runs import dependency_overrides
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
+from gaal_cli.dependencies import load_dependencies
 from gaal_cli.engine import build_optimizer, create_method
 from gaal_cli.methods import METHODS
 
@@ -34,18 +36,19 @@ class Recorder:
         return getattr(self.optimizer, attr)
 
 
-def build(name, tiny):
-    config = load_config(overrides=[*tiny, f"method={name}"])
+def build(name, tiny, teacher):
+    """The method on tiny data; one that needs another run's checkpoint gets the fake teacher."""
+    config = load_config(overrides=[*tiny, f"method={name}", *dependency_overrides(name, teacher)])
     torch.manual_seed(0)
     data = build_data(config.data, 0)
-    method = create_method(config, data)
+    method = create_method(config, data, load_dependencies(config, data, torch.device("cpu")))
     optimizer, _ = build_optimizer(method, config.train)
     return method, Recorder(optimizer, method), data
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_two_steps_give_finite_gradients_to_every_learning_parameter(name, tiny):
-    method, recorder, data = build(name, tiny)
+def test_two_steps_give_finite_gradients_to_every_learning_parameter(name, tiny, teacher_checkpoint):
+    method, recorder, data = build(name, tiny, teacher_checkpoint)
     method.train()
     method.on_epoch_start(1)
     loader = make_loader(data.train, 32, shuffle=True, seed=0)
@@ -60,8 +63,8 @@ def test_two_steps_give_finite_gradients_to_every_learning_parameter(name, tiny)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_predict_shapes_and_missing_modalities(name, tiny):
-    method, _, data = build(name, tiny)
+def test_predict_shapes_and_missing_modalities(name, tiny, teacher_checkpoint):
+    method, _, data = build(name, tiny, teacher_checkpoint)
     method.eval()
     batch = data.test[list(range(8))]
     c = data.num_classes
@@ -85,11 +88,12 @@ def test_predict_shapes_and_missing_modalities(name, tiny):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_grad_cosine_diagnostics_are_cosines(name, tiny):
-    config = load_config(overrides=[*tiny, f"method={name}", f"methods.{name}.grad_cosine=true"])
+def test_grad_cosine_diagnostics_are_cosines(name, tiny, teacher_checkpoint):
+    overrides = [f"method={name}", f"methods.{name}.grad_cosine=true", *dependency_overrides(name, teacher_checkpoint)]
+    config = load_config(overrides=[*tiny, *overrides])
     torch.manual_seed(0)
     data = build_data(config.data, 0)
-    method = create_method(config, data)
+    method = create_method(config, data, load_dependencies(config, data, torch.device("cpu")))
     optimizer, _ = build_optimizer(method, config.train)
     method.train()
     method.on_epoch_start(1)

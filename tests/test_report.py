@@ -16,7 +16,9 @@ runner = CliRunner()
 PNG = b"\x89PNG"
 
 
-def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, steps=None, losses=None, classes=None):
+def fake_run(
+    root, experiment, variant, seed, overrides, accs, *, done=True, steps=None, losses=None, classes=None, inputs=None
+):
     """A run folder as the engine writes it, with chosen test accuracies (multi, image, tabular)."""
     config = load_config(None, [f"name={experiment}", f"seed={seed}", *overrides])
     folder = root / experiment / variant / f"seed{seed}"
@@ -32,6 +34,7 @@ def fake_run(root, experiment, variant, seed, overrides, accs, *, done=True, ste
         "best_epoch": 2,
         "epochs_run": 2,
         "timings": {"total_seconds": 10.0, "seconds_per_epoch": 2.0 + seed % 2, "eval_seconds": 1.0},
+        **({"inputs_at_test": inputs} if inputs else {}),
     }
     if classes:
         report["data"] = {"classes": classes}
@@ -216,3 +219,23 @@ def test_epsilon_axis_fits_the_values(eps, scale):
     fig, (ax,) = _figure(1)
     _epsilon_axis(ax, np.asarray(eps))
     assert ax.get_xscale() == scale
+
+
+def test_test_time_missing_rows_fill_the_image_column_only(tmp_path):
+    """KD and FMR read the image alone at test: Table I rows with an Image cell and no Multi cell,
+    whatever teacher each seed used (a setting that names another run is no row)."""
+    root = tmp_path / "results"
+    for seed, acc in ((1, 0.6), (2, 0.7)):
+        fake_run(root, "t1", "gaal", seed, [], (0.9, 0.8, 0.7), inputs=["image", "tabular"])
+        for method, field in (("kd", "teacher"), ("fmr", "fixed_model")):
+            teacher = f"methods.{method}.{field}=results/t1/concat/seed{seed}"
+            fake_run(root, "t1m", method, seed, [f"method={method}", teacher], (acc, acc, None), inputs=["image"])
+    written = write_report(root, tmp_path / "out")
+    assert [p.name for p in written].count("table1.csv") == 1
+    table = pd.read_csv(tmp_path / "out" / "table1.csv").set_index("method")
+    lines = (tmp_path / "out" / "table1.md").read_text().split("\n\n")[0].splitlines()[2:]  # the table alone
+    rows = [line.split("|")[1].strip() for line in lines]
+    assert rows == ["gaal", "kd", "fmr"]  # Table I's order: GAAL, then the test-time missing rows
+    for method in ("kd", "fmr"):
+        assert pd.isna(table.loc[method, "multi_mean"]) and table.loc[method, "image_mean"] == pytest.approx(0.65)
+    assert table.loc["gaal", "multi_mean"] == pytest.approx(0.9)

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from fake_runs import dependency_overrides
 
 from gaal_cli import engine
 from gaal_cli.config import load_config
@@ -53,9 +54,10 @@ def run(config, folder, stop_after=None, monkeypatch=None):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny, monkeypatch, name):
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny, monkeypatch, teacher_checkpoint, name):
     extra, stop_after = CASES.get(name, ([], 1))
-    config = load_config(overrides=[*tiny, *SMALL, f"method={name}", *extra])
+    needs = dependency_overrides(name, teacher_checkpoint)  # KD's teacher, FMR's fixed model
+    config = load_config(overrides=[*tiny, *SMALL, f"method={name}", *extra, *needs])
     whole = run(config, tmp_path / "whole")
 
     folder = tmp_path / "resumed"

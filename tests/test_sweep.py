@@ -281,3 +281,69 @@ def test_a_finished_run_of_another_config_is_refused(tmp_path, tiny):
     assert statuses(changed)[0][1] == "stale"
     with pytest.raises(GaalError, match="train.lr"):
         run_sweep(changed)
+
+
+def test_a_teacher_trains_first_and_kills_leave_every_run_finished_once(tmp_path, tiny):
+    """A KD student listed before its teacher waits for it; the teacher is SIGKILLed mid-way (the
+    student is then reported not started), and reruns finish each run exactly once."""
+    epochs = 8
+    path = spec(
+        tmp_path,
+        "name: dep\nmethods:\n  kd: {teacher: '{results}/{name}/concat/seed{seed}'}\n"
+        "sweep:\n  seeds: [1]\n  grid:\n    method: [kd, concat]\n",
+    )
+    results = tmp_path / "r"
+    args = ["sweep", str(path), "--workers", "2", "--results", str(results)]
+    args += sets([*tiny, f"train.epochs={epochs}", "train.patience=100"])
+    teacher, student = results / "dep/concat/seed1", results / "dep/kd/seed1"
+
+    # 1. a free worker does not start the student while its teacher trains; kill the teacher
+    sweep = sweep_process(args, tmp_path, "a.log")
+    wait_for(lambda: epochs_logged(teacher))
+    assert not student.exists(), "the student started before its teacher finished"
+    os.kill(int((teacher / ".lock").read_text()), signal.SIGKILL)
+    assert sweep.wait(timeout=900) == 1
+    log = (tmp_path / "a.log").read_text()
+    assert "killed by signal 9" in log and "its dependency" in log and "failed" in log
+    assert not student.exists() and not (teacher / "DONE").exists()
+
+    # 2. rerun: the teacher resumes and finishes, then the student trains from it
+    sweep = sweep_process(args, tmp_path, "b.log")
+    assert sweep.wait(timeout=900) == 0, (tmp_path / "b.log").read_text()
+    assert "2 trained, 0 already done, 0 failed" in (tmp_path / "b.log").read_text()
+    assert epochs_logged(teacher) == list(range(1, epochs + 1)), "each teacher epoch logged once"
+    assert epochs_logged(student) == list(range(1, epochs + 1))
+    record = json.loads((student / "report.json").read_text())["dependencies"]["methods.kd.teacher"]
+    assert record["path"] == str(teacher / "checkpoint.pt") and record["method"] == "concat"
+
+    # 3. nothing left to do; then a retrained teacher makes the finished student stale
+    sweep = sweep_process(args, tmp_path, "c.log")
+    assert sweep.wait(timeout=900) == 0
+    assert "0 trained, 2 already done" in (tmp_path / "c.log").read_text()
+    checkpoint = teacher / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # as a retrained teacher would differ
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and str(student) in result.output and "dependency" in result.output
+
+
+def test_a_finished_run_is_stale_when_its_dependency_changed_not_when_it_is_gone(tmp_path, tiny):
+    import hashlib
+
+    from gaal_cli.results import RunFolder
+    from gaal_cli.sweep import statuses
+
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"first teacher")
+    path = spec(tmp_path, f"name: st\nmethod: kd\nmethods:\n  kd: {{teacher: '{teacher}'}}\n")
+    sweep = load_sweep(path, tiny, results=tmp_path / "r")
+    run = sweep.runs[0]
+    assert run.needs == ()  # a checkpoint file is no run to wait for
+    run.folder.mkdir(parents=True)
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(run.config.resolved()))
+    record = {"path": str(teacher), "sha256": hashlib.sha256(b"first teacher").hexdigest()}
+    RunFolder(run.folder).finish({"dependencies": {"methods.kd.teacher": record}})
+    assert statuses(sweep) == [(run, "done")]
+    teacher.write_bytes(b"retrained teacher")
+    assert statuses(sweep) == [(run, "stale")]
+    teacher.unlink()  # results committed without their checkpoints are still current
+    assert statuses(sweep) == [(run, "done")]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,9 +29,15 @@ MODALITIES = ("image", "tabular")
 
 
 class MethodSettings(BaseModel):
-    """Base of each method's own settings block (`methods.<name>` in the YAML)."""
+    """Base of each method's own settings block (`methods.<name>` in the YAML).
+
+    `dependency_fields` names the settings that point at another run's checkpoint (a teacher,
+    a fixed model): the engine loads them (gaal_cli.dependencies) and hands them to the
+    method's constructor as `dependencies={field: Dependency}`; sweeps train them first.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    dependency_fields: ClassVar[tuple[str, ...]] = ()
 
     grad_cosine: bool = Field(
         False,
@@ -137,9 +143,14 @@ def register_method(name: str, settings: type[MethodSettings]) -> Callable[[type
     return wrap
 
 
-def build_method(name: str, settings: MethodSettings, encoders: Encoders, num_classes: int) -> Method:
+def build_method(
+    name: str, settings: MethodSettings, encoders: Encoders, num_classes: int, dependencies: dict | None = None
+) -> Method:
+    """Build a registered method; one with dependency fields also gets the loaded dependencies."""
     if name not in METHODS:
         raise KeyError(f"unknown method '{name}'; expected one of: {', '.join(sorted(METHODS))}")
+    if type(settings).dependency_fields:
+        return METHODS[name].cls(encoders, num_classes, settings, dependencies=dependencies or {})
     return METHODS[name].cls(encoders, num_classes, settings)
 
 

@@ -20,10 +20,13 @@ class ImageEncoder(nn.Module):
     """A timm backbone (global-pooled) followed by a projection when its width differs.
 
     Args:
-        backbone: any timm model name, e.g. `resnet50` (paper) or `test_resnet` (CPU default).
+        backbone: any timm model name, e.g. `resnet50` (paper) or `test_resnet` (CPU default),
+            optionally with a weight tag for `pretrained` (`resnet50.tv_in1k`).
         feature_dim: output width.
-        pretrained: load weights; only from `weights` here, since nothing is downloaded.
-        weights: a local weights file (timm/torchvision state dict, .pth or .safetensors).
+        pretrained: start from timm's published weights (downloaded from its hub, or found in
+            the local Hugging Face cache); ignored when `weights` is given.
+        weights: a local weights file: a timm/torchvision state dict (.pth, .bin or
+            .safetensors) or a gaal checkpoint (its image backbone is taken).
     """
 
     def __init__(self, backbone: str, feature_dim: int, pretrained: bool = False, weights: str | None = None):
@@ -37,31 +40,82 @@ class ImageEncoder(nn.Module):
         return self.project(self.backbone(image))
 
 
+#: where a gaal checkpoint keeps the image backbone's weights
+GAAL_BACKBONE_PREFIX = "encoders.image.backbone."
+
+
 def create_backbone(name: str, pretrained: bool, weights: str | None) -> nn.Module:
-    """A headless, pooled timm model; weights only from a local file, never downloaded."""
-    if name not in timm.list_models():
+    """A headless, pooled timm model, with weights from a local file, timm's hub, or random."""
+    # a name may carry timm's weight tag (resnet50.tv_in1k: torchvision's ImageNet weights)
+    if name.split(".")[0] not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise GaalError(f"'{name}' is not a timm model{hint}", field="model.image_backbone")
-    if pretrained and not weights:
-        raise GaalError(
-            "pretrained weights need a local file (model.weights=PATH): nothing is downloaded",
-            field="model.pretrained",
-        )
     if weights:
         path = Path(weights)
         if not path.is_file():
             raise GaalError("no such weights file", source=str(path), field="model.weights")
-        try:  # timm reads the file with weights_only=True: a pickle that builds objects is refused
-            return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
-        except (RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
-            reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        gaal_state = gaal_backbone_state(path)
+        if gaal_state is None:
+            try:  # timm reads the file with weights_only=True: a pickle that builds objects is refused
+                return timm.create_model(
+                    name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
+                )
+            except (RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
+                reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+                raise GaalError(
+                    f"cannot load these weights into '{name}' (a state dict of tensors is expected): {reason}",
+                    source=str(path),
+                    field="model.weights",
+                ) from None
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        try:
+            model.load_state_dict(gaal_state)
+        except RuntimeError as err:
             raise GaalError(
-                f"cannot load these weights into '{name}' (a state dict of tensors is expected): {reason}",
+                f"the gaal checkpoint's image backbone is not a '{name}' ({str(err).splitlines()[0]})",
                 source=str(path),
                 field="model.weights",
             ) from None
+        return model
+    if pretrained:
+        return hub_backbone(name)
     return timm.create_model(name, pretrained=False, num_classes=0)
+
+
+def gaal_backbone_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The image backbone of a gaal checkpoint (read with weights_only=True), or None when the
+    file is not one (then it is left to timm as a plain state dict)."""
+    if path.suffix == ".safetensors":
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a plain torch file: timm reads it, or reports why it cannot
+        return None
+    if not (isinstance(state, dict) and {"model", "config"} <= state.keys()):
+        return None
+    found = {k[len(GAAL_BACKBONE_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(GAAL_BACKBONE_PREFIX)}
+    if not found:
+        raise GaalError("this gaal checkpoint holds no image backbone", source=str(path), field="model.weights")
+    return found
+
+
+def hub_backbone(name: str) -> nn.Module:
+    """timm's published weights for `name`, from the local cache or its hub.
+
+    Raises:
+        GaalError: no published weights for that name, or the hub cannot be reached and the
+            weights are not cached (offline host).
+    """
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except (OSError, RuntimeError, ValueError) as err:  # hub/network errors are OSErrors
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise GaalError(
+            f"cannot get timm's pretrained weights for '{name}' ({type(err).__name__}: {first}). On a host "
+            "without internet access, download them elsewhere and set model.weights=PATH to the file",
+            field="model.pretrained",
+        ) from None
 
 
 class TabularEncoder(nn.Module):
