@@ -114,8 +114,11 @@ def test_prepared_ham10000_trains_one_epoch(tmp_path):
     assert report["data"]["recipe"]["name"] == "ham10000" and report["epochs_run"] == 1
 
 
-def test_ablate_on_ham10000_uses_its_own_ablation_file(tmp_path):
-    args = ["ablate", "cgs", "ugg", "--dataset", "ham10000", "--dry-run", "--results", str(tmp_path)]
+def test_ablate_on_ham10000_uses_its_own_ablation_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the file's data.dir, as a user has it: a dry run checks the inputs are there
+    (tmp_path / "data" / "ham10000").mkdir(parents=True)
+    (tmp_path / "data" / "ham10000" / "manifest.json").write_text("{}")
+    args = ["ablate", "cgs", "ugg", "--dataset", "ham10000", "--dry-run", "--results", str(tmp_path / "runs")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "ham10000/table2_ablation: 9 runs" in result.output
