@@ -107,8 +107,16 @@ def test_tables_mean_std_bold_and_figures(results, tmp_path):
 
 def test_two_runs_in_one_cell_are_an_error(results):
     fake_run(results, "t1_again", "gaal", 1, [], (0.1, 0.1, 0.1))
+    fake_run(results, "t1_again", "concat", 1, ["method=concat"], (0.1, 0.1, 0.1))  # a second Table I
     with pytest.raises(GaalError, match="same table cell"):
         write_report(results, results / "out")
+
+
+def test_a_one_method_variant_of_a_table1_row_gets_its_own_table(results, tmp_path):
+    fake_run(results, "t0_official", "gaal", 1, ["methods.gaal.projection=gem"], (0.1, 0.1, 0.1))
+    written = {p.name for p in write_report(results, tmp_path / "out")}
+    assert {"table1.md", "t0_official.md"} <= written
+    assert "0.1000" not in (tmp_path / "out" / "table1.md").read_text()
 
 
 def test_no_finished_runs_is_an_error(tmp_path):
