@@ -36,7 +36,7 @@ from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
 from gaal_cli.models import build_encoders
 from gaal_cli.results import RESTART_HINT, RunFolder, atomic_write, load_checkpoint, load_state, to_json
-from gaal_cli.stages import PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
+from gaal_cli.stages import WHOLE_RUN, PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
 
 LOG_EVERY = 10
 
@@ -105,19 +105,10 @@ def build_run_method(
 
 
 def build_optimizer(method: Method, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    params = [p for p in method.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        optimizer = kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.scheduler == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    elif cfg.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return optimizer, scheduler
+    """The run's optimiser and schedule over every trainable parameter: the one stage of a
+    method that declares none (gaal_cli/stages.py builds every stage's optimiser)."""
+    whole = PlannedStage(0, WHOLE_RUN[0], 1, cfg.epochs, None, True)
+    return build_stage_optimizer(method, whole, cfg)
 
 
 def autocast(device: torch.device, bf16: bool):
