@@ -247,3 +247,16 @@ def init_encoders(encoders, dep: Dependency, modalities: list[str]) -> None:
                 source=str(dep.file),
                 field=dep.key,
             ) from None
+
+
+def required_dependency(dependencies: dict[str, Dependency], field: str, method: str) -> Dependency:
+    """A method's loaded dependency `field` (its teacher, its fixed model), or a GaalError saying
+    how to name one: every method that needs another run's checkpoint asks through here."""
+    dep = dependencies.get(field)
+    if dep is None:
+        raise GaalError(
+            f"{method} needs another run's checkpoint: set methods.{method}.{field}=RUN_FOLDER (a finished run) "
+            "or a checkpoint file",
+            field=f"methods.{method}.{field}",
+        )
+    return dep

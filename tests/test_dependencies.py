@@ -12,11 +12,11 @@ from fake_runs import fake_checkpoint
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.dependencies import load_dependencies, read_dependency
+from gaal_cli.dependencies import load_dependencies, read_dependency, required_dependency
 from gaal_cli.engine import create_method, evaluate_checkpoint, train
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.fmr import fmr_loss, fmr_target
-from gaal_cli.methods.kd import frozen_model, kd_loss
+from gaal_cli.methods.kd import kd_loss
 from gaal_cli.models.encoders import ImageEncoder, TabularEncoder
 
 CPU = torch.device("cpu")
@@ -111,7 +111,7 @@ def test_unfinished_foreign_or_missing_dependencies_are_clear_errors(tmp_path, t
     with pytest.raises(GaalError, match="plain data"):
         read_dependency(pickled, "methods.kd.teacher")
     with pytest.raises(GaalError, match="methods.kd.teacher=RUN_FOLDER"):
-        frozen_model({}, "teacher", "kd")  # kd without a teacher
+        required_dependency({}, "teacher", "kd")  # kd without a teacher
 
 
 def test_init_from_starts_the_encoders_from_another_run(tiny, teacher_checkpoint):

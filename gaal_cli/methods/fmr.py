@@ -43,10 +43,10 @@ from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
+from gaal_cli.dependencies import required_dependency
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
-from gaal_cli.methods.kd import frozen_model
 
 
 class FmrSettings(MethodSettings):
@@ -84,7 +84,7 @@ class Fmr(Method):
 
     def __init__(self, encoders, num_classes, settings: FmrSettings, dependencies: dict):
         super().__init__(encoders, num_classes, settings)
-        self.fixed = frozen_model(dependencies, "fixed_model", "fmr")
+        self.fixed = required_dependency(dependencies, "fixed_model", "fmr")
         fixed = self.fixed.model
         if fixed is not None and "tabular" not in fixed.modalities:
             raise GaalError(

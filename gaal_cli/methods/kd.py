@@ -44,6 +44,7 @@ from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
+from gaal_cli.dependencies import required_dependency
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
@@ -80,18 +81,6 @@ def kd_loss(
     return total, {"hard": hard, "soft": soft}
 
 
-def frozen_model(dependencies: dict, field: str, method: str):
-    """The loaded dependency `field` of a method, or a GaalError saying how to name it."""
-    dep = dependencies.get(field)
-    if dep is None:
-        raise GaalError(
-            f"{method} needs another run's checkpoint: set methods.{method}.{field}=RUN_FOLDER (a finished run) "
-            "or a checkpoint file",
-            field=f"methods.{method}.{field}",
-        )
-    return dep
-
-
 @register_method("kd", settings=KdSettings)
 class Kd(Method):
     settings: KdSettings
@@ -100,7 +89,7 @@ class Kd(Method):
 
     def __init__(self, encoders, num_classes, settings: KdSettings, dependencies: dict):
         super().__init__(encoders, num_classes, settings)
-        self.teacher = frozen_model(dependencies, "teacher", "kd")
+        self.teacher = required_dependency(dependencies, "teacher", "kd")
         encoders.tabular.requires_grad_(False)
         self.head = nn.Linear(encoders.feature_dim, num_classes)
         teacher = self.teacher.model
