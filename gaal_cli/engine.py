@@ -456,8 +456,11 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
     history: dict[str, list[torch.Tensor]] = {}
     steps = 0
     weights = class_weights(s.data, s.config.train.class_weights, s.device)
+    label_free = method.stage is not None and not method.stage.stage.labels
     for step, batch in enumerate(loader, start=1):
         batch = device_batch(s, batch)
+        if label_free:  # self-supervised pretraining: the labels are withheld (gaal_cli/stages.py)
+            batch = batch._replace(label=None)
         with autocast(s.device, s.config.train.bf16), weighted_classes(weights):
             stats = method.train_step(batch, s.optimizer)
         for key, value in stats.items():

@@ -118,8 +118,46 @@ def changed_keys(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
 
 
 def result_changes(saved: Any, wanted: dict) -> list[str]:
-    """Changed keys that can change a run's results (paths, devices and threads cannot)."""
-    return [k for k in changed_keys(saved, wanted) if k not in WHERE_KEYS]
+    """Changed keys that can change a run's results (paths, devices and threads cannot).
+
+    A key that gaal gained after the run finished (absent from its saved config) is no change
+    when today's value is the key's default: every new option defaults to the behaviour runs
+    had before it existed, so a finished run stays current until someone sets the new key.
+    """
+    defaults = _default_tree(wanted.get("method"))
+    return [
+        k
+        for k in changed_keys(saved, wanted)
+        if k not in WHERE_KEYS and not _added_at_default(k, saved, wanted, defaults)
+    ]
+
+
+_MISSING = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+def _default_tree(method: Any) -> dict | None:
+    """Every key's default for a run of `method` (None when the method is unknown)."""
+    from gaal_cli.config import Config
+
+    try:
+        return Config(method=method).resolved()
+    except Exception:  # an unknown or malformed method: no defaults to excuse anything
+        return None
+
+
+def _added_at_default(key: str, saved: Any, wanted: dict, defaults: dict | None) -> bool:
+    if defaults is None or _lookup(saved, key) is not _MISSING:
+        return False
+    today, default = _lookup(wanted, key), _lookup(defaults, key)
+    return today is not _MISSING and today == default
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

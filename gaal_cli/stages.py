@@ -29,6 +29,10 @@ The rules the engine keeps:
   its stage-2 epochs are candidates; ReconBoost is read out after its rectification phases (as
   its official code evaluates); IGM's every epoch is a candidate (as its official code). The last
   stage always selects.
+- A label-free stage (`Stage.labels = False`: the self-supervised pretraining of MMCL and TIP)
+  never sees a label: the engine hands the method's train_step each batch with `label=None`, so
+  a method that reads one fails loudly rather than leaking supervision into pretraining. Such a
+  stage never selects and cannot be the last.
 
 report.json lists the stages a run went through (`stages`: name, start epoch, epochs, learning
 rate at the start, optimiser).
@@ -75,6 +79,7 @@ class Stage:
         optimizer: the stage's own optimiser; None: the run's train.* settings.
         lr_scale: multiplies the optimiser's base learning rate (a decay across stages).
         selects: whether the stage's epochs are candidates for the best checkpoint.
+        labels: False for a label-free stage: train_step gets batches with `label=None`.
     """
 
     name: str
@@ -83,6 +88,11 @@ class Stage:
     optimizer: StageOptimizer | None = None
     lr_scale: float = 1.0
     selects: bool = True
+    labels: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.labels and self.selects:
+            raise ValueError(f"stage {self.name!r} is label-free, so it cannot select the best checkpoint")
 
 
 #: what a method that declares nothing trains in: one stage over the whole run, train.* optimiser
@@ -232,6 +242,7 @@ def describe(planned: PlannedStage, optimizer: torch.optim.Optimizer) -> dict[st
         "lr": optimizer.param_groups[0]["lr"],
         "optimizer": spec.kind if spec is not None else "train",
         "selects": planned.stage.selects,
+        "labels": planned.stage.labels,
     }
 
 

@@ -114,3 +114,33 @@ def test_partial_stage_optimizer_block_keeps_the_methods_other_defaults():
     config = load_config(overrides=["method=reconboost", "methods.reconboost.stage_optimizer.lr=0.05"])
     spec = config.method_settings().stage_optimizer
     assert (spec.kind, spec.lr, spec.weight_decay) == ("sgd", 0.05, 5e-4)
+
+
+def test_a_label_free_stage_never_sees_a_label_and_never_selects(tmp_path, tiny, monkeypatch):
+    from gaal_cli.methods import METHODS
+
+    cls = METHODS["concat"].cls
+    seen = []
+    plain_step = cls.train_step
+
+    def recording_step(self, batch, optimizer):
+        seen.append((self.stage.name, batch.label is None))
+        if batch.label is None:  # a pretraining step of its own: any loss without labels
+            optimizer.zero_grad()
+            loss = self.encoders.image(batch.image).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            return {"loss": loss.detach()}
+        return plain_step(self, batch, optimizer)
+
+    monkeypatch.setattr(cls, "train_step", recording_step)
+    monkeypatch.setattr(
+        cls, "stages", classmethod(lambda c, s, e: (Stage("pretrain", 1, labels=False, selects=False), Stage("train")))
+    )
+    config = load_config(overrides=[*tiny, "method=concat", "train.epochs=2"])
+    report = train(config, tmp_path / "run", show_progress=False)
+    assert {name for name, hidden in seen if hidden} == {"pretrain"}
+    assert {name for name, hidden in seen if not hidden} == {"train"}
+    assert report["best_epoch"] == 2 and report["stages"][0]["labels"] is False
+    with pytest.raises(ValueError, match="label-free"):
+        Stage("pretrain", 1, labels=False)

@@ -347,3 +347,18 @@ def test_a_finished_run_is_stale_when_its_dependency_changed_not_when_it_is_gone
     assert statuses(sweep) == [(run, "stale")]
     teacher.unlink()  # results committed without their checkpoints are still current
     assert statuses(sweep) == [(run, "done")]
+
+
+def test_a_key_added_since_a_run_finished_is_no_change_at_its_default():
+    from gaal_cli.config import Config
+    from gaal_cli.results import result_changes
+
+    today = Config(method="kd").resolved()
+    saved = json.loads(json.dumps(today))
+    del saved["model"]["pretrained"], saved["methods"]["kd"]["alpha"]  # keys gaal gained since
+    assert result_changes(saved, today) == []
+    today["model"]["pretrained"] = True
+    today["methods"]["kd"]["alpha"] = 0.5
+    assert sorted(result_changes(saved, today)) == ["methods.kd.alpha", "model.pretrained"]
+    saved["train"]["lr"] = 0.5  # a key the run had, changed: always a change
+    assert "train.lr" in result_changes(saved, Config(method="kd").resolved())
