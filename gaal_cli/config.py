@@ -96,6 +96,9 @@ class DataConfig(Section):
     categorical: list[str] | None = None
     continuous: list[str] | None = None
     missing: Literal["impute", "drop", "error"] = "impute"
+    # a modality absent at test only (trained with both): `tabular` is Table I's test-time
+    # tabular-missing setting, GAAL* its GAAL row; the test metrics are scored without it
+    test_missing: Literal["none", "tabular", "image"] = "none"
     allow_outside_paths: bool = False
     skip_bad: bool = False
     synthetic: SyntheticConfig = SyntheticConfig()

@@ -217,6 +217,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     if not restart:
         run.refuse_overwrite(resolved)
     s = setup(config)
+    inputs_at_test(config, s.method.modalities)  # refused before anything is written
     state = None if restart else run.resumable(resolved)
     if state is not None and dependency_hashes(state.get("dependencies")) != dependency_hashes(
         provenance(s)["dependencies"]
@@ -258,7 +259,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
             "eval_seconds": round(time.perf_counter() - t_test, 3),
         },
         "data": {"classes": s.data.num_classes, **s.data.info},
-        "inputs_at_test": list(s.method.modalities),
+        "inputs_at_test": inputs_at_test(config, s.method.modalities),
         "dependencies": {key: dep.summary() for key, dep in s.dependencies.items()},
         "device": str(s.device),
         "world_size": s.comm.world_size,
@@ -440,7 +441,27 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
 
 
 def evaluate_session(s: Session, split: str) -> dict[str, dict[str, float]]:
-    return evaluate(s.method, s.data.split(split), s.device, s.config.data.eval_batch_size, bf16=s.config.train.bf16)
+    """A split's metrics; the test split without the modality `data.test_missing` names."""
+    absent = s.config.data.test_missing
+    missing = absent if split == "test" and absent != "none" else None
+    return evaluate(
+        s.method, s.data.split(split), s.device, s.config.data.eval_batch_size, missing=missing, bf16=s.config.train.bf16
+    )
+
+
+def inputs_at_test(config: Config, modalities: tuple[str, ...]) -> list[str]:
+    """The modalities the method's test predictions read: its own, less `data.test_missing`.
+
+    Raises:
+        GaalError: the method reads only the modality that is absent at test.
+    """
+    inputs = [m for m in modalities if m != config.data.test_missing]
+    if not inputs:
+        raise GaalError(
+            f"{config.method} reads only the {config.data.test_missing} at test, which data.test_missing removes",
+            field="data.test_missing",
+        )
+    return inputs
 
 
 def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dict[str, float], list[dict[str, float]]]:

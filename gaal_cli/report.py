@@ -34,10 +34,14 @@ from gaal_cli.results import RunFolder, finished_runs
 from gaal_cli.sweep import WHERE_KEYS, format_value
 
 HEADS = ("multi", "image", "tabular")
+# the test metrics tabulated: accuracy (the paper's), and for imbalanced label sets balanced
+# accuracy and macro-F1; one table each ({kind}.md, {kind}_bal_acc.md, {kind}_f1.md)
+METRICS = {"acc": "accuracy", "bal_acc": "balanced accuracy", "f1": "macro-F1"}
 SPLITS = ("val", "test")
 METHOD_ORDER = (
-    "image", "tabular", "concat", "max", "daft", "ogm_ge", "mmpareto", "mla",
-    "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal", "kd", "fmr",
+    "image", "tabular", "concat", "max", "daft", "tip", "ogm_ge", "mmpareto", "mla",
+    "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal", "kd", "mfh", "fmr", "mmcl", "charms",
+    "gaal*",
 )  # fmt: skip
 DATASET_LABELS = {"dvm": "DVM", "sun": "SUNAttribute", "celeba": "CelebA", "synthetic": "synthetic"}
 ABLATION_KEYS = ("methods.gaal.cgs", "methods.gaal.ugg")
@@ -56,7 +60,8 @@ DIAGNOSTICS = {
     "negcos_tabular": "cos < 0, table",
 }
 # config keys that never define a row: identity, the dataset (the columns) and where a run trained
-NOT_ROWS = {"name", "seed", "data.name", *WHERE_KEYS}
+# (a modality absent at test names a row by its star instead: see method_label)
+NOT_ROWS = {"name", "seed", "data.name", "data.test_missing", *WHERE_KEYS}
 
 
 # ---------------------------------------------------------------- collecting runs
@@ -150,15 +155,20 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     config = flatten(read_yaml_file(run.file(RunFolder.CONFIG)))
     try:
         test = dict(report["metrics"]["test"])
-        if len(report.get("inputs_at_test", ("image", "tabular"))) == 1:
-            test.pop("multi", None)  # the one-modality prediction is reported under its modality
+        inputs = report.get("inputs_at_test", ("image", "tabular"))
+        if len(inputs) == 1:  # the one-modality prediction is reported under its modality alone
+            test = {head: value for head, value in test.items() if head == inputs[0]}
         return {
             **config,
             "experiment": report["experiment"],
             "dataset": dataset_key(report["dataset"], config),
-            "method": report["method"],
+            "method": method_label(report["method"], config),
             "seed": report["seed"],
-            **{head: _number(test[head]["acc"]) if head in test else np.nan for head in HEADS},
+            **{
+                column(head, metric): _number(test[head].get(metric)) if head in test else np.nan
+                for head in HEADS
+                for metric in METRICS
+            },
             "sec_per_epoch": _number(report["timings"]["seconds_per_epoch"]),
             "epochs": report["epochs_run"],
             **run_diagnostics(run, report),
@@ -166,6 +176,18 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         }
     except (KeyError, TypeError, AttributeError) as err:
         raise GaalError(f"lacks what a table needs ({type(err).__name__}: {err})", source=str(run.path)) from None
+
+
+def column(head: str, metric: str) -> str:
+    """runs.csv's column for a head's test metric: the head alone for accuracy, e.g. `image_f1`."""
+    return head if metric == "acc" else f"{head}_{metric}"
+
+
+def method_label(method: str, config: dict[str, Any]) -> str:
+    """The row name: a multimodal method tested with a modality absent (`data.test_missing`, the
+    paper's GAAL*) is starred, so it gets a row of its own beside the method tested on both."""
+    absent = config.get("data.test_missing", "none")
+    return f"{method}*" if isinstance(absent, str) and absent != "none" else method
 
 
 def _number(value: Any) -> float:
@@ -255,9 +277,10 @@ def check_once(runs: pd.DataFrame, rows: list[str]) -> None:
 
 
 def summarize(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
-    """Mean, std and count over seeds of each head's test accuracy and of seconds per epoch."""
+    """Mean, std and count over seeds of each head's test metrics and of seconds per epoch."""
     grouped = runs.groupby([*rows, "dataset"], dropna=False)
-    stats = grouped[[*HEADS, "sec_per_epoch"]].agg(["mean", "std"])
+    metrics = [column(h, m) for h in HEADS for m in METRICS if column(h, m) in runs.columns]
+    stats = grouped[[*metrics, "sec_per_epoch"]].agg(["mean", "std"])
     stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
     stats["n"] = grouped.size()
     return stats.reset_index()
@@ -305,9 +328,9 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown(summary: pd.DataFrame, rows: list[str]) -> str:
-    """Rows by setting, columns Multi / Image / Tabular / s per epoch / n per dataset; the best
-    mean bold where it stands apart (`BOLD_RULE`, stated under the table)."""
+def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str:
+    """Rows by setting, columns Multi / Image / Tabular (test `metric`) / s per epoch / n per
+    dataset; the best mean bold where it stands apart (`BOLD_RULE`, stated under the table)."""
     datasets = dataset_order(summary["dataset"].unique())
     header = [r.split(".")[-1] for r in rows]
     for d in datasets:
@@ -317,7 +340,8 @@ def markdown(summary: pd.DataFrame, rows: list[str]) -> str:
     for d in datasets:
         part = summary[summary["dataset"] == d]
         for h in HEADS:
-            best = standout(part[f"{h}_mean"], part[f"{h}_std"])
+            c = column(h, metric)
+            best = standout(part[f"{c}_mean"], part[f"{c}_std"])
             bold |= set() if best is None else {(best, h)}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     position = {
@@ -332,7 +356,8 @@ def markdown(summary: pd.DataFrame, rows: list[str]) -> str:
                 continue
             cell = summary.loc[summary.index[i]]
             for h in HEADS:
-                text = mean_std(cell[f"{h}_mean"], cell[f"{h}_std"])
+                c = column(h, metric)
+                text = mean_std(cell[f"{c}_mean"], cell[f"{c}_std"])
                 cells.append(f"**{text}**" if (summary.index[i], h) in bold else text)
             sec = cell["sec_per_epoch_mean"]
             cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
@@ -585,17 +610,27 @@ def write_report(root: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "runs.csv"]
     runs.sort_values(["experiment", "folder"]).to_csv(written[0], index=False)
-    sections = [f"# Results under {root}\n\n{len(runs)} finished runs; test accuracy, mean ± std over seeds.\n"]
+    sections = [f"# Results under {root}\n\n{len(runs)} finished runs; test metrics, mean ± std over seeds.\n"]
     for kind, (part, rows) in tables(runs).items():
         summary = summarize(part, rows)
         summary.to_csv(out / f"{kind}.csv", index=False)
         table = markdown(summary, rows)
         (out / f"{kind}.md").write_text(table)
+        others = []
+        for metric, name in list(METRICS.items())[1:]:
+            other = markdown(summary, rows, metric)
+            (out / f"{kind}_{metric}.md").write_text(other)
+            written.append(out / f"{kind}_{metric}.md")
+            others.append(f"### Test {name}\n\n{other}")
         diagnostics = diagnostics_markdown(summarize_diagnostics(part, rows), rows)
         (out / f"{kind}_diagnostics.md").write_text(diagnostics)
         written += [out / f"{kind}.csv", out / f"{kind}.md", out / f"{kind}_diagnostics.md"]
         experiments = ", ".join(sorted(part["experiment"].unique()))
-        sections.append(f"## {kind} ({experiments})\n\n{table}\n### Modality diagnostics\n\n{diagnostics}")
+        sections.append(
+            f"## {kind} ({experiments})\n\nTest accuracy.\n\n{table}\n"
+            + "\n".join(others)
+            + f"\n### Modality diagnostics\n\n{diagnostics}"
+        )
         figure = None
         if set(rows) == set(LAMBDA_KEYS):
             figure = lambda_figure(summary, out / f"fig3_{kind}.png")

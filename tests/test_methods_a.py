@@ -324,3 +324,32 @@ def test_unimodal_methods_train_only_their_encoder(tiny):
         assert any(n.startswith(f"encoders.{modality}") for n in opt.records[0])
         assert not any(n.startswith(f"encoders.{other}") for n in opt.records[0])
         assert method.modalities == (modality,)
+
+
+def test_gaal_star_is_tested_on_the_image_alone(tmp_path, tiny):
+    """data.test_missing=tabular (Table I's GAAL*): trained on both, the test metrics are the
+    image-only prediction's and report.json says the test read the image alone."""
+    from gaal_cli.engine import evaluate, train
+    from gaal_cli.results import RunFolder, load_state
+
+    config = load_config(overrides=[*tiny, "method=gaal", "data.test_missing=tabular"])
+    report = train(config, tmp_path / "run", show_progress=False)
+    assert report["inputs_at_test"] == ["image"]
+    data = build_data(config.data, config.seed)
+    method = create_method(config, data)
+    method.load_state_dict(load_state(tmp_path / "run" / RunFolder.CHECKPOINT)["model"])
+    alone = evaluate(method, data.split("test"), torch.device("cpu"), 512, missing="tabular")
+    assert report["metrics"]["test"]["image"]["acc"] == pytest.approx(alone["image"]["acc"])
+    assert "tabular" not in report["metrics"]["test"]  # nothing was scored from the table
+    both = evaluate(method, data.split("test"), torch.device("cpu"), 512)
+    assert report["metrics"]["val"].keys() == both.keys()  # validation keeps both modalities
+
+
+def test_a_method_left_with_no_input_at_test_is_refused_before_anything_is_written(tmp_path, tiny):
+    from gaal_cli.engine import train
+    from gaal_cli.errors import GaalError
+
+    config = load_config(overrides=[*tiny, "method=tabular", "data.test_missing=tabular"])
+    with pytest.raises(GaalError, match="data.test_missing"):
+        train(config, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -247,3 +247,32 @@ def test_test_time_missing_rows_fill_the_image_column_only(tmp_path):
     for method in ("kd", "fmr"):
         assert pd.isna(table.loc[method, "multi_mean"]) and table.loc[method, "image_mean"] == pytest.approx(0.65)
     assert table.loc["gaal", "multi_mean"] == pytest.approx(0.9)
+
+
+def test_a_multimodal_method_tested_without_the_table_is_a_starred_row(tmp_path):
+    """GAAL*: GAAL trained on both modalities and tested on the image alone (data.test_missing)
+    is a Table I row of its own, beside GAAL, with an Image cell only."""
+    root = tmp_path / "results"
+    for seed in (1, 2):
+        fake_run(root, "t1", "gaal", seed, [], (0.9, 0.8, 0.7), inputs=["image", "tabular"])
+        star = ["data.test_missing=tabular"]
+        fake_run(root, "t1m", "gaal", seed, star, (0.75, 0.75 + seed / 100, 0.5), inputs=["image"])
+    write_report(root, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "table1.csv").set_index("method")
+    assert list(table.index) == ["gaal", "gaal*"]
+    assert table.loc["gaal*", "image_mean"] == pytest.approx(0.765)
+    assert pd.isna(table.loc["gaal*", "multi_mean"]) and pd.isna(table.loc["gaal*", "tabular_mean"])
+
+
+def test_balanced_accuracy_and_macro_f1_get_tables_of_their_own(tmp_path):
+    root = tmp_path / "results"
+    for seed, (acc, bal, f1) in ((1, (0.9, 0.6, 0.5)), (2, (0.8, 0.4, 0.3))):
+        fake_run(root, "t1", "concat", seed, ["method=concat"], (acc, None, None))
+        report = root / "t1" / "concat" / f"seed{seed}" / "report.json"
+        data = json.loads(report.read_text())
+        data["metrics"]["test"]["multi"].update(bal_acc=bal, f1=f1)
+        report.write_text(json.dumps(data))
+    write_report(root, tmp_path / "out")
+    for name, mean in (("table1.md", "0.8500"), ("table1_bal_acc.md", "0.5000"), ("table1_f1.md", "0.4000")):
+        assert f"{mean} ± " in (tmp_path / "out" / name).read_text(), name
+    assert "### Test balanced accuracy" in (tmp_path / "out" / "report.md").read_text()
