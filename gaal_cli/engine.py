@@ -444,9 +444,8 @@ def evaluate_session(s: Session, split: str) -> dict[str, dict[str, float]]:
     """A split's metrics; the test split without the modality `data.test_missing` names."""
     absent = s.config.data.test_missing
     missing = absent if split == "test" and absent != "none" else None
-    return evaluate(
-        s.method, s.data.split(split), s.device, s.config.data.eval_batch_size, missing=missing, bf16=s.config.train.bf16
-    )
+    split_data, batch = s.data.split(split), s.config.data.eval_batch_size
+    return evaluate(s.method, split_data, s.device, batch, missing=missing, bf16=s.config.train.bf16)
 
 
 def inputs_at_test(config: Config, modalities: tuple[str, ...]) -> list[str]:
