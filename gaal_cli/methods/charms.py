@@ -40,6 +40,10 @@ dropout 0.2. The official optimiser (SGD lr 1e-3, momentum 0.1, weight decay 1e-
 epochs 5, 10, 15, 20; ImageNet-initialised ResNet50; early stopping on validation accuracy with
 patience 5) is the run's train.* settings here; see the experiment files.
 
+The official code wires CHARMS up for one dataset (PetFinder adoption: `datatype=charms` loads
+only that one); the weights and the optimiser above are read from there. The settings of its
+DVM, SUN and CelebA runs (the ones Table I reports) are not in the public code.
+
 Departures, plainly:
 - Optimal transport: the official code solves it exactly (POT's `ot.emd`) and keeps every
   nonzero entry of the plan. Here it is entropic OT by Sinkhorn iterations (log domain, on the
