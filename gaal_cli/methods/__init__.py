@@ -6,6 +6,7 @@ Each module defines a `Method` subclass and its settings model and registers bot
 
 from gaal_cli.methods import (  # noqa: F401  (registration side effects)
     arl,
+    charms,
     concat,
     daft,
     dgl,
