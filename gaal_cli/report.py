@@ -41,7 +41,7 @@ SPLITS = ("val", "test")
 METHOD_ORDER = (
     "image", "tabular", "concat", "max", "daft", "tip", "ogm_ge", "mmpareto", "mla",
     "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal", "kd", "mfh", "fmr", "mmcl", "charms",
-    "gaal*",
+    "dmrnet*", "mmanet*", "gaal*",
 )  # fmt: skip
 DATASET_LABELS = {"dvm": "DVM", "sun": "SUNAttribute", "celeba": "CelebA", "synthetic": "synthetic"}
 ABLATION_KEYS = ("methods.gaal.cgs", "methods.gaal.ugg")

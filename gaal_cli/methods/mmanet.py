@@ -1,0 +1,221 @@
+"""MMANet, margin-aware distillation and modality-aware regularization (Wei, Luo and Luo, CVPR 2023).
+
+"MMANet: Margin-aware distillation and modality-aware regularization for incomplete multimodal
+learning", arXiv 2304.08028: a deployment network trained with modality dropout, taught by a
+trained multimodal teacher (MAD) and pushed on its weak modality combinations by a
+regularization network (MAR). In Table I's test-time tabular-missing setting it is trained on
+image and table and scored on the image alone (`data.test_missing: tabular`).
+
+Only the abstract could be read here; the recipe is the official code's,
+`shicaiwei123/MMANet-CVPR2023` (classification/: src/surf_mmanet.py and .sh,
+configuration/config_feature_kd.py, lib/model_develop.py
+`train_knowledge_distill_patch_feature_auxi_weak`, loss/kd/mad.py, models/surf_baseline.py
+SURF_MMANet, lib/model_arch.py modality_drop), read for facts only and written for three
+image modalities; its two-modality form is this module's reading (departures below).
+
+Deployment network: the two encoders, modality dropout (each sample's combination drawn
+uniformly from {image, table, both}, the dropped features zeroed; modality_dropout.py) and a
+linear head on h = [m_I u_I ; m_T u_T]. Teacher: another run (`methods.mmanet.teacher`, by
+default a `concat` run), frozen, reading both modalities: its features f = [u_I^t ; u_T^t]
+and fused logits t. Regularization network: a second linear head R on the same h.
+
+    L = CE(W h + b, y)                                      every epoch
+        + lambda_mad * MAD + lambda_mar * MAR               epochs after `begin_epoch`
+    MAD = sum_ij (G^s_ij - G^t_ij)^2 w_j                    G^s = rownorm(h h^T), G^t = rownorm(f f^T)
+    w_j = H(softmax(t_j)) / sum_k H(softmax(t_k))           the teacher's entropy: samples near a
+                                                            decision boundary weigh more
+    MAR = 1/B sum_b [c_b = weak] CE(R h_b, y_b)
+
+Mining the weak combination (the code's eqs. 9-13): in the epochs 1 < e < begin_epoch every
+combination's predicted-label histogram is collected (normalised to frequencies q_c); each
+incomplete combination c scores KL(softmax(q_c) || softmax(q_both)), summed over those epochs;
+the highest score names the weak combination. The softmax over frequencies is the code's.
+
+Defaults and their source (the code; the paper's values could not be read):
+- lambda_mad = 30 and lambda_mar = 0.5: surf_mmanet.sh, the arguments of every CASIA-SURF and
+  CeFA run (`lambda_kd_feature`, `lambda_kd_mar`);
+- begin_epoch = 5 (config_feature_kd.py): cross-entropy alone up to it, mining in epochs 2-4,
+  the weak combination fixed at its end, MAD and MAR after it. The code's epoch 0 trains
+  nothing (it skips every batch), so its epoch numbers are this engine's (counted from 1);
+- the teacher's loss-weight temperature is 1 (a plain softmax, as mad.py);
+- the code's optimiser (SGD 1e-3, nesterov momentum 0.9, weight decay 5e-4, multi-step decay,
+  100 epochs, batch 64) belongs to the experiment file (train.*).
+
+Departures:
+- Histograms come from the training batches of the mining epochs, predicted without dropout
+  in eval mode, no gradient; the code predicts the test split after each mining epoch (no
+  labels, but test inputs) - this project never lets training see the test split.
+- MAR is normalised by the batch over the weak combination's samples only. The code's
+  `loss_batch * weak_index` broadcasts a (B,) by a (B, 1, 1, 1) tensor to (B, 1, 1, B), so it
+  actually adds (number of weak samples) x (mean CE over all samples); its stated aim (the
+  abstract: "calculate prediction loss for [the weak combinations]") is followed instead.
+- With three modalities the code regularizes the weak pair and each of its single modalities;
+  with two the weak combination is already a single modality, so it is regularized once
+  (a literal port would list it twice, doubling lambda_mar).
+- Three ResNet18-SE branches with a shared ResNet trunk become this project's encoders and a
+  linear head, so the regularization network (a copy of the trunk in the code) is a second
+  linear head, and MAD compares the fused features h and f (the code's two-modality port in
+  ECCV2024-DMRNet does the same; on CASIA-SURF it compares the trunk's layer4 maps).
+- MAD's weight multiplies column j of the (B, B) squared differences, as mad.py's broadcast
+  does; whether the paper weights rows (sample i) instead could not be checked.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from gaal_cli.data.base import Batch
+from gaal_cli.dependencies import required_dependency
+from gaal_cli.errors import GaalError
+from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
+from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.methods.modality_dropout import (
+    BOTH,
+    COMBINATIONS,
+    IMAGE_ONLY,
+    TABULAR_ONLY,
+    combination_predictions,
+    dropped_features,
+    fused_features,
+)
+
+#: the weak combination before the mining ends
+UNDECIDED = -1
+
+
+class MmanetSettings(MethodSettings):
+    dependency_fields: ClassVar[tuple[str, ...]] = ("teacher",)
+
+    teacher: str | None = Field(
+        None, description="the multimodal teacher: a finished run folder or a checkpoint file (required)"
+    )
+    lambda_mad: float = Field(30.0, ge=0, description="weight of the margin-aware distillation")
+    lambda_mar: float = Field(0.5, ge=0, description="weight of the modality-aware regularization")
+    begin_epoch: int = Field(
+        5, ge=3, description="cross-entropy alone up to this epoch (mining in epochs 2..begin_epoch-1); MAD, MAR after"
+    )
+
+
+def similarity(features: torch.Tensor) -> torch.Tensor:
+    """The batch's (B, B) Gram matrix of flattened features, each row L2-normalised."""
+    flat = features.float().flatten(1)
+    return F.normalize(flat @ flat.T, p=2, dim=1)
+
+
+def teacher_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """w_j: the entropy of the teacher's prediction of sample j, normalised to sum to 1."""
+    log_p = F.log_softmax(teacher_logits.float(), dim=1)
+    entropy = -(log_p.exp() * log_p).sum(dim=1)
+    return entropy / entropy.sum()
+
+
+def mad_loss(student: torch.Tensor, teacher: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """sum_ij (G^s_ij - G^t_ij)^2 w_j: similarity-preserving distillation weighted by uncertainty."""
+    return ((similarity(student) - similarity(teacher)) ** 2 * teacher_weights(teacher_logits)).sum()
+
+
+def mar_loss(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, weak: int) -> torch.Tensor:
+    """1/B sum_b [c_b = weak] CE(logits_b, y_b)."""
+    per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
+    return (per_sample * (ids == weak).to(per_sample.dtype)).sum() / len(ids)
+
+
+def histogram_distances(histograms: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(q_c) || softmax(q_both)) for c = image only, table only; q: label frequencies.
+
+    Args:
+        histograms: (3, C) predicted-label counts, rows in COMBINATIONS order.
+    """
+    q = histograms.float() / histograms.float().sum(dim=1, keepdim=True).clamp_min(1)
+    p = F.softmax(q, dim=1)
+    return torch.stack([(p[c] * (p[c].log() - p[BOTH].log())).sum() for c in (IMAGE_ONLY, TABULAR_ONLY)])
+
+
+@register_method("mmanet", settings=MmanetSettings)
+class Mmanet(Method):
+    settings: MmanetSettings
+
+    def __init__(self, encoders, num_classes, settings: MmanetSettings, dependencies: dict):
+        super().__init__(encoders, num_classes, settings)
+        self.teacher = required_dependency(dependencies, "teacher", "mmanet")
+        teacher = self.teacher.model
+        if teacher is not None and tuple(teacher.modalities) != ("image", "tabular"):
+            raise GaalError(
+                f"the teacher must be a multimodal run (e.g. concat), not a {self.teacher.config.method} run",
+                source=str(self.teacher.file),
+                field="methods.mmanet.teacher",
+            )
+        width = 2 * encoders.feature_dim
+        self.head = nn.Linear(width, num_classes)
+        self.regularizer = nn.Linear(width, num_classes)
+        # buffers, so that a resumed run keeps the mining's counts, its scores and its verdict
+        self.register_buffer("histograms", torch.zeros(len(COMBINATIONS), num_classes))
+        self.register_buffer("distances", torch.zeros(2))
+        self.register_buffer("weak", torch.tensor(UNDECIDED))
+        self.epoch = 1
+
+    def mining(self, epoch: int) -> bool:
+        return 1 < epoch < self.settings.begin_epoch
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Fold the last mining epoch's histograms into the scores; after begin_epoch, pick the weak one."""
+        if self.histograms.sum() > 0:
+            self.distances += histogram_distances(self.histograms)
+            self.histograms.zero_()
+        if epoch > self.settings.begin_epoch and int(self.weak) == UNDECIDED:
+            self.weak.fill_(IMAGE_ONLY if self.distances[0] >= self.distances[1] else TABULAR_ONLY)
+        self.epoch = epoch
+
+    @property
+    def regularizing(self) -> bool:
+        return self.epoch > self.settings.begin_epoch and int(self.weak) != UNDECIDED
+
+    @torch.no_grad()
+    def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's fused features [u_I ; u_T] and fused logits, from both modalities."""
+        teacher = self.teacher.model
+        u_i, u_t = teacher.encode(batch.image, batch.tabular)
+        return torch.cat([u_i, u_t], dim=1), teacher.predict(batch.image, batch.tabular).multi
+
+    @torch.no_grad()
+    def count_predictions(self, batch: Batch) -> None:
+        """Add each combination's predicted labels of this batch to the mining histograms."""
+        self.eval()
+        u_i, u_t = self.encode(batch.image, batch.tabular)
+        for c, (keep_image, keep_table) in enumerate(COMBINATIONS):
+            logits = self.head(fused_features(u_i if keep_image else None, u_t if keep_table else None, None))
+            self.histograms[c] += torch.bincount(logits.argmax(1), minlength=self.num_classes).to(self.histograms)
+        self.train()
+
+    def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        optimizer.zero_grad(set_to_none=True)
+        s = self.settings
+        ids, h = dropped_features(self.encoders, batch)
+        logits = self.head(h)
+        loss = cross_entropy(logits, batch.label)
+        stats = {"loss_ce": loss.detach()}
+        if self.regularizing:
+            features, teacher_logits = self.teacher_outputs(batch)
+            mad = mad_loss(h, features, teacher_logits)
+            mar = mar_loss(self.regularizer(h), batch.label, ids, int(self.weak))
+            loss = loss + s.lambda_mad * mad + s.lambda_mar * mar
+            stats.update({"loss_mad": mad.detach(), "loss_mar": mar.detach()})
+        loss.backward()
+        stats.update({"loss": loss.detach(), "acc": accuracy(logits.detach(), batch.label)})
+        stats.update(encoder_grad_norms(self.encoders))
+        optimizer.step()
+        if self.mining(self.epoch):
+            self.count_predictions(batch)
+        return stats
+
+    def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
+        return combination_predictions(self.head, *self.encode(image, tabular))
+
+    def idle_parameters(self) -> set[str]:
+        """The regularization network before MAR starts."""
+        return set() if self.regularizing else {"regularizer.weight", "regularizer.bias"}

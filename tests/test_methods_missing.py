@@ -1,0 +1,192 @@
+"""DMRNet and MMANet: their distinctive rules on hand-computed cases, and one CLI run each."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gaal_cli.cli import app
+from gaal_cli.config import load_config
+from gaal_cli.data import build_data
+from gaal_cli.dependencies import load_dependencies
+from gaal_cli.engine import create_method
+from gaal_cli.errors import GaalError
+from gaal_cli.methods.dmrnet import combination_variances, gaussian_kl, hard_combination_loss
+from gaal_cli.methods.mmanet import histogram_distances, mad_loss, mar_loss
+from gaal_cli.methods.modality_dropout import BOTH, IMAGE_ONLY, TABULAR_ONLY, fused_features
+
+runner = CliRunner()
+
+
+def build(tiny, name, *overrides):
+    config = load_config(overrides=[*tiny, f"method={name}", *overrides])
+    torch.manual_seed(0)
+    data = build_data(config.data, 0)
+    return create_method(config, data, load_dependencies(config, data, torch.device("cpu"))), data
+
+
+def ce(logits, label):
+    return math.log(sum(math.exp(v) for v in logits)) - logits[label]
+
+
+# --- modality dropout -------------------------------------------------------------------------
+
+
+def test_dropped_modalities_are_zeroed_and_missing_ones_too():
+    u_i, u_t = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[5.0, 6.0], [7.0, 8.0]])
+    h = fused_features(u_i, u_t, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert h.tolist() == [[1, 2, 0, 0], [0, 0, 7, 8]]
+    assert fused_features(u_i, None, None).tolist() == [[1, 2, 0, 0], [3, 4, 0, 0]]
+
+
+# --- DMRNet -----------------------------------------------------------------------------------
+
+
+def test_dmrnet_kl_to_the_standard_normal():
+    mu, std = torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 2.0], [1.0, 1.0]])
+    # sample 1: 1/2 (1 + 1 - 0 - 1) + 1/2 (4 + 0 - ln 4 - 1); sample 2: 0
+    first = 0.5 + 0.5 * (3 - math.log(4))
+    assert gaussian_kl(mu, std).item() == pytest.approx(first / 2)
+
+
+def test_dmrnet_hard_combination_loss_counts_only_its_samples_over_the_whole_batch():
+    per_sample = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ids = torch.tensor([IMAGE_ONLY, TABULAR_ONLY, IMAGE_ONLY, BOTH])
+    assert hard_combination_loss(per_sample, ids, IMAGE_ONLY).item() == pytest.approx((1 + 3) / 4)
+    assert hard_combination_loss(per_sample, ids, TABULAR_ONLY).item() == pytest.approx(2 / 4)
+
+
+def test_dmrnet_variances_per_unimodal_combination():
+    std = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 1.0], [9.0, 9.0]])
+    ids = torch.tensor([IMAGE_ONLY, IMAGE_ONLY, TABULAR_ONLY, BOTH])
+    # mean_k s^2 per sample: 1, 4, 5, 81; image only: (1 + 4) / 2; table only: 5
+    assert combination_variances(std, ids).tolist() == pytest.approx([2.5, 5.0])
+    assert combination_variances(std, torch.full((4,), BOTH)).tolist() == [0.0, 0.0]
+
+
+def test_dmrnet_mines_the_higher_variance_combination_then_regularizes_it(tiny):
+    method, data = build(tiny, "dmrnet", "methods.dmrnet.mining_epochs=2")
+    method.variance_sums.copy_(torch.tensor([1.0, 3.0]))
+    method.on_epoch_start(2)
+    assert int(method.hard) == -1  # still mining
+    method.on_epoch_start(3)
+    assert int(method.hard) == TABULAR_ONLY
+    method.variance_sums.copy_(torch.tensor([9.0, 0.0]))
+    method.on_epoch_start(4)
+    assert int(method.hard) == TABULAR_ONLY  # the verdict is final
+
+
+def test_dmrnet_samples_in_training_and_predicts_from_the_mean(tiny):
+    method, data = build(tiny, "dmrnet")
+    batch = data.test[list(range(8))]
+    method.eval()
+    with torch.no_grad():
+        u_i = method.encoders.image(batch.image)
+        h = torch.cat([u_i, torch.zeros_like(u_i)], dim=1)
+        expected = method.head(method.mu(h))
+        got = method.predict(batch.image, None)
+        assert torch.allclose(got.multi, expected) and torch.allclose(got.image, expected)
+        assert torch.equal(method.predict(batch.image, None).multi, got.multi)  # no sampling at test
+        method.train()
+        mu, std = method.embedding(torch.cat([u_i, u_i], dim=1))
+        assert (std > 0).all() and mu.shape == std.shape
+
+
+# --- MMANet -----------------------------------------------------------------------------------
+
+
+def test_mmanet_mad_weights_each_column_by_the_teachers_normalised_entropy():
+    student = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])
+    # G_s = [[1, 1], [1, 2]] row-normalised; G_t = I
+    gs = [[1 / math.sqrt(2), 1 / math.sqrt(2)], [1 / math.sqrt(5), 2 / math.sqrt(5)]]
+    gt = [[1.0, 0.0], [0.0, 1.0]]
+    h = [math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+    w = [v / sum(h) for v in h]
+    expected = sum((gs[i][j] - gt[i][j]) ** 2 * w[j] for i in range(2) for j in range(2))
+    assert mad_loss(student, teacher, logits).item() == pytest.approx(expected, rel=1e-6)
+    # a confident teacher on sample 2 leaves only column 1 (sample 1's similarities)
+    confident = torch.tensor([[0.0, 0.0], [0.0, 60.0]])
+    only_first = sum((gs[i][0] - gt[i][0]) ** 2 for i in range(2))
+    assert mad_loss(student, teacher, confident).item() == pytest.approx(only_first, rel=1e-5)
+
+
+def test_mmanet_mar_is_the_weak_combinations_cross_entropy_over_the_batch():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([1, 1, 0])
+    ids = torch.tensor([TABULAR_ONLY, IMAGE_ONLY, TABULAR_ONLY])
+    expected = (ce([2.0, 0.0], 1) + ce([1.0, 1.0], 0)) / 3
+    assert mar_loss(logits, labels, ids, TABULAR_ONLY).item() == pytest.approx(expected)
+
+
+def test_mmanet_histogram_distance_is_kl_of_softmaxed_frequencies():
+    histograms = torch.tensor([[4.0, 0.0], [2.0, 2.0], [1.0, 3.0]])  # image only, table only, both
+
+    def softmax(q):
+        e = [math.exp(v) for v in q]
+        return [v / sum(e) for v in e]
+
+    p_both = softmax([0.25, 0.75])
+    expected = []
+    for q in ([1.0, 0.0], [0.5, 0.5]):
+        p = softmax(q)
+        expected.append(sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, p_both, strict=True)))
+    assert histogram_distances(histograms).tolist() == pytest.approx(expected)
+
+
+def test_mmanet_mines_then_regularizes_the_weak_combination(tiny, teacher_checkpoint):
+    method, data = build(tiny, "mmanet", f"methods.mmanet.teacher={teacher_checkpoint}", "methods.mmanet.begin_epoch=3")
+    batch = data.train[list(range(16))]
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
+    method.train()
+    method.on_epoch_start(1)
+    assert "loss_mad" not in method.train_step(batch, optimizer) and method.histograms.sum() == 0
+    method.on_epoch_start(2)  # the one mining epoch: every combination predicts every sample
+    method.train_step(batch, optimizer)
+    assert method.histograms.sum(dim=1).tolist() == [16.0, 16.0, 16.0]
+    counts = torch.zeros_like(method.histograms)
+    counts[IMAGE_ONLY, 0], counts[TABULAR_ONLY, :2], counts[BOTH, :2] = 16, 8, 8  # image alone disagrees most
+    method.histograms.copy_(counts)
+    method.on_epoch_start(3)
+    assert method.histograms.sum() == 0 and method.distances[0] > method.distances[1] == 0
+    assert int(method.weak) == -1  # the verdict comes after begin_epoch
+    method.on_epoch_start(4)
+    assert int(method.weak) == IMAGE_ONLY
+    stats = method.train_step(batch, optimizer)
+    assert {"loss_mad", "loss_mar"} <= set(stats) and not method.idle_parameters()
+
+
+def test_mmanet_needs_a_multimodal_teacher(tiny, tmp_path):
+    from fake_runs import fake_checkpoint
+
+    with pytest.raises(GaalError, match="needs another run"):
+        build(tiny, "mmanet")
+    image_run = fake_checkpoint(tmp_path / "image.pt", "image")
+    with pytest.raises(GaalError, match="multimodal"):
+        build(tiny, "mmanet", f"methods.mmanet.teacher={image_run}")
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, extra, logged",
+    [
+        ("dmrnet", ["methods.dmrnet.mining_epochs=1"], "loss_hard"),
+        ("mmanet", ["methods.mmanet.begin_epoch=3", "train.epochs=4"], "loss_mad"),
+    ],
+)
+def test_cli_train_scores_the_image_alone(tmp_path, tiny, teacher_checkpoint, name, extra, logged):
+    out = tmp_path / name
+    teacher = [f"methods.mmanet.teacher={teacher_checkpoint}"] if name == "mmanet" else []
+    sets = [a for o in [*tiny, *extra, *teacher, "data.test_missing=tabular"] for a in ("--set", o)]
+    result = runner.invoke(app, ["train", "-m", name, "--out", str(out), "-q", *sets])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["metrics"]["test"]) == {"multi", "image"}
+    assert report["metrics"]["test"]["multi"] == report["metrics"]["test"]["image"]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert any(logged in s for s in steps) and all(math.isfinite(s["loss"]) for s in steps)
