@@ -17,6 +17,7 @@ from gaal_cli.methods import (  # noqa: F401  (registration side effects)
     lfm,
     max_fusion,
     mla,
+    mmcl,
     mmpareto,
     ogm_ge,
     reconboost,
