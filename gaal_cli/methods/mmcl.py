@@ -167,11 +167,12 @@ def pixel_scale(normalize: str, device: torch.device) -> tuple[torch.Tensor, tor
 
 def augment_view(images: torch.Tensor, rate: float, normalize: str, augmentation: RecipeAugmentation) -> torch.Tensor:
     """Each image augmented with probability `rate` (else unchanged), in the batch's own scale."""
-    shift, scale = pixel_scale(normalize, images.device)
-    pixels = images.float() * scale + shift
-    augmented = augmentation(pixels)
-    chosen = (torch.rand(len(images)) < rate).to(images.device).view(-1, 1, 1, 1)
-    return ((torch.where(chosen, augmented, pixels) - shift) / scale).to(images.dtype)
+    with torch.autocast(images.device.type, enabled=False):  # data processing: float32 under bf16 training
+        shift, scale = pixel_scale(normalize, images.device)
+        pixels = images.float() * scale + shift
+        augmented = augmentation(pixels)
+        chosen = (torch.rand(len(images)) < rate).to(images.device).view(-1, 1, 1, 1)
+        return ((torch.where(chosen, augmented, pixels) - shift) / scale).to(images.dtype)
 
 
 @register_method("mmcl", settings=MmclSettings)
