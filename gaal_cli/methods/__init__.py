@@ -20,6 +20,7 @@ from gaal_cli.methods import (  # noqa: F401  (registration side effects)
     max_fusion,
     mla,
     mmanet,
+    mmcl,
     mmpareto,
     ogm_ge,
     reconboost,
