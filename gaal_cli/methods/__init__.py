@@ -24,6 +24,7 @@ from gaal_cli.methods import (  # noqa: F401  (registration side effects)
     mmpareto,
     ogm_ge,
     reconboost,
+    tip,
     unimodal,
 )
 from gaal_cli.methods.base import (
