@@ -13,11 +13,11 @@ from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.engine import create_method
+from gaal_cli.methods.mmcl import clip_loss
 from gaal_cli.methods.tip import (
     TableLayout,
     TabularTransformer,
     choose_masked_cells,
-    contrastive_loss,
     hard_negatives,
     masked_reconstruction_loss,
 )
@@ -90,7 +90,7 @@ def test_masking_chooses_round_rate_cells_per_row_and_hides_their_values():
 
 def test_contrastive_loss_on_a_hand_computed_case():
     z = torch.tensor([[3.0, 0.0], [0.0, 2.0]])  # orthogonal pairs: S = I / tau after normalising
-    loss, s = contrastive_loss(z, z.clone(), temperature=0.5, lambda_0=0.3)
+    loss, s = clip_loss(z, z.clone(), 0.5, 0.3)
     assert torch.allclose(s, torch.eye(2) / 0.5)
     assert float(loss) == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)  # both directions alike
 

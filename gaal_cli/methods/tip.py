@@ -93,6 +93,7 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
+from gaal_cli.methods.mmcl import clip_loss, scarf_corrupt  # TIP builds on MMCL: the same ITC loss and corruption
 from gaal_cli.stages import Stage, StageOptimizer
 
 #: official pretraining optimiser (TipModel3Loss.configure_optimizers; config lr, weight_decay)
@@ -191,14 +192,6 @@ def choose_masked_cells(batch: int, n_fields: int, rate: float, device=None) -> 
     return choose_cells(batch, n_fields, round(n_fields * rate), device)
 
 
-def corrupt_cells(table: torch.Tensor, rate: float) -> torch.Tensor:
-    """int(rate·N) cells of each row replaced by the same column's value in a random row of the batch."""
-    b, n = table.shape
-    chosen = choose_cells(b, n, int(n * rate), table.device)
-    donor = torch.randint(b, (b, n), device=table.device)
-    return torch.where(chosen, table.gather(0, donor), table)
-
-
 def masked_reconstruction_loss(
     cat_logits: torch.Tensor | None,
     con_pred: torch.Tensor | None,
@@ -227,17 +220,6 @@ def masked_reconstruction_loss(
     if not terms:
         return table.new_zeros(())
     return torch.stack(terms).mean()
-
-
-def contrastive_loss(z_image: torch.Tensor, z_table: torch.Tensor, temperature: float, lambda_0: float):
-    """L_itc = λ0 CE(S, diag) + (1 - λ0) CE(S^T, diag), S = ẑ_I ẑ_T^T / τ (ẑ: L2-normalised).
-
-    Returns:
-        The loss and S (its rows: images; columns: tables).
-    """
-    s = F.normalize(z_image.float(), dim=1) @ F.normalize(z_table.float(), dim=1).T / temperature
-    target = torch.arange(len(s), device=s.device)
-    return lambda_0 * F.cross_entropy(s, target) + (1 - lambda_0) * F.cross_entropy(s.T, target), s
 
 
 def hard_negatives(similarity: torch.Tensor) -> torch.Tensor:
@@ -445,9 +427,9 @@ class Tip(Method):
         retrieval accuracy of the contrastive similarities (there are no labels to score)."""
         s = self.settings
         tokens, u_image = self.image_features(image)
-        corrupted = self.tabular(corrupt_cells(table, s.corruption_rate))
+        corrupted = self.tabular(scarf_corrupt(table, s.corruption_rate)[0])
         z_image, z_table = self.projection["image"](u_image), self.projection["tabular"](corrupted[:, 0])
-        loss_itc, similarity = contrastive_loss(z_image, z_table, s.temperature, s.lambda_0)
+        loss_itc, similarity = clip_loss(z_image, z_table, s.temperature, s.lambda_0)
         loss_itm, itm_acc = self.matching_loss(tokens, corrupted, similarity)
         masked = choose_masked_cells(*table.shape, s.mask_rate, table.device)
         cat_logits, con_pred = self.predictor(self.fused(tokens, table, masked))
