@@ -37,7 +37,7 @@ HEADS = ("multi", "image", "tabular")
 SPLITS = ("val", "test")
 METHOD_ORDER = (
     "image", "tabular", "concat", "max", "daft", "ogm_ge", "mmpareto", "mla",
-    "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal", "kd", "fmr",
+    "di_mml", "reconboost", "lfm", "igm", "dgl", "arl", "gaal", "kd", "mfh", "fmr",
 )  # fmt: skip
 DATASET_LABELS = {"dvm": "DVM", "sun": "SUNAttribute", "celeba": "CelebA", "synthetic": "synthetic"}
 ABLATION_KEYS = ("methods.gaal.cgs", "methods.gaal.ugg")

@@ -16,6 +16,7 @@ from gaal_cli.methods import (  # noqa: F401  (registration side effects)
     kd,
     lfm,
     max_fusion,
+    mfh,
     mla,
     mmpareto,
     ogm_ge,
