@@ -18,6 +18,7 @@ from gaal_cli.methods import (  # noqa: F401  (registration side effects)
     kd,
     lfm,
     max_fusion,
+    mfh,
     mla,
     mmanet,
     mmcl,

@@ -1,0 +1,301 @@
+"""MFH, the modality focusing hypothesis (ICLR 2023): distil only the teacher's modality-general part.
+
+Xue, Gao, Ren and Zhao, "The modality focusing hypothesis: towards understanding crossmodal
+knowledge distillation", ICLR 2023 (arXiv 2206.06487; code github zihuixue/MFH): Table I's MFH
+row, a test-time tabular-missing method (the table helps in training; only the image at test).
+
+The hypothesis: crossmodal KD helps the student only through the teacher's modality-general
+decisive features, those that the student's modality also carries; the teacher's
+modality-specific knowledge cannot be learnt from the student's input. The paper's Algorithm 1
+ranks the teacher's feature channels by how much modality-general decisive information each
+holds (its "overlap tag"), and the public code then distils a teacher whose other channels are
+frozen. Here the teacher is a network of the table, the student one of the image:
+
+    u        = f_T(x_T)                    the teacher's features (input of its head g), D channels
+    z_S      = r(x_I)                      a trained image network's logits (the reference)
+    u^(k)    = u with channel k permuted across the batch (x_I and the rest of u unpermuted)
+    tag_k    = mean over batches, permutations of  MSE(g(u^(k)), z_S)               (Alg. 1)
+    tag      <- (tag - min tag) / (max tag - min tag)
+    R        = the floor(rho D) channels with the lowest tag (least modality-general)
+    u~       = u with each channel in R replaced by its mean over the batch ("freeze")
+    L        = (1 - alpha) CE(z_s, y) + alpha T^2 KL(softmax(g(u~) / T) || softmax(z_s / T))
+
+A channel whose permutation pulls the teacher's prediction away from what the image network
+predicts is one the two modalities agree on: a high tag is modality-general. The student (the
+image encoder and a linear head, the `image` row's network, trained from its initialisation)
+learns from the frozen teacher's prediction g(u~), so only the kept channels shape its target
+sample by sample (the frozen ones add the same constant to every sample of a batch). The loss
+is kd.py's (Hinton's), with the official code's weights.
+
+Stages (gaal_cli/stages.py): `overlap_tag`, one label-free epoch over the training split in
+which nothing trains (the tag needs no label); then `distil`, the rest of the run, with the
+run's train.* optimiser. The tag is fixed when `distil` starts and kept in the checkpoint
+(buffers `overlap_tag`, `keep`). At test the student sees the image alone (the Image column).
+
+Dependencies (`dependency_fields`, as KD's teacher): `teacher`, a run whose tabular encoder and
+tabular prediction are the teacher (a `tabular` run: the paper's crossmodal setting is a
+teacher network of the other modality; a concat run's tabular slice also works); `reference`,
+a run with an image prediction (an `image` run), the student-modality network Algorithm 1
+compares the teacher against. Both are frozen. Table I's own `tabular` and `image` runs of the
+same seed serve, so no extra training is needed.
+
+Defaults, from the official code (the paper's body could not be read here; every default and
+detail below comes from the public code): rho = 0.75 (ravdess/main_overlap_tag.py `--ratio
+0.75`, mode 1: remove the channels with the lowest tags), 10 permutations per channel
+(`--num-permute 10`), MSE over all logits (ravdess/utils/dist_utils.py), the penultimate layer
+(`--place 5`; the VGGSound code likewise permutes the pooled features before the last fc),
+frozen channels replaced by their batch mean (ravdess/utils/model.py `freeze`), distillation by
+KL alone at temperature 1 (`--gt-weight 0 --pl-weight 1`; VGGSound's mfh_kd likewise):
+alpha = 1, T = 1.
+
+Departures:
+- Algorithm 1 as the official code runs it on Gaussian data and RAVDESS first trains a teacher-
+  and a student-modality network jointly (CE + CE + MSE between their logits) and tags, and
+  distils from, that jointly trained teacher. Here both networks are independently trained runs,
+  as in the official VGGSound code (a pretrained audio teacher, a pretrained video network for
+  the tag): the teacher is then the same kind of run as KD's, and no extra network is trained.
+- The tag is averaged over every batch of one pass over the training split (the VGGSound code
+  averages over batches; the RAVDESS code keeps the last batch's only) and over the ranks of a
+  data-parallel run; each channel gets its own random permutation per repeat, as in the code.
+- The official Gaussian experiment retrains a teacher on the kept input features; with a
+  trained teacher run that is not possible, so its channels are frozen instead (the deep-network
+  experiments' way).
+- The official distillation (SGD 1e-2 on RAVDESS, AdamW 1e-3 on VGGSound) is replaced by the
+  run's train.* optimiser, so that the row trains like the others of Table I.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from gaal_cli.data.base import Batch
+from gaal_cli.dependencies import Dependency, required_dependency
+from gaal_cli.errors import GaalError
+from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, register_method
+from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.methods.kd import kd_loss
+from gaal_cli.stages import PlannedStage, Stage
+
+#: most elements of one chunk of permuted feature copies (channels x batch x width)
+CHUNK_ELEMENTS = 1 << 24
+
+
+class MfhSettings(MethodSettings):
+    dependency_fields: ClassVar[tuple[str, ...]] = ("teacher", "reference")
+
+    teacher: str | None = Field(
+        None, description="the teacher: a finished run (folder or checkpoint) with a tabular prediction, e.g. tabular"
+    )
+    reference: str | None = Field(
+        None, description="the image network Algorithm 1 compares the teacher with: a finished run, e.g. image"
+    )
+    remove_ratio: float = Field(
+        0.75, ge=0, lt=1, description="rho: share of the teacher's channels frozen, those with the lowest tags (0.75)"
+    )
+    permutations: int = Field(10, ge=1, description="random permutations per channel and batch for the tag (10)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T of teacher and student (official: 1)")
+    alpha: float = Field(
+        1.0, ge=0, le=1, description="weight of the distillation term; 1 - alpha on the labels (official: 1)"
+    )
+
+
+def permuted_channel_distances(
+    features: torch.Tensor,
+    reference_logits: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    perms: torch.Tensor,
+) -> torch.Tensor:
+    """One term of Algorithm 1's overlap tag for every channel of the teacher's features.
+
+    Args:
+        features: the teacher's features u, (B, D).
+        reference_logits: the reference network's logits z_S, (B, C).
+        head: the teacher's head g, features (N, D) to logits (N, C).
+        perms: (D, B); row k is the permutation of the batch applied to channel k.
+
+    Returns:
+        (D,): MSE(g(u^(k)), z_S) over all B x C logits, u^(k) being u with column k permuted.
+    """
+    b, d = features.shape
+    distances = []
+    chunk = max(1, CHUNK_ELEMENTS // (b * d))
+    for start in range(0, d, chunk):
+        channels = torch.arange(start, min(start + chunk, d), device=features.device)
+        copies = features.unsqueeze(0).repeat(len(channels), 1, 1)  # (k, B, D)
+        copies[torch.arange(len(channels)), :, channels] = features[perms[channels], channels.unsqueeze(1)]
+        logits = head(copies.reshape(-1, d)).reshape(len(channels), b, -1)
+        distances.append((logits - reference_logits).pow(2).mean(dim=(1, 2)))
+    return torch.cat(distances)
+
+
+def kept_channels(tag: torch.Tensor, remove_ratio: float) -> torch.Tensor:
+    """Boolean mask of the channels kept: all but the floor(ratio D) with the lowest tags."""
+    keep = torch.ones_like(tag, dtype=torch.bool)
+    keep[torch.argsort(tag, stable=True)[: int(remove_ratio * tag.numel())]] = False
+    return keep
+
+
+def min_max(tag: torch.Tensor) -> torch.Tensor:
+    """The official normalisation of the tag to [0, 1] (all zeros when every channel ties)."""
+    span = tag.max() - tag.min()
+    return (tag - tag.min()) / span if span > 0 else torch.zeros_like(tag)
+
+
+def freeze_channels(features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """u~: the channels not kept replaced by their mean over the batch (the official `freeze`)."""
+    frozen = features.mean(dim=0, keepdim=True).expand_as(features)
+    return torch.where(keep, features, frozen)
+
+
+@contextmanager
+def features_as_input(model: Method) -> Iterator[None]:
+    """Inside the block the model's tabular encoder passes its input through, so that its
+    tabular prediction is its head applied to given features (permuted or frozen channels)."""
+    encoder = model.encoders.tabular
+    model.encoders.tabular = nn.Identity()
+    try:
+        yield
+    finally:
+        model.encoders.tabular = encoder
+
+
+@register_method("mfh", settings=MfhSettings)
+class Mfh(Method):
+    settings: MfhSettings
+    #: the student's input, in training and at test (teacher and reference are other runs)
+    modalities = ("image",)
+
+    def __init__(self, encoders, num_classes, settings: MfhSettings, dependencies: dict):
+        super().__init__(encoders, num_classes, settings)
+        self.teacher = required_dependency(dependencies, "teacher", "mfh")
+        self.reference = required_dependency(dependencies, "reference", "mfh")
+        check_teacher(self.teacher, num_classes)
+        check_reference(self.reference)
+        encoders.tabular.requires_grad_(False)
+        self.head = nn.Linear(encoders.feature_dim, num_classes)
+        width = self.teacher.config.model.feature_dim
+        # Algorithm 1's running sum, then the tag and the kept channels: in the checkpoint
+        self.register_buffer("tag_sum", torch.zeros(width))
+        self.register_buffer("tag_terms", torch.zeros(()))
+        self.register_buffer("overlap_tag", torch.zeros(width))
+        self.register_buffer("keep", torch.ones(width, dtype=torch.bool))
+
+    @classmethod
+    def stages(cls, settings: MfhSettings, epochs: int) -> Sequence[Stage]:
+        return (Stage("overlap_tag", 1, selects=False, labels=False), Stage("distil"))
+
+    @property
+    def tagging(self) -> bool:
+        return self.stage is not None and self.stage.index == 0
+
+    def on_stage_start(self, stage: PlannedStage) -> None:
+        if stage.index == 0:
+            self.tag_sum.zero_()
+            self.tag_terms.zero_()
+            return
+        total, terms = self.comm.sum(self.tag_sum.clone()), self.comm.sum(self.tag_terms.clone())
+        if terms == 0:
+            raise RuntimeError("mfh: the distillation stage started before any overlap tag was computed")
+        self.overlap_tag.copy_(min_max(total / terms))
+        self.keep.copy_(kept_channels(self.overlap_tag, self.settings.remove_ratio))
+
+    def idle_parameters(self) -> set[str]:
+        """Nothing trains while the tag is computed."""
+        return {n for n, p in self.named_parameters() if p.requires_grad} if self.tagging else set()
+
+    def teacher_head(self, features: torch.Tensor) -> torch.Tensor:
+        """g: the teacher's tabular prediction from its features."""
+        teacher = self.teacher.model
+        with features_as_input(teacher):
+            return teacher.predict(None, features).tabular
+
+    @torch.no_grad()
+    def tag_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Algorithm 1 on one batch: add every channel's permuted distances to the running sum."""
+        with torch.autocast(batch.tabular.device.type, enabled=False):  # a ranking of small differences
+            features = self.teacher.model.encoders.tabular(batch.tabular).float()
+            reference = self.reference.model.predict(batch.image, None).image.float()
+            b, d = features.shape
+            for _ in range(self.settings.permutations):
+                perms = torch.argsort(torch.rand(d, b, device=features.device), dim=1)
+                self.tag_sum += permuted_channel_distances(features, reference, self.teacher_head, perms)
+                self.tag_terms += 1
+            agreement = (self.teacher_head(features) - reference).pow(2).mean()
+        return {"loss": agreement, "agreement_mse": agreement}
+
+    @torch.no_grad()
+    def teacher_logits(self, tabular: torch.Tensor) -> torch.Tensor:
+        """g(u~): the teacher's prediction with the channels not kept frozen."""
+        features = self.teacher.model.encoders.tabular(tabular)
+        return self.teacher_head(freeze_channels(features, self.keep))
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoders.image(image))
+
+    def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        if self.tagging:
+            return self.tag_step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        target = self.teacher_logits(batch.tabular)
+        logits = self.logits(batch.image)
+        s = self.settings
+        loss, parts = kd_loss(logits, target, batch.label, s.temperature, s.alpha)
+        loss.backward()
+        stats = {
+            "loss": loss.detach(),
+            "acc": accuracy(logits.detach(), batch.label),
+            "loss_hard": parts["hard"].detach(),
+            "kl_soft": parts["soft"].detach(),
+            "teacher_acc": accuracy(target, batch.label),
+        }
+        stats.update(encoder_grad_norms(self.encoders, self.modalities))
+        optimizer.step()
+        return stats
+
+    def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
+        logits = self.logits(image) if image is not None else None
+        return Predictions(logits, logits, None)
+
+
+def check_teacher(dep: Dependency, num_classes: int) -> None:
+    """The teacher must predict from its tabular features alone (a tabular or concat run).
+
+    Raises:
+        GaalError: a run without a tabular encoder or without a tabular-only prediction.
+    """
+    model = dep.model
+    if model is None:  # rebuilt from a record to evaluate a finished run: it was checked in training
+        return
+    fits = "tabular" in model.modalities
+    if fits:
+        zeros = torch.zeros(2, dep.config.model.feature_dim, device=next(model.parameters()).device)
+        with torch.no_grad(), features_as_input(model):
+            probe = model.predict(None, zeros).tabular
+        fits = probe is not None and probe.shape == (2, num_classes)
+    if not fits:
+        raise GaalError(
+            f"the teacher must give a prediction from the table alone (a tabular or concat run), "
+            f"not a {dep.config.method} run",
+            source=str(dep.file),
+            field="methods.mfh.teacher",
+        )
+
+
+def check_reference(dep: Dependency) -> None:
+    """The reference must give an image-only prediction (an image or concat run).
+
+    Raises:
+        GaalError: a run that reads no image.
+    """
+    if dep.model is not None and "image" not in dep.model.modalities:
+        raise GaalError(
+            f"the reference must be a run that predicts from the image (e.g. image), not a {dep.config.method} run",
+            source=str(dep.file),
+            field="methods.mfh.reference",
+        )

@@ -1,0 +1,130 @@
+"""MFH (gaal_cli/methods/mfh.py): Algorithm 1's overlap tag, the channels kept, the frozen
+teacher's target, and a tiny run through both stages, on hand-computed cases."""
+
+import json
+
+import pytest
+import torch
+from fake_runs import fake_checkpoint
+from staging import enter_epoch, plan_for
+
+from gaal_cli.config import load_config
+from gaal_cli.data import build_data, make_loader
+from gaal_cli.dependencies import load_dependencies
+from gaal_cli.engine import create_method, train
+from gaal_cli.errors import GaalError
+from gaal_cli.methods.mfh import freeze_channels, kept_channels, min_max, permuted_channel_distances
+
+CPU = torch.device("cpu")
+
+# the teacher's head g(u) = W u + b: class 0 reads channel 0, class 1 channels 1 and 2
+W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+B = torch.tensor([0.5, -0.5])
+FEATURES = torch.tensor([[2.0, 1.0, 1.0], [0.0, 2.0, 4.0]])  # g: [[2.5, 1.5], [0.5, 5.5]]
+REFERENCE = torch.tensor([[3.5, 1.5], [0.5, 5.5]])  # agrees with g but for sample 0, class 0 (by 1)
+
+
+def head(u):
+    return u @ W.T + B
+
+
+def test_overlap_tag_of_each_channel_on_a_hand_computed_case():
+    swap = torch.tensor([[1, 0], [1, 0], [1, 0]])  # every channel swapped between the two samples
+    # swapping channel k moves the logits its weights touch by +-(u_1k - u_0k):
+    #   k=0: class 0 by -2 / +2 -> differences to the reference (-3, 0), (2, 0): (9 + 4) / 4
+    #   k=1: class 1 by +1 / -1 -> (-1, 1), (0, -1): 3 / 4
+    #   k=2: class 1 by +3 / -3 -> (-1, 3), (0, -3): 19 / 4
+    distances = permuted_channel_distances(FEATURES, REFERENCE, head, swap)
+    assert distances.tolist() == pytest.approx([13 / 4, 3 / 4, 19 / 4])
+    # each channel has its own permutation: channel 1 left in place gives the unpermuted MSE, 1 / 4
+    own = permuted_channel_distances(FEATURES, REFERENCE, head, torch.tensor([[1, 0], [0, 1], [1, 0]]))
+    assert own.tolist() == pytest.approx([13 / 4, 1 / 4, 19 / 4])
+
+
+def test_the_channels_with_the_lowest_tags_are_frozen():
+    tag = min_max(torch.tensor([13 / 4, 3 / 4, 19 / 4]))
+    assert tag.tolist() == pytest.approx([10 / 16, 0.0, 1.0])  # (x - 3/4) / (19/4 - 3/4)
+    assert kept_channels(tag, 0.5).tolist() == [True, False, True]  # floor(1.5) = 1 frozen: channel 1
+    assert kept_channels(tag, 0.7).tolist() == [False, False, True]  # floor(2.1) = 2: channels 1 and 0
+    assert kept_channels(tag, 0.0).all()
+    assert min_max(torch.ones(3)).tolist() == [0.0, 0.0, 0.0]  # every channel tied: no division by 0
+
+
+def test_the_target_depends_on_the_kept_channels_only():
+    keep = torch.tensor([True, False, True])
+    frozen = freeze_channels(FEATURES, keep)
+    assert frozen.tolist() == [[2.0, 1.5, 1.0], [0.0, 1.5, 4.0]]  # channel 1 at its batch mean 1.5
+    assert torch.allclose(head(frozen), torch.tensor([[2.5, 2.0], [0.5, 5.0]]))
+    # the frozen channel's values move (same batch mean): the target does not; a kept one's do: it does
+    moved = FEATURES.clone()
+    moved[:, 1] = torch.tensor([3.0, 0.0])
+    assert torch.equal(freeze_channels(moved, keep), frozen)
+    moved = FEATURES.clone()
+    moved[:, 2] = torch.tensor([4.0, 1.0])
+    assert not torch.equal(head(freeze_channels(moved, keep)), head(frozen))
+
+
+def build(tiny, teacher, reference, *extra):
+    fields = [f"methods.mfh.teacher={teacher}", f"methods.mfh.reference={reference}"]
+    config = load_config(overrides=[*tiny, "method=mfh", *fields, *extra])
+    torch.manual_seed(0)
+    data = build_data(config.data, 0)
+    return create_method(config, data, load_dependencies(config, data, CPU)), data
+
+
+def test_the_tag_stage_trains_nothing_and_the_distil_stage_distils_the_frozen_teacher(tiny, tmp_path):
+    teacher = fake_checkpoint(tmp_path / "teacher.pt", "tabular")
+    reference = fake_checkpoint(tmp_path / "reference.pt", "image")
+    method, data = build(tiny, teacher, reference, "methods.mfh.permutations=2")
+    plan = plan_for(method, 2)
+    assert [(p.name, p.epochs, p.stage.labels, p.stage.selects) for p in plan] == [
+        ("overlap_tag", 1, False, False),
+        ("distil", 1, True, True),
+    ]
+    before = {k: v.clone() for k, v in method.state_dict().items() if not k.startswith(("tag_", "overlap", "keep"))}
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    enter_epoch(method, plan, 1)
+    batches = list(make_loader(data.train, 32, shuffle=True, seed=0))
+    for batch in batches:
+        method.train_step(batch._replace(label=None), optimizer)  # label-free: it reads no label
+    assert all(torch.equal(method.state_dict()[k], v) for k, v in before.items())
+    assert float(method.tag_terms) == 2 * len(batches)
+
+    enter_epoch(method, plan, 2)
+    tag, keep = method.overlap_tag, method.keep
+    assert float(tag.min()) == 0.0 and float(tag.max()) == 1.0
+    assert int(keep.sum()) == 16 - 12  # feature_dim 16, floor(0.75 * 16) frozen
+    assert float(tag[keep].min()) >= float(tag[~keep].max())  # the highest tags are kept
+
+    batch = batches[0]
+    tabular_run = method.teacher.model
+    features = tabular_run.encoders.tabular(batch.tabular)
+    frozen = torch.where(keep, features, features.mean(dim=0))
+    with torch.no_grad():
+        assert torch.allclose(method.teacher_logits(batch.tabular), tabular_run.head(frozen))
+    stats = method.train_step(batch, optimizer)
+    assert {"loss", "acc", "kl_soft", "teacher_acc"} <= set(stats)
+    assert method.encoders.image.parameters().__next__().grad is not None
+
+
+def test_a_teacher_without_a_tabular_prediction_is_refused(tiny, tmp_path):
+    image_run = fake_checkpoint(tmp_path / "image.pt", "image")
+    with pytest.raises(GaalError, match="methods.mfh.teacher"):
+        build(tiny, image_run, image_run)
+    tabular_run = fake_checkpoint(tmp_path / "tabular.pt", "tabular")
+    with pytest.raises(GaalError, match="methods.mfh.reference"):
+        build(tiny, tabular_run, tabular_run)
+
+
+def test_mfh_run_through_both_stages(tiny, tmp_path):
+    teacher = fake_checkpoint(tmp_path / "teacher.pt", "tabular")
+    reference = fake_checkpoint(tmp_path / "reference.pt", "image")
+    fields = [f"methods.mfh.teacher={teacher}", f"methods.mfh.reference={reference}", "methods.mfh.permutations=1"]
+    config = load_config(overrides=[*tiny, "train.epochs=3", "method=mfh", *fields])
+    report = train(config, tmp_path / "mfh", show_progress=False)
+    assert [s["name"] for s in report["stages"]] == ["overlap_tag", "distil"]
+    assert set(report["dependencies"]) == {"methods.mfh.teacher", "methods.mfh.reference"}
+    assert report["best_epoch"] >= 2  # the tag epoch is never the best checkpoint
+    assert json.loads((tmp_path / "mfh" / "report.json").read_text())["inputs_at_test"] == ["image"]
+    saved = torch.load(tmp_path / "mfh" / "checkpoint.pt", weights_only=True)["model"]
+    assert int(saved["keep"].sum()) == 4 and float(saved["overlap_tag"].max()) == 1.0
