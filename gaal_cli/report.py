@@ -184,10 +184,14 @@ def column(head: str, metric: str) -> str:
 
 
 def method_label(method: str, config: dict[str, Any]) -> str:
-    """The row name: a multimodal method tested with a modality absent (`data.test_missing`, the
-    paper's GAAL*) is starred, so it gets a row of its own beside the method tested on both."""
+    """The row name: a method that reads a modality tested without it (`data.test_missing`, the
+    paper's GAAL*) is starred, so it gets a row of its own beside the method tested on both.
+    A method that never reads it (KD, FMR: image students) keeps its name."""
+    from gaal_cli.methods import METHODS
+
     absent = config.get("data.test_missing", "none")
-    return f"{method}*" if isinstance(absent, str) and absent != "none" else method
+    reads = METHODS[method].cls.modalities if method in METHODS else ()
+    return f"{method}*" if isinstance(absent, str) and absent in reads else method
 
 
 def _number(value: Any) -> float:

@@ -257,9 +257,12 @@ def test_a_multimodal_method_tested_without_the_table_is_a_starred_row(tmp_path)
         fake_run(root, "t1", "gaal", seed, [], (0.9, 0.8, 0.7), inputs=["image", "tabular"])
         star = ["data.test_missing=tabular"]
         fake_run(root, "t1m", "gaal", seed, star, (0.75, 0.75 + seed / 100, 0.5), inputs=["image"])
+        kd = ["method=kd", f"methods.kd.teacher=results/t1/concat/seed{seed}", *star]
+        fake_run(root, "t1m", "kd", seed, kd, (0.6, 0.6, None), inputs=["image"])  # never reads the table
     write_report(root, tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "table1.csv").set_index("method")
-    assert list(table.index) == ["gaal", "gaal*"]
+    lines = (tmp_path / "out" / "table1.md").read_text().split("\n\n")[0].splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in lines] == ["gaal", "kd", "gaal*"]
     assert table.loc["gaal*", "image_mean"] == pytest.approx(0.765)
     assert pd.isna(table.loc["gaal*", "multi_mean"]) and pd.isna(table.loc["gaal*", "tabular_mean"])
 
