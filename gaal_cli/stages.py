@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gaal_cli.errors import GaalError
 
@@ -247,16 +247,20 @@ def describe(planned: PlannedStage, optimizer: torch.optim.Optimizer) -> dict[st
 
 
 class StagedSettings(BaseModel):
-    """Mixin for the settings of a staged method: `stage_optimizer` merges over its default.
+    """Mixin for the settings of a staged method: every optimiser block merges over its default.
 
-    A method's default is the official code's optimiser; a partial block in the YAML
-    (`stage_optimizer: {lr: 0.01}`) changes only the keys it gives.
+    A method's default is the official code's optimiser (each field whose default is a
+    `StageOptimizer`: `stage_optimizer`, or one per stage such as MMCL's `pretrain_optimizer`);
+    a partial block in the YAML (`stage_optimizer: {lr: 0.01}`) changes only the keys it gives.
     """
 
-    @field_validator("stage_optimizer", mode="before", check_fields=False)
+    @model_validator(mode="before")
     @classmethod
-    def _merge_over_default(cls, value: Any) -> Any:
-        default = cls.model_fields["stage_optimizer"].default
-        if isinstance(value, dict) and isinstance(default, StageOptimizer):
-            return {**default.model_dump(), **value}
-        return value
+    def _merge_over_defaults(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        merged = dict(values)
+        for name, field in cls.model_fields.items():
+            if isinstance(merged.get(name), dict) and isinstance(field.default, StageOptimizer):
+                merged[name] = {**field.default.model_dump(), **merged[name]}
+        return merged

@@ -81,6 +81,32 @@ def kd_loss(
     return total, {"hard": hard, "soft": soft}
 
 
+def distillation_step(
+    student: Method, batch: Batch, optimizer: torch.optim.Optimizer, target: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """One optimiser step of an image student (`student.logits(image)`) on `kd_loss` towards the
+    teacher's logits `target`, with its settings' temperature and alpha (KD, and MFH's distillation).
+
+    Returns:
+        The step's statistics (loss, accuracy, both loss parts, the teacher's accuracy, grad norms).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logits = student.logits(batch.image)
+    s = student.settings
+    loss, parts = kd_loss(logits, target, batch.label, s.temperature, s.alpha)
+    loss.backward()
+    stats = {
+        "loss": loss.detach(),
+        "acc": accuracy(logits.detach(), batch.label),
+        "loss_hard": parts["hard"].detach(),
+        "kl_soft": parts["soft"].detach(),
+        "teacher_acc": accuracy(target, batch.label),
+    }
+    stats.update(encoder_grad_norms(student.encoders, student.modalities))
+    optimizer.step()
+    return stats
+
+
 @register_method("kd", settings=KdSettings)
 class Kd(Method):
     settings: KdSettings
@@ -112,22 +138,7 @@ class Kd(Method):
         return getattr(preds, self.settings.teacher_head)
 
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        optimizer.zero_grad(set_to_none=True)
-        target = self.teacher_logits(batch)
-        logits = self.logits(batch.image)
-        s = self.settings
-        loss, parts = kd_loss(logits, target, batch.label, s.temperature, s.alpha)
-        loss.backward()
-        stats = {
-            "loss": loss.detach(),
-            "acc": accuracy(logits.detach(), batch.label),
-            "loss_hard": parts["hard"].detach(),
-            "kl_soft": parts["soft"].detach(),
-            "teacher_acc": accuracy(target, batch.label),
-        }
-        stats.update(encoder_grad_norms(self.encoders, self.modalities))
-        optimizer.step()
-        return stats
+        return distillation_step(self, batch, optimizer, self.teacher_logits(batch))
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
         logits = self.logits(image) if image is not None else None

@@ -77,9 +77,8 @@ from torch import nn
 from gaal_cli.data.base import Batch
 from gaal_cli.dependencies import Dependency, required_dependency
 from gaal_cli.errors import GaalError
-from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, register_method
-from gaal_cli.methods.diagnostics import encoder_grad_norms
-from gaal_cli.methods.kd import kd_loss
+from gaal_cli.methods.base import Method, MethodSettings, Predictions, register_method
+from gaal_cli.methods.kd import distillation_step
 from gaal_cli.stages import PlannedStage, Stage
 
 #: most elements of one chunk of permuted feature copies (channels x batch x width)
@@ -241,22 +240,7 @@ class Mfh(Method):
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         if self.tagging:
             return self.tag_step(batch)
-        optimizer.zero_grad(set_to_none=True)
-        target = self.teacher_logits(batch.tabular)
-        logits = self.logits(batch.image)
-        s = self.settings
-        loss, parts = kd_loss(logits, target, batch.label, s.temperature, s.alpha)
-        loss.backward()
-        stats = {
-            "loss": loss.detach(),
-            "acc": accuracy(logits.detach(), batch.label),
-            "loss_hard": parts["hard"].detach(),
-            "kl_soft": parts["soft"].detach(),
-            "teacher_acc": accuracy(target, batch.label),
-        }
-        stats.update(encoder_grad_norms(self.encoders, self.modalities))
-        optimizer.step()
-        return stats
+        return distillation_step(self, batch, optimizer, self.teacher_logits(batch.tabular))
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
         logits = self.logits(image) if image is not None else None

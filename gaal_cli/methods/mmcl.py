@@ -66,11 +66,11 @@ Departures:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
@@ -78,7 +78,7 @@ from gaal_cli.data.images import IMAGENET_MEAN, IMAGENET_STD, RecipeAugmentation
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
-from gaal_cli.stages import Stage, StageOptimizer
+from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
 
 #: the official pretraining optimiser (MultimodalSimCLR.configure_optimizers, ResNet50 lr)
 PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-3, weight_decay=1e-4)
@@ -86,7 +86,7 @@ PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-3, weight_decay=1e-4)
 PROBE_OPTIMIZER = StageOptimizer(kind="adam", lr=1e-3, weight_decay=0.0)
 
 
-class MmclSettings(MethodSettings):
+class MmclSettings(StagedSettings, MethodSettings):
     pretrain_epochs: int = Field(500, ge=1, description="epochs of label-free contrastive pretraining (code: 500)")
     probe_epochs: int = Field(500, ge=1, description="epochs of the image classifier stage, an upper bound (code: 500)")
     finetune: Literal["frozen", "trainable"] = Field(
@@ -108,15 +108,6 @@ class MmclSettings(MethodSettings):
     probe_optimizer: StageOptimizer | None = Field(
         PROBE_OPTIMIZER, description="stage 2's fresh optimiser (code: Adam 1e-3, no wd); null: train.*"
     )
-
-    @field_validator("pretrain_optimizer", "probe_optimizer", mode="before")
-    @classmethod
-    def _merge_over_default(cls, value: Any, info) -> Any:
-        # a partial block (`probe_optimizer: {lr: 0.01}`) changes only the keys it gives
-        default = cls.model_fields[info.field_name].default
-        if isinstance(value, dict):
-            return {**default.model_dump(), **value}
-        return value
 
 
 def clip_loss(

@@ -84,7 +84,7 @@ Departures:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,7 @@ from torch import nn
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.mmcl import clip_loss, scarf_corrupt  # TIP builds on MMCL: the same ITC loss and corruption
-from gaal_cli.stages import Stage, StageOptimizer
+from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
 
 #: official pretraining optimiser (TipModel3Loss.configure_optimizers; config lr, weight_decay)
 PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-4, weight_decay=1.5e-6)
@@ -107,7 +107,7 @@ BACKBONE = ("encoders.image.backbone.", "tabular.", "image_tokens.", "multimodal
 PRETRAIN_HEADS = ("encoders.image.project.", "projection.", "itm_head.", "predictor.")
 
 
-class TipSettings(MethodSettings):
+class TipSettings(StagedSettings, MethodSettings):
     pretrain_epochs: int = Field(500, ge=1, description="epochs of label-free pretraining (official max_epochs 500)")
     finetune_epochs: int = Field(500, ge=1, description="epochs of fine-tuning at most (official max_epochs 500)")
     finetune: Literal["trainable", "frozen"] = Field(
@@ -129,15 +129,6 @@ class TipSettings(MethodSettings):
     lambda_0: float = Field(0.5, ge=0, le=1, description="weight of the image-to-table direction of L_itc")
     corruption_rate: float = Field(0.3, ge=0, lt=1, description="share of cells corrupted in the contrastive view")
     mask_rate: float = Field(0.5, gt=0, lt=1, description="share of cells masked for reconstruction")
-
-    @field_validator("pretrain_optimizer", "finetune_optimizer", mode="before")
-    @classmethod
-    def _merge_over_default(cls, value: Any, info) -> Any:
-        """A partial optimiser block changes only the keys it gives (as StagedSettings does)."""
-        default = cls.model_fields[info.field_name].default
-        if isinstance(value, dict) and isinstance(default, StageOptimizer):
-            return {**default.model_dump(), **value}
-        return value
 
     @field_validator("heads")
     @classmethod
