@@ -20,6 +20,7 @@ so loading a shared run folder cannot run code.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -124,7 +125,8 @@ def result_changes(saved: Any, wanted: dict) -> list[str]:
     when today's value is the key's default: every new option defaults to the behaviour runs
     had before it existed, so a finished run stays current until someone sets the new key.
     """
-    defaults = _default_tree(wanted.get("method"))
+    method = wanted.get("method")
+    defaults = _default_tree(method if isinstance(method, str) else None)
     return [
         k
         for k in changed_keys(saved, wanted)
@@ -143,8 +145,10 @@ def _lookup(tree: Any, dotted: str) -> Any:
     return tree
 
 
+@functools.cache
 def _default_tree(method: Any) -> dict | None:
-    """Every key's default for a run of `method` (None when the method is unknown)."""
+    """Every key's default for a run of `method` (None when the method is unknown); computed once
+    per method, as a sweep's status check asks for every run (callers only read it)."""
     from gaal_cli.config import Config
 
     try:
