@@ -30,7 +30,9 @@ from typing import Any
 
 import torch
 
+from gaal_cli.config import config_from_mapping
 from gaal_cli.errors import GaalError
+from gaal_cli.methods import METHODS
 from gaal_cli.results import RunFolder
 
 MODALITIES = ("image", "tabular")
@@ -348,35 +350,100 @@ def assess(
     if any("encoders" in s for s in stages):
         findings += check_gradients(stages, metrics, steps, t)
     else:
-        unchecked["encoder_not_training"] = "the stages' trained encoders are not known for this run"
+        unchecked["encoder_not_training"] = (
+            "no per-step encoder gradient recorded (runs before run health, whose method logs no gnorm_<m>)"
+        )
     return Health([f for f in findings if f is not None], unchecked)
 
 
 def dependency_reports(dependencies: dict[str, Any], near: Iterable[Path] = ()) -> dict[str, dict | str]:
-    """Each dependency's report.json (beside its checkpoint), or why it cannot be read.
+    """Each dependency's report.json (in the run folder of its checkpoint), or why it cannot be read.
 
-    A path recorded relative to where the run was launched is looked for from there and from each
-    folder in `near` (a copied results tree keeps the layout under another root).
+    A path recorded relative to where the run was launched is looked for from there, then under
+    each folder in `near` with the path and each of its tails (a results tree copied or moved keeps
+    its layout under another root). Committed results keep no checkpoint: the folder is enough.
     """
     out: dict[str, dict | str] = {}
     for key, summary in (dependencies or {}).items():
-        recorded = Path(str(summary.get("path", ""))) if isinstance(summary, dict) else None
-        if recorded is None or not str(recorded):
+        recorded = str(summary.get("path", "")) if isinstance(summary, dict) else ""
+        if not recorded:
             out[key] = "no path recorded"
             continue
-        candidates = [recorded, *(base / recorded for base in near if not recorded.is_absolute())]
-        file = next((c for c in candidates if c.exists()), None)
-        if file is None:
-            out[key] = f"{recorded} is not there"
-            continue
-        folder = RunFolder(file if file.is_dir() else file.parent)
-        if not folder.file(RunFolder.REPORT).is_file():
-            out[key] = f"{folder.path} has no report.json"
+        folder = _dependency_folder(Path(recorded), list(near))
+        if folder is None:
+            out[key] = f"no run folder with a report.json at {recorded}"
             continue
         try:
             out[key] = folder.read_report()
         except GaalError as err:
             out[key] = err.render()
+    return out
+
+
+def _dependency_folder(recorded: Path, near: list[Path]) -> RunFolder | None:
+    folder = recorded.parent if recorded.suffix == ".pt" else recorded
+    candidates = [folder]
+    if not folder.is_absolute():
+        parts = folder.parts
+        candidates += [base / Path(*parts[k:]) for base in near for k in range(len(parts))]
+    return next((RunFolder(c) for c in candidates if RunFolder(c).file(RunFolder.REPORT).is_file()), None)
+
+
+def folder_health(run: RunFolder, report: dict[str, Any], config: dict[str, Any], t: Thresholds = THRESHOLDS) -> Health:
+    """A finished run's health: the `health` its report.json records, else computed from its logs.
+
+    A run folder from before run health has no class counts (the majority-class check is not made:
+    its balanced-accuracy check still is, at 1 / classes), no feature spread (the collapse check is
+    not made) and no list of the encoders each stage trains: that comes from the method's declared
+    stages (`Stage.trains`) and the gradient norms the method itself logged (`gnorm_<m>`), so the
+    gradient check covers only the methods that log them.
+
+    Args:
+        config: the run's config.yaml, as read.
+    """
+    if isinstance(report.get("health"), list):
+        unchecked = report.get("health_unchecked")
+        return Health(report["health"], unchecked if isinstance(unchecked, dict) else {})
+    steps = run.read_steps()
+    data, train = config.get("data") or {}, config.get("train") or {}
+    batch = int(data.get("batch_size") or 1) // max(1, int(report.get("world_size") or 1))
+    stages = report.get("stages") or []
+    if stages and not any("encoders" in s for s in stages):
+        stages = _declared_encoders(report, config, stages, steps)
+    return assess(
+        report,
+        run.read_metrics(),
+        steps,
+        dependency_reports(report.get("dependencies") or {}, run.path.resolve().parents),
+        batch_size=max(1, batch),
+        monitor=str(train.get("monitor", "multi")),
+        stages=stages,
+        t=t,
+    )
+
+
+def _declared_encoders(
+    report: dict[str, Any], config: dict[str, Any], stages: list[dict], steps: Sequence[dict]
+) -> list[dict]:
+    """An older run's stages with the encoders each trains: those its declared `trains` prefixes
+    cover and whose gradient norm the method logged (`stages` unchanged when the config no longer
+    validates or the stages do not line up)."""
+    try:
+        cfg = config_from_mapping(config, "config.yaml")
+        declared = METHODS[cfg.method].cls.stages(cfg.method_settings(), cfg.train.epochs)
+    except (GaalError, KeyError, ValueError, TypeError):
+        return stages
+    if len(declared) != len(stages):
+        return stages
+    logged = {m for m in MODALITIES if any(f"gnorm_{m}" in s for s in steps)}
+    if not logged:
+        return stages
+    out = []
+    for entry, stage in zip(stages, declared):
+        covers = [m for m in sorted(logged) if not stage.trains or any(
+            f"encoders.{m}.".startswith(p) or p.startswith(f"encoders.{m}.") for p in stage.trains
+        )]  # fmt: skip
+        out.append({**entry, "encoders": covers})
     return out
 
 
