@@ -129,19 +129,18 @@ def trained_encoders(
 
 @torch.no_grad()
 def feature_spread(method: Any, batch: Any, modalities: Sequence[str]) -> dict[str, float]:
-    """Per encoder, the spread of its features over one batch: the mean over dimensions of the
-    standard deviation across samples, over the features' root mean square (0: every sample maps
-    to one point, or every feature is zero)."""
+    """Per encoder the method reads, the spread of its features over one batch: the mean over
+    dimensions of the standard deviation across samples, over the features' root mean square
+    (0: every sample maps to one point, or every feature is zero)."""
     method.eval()
-    image = batch.image if "image" in modalities else None
-    table = batch.tabular if "tabular" in modalities else None
+    inputs = {"image": batch.image, "tabular": batch.tabular}
     out = {}
-    for m, features in zip(MODALITIES, method.encode(image, table)):
-        if features is None or features.shape[0] < 2:
+    for m in modalities:
+        features = getattr(method.encoders, m)(inputs[m]).float().flatten(1)
+        if features.shape[0] < 2:
             continue
-        f = features.float().flatten(1)
-        scale = f.square().mean().sqrt().item()
-        out[m] = round(f.std(0).mean().item() / scale, 6) if scale > 0 else 0.0
+        scale = features.square().mean().sqrt().item()
+        out[m] = round(features.std(0).mean().item() / scale, 6) if scale > 0 else 0.0
     return out
 
 
@@ -313,7 +312,7 @@ def assess(
     batch_size: int,
     monitor: str = "multi",
     stages: Sequence[dict] | None = None,
-    t: Thresholds = THRESHOLDS,
+    t: Thresholds | None = None,
 ) -> Health:
     """Every check on one run's records.
 
@@ -323,7 +322,9 @@ def assess(
         dependency_reports: config key -> that run's report.json, or why it could not be read.
         batch_size: the batch the method trained with on one process (the contrastive plateau).
         stages: the stages with the encoders each trains, when report.json's lack them.
+        t: the thresholds (default: `THRESHOLDS`).
     """
+    t = t or THRESHOLDS
     findings, unchecked = [], {}
     head = scored_head(report, monitor)
     val = report.get("metrics", {}).get("val", {}).get(head, {}) if head else {}
@@ -389,7 +390,7 @@ def _dependency_folder(recorded: Path, near: list[Path]) -> RunFolder | None:
     return next((RunFolder(c) for c in candidates if RunFolder(c).file(RunFolder.REPORT).is_file()), None)
 
 
-def folder_health(run: RunFolder, report: dict[str, Any], config: dict[str, Any], t: Thresholds = THRESHOLDS) -> Health:
+def folder_health(run: RunFolder, report: dict[str, Any], config: dict[str, Any], t: Thresholds | None = None) -> Health:
     """A finished run's health: the `health` its report.json records, else computed from its logs.
 
     A run folder from before run health has no class counts (the majority-class check is not made:
