@@ -83,34 +83,39 @@ CONTRASTIVE_LOSS = {"mmcl": "loss", "tip": "loss_itc"}
 class GradientFlow:
     """The gradient each encoder receives in a training step, whatever the method does.
 
-    A hook on every trainable encoder parameter adds the squared norm of its `.grad` after each
-    accumulation to a 0-d tensor on the device, so an alternating method (several backward passes
-    and optimiser steps per batch) is measured over all of them, and nothing waits for the device:
-    the engine reads the values back with the rest of the epoch's statistics.
+    A hook on every trainable encoder parameter keeps the norm of its `.grad` after each
+    accumulation (one small kernel, a 0-d tensor on the device), so an alternating method
+    (several backward passes and optimiser steps per batch) is measured over all of them, and
+    nothing waits for the device: the engine reads the values back with the epoch's other
+    statistics.
     """
 
     def __init__(self, method: torch.nn.Module, modalities: Sequence[str]):
-        self.totals: dict[str, torch.Tensor] = {}
+        self.norms: dict[str, list[torch.Tensor]] = {}
+        self.devices: dict[str, torch.device] = {}
         self.handles = []
         for m in modalities:
             params = [p for p in getattr(method.encoders, m).parameters() if p.requires_grad]
             if not params:
                 continue
-            self.totals[m] = torch.zeros((), device=params[0].device)
+            self.norms[m], self.devices[m] = [], params[0].device
             for p in params:
-                self.handles.append(p.register_post_accumulate_grad_hook(self._adder(m)))
+                self.handles.append(p.register_post_accumulate_grad_hook(self._keeper(m)))
 
-    def _adder(self, modality: str):
-        def add(param: torch.Tensor) -> None:
+    def _keeper(self, modality: str):
+        def keep(param: torch.Tensor) -> None:
             if param.grad is not None:
-                self.totals[modality] += torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32).square()
+                self.norms[modality].append(torch.linalg.vector_norm(param.grad.detach(), dtype=torch.float32))
 
-        return add
+        return keep
 
     def take(self) -> dict[str, torch.Tensor]:
         """`grad_<modality>`: the root of the summed squared norms since the last call (then reset)."""
-        out = {f"grad_{m}": total.sqrt() for m, total in self.totals.items()}
-        self.totals = {m: torch.zeros_like(total) for m, total in self.totals.items()}
+        out = {}
+        for m, norms in self.norms.items():
+            total = torch.stack(norms).square().sum().sqrt() if norms else torch.zeros((), device=self.devices[m])
+            out[f"grad_{m}"] = total
+            self.norms[m] = []
         return out
 
     def close(self) -> None:
@@ -390,7 +395,9 @@ def _dependency_folder(recorded: Path, near: list[Path]) -> RunFolder | None:
     return next((RunFolder(c) for c in candidates if RunFolder(c).file(RunFolder.REPORT).is_file()), None)
 
 
-def folder_health(run: RunFolder, report: dict[str, Any], config: dict[str, Any], t: Thresholds | None = None) -> Health:
+def folder_health(
+    run: RunFolder, report: dict[str, Any], config: dict[str, Any], t: Thresholds | None = None
+) -> Health:
     """A finished run's health: the `health` its report.json records, else computed from its logs.
 
     A run folder from before run health has no class counts (the majority-class check is not made:
