@@ -31,6 +31,8 @@ from gaal_cli.dependencies import Dependency, init_encoders, load_dependencies, 
 from gaal_cli.display import EpochProgress, console
 from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
+from gaal_cli.health import GradientFlow, assess, class_counts, dependency_reports, feature_spread, trained_encoders
+from gaal_cli.health import warning_text as health_warning
 from gaal_cli.methods import Method, build_method
 from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
@@ -134,6 +136,8 @@ class Session:
     # turns the training batches' uint8 images into floats on the device (data.augment_on), if deferred
     finish_images: Callable[[torch.Tensor], torch.Tensor] | None = None
     dependencies: dict[str, Dependency] = field(default_factory=dict)
+    # the gradient each encoder receives per step, for run health (gaal_cli/health.py)
+    flow: GradientFlow | None = None
 
 
 def setup(config: Config) -> Session:
@@ -163,6 +167,7 @@ def setup(config: Config) -> Session:
         method.encoders.tabular = torch.compile(method.encoders.tabular)
     finish_images = images_on_device(data.train, config.data.augment_on, device)
     s = Session(config, device, data, method, None, None, comm, plan, [], finish_images, dependencies)  # type: ignore[arg-type]
+    s.flow = GradientFlow(method, method.modalities)
     start_optimizer(s, plan[0])
     return s
 
@@ -188,7 +193,9 @@ def start_stage(s: Session, planned: PlannedStage) -> None:
     """Begin a stage: its own optimiser and schedule, and the method's stage hook."""
     start_optimizer(s, planned)
     s.method.on_stage_start(planned)
-    s.stages_run.append(describe(planned, s.optimizer))
+    # the encoders the stage trains: run health checks that each receives a gradient
+    encoders = trained_encoders(s.method, s.optimizer, s.method.modalities)
+    s.stages_run.append({**describe(planned, s.optimizer), "encoders": encoders})
     if len(s.plan) > 1 and s.comm.is_main:
         lr = s.optimizer.param_groups[0]["lr"]
         console.print(
@@ -266,9 +273,38 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
         "threads": torch.get_num_threads(),
         "versions": versions(),
     }
+    add_health(s, run, report)
     if s.comm.is_main:
         run.finish(report)
+        if report["health"]:
+            text = health_warning(report["health"], str(run.file(RunFolder.REPORT)))
+            console.print(text, style="yellow", markup=False, highlight=False, soft_wrap=True)
     return report
+
+
+def add_health(s: Session, run: RunFolder, report: dict[str, Any]) -> None:
+    """Run health (gaal_cli/health.py) into `report`: the class counts per split, the spread of each
+    encoder's features over one validation batch (best checkpoint), and the findings (`health`,
+    empty when healthy) with the checks the records did not allow (`health_unchecked`)."""
+    if s.flow is not None:
+        s.flow.close()
+    n = s.data.num_classes
+    report["data"]["class_counts"] = {
+        split: class_counts(s.data.split(split).labels, n) for split in ("train", "val", "test")
+    }
+    batch = next(iter(make_loader(s.data.val, s.config.data.eval_batch_size, shuffle=False)), None)
+    if batch is not None:
+        with autocast(s.device, s.config.train.bf16):
+            report["features"] = feature_spread(s.method, batch.to(s.device), s.method.modalities)
+    health = assess(
+        report,
+        run.read_metrics(),
+        run.read_steps(),
+        dependency_reports(report["dependencies"]),
+        batch_size=s.config.data.batch_size // s.comm.world_size,
+        monitor=s.config.train.monitor,
+    )
+    report["health"], report["health_unchecked"] = health.findings, health.unchecked
 
 
 def restore(s: Session, state: dict[str, Any], file: Path) -> int:
@@ -483,6 +519,8 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
             batch = batch._replace(label=None)
         with autocast(s.device, s.config.train.bf16), weighted_classes(weights):
             stats = method.train_step(batch, s.optimizer)
+        if s.flow is not None:
+            stats.update(s.flow.take())
         for key, value in stats.items():
             history.setdefault(key, []).append(value.detach().float().reshape(()))
         steps += 1

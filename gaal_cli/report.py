@@ -30,6 +30,7 @@ import pandas as pd
 from gaal_cli.config import read_yaml_file
 from gaal_cli.contributions import MODALITIES, negative_rate, run_shapley
 from gaal_cli.errors import GaalError
+from gaal_cli.health import CHECKS, folder_health
 from gaal_cli.results import RunFolder, finished_runs
 from gaal_cli.sweep import WHERE_KEYS, format_value
 
@@ -152,7 +153,8 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         GaalError: report.json or config.yaml unreadable, or missing what a table needs.
     """
     report = run.read_report()
-    config = flatten(read_yaml_file(run.file(RunFolder.CONFIG)))
+    tree = read_yaml_file(run.file(RunFolder.CONFIG))
+    config = flatten(tree)
     try:
         test = dict(report["metrics"]["test"])
         inputs = report.get("inputs_at_test", ("image", "tabular"))
@@ -172,10 +174,25 @@ def run_row(run: RunFolder) -> dict[str, Any]:
             "sec_per_epoch": _number(report["timings"]["seconds_per_epoch"]),
             "epochs": report["epochs_run"],
             **run_diagnostics(run, report),
+            **run_health(run, report, tree),
             "folder": str(run.path),
         }
     except (KeyError, TypeError, AttributeError) as err:
         raise GaalError(f"lacks what a table needs ({type(err).__name__}: {err})", source=str(run.path)) from None
+
+
+def run_health(run: RunFolder, report: dict[str, Any], tree: Any) -> dict[str, str]:
+    """runs.csv's `health` (the names of the run's findings, space-separated; empty when healthy)
+    and `health_unchecked` (the checks its records did not allow), from report.json's `health` or,
+    for a run from before run health, from its logs (gaal_cli/health.py)."""
+    try:
+        health = folder_health(run, report, tree if isinstance(tree, dict) else {})
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        return {"health": "", "health_unchecked": f"all (its records do not read as expected: {type(err).__name__})"}
+    return {
+        "health": " ".join(sorted({f["name"] for f in health.findings})),
+        "health_unchecked": " ".join(sorted(health.unchecked)),
+    }
 
 
 def column(head: str, metric: str) -> str:
@@ -287,6 +304,8 @@ def summarize(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
     stats = grouped[[*metrics, "sec_per_epoch"]].agg(["mean", "std"])
     stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
     stats["n"] = grouped.size()
+    if "health" in runs.columns:  # runs with a run-health finding, per cell
+        stats["flagged"] = grouped["health"].agg(lambda names: int((names.fillna("") != "").sum()))
     return stats.reset_index()
 
 
@@ -303,6 +322,21 @@ def row_order(summary: pd.DataFrame, rows: list[str]) -> list[tuple]:
 def dataset_order(datasets) -> list[str]:
     known = [d for d in DATASET_LABELS if d in set(datasets)]
     return known + sorted(set(datasets) - set(known))
+
+
+HEALTH_MARK = "†"
+
+
+def health_rule(summary: pd.DataFrame) -> str:
+    """The legend line of the health mark, under every table that has one."""
+    if "flagged" not in summary.columns or not summary["flagged"].any():
+        return ""
+    return (
+        f"{HEALTH_MARK}: at least one of the cell's runs has a run-health finding (it may have learned nothing: "
+        f"majority class, chance, contrastive plateau, a dead dependency, collapsed features or an encoder without "
+        f"gradient; {HEALTH_MARK}k/n when k of its n runs do); the runs and findings are listed under Run health in "
+        "report.md (health.md).\n"
+    )
 
 
 BOLD_RULE = (
@@ -362,11 +396,47 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
             for h in HEADS:
                 c = column(h, metric)
                 text = mean_std(cell[f"{c}_mean"], cell[f"{c}_std"])
-                cells.append(f"**{text}**" if (summary.index[i], h) in bold else text)
+                text = f"**{text}**" if (summary.index[i], h) in bold else text
+                cells.append(text + health_mark(cell) if text != "-" else text)
             sec = cell["sec_per_epoch_mean"]
             cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{BOLD_RULE}\n"
+    return "\n".join(lines) + f"\n\n{BOLD_RULE}\n" + health_rule(summary)
+
+
+def health_mark(cell: pd.Series) -> str:
+    """` †` when every run of the cell has a finding, ` †k/n` when k of n do, else nothing."""
+    flagged, n = int(cell.get("flagged", 0)), int(cell["n"])
+    if not flagged:
+        return ""
+    return f" {HEALTH_MARK}" if flagged == n else f" {HEALTH_MARK}{flagged}/{n}"
+
+
+def health_markdown(runs: pd.DataFrame) -> str:
+    """Run health over every run: the flagged runs with their findings, and which checks the
+    older runs' records did not allow (how many runs each)."""
+    lines = [
+        "Checks (gaal_cli/health.py; thresholds there and in the README): "
+        + "; ".join(f"`{name}`: {text}" for name, text in CHECKS.items())
+        + ".\n"
+    ]
+    flagged = runs[runs["health"].fillna("") != ""].sort_values("folder")
+    if flagged.empty:
+        lines.append(f"No finding in any of the {len(runs)} runs.\n")
+    else:
+        lines += [f"{len(flagged)} of {len(runs)} runs have findings:\n", "| run | findings |", "|---|---|"]
+        lines += [f"| {row.folder} | {row.health} |" for row in flagged.itertuples()]
+        lines.append("")
+    unchecked = runs["health_unchecked"].fillna("").str.split().explode().dropna()
+    counts = unchecked[unchecked != ""].value_counts()
+    if len(counts):
+        lines.append(
+            "Not checked (runs from before run health carry no `health` in report.json; it is computed from their "
+            "logs, which do not allow these checks): "
+            + "; ".join(f"`{name}` in {count} runs" for name, count in counts.sort_index().items())
+            + ". A cell without the mark is healthy only by the checks that were made.\n"
+        )
+    return "\n".join(lines)
 
 
 def summarize_diagnostics(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
@@ -652,8 +722,11 @@ def write_report(root: Path, out: Path) -> list[Path]:
         if figure:
             written += [figure.with_suffix(s) for s in FORMATS]
             sections.append(f"## {title}\n\n![{figure.stem}]({figure.name})\n")
+    health = health_markdown(runs)
+    (out / "health.md").write_text(health)
+    sections.append(f"## Run health\n\n{health}")
     (out / "report.md").write_text("\n".join(sections))
-    return [*written, out / "report.md"]
+    return [*written, out / "health.md", out / "report.md"]
 
 
 def _is_table1(runs: pd.DataFrame) -> dict[str, bool]:
