@@ -170,13 +170,22 @@ def pixel_scale(normalize: str, device: torch.device) -> tuple[torch.Tensor, tor
     return torch.zeros((), device=device), torch.full((), 255.0, device=device)
 
 
-def augment_view(images: torch.Tensor, rate: float, normalize: str, augmentation: RecipeAugmentation) -> torch.Tensor:
-    """Each image augmented with probability `rate` (else unchanged), in the batch's own scale."""
+def augment_view(
+    images: torch.Tensor,
+    rate: float,
+    normalize: str,
+    augmentation: RecipeAugmentation,
+    chosen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each image augmented with probability `rate` (else unchanged), in the batch's own scale;
+    `chosen` (B, bool) says which instead, when the caller drew it (TIP couples it to the table)."""
     with torch.autocast(images.device.type, enabled=False):  # data processing: float32 under bf16 training
         shift, scale = pixel_scale(normalize, images.device)
         pixels = images.float() * scale + shift
         augmented = augmentation(pixels)
-        chosen = (torch.rand(len(images)) < rate).to(images.device).view(-1, 1, 1, 1)
+        if chosen is None:
+            chosen = torch.rand(len(images)) < rate
+        chosen = chosen.to(images.device).view(-1, 1, 1, 1)
         return ((torch.where(chosen, augmented, pixels) - shift) / scale).to(images.dtype)
 
 
