@@ -29,7 +29,8 @@ The rules the engine keeps:
   inside a stage shrinks with it), and prints what it did; `stage_fit: refuse` stops instead.
   A run with fewer epochs than stages is always refused. When the stages add up to less than
   train.epochs, the run ends with its last stage (train.epochs is an upper bound).
-- Early stopping can end a run only during its last stage, and its patience counts from the
+- Early stopping can end a run only during its last stage, and its patience (train.patience,
+  or the stage's own `Stage.patience` where the method's official code has one) counts from the
   start of each stage, so every stage runs and the last one gets at least `patience` epochs.
 - The best checkpoint is chosen on validation among the epochs of the stages that produce the
   method's final predictor (`Stage.selects`). DI-MML's stage 1 has no fusion head yet, so only
@@ -109,6 +110,7 @@ class Stage:
         lr_scale: multiplies the optimiser's base learning rate (a decay across stages).
         selects: whether the stage's epochs are candidates for the best checkpoint.
         labels: False for a label-free stage: train_step gets batches with `label=None`.
+        patience: the stage's own early-stopping patience (the official code's); None: train.patience.
     """
 
     name: str
@@ -118,6 +120,7 @@ class Stage:
     lr_scale: float = 1.0
     selects: bool = True
     labels: bool = True
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if not self.labels and self.selects:
