@@ -57,8 +57,9 @@ run is early-stopped at an epoch that suits Table I, on the embedded set its fir
 targets are near uniform); optionally `reference`, a run with an image prediction (above).
 Both are frozen.
 
-Lengths: the official distillation runs 100 epochs (the paper-scale files); the CPU-scale
-files give it what the student needs to learn on the embedded set (see the experiment files).
+Lengths: the official distillation runs 100 epochs (`distil_epochs`, set in the paper-scale
+files); the CPU-scale files give it what the student needs to learn on the embedded set (see
+the experiment files).
 
 Defaults, from the official code (the paper's body could not be read here; every default and
 detail below comes from the public code): rho = 0.75 (ravdess/main_overlap_tag.py `--ratio
@@ -118,7 +119,10 @@ class MfhSettings(MethodSettings):
         "reference to agree with the teacher (RAVDESS's path)",
     )
     reference_epochs: int = Field(
-        5, ge=1, description="epochs of the reference network's CE + logit-MSE training (RAVDESS path)"
+        5, ge=1, description="epochs of the reference network's CE + logit-MSE training (RAVDESS path; official 100)"
+    )
+    distil_epochs: int | None = Field(
+        None, ge=1, description="epochs of distillation (official: 100); unset: the rest of the run"
     )
     agreement_weight: float = Field(1.0, ge=0, description="weight of the reference's MSE to the teacher's logits")
     remove_ratio: float = Field(
@@ -220,7 +224,7 @@ class Mfh(Method):
 
     @classmethod
     def stages(cls, settings: MfhSettings, epochs: int) -> Sequence[Stage]:
-        tag = (Stage("overlap_tag", 1, selects=False, labels=False), Stage("distil"))
+        tag = (Stage("overlap_tag", 1, selects=False, labels=False), Stage("distil", settings.distil_epochs))
         if settings.reference is not None:
             return tag
         return (Stage("reference", settings.reference_epochs, ("reference_net.",), selects=False), *tag)
