@@ -70,6 +70,10 @@ frozen channels replaced by their batch mean (ravdess/utils/model.py `freeze`), 
 KL alone at temperature 1 (`--gt-weight 0 --pl-weight 1`; VGGSound's mfh_kd likewise):
 alpha = 1, T = 1.
 
+Known: at CPU scale on the embedded set (README) the ranking is still inverted with the
+RAVDESS path's 5 reference epochs: the kept channels carry less class information than random
+ones. A result of this method at that scale may be wrong.
+
 Departures:
 - RAVDESS trains teacher and reference together from scratch; here the teacher is a finished
   run and only the reference learns against it (CE + MSE), so the teacher is the same kind of
