@@ -392,7 +392,7 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
             if epoch == planned.start:
                 start_stage(s, planned)
                 best["stale"] = 0
-            elif planned.last and best["stale"] >= cfg.train.patience:
+            elif planned.last and best["stale"] >= (planned.stage.patience or cfg.train.patience):
                 break
             t0 = time.perf_counter()
             lr = s.optimizer.param_groups[0]["lr"]

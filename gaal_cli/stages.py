@@ -14,15 +14,23 @@ The rules the engine keeps:
 
 - A stage's optimiser holds only the parameters the stage trains (`Stage.trains`, parameter-name
   prefixes; empty: every trainable parameter) and starts at its base learning rate. It is either
-  the method's own (`Stage.optimizer`, the official code's, with its own StepLR inside the stage)
-  or the run's train.* settings (`scheduler: step` counts from the stage's start, `cosine`
-  anneals over the stage).
+  the method's own (`Stage.optimizer`, the official code's, with its own schedule inside the
+  stage: constant, StepLR, MultiStepLR, or a linear warm-up followed by a cosine anneal) or the
+  run's train.* settings (`scheduler: step` counts from the stage's start, `cosine` anneals over
+  the stage).
+- Warm-up and cosine (`StageOptimizer.warmup_epochs`, `cosine: true`; MMCL's and TIP's
+  pretraining, pl_bolts' LinearWarmupCosineAnnealingLR as their official codes build it, stepped
+  once per epoch): stage epoch e (0-based) of E trains at lr * factor(e), factor =
+  start + (1 - start) e / (W - 1) for e < W (W warm-up epochs, `warmup_start` the first
+  epoch's share, 0 in pl_bolts, so the first epoch does not move the weights), then
+  (1 + cos(pi (e - W) / (E - W))) / 2 for e >= W. A shrunk stage shrinks W with it.
 - The declared stage lengths must fit train.epochs. When they add up to more, `train.stage_fit:
   scale` (the default) shrinks every stage in proportion, each to at least one epoch (a StepLR
   inside a stage shrinks with it), and prints what it did; `stage_fit: refuse` stops instead.
   A run with fewer epochs than stages is always refused. When the stages add up to less than
   train.epochs, the run ends with its last stage (train.epochs is an upper bound).
-- Early stopping can end a run only during its last stage, and its patience counts from the
+- Early stopping can end a run only during its last stage, and its patience (train.patience,
+  or the stage's own `Stage.patience` where the method's official code has one) counts from the
   start of each stage, so every stage runs and the last one gets at least `patience` epochs.
 - The best checkpoint is chosen on validation among the epochs of the stages that produce the
   method's final predictor (`Stage.selects`). DI-MML's stage 1 has no fusion head yet, so only
@@ -40,6 +48,7 @@ rate at the start, optimiser).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +75,27 @@ class StageOptimizer(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     step_size: int | None = Field(None, ge=1, description="StepLR inside the stage, in epochs; None: constant")
     gamma: float = Field(0.1, gt=0, le=1)
+    milestones: tuple[int, ...] | None = Field(
+        None, description="MultiStepLR inside the stage: epochs after which the rate is multiplied by gamma"
+    )
+    cosine: bool = Field(False, description="anneal by cosine over the stage (after any warm-up)")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs at the stage's start (cosine only)")
+    warmup_start: float = Field(0.0, ge=0, le=1, description="the first warm-up epoch's share of lr (pl_bolts: 0)")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> "StageOptimizer":
+        chosen = [n for n, on in (("step_size", self.step_size), ("milestones", self.milestones)) if on]
+        if self.cosine:
+            chosen.append("cosine")
+        if len(chosen) > 1:
+            raise ValueError(f"a stage optimiser has one schedule; {' and '.join(chosen)} are both set")
+        if self.warmup_epochs and not self.cosine:
+            raise ValueError("warmup_epochs needs cosine: true (a linear warm-up followed by a cosine anneal)")
+        if self.milestones is not None and (
+            any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones))
+        ):
+            raise ValueError("milestones must be increasing epochs of 1 or more")
+        return self
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,7 @@ class Stage:
         lr_scale: multiplies the optimiser's base learning rate (a decay across stages).
         selects: whether the stage's epochs are candidates for the best checkpoint.
         labels: False for a label-free stage: train_step gets batches with `label=None`.
+        patience: the stage's own early-stopping patience (the official code's); None: train.patience.
     """
 
     name: str
@@ -89,6 +120,7 @@ class Stage:
     lr_scale: float = 1.0
     selects: bool = True
     labels: bool = True
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if not self.labels and self.selects:
@@ -220,6 +252,15 @@ def _scheduler(optimizer: torch.optim.Optimizer, planned: PlannedStage, train: A
     spec = planned.stage.optimizer
     lr_sched = torch.optim.lr_scheduler
     if spec is not None:
+        if spec.cosine:
+            warmup = round(spec.warmup_epochs * planned.scale)
+            factor = functools.partial(
+                warmup_cosine_factor, warmup=warmup, total=planned.epochs, start=spec.warmup_start
+            )
+            return lr_sched.LambdaLR(optimizer, factor)
+        if spec.milestones is not None:
+            steps = sorted({max(1, round(m * planned.scale)) for m in spec.milestones})
+            return lr_sched.MultiStepLR(optimizer, milestones=steps, gamma=spec.gamma)
         if spec.step_size is None:
             return lr_sched.LambdaLR(optimizer, lambda _: 1.0)
         step = max(1, round(spec.step_size * planned.scale))
@@ -229,6 +270,16 @@ def _scheduler(optimizer: torch.optim.Optimizer, planned: PlannedStage, train: A
     if train.scheduler == "cosine":
         return lr_sched.CosineAnnealingLR(optimizer, T_max=planned.epochs)
     return lr_sched.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def warmup_cosine_factor(epoch: int, warmup: int, total: int, start: float = 0.0) -> float:
+    """The share of the base rate at stage epoch `epoch` (0-based) of `total`: a linear warm-up
+    over `warmup` epochs from `start` to 1 (reached at epoch warmup - 1), then a cosine anneal
+    from 1 to 0 over the remaining epochs (pl_bolts' LinearWarmupCosineAnnealingLR, eta_min 0)."""
+    if epoch < warmup:
+        return start + (1 - start) * epoch / (warmup - 1) if warmup > 1 else start
+    span = max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(epoch - warmup, span) / span))
 
 
 def describe(planned: PlannedStage, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -88,6 +88,7 @@ def test_an_attribute_head_reads_only_its_matched_channels(charms):
 def test_cli_run_recomputes_the_plan_and_predicts_from_the_image_alone(tmp_path, tiny):
     out = tmp_path / "charms"
     extra = ["train.epochs=3", "methods.charms.refresh_every=1", "methods.charms.transport_samples=40"]
+    extra.append("methods.charms.stage_optimizer=null")  # train.*'s Adam: the best checkpoint is a planned epoch
     args = [arg for o in tiny + extra for arg in ("--set", o)]
     result = runner.invoke(app, ["train", "-m", "charms", "--out", str(out), "-q", *args])
     assert result.exit_code == 0, result.output
@@ -100,3 +101,31 @@ def test_cli_run_recomputes_the_plan_and_predicts_from_the_image_alone(tmp_path,
     state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     d = state["plan"].shape[0]
     assert torch.allclose(state["plan"].sum(1), torch.full((d,), 1 / d), atol=1e-4)
+
+
+def test_exact_plan_on_a_hand_made_case_is_poTs_and_its_support_gives_the_masks():
+    import ot
+
+    from gaal_cli.methods.charms import exact_plan
+
+    cost = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    a, b = uniform(2), uniform(3)
+    plan = exact_plan(cost, a, b)
+    # by hand: row 0 fills column 0 and gives the rest of its mass (1/6) to column 1; row 1 likewise
+    by_hand = torch.tensor([[1 / 3, 1 / 6, 0.0], [0.0, 1 / 6, 1 / 3]])
+    assert torch.allclose(plan, by_hand, atol=1e-12)
+    pot = torch.as_tensor(ot.emd(a.double().numpy(), b.double().numpy(), cost.double().numpy()), dtype=plan.dtype)
+    assert torch.equal(plan, pot)
+    labels = torch.tensor([0, 1, 2, 2])  # channels' groups
+    assert plan_masks(plan, labels, None).tolist() == [[1, 1, 0, 0], [0, 1, 1, 1]]
+
+
+def test_default_transport_is_exact_and_the_optimiser_is_the_official_one(charms):
+    method, _ = charms
+    s = method.settings
+    assert s.transport == "exact" and s.patience == 5
+    spec = s.stage_optimizer
+    assert (spec.kind, spec.lr, spec.momentum, spec.weight_decay) == ("sgd", 1e-3, 0.1, 1e-5)
+    assert (spec.milestones, spec.gamma) == ((5, 10, 15, 20), 0.5)
+    (stage,) = type(method).stages(s, 6)
+    assert stage.optimizer == spec and stage.patience == 5

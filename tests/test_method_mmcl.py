@@ -124,3 +124,22 @@ def test_cli_train_pretrains_without_labels_then_reports_the_image_column(tmp_pa
     ]
     assert set(report["metrics"]["test"]) == {"multi", "image"}
     assert report["metrics"]["test"]["image"] == report["metrics"]["test"]["multi"]
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_probe_sees_images_augmented_at_its_own_rate(tiny, rate):
+    method, batch = setup(tiny, f"methods.mmcl.probe_augmentation_rate={rate}")
+    plan = plan_for(method, 2)
+    enter_epoch(method, plan, 2)
+    seen = []
+    method.encoders.image.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    method.train_step(batch, torch.optim.SGD(method.parameters(), lr=0.0))
+    assert torch.equal(seen[0], batch.image) == (rate == 0.0)
+
+
+def test_default_pretraining_warms_up_then_anneals_at_resnet18s_rate():
+    from gaal_cli.methods.mmcl import MmclSettings
+
+    spec = MmclSettings().pretrain_optimizer
+    assert (spec.lr, spec.warmup_epochs, spec.cosine) == (3e-4, 10, True)
+    assert MmclSettings().probe_augmentation_rate == 0.8

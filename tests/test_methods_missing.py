@@ -138,7 +138,14 @@ def test_mmanet_histogram_distance_is_kl_of_softmaxed_frequencies():
 
 
 def test_mmanet_mines_then_regularizes_the_weak_combination(tiny, teacher_checkpoint):
-    method, data = build(tiny, "mmanet", f"methods.mmanet.teacher={teacher_checkpoint}", "methods.mmanet.begin_epoch=3")
+    method, data = build(
+        tiny,
+        "mmanet",
+        f"methods.mmanet.teacher={teacher_checkpoint}",
+        "methods.mmanet.begin_epoch=3",
+        "methods.mmanet.recipe=three_modality",
+    )
+    assert method.settings.weights == (30.0, 0.5)
     batch = data.train[list(range(16))]
     optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
     method.train()
@@ -157,6 +164,25 @@ def test_mmanet_mines_then_regularizes_the_weak_combination(tiny, teacher_checkp
     assert int(method.weak) == IMAGE_ONLY
     stats = method.train_step(batch, optimizer)
     assert {"loss_mad", "loss_mar"} <= set(stats) and not method.idle_parameters()
+
+
+def test_mmanet_two_modality_recipe_distils_and_regularizes_both_unimodal_combinations_from_epoch_1(
+    tiny, teacher_checkpoint
+):
+    method, data = build(tiny, "mmanet", f"methods.mmanet.teacher={teacher_checkpoint}")
+    assert method.settings.recipe == "two_modality" and method.settings.weights == (0.5, 0.01)
+    batch = data.train[list(range(16))]
+    method.train()
+    method.on_epoch_start(1)
+    stats = method.train_step(batch, torch.optim.SGD(method.parameters(), lr=0.0))
+    assert {"loss_mad", "loss_mar"} <= set(stats) and method.histograms.sum() == 0  # no mining
+    assert method.regularized == (IMAGE_ONLY, TABULAR_ONLY) and not method.idle_parameters()
+    logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    ids = torch.tensor([IMAGE_ONLY, TABULAR_ONLY, BOTH])
+    per_sample = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert mar_loss(logits, labels, ids, (IMAGE_ONLY, TABULAR_ONLY)).item() == pytest.approx(
+        float(per_sample[:2].sum() / 3)
+    )
 
 
 def test_mmanet_needs_a_multimodal_teacher(tiny, tmp_path):

@@ -128,3 +128,35 @@ def test_mfh_run_through_both_stages(tiny, tmp_path):
     assert json.loads((tmp_path / "mfh" / "report.json").read_text())["inputs_at_test"] == ["image"]
     saved = torch.load(tmp_path / "mfh" / "checkpoint.pt", weights_only=True)["model"]
     assert int(saved["keep"].sum()) == 4 and float(saved["overlap_tag"].max()) == 1.0
+
+
+def test_without_a_reference_run_mfh_first_trains_its_own_reference_to_agree_with_the_teacher(tiny, tmp_path):
+    """RAVDESS's path: the reference network learns CE + MSE to the teacher's logits; the student
+    and the teacher do not move; the tag then compares the teacher with that reference."""
+    teacher = fake_checkpoint(tmp_path / "teacher.pt", "tabular")
+    config = load_config(overrides=[*tiny, "method=mfh", f"methods.mfh.teacher={teacher}", "methods.mfh.permutations=1"])
+    torch.manual_seed(0)
+    data = build_data(config.data, 0)
+    method = create_method(config, data, load_dependencies(config, data, CPU))
+    plan = plan_for(method, 7)
+    assert [(p.name, p.epochs, p.stage.labels, p.stage.selects) for p in plan] == [
+        ("reference", 5, True, False),
+        ("overlap_tag", 1, False, False),
+        ("distil", 1, True, True),
+    ]
+    enter_epoch(method, plan, 1)
+    trainable = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert all(n.startswith("reference_net.") for n in trainable - method.idle_parameters())
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    optimizer = torch.optim.SGD([p for n, p in method.named_parameters() if n.startswith("reference_net.")], lr=0.1)
+    batch = next(iter(make_loader(data.train, 32, shuffle=True, seed=0)))
+    stats = method.train_step(batch, optimizer)
+    assert {"reference_ce", "agreement_mse"} <= set(stats)
+    moved = {k for k, v in method.state_dict().items() if not torch.equal(before[k], v)}
+    assert moved and all(k.startswith("reference_net.") for k in moved)
+    with torch.no_grad():
+        logits = method.reference_net["head"](method.reference_net["encoder"](batch.image))
+    assert torch.allclose(method.reference_logits(batch.image), logits)
+    enter_epoch(method, plan, 6)
+    method.train_step(batch._replace(label=None), optimizer)
+    assert float(method.tag_terms) == 1

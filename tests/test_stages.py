@@ -1,6 +1,7 @@
 """Training stages (gaal_cli/stages.py): planning, fresh optimisers, early stopping, selection."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -144,3 +145,47 @@ def test_a_label_free_stage_never_sees_a_label_and_never_selects(tmp_path, tiny,
     assert report["best_epoch"] == 2 and report["stages"][0]["labels"] is False
     with pytest.raises(ValueError, match="label-free"):
         Stage("pretrain", 1, labels=False)
+
+
+def _rates(spec, epochs: int, declared: int | None = None) -> list[float]:
+    """The learning rate of each epoch of a one-stage plan built from `spec`, as the engine steps it."""
+    from gaal_cli.stages import PlannedStage
+
+    model = torch.nn.Linear(2, 2)
+    planned = PlannedStage(0, Stage("s", declared or epochs, optimizer=spec), 1, epochs, declared or epochs, True)
+    optimizer, scheduler = build_stage_optimizer(model, planned, None)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_warmup_cosine_rate_at_first_middle_and_last_epochs():
+    from gaal_cli.stages import StageOptimizer
+
+    spec = StageOptimizer(kind="adam", lr=1e-3, cosine=True, warmup_epochs=10)
+    rates = _rates(spec, 110)
+    assert rates[0] == 0.0  # pl_bolts' warm-up starts at 0
+    assert rates[5] == pytest.approx(1e-3 * 5 / 9)  # linear, the base rate at epoch W - 1
+    assert rates[9] == pytest.approx(1e-3) and rates[10] == pytest.approx(1e-3)
+    assert rates[60] == pytest.approx(1e-3 * 0.5)  # halfway through the cosine
+    assert rates[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    started = _rates(StageOptimizer(kind="adam", lr=1e-3, cosine=True, warmup_epochs=3, warmup_start=0.1), 8)
+    assert started[0] == pytest.approx(1e-4) and started[1] == pytest.approx(5.5e-4)
+
+
+def test_warmup_shrinks_with_a_scaled_stage_and_schedules_are_exclusive():
+    from pydantic import ValidationError
+
+    from gaal_cli.stages import StageOptimizer
+
+    rates = _rates(StageOptimizer(kind="adam", lr=1.0, cosine=True, warmup_epochs=10), 50, declared=500)
+    assert rates[0] == 0.0 and rates[1] == 1.0  # 10 of 500 declared epochs is 1 of 50: the base rate from epoch 2
+    multistep = _rates(StageOptimizer(lr=1.0, milestones=(2, 4), gamma=0.5), 6)
+    assert multistep == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+    for bad in ({"cosine": True, "step_size": 3}, {"warmup_epochs": 2}, {"milestones": (4, 2)}):
+        with pytest.raises(ValidationError):
+            StageOptimizer(**bad)

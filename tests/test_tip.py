@@ -179,3 +179,31 @@ def test_cli_train_pretrains_without_labels_then_fine_tunes(tmp_path, tiny):
     assert set(report["metrics"]["test"]) == {"multi"}
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert any("loss_mtr" in s for s in steps) and all(math.isfinite(s["loss"]) for s in steps)
+
+
+def test_projection_heads_are_lightly_1_2_22s_simclr_head_layer_by_layer(tiny):
+    """lightly 1.2.22 (TIP's environment.yaml) builds SimCLRProjectionHead(input, hidden, output) from
+    the blocks (input, hidden, no batch norm, ReLU) and (hidden, output, no batch norm, none), each
+    Linear with a bias because there is no batch norm."""
+    method, config, _ = build(tiny)
+    d, dim = config.model.feature_dim, config.method_settings().dim
+    for name, width in (("image", d), ("tabular", dim)):
+        head = list(method.projection[name])
+        assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear], name
+        assert (head[0].in_features, head[0].out_features) == (width, width)
+        assert (head[2].in_features, head[2].out_features) == (width, 128)
+        assert head[0].bias is not None and head[2].bias is not None
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_finetuning_corrupts_the_table_exactly_when_it_augments_the_image(tiny, rate):
+    method, _, data = build(tiny, f"methods.tip.finetune_augmentation_rate={rate}")
+    method.train()
+    batch = data.train[list(range(16))]
+    torch.manual_seed(0)
+    image, table = method.finetune_view(batch.image, batch.tabular)
+    changed_images = (image != batch.image).flatten(1).any(1)
+    changed_tables = (table != batch.tabular).any(1)
+    assert bool(changed_images.all()) == (rate == 1.0) and not bool(changed_images.any()) == (rate == 0.0)
+    assert bool(changed_tables.any()) == (rate == 1.0)
+    assert not bool((changed_tables & ~changed_images).any())  # a table changes only with its image

@@ -27,7 +27,9 @@ then the channels of the groups the plan sends attribute i to. The plan is recom
    into its sample-similarity matrix G = X X^T (N x N); cost[i, j] = ||G_attr_i - G_group_j||_F^2,
    so an attribute is cheap to send to a group of channels that ranks the samples alike.
 4. Plan: optimal transport between the D attributes and the K groups, uniform marginals
-   (1/D, 1/K); attribute i reads group j's channels when the plan moves mass from i to j.
+   (1/D, 1/K), solved exactly by POT's `ot.emd` (`transport: exact`, the official code's call);
+   attribute i reads group j's channels when the plan moves mass from i to j (every nonzero
+   entry, as the official code keeps). `transport: sinkhorn` is the entropic alternative below.
 
 At test only the image classifier runs, so the report's Image column holds its accuracy, as
 Table I prints it. The table's FT-Transformer and the attribute heads are training aids.
@@ -36,24 +38,26 @@ Defaults (official code): K = 40 groups (img_reduction_dim), the plan refreshed 
 (after epochs 5, 10, ...; all channels read until then), w_num = w_cat = 0.03, w_tab = 0.6,
 the image classifier Linear(C, 1024) -> Linear(1024, classes), FT-Transformer with 8-wide
 tokens, 2 blocks, 8 heads, feed-forward width 6 (ReGLU), attention dropout 0.1, feed-forward
-dropout 0.2. The official optimiser (SGD lr 1e-3, momentum 0.1, weight decay 1e-5, halved at
-epochs 5, 10, 15, 20; ImageNet-initialised ResNet50; early stopping on validation accuracy with
-patience 5) is the run's train.* settings here; see the experiment files.
+dropout 0.2. The optimiser is the official one by default (`stage_optimizer`, built by the
+engine as a one-stage method's own: SGD lr 1e-3, momentum 0.1, weight decay 1e-5, MultiStepLR
+x0.5 after epochs 5, 10, 15, 20), with early stopping on validation accuracy after 5 epochs
+without progress (`patience`, the stage's own; the official code's); `stage_optimizer: null`
+trains with the run's train.* instead. The official DVM dataset code normalises the images
+with ImageNet statistics for its ImageNet-initialised ResNet50: `imagenet_normalize: true`
+(the DVM experiment file) does that to images the data leaves in [0, 1].
 
 The official code wires CHARMS up for one dataset (PetFinder adoption: `datatype=charms` loads
 only that one); the weights and the optimiser above are read from there. The settings of its
 DVM, SUN and CelebA runs (the ones Table I reports) are not in the public code.
 
 Departures, plainly:
-- Optimal transport: the official code solves it exactly (POT's `ot.emd`) and keeps every
-  nonzero entry of the plan. Here it is entropic OT by Sinkhorn iterations (log domain, on the
-  cost rescaled to [0, 1], epsilon `sinkhorn_epsilon`), whose plan has no exact zeros; attribute
-  i reads group j when the plan gives j at least `support_threshold` of attribute i's mass. As
-  epsilon shrinks the Sinkhorn plan tends to an exact one, and the threshold then picks its
-  support. Every attribute reads at least its largest entry. Defaults epsilon = 0.001, threshold
-  0.01: on random 17 x 40, 39 x 40 and 9 x 40 costs (DVM's 17 attributes, CelebA's 39, the
-  synthetic set's 9, against 40 groups) the chosen entries differed from the exact plan's
-  support (scipy's linprog) in 1 to 7 of its 48 to 78 nonzero entries.
+- `transport: sinkhorn` (an option, not the official code's): entropic OT by Sinkhorn
+  iterations (log domain, on the cost rescaled to [0, 1], epsilon `sinkhorn_epsilon`), whose
+  plan has no exact zeros; attribute i reads group j when the plan gives j at least
+  `support_threshold` of attribute i's mass. On random 17 x 40, 39 x 40 and 9 x 40 costs the
+  chosen entries differed from the exact plan's support in 1 to 7 of its 48 to 78 nonzero
+  entries (epsilon 0.001, threshold 0.01). With either solver every attribute reads at least
+  its largest entry.
 - Samples: the official code recomputes the plan on the whole validation set. A gaal method
   sees training batches only, so the plan is computed from the first `transport_samples`
   training samples of each refresh epoch (epochs 6, 11, ... with the default), forwarded again
@@ -71,7 +75,9 @@ Departures, plainly:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
+
+import ot
 
 import torch
 import torch.nn.functional as F
@@ -80,16 +86,27 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
+from gaal_cli.data.images import IMAGENET_MEAN, IMAGENET_STD
 from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
+
+#: the official optimiser (trainers/pretrain.py: SGD, MultiStepLR([5, 10, 15, 20], 0.5))
+OFFICIAL_OPTIMIZER = StageOptimizer(
+    kind="sgd", lr=1e-3, momentum=0.1, weight_decay=1e-5, milestones=(5, 10, 15, 20), gamma=0.5
+)
 
 
-class CharmsSettings(MethodSettings):
+class CharmsSettings(StagedSettings, MethodSettings):
+
     channel_groups: int = Field(
         40, ge=1, description="K, groups the last-layer channels are clustered into (official: 40)"
     )
     refresh_every: int = Field(5, ge=1, description="epochs between transport plans (official: 5)")
     transport_samples: int = Field(
         256, ge=2, description="training samples each plan is computed from (official: the validation set)"
+    )
+    transport: Literal["exact", "sinkhorn"] = Field(
+        "exact", description="the plan: exact OT by POT's ot.emd (official) or entropic (Sinkhorn)"
     )
     sinkhorn_epsilon: float = Field(0.001, gt=0, description="entropic regularisation, on the cost scaled to [0, 1]")
     sinkhorn_iterations: int = Field(5000, ge=1, description="most Sinkhorn iterations (stops earlier when converged)")
@@ -100,6 +117,17 @@ class CharmsSettings(MethodSettings):
     categorical_weight: float = Field(0.03, ge=0, description="w_cat, weight of the categorical attributes' CE")
     tabular_weight: float = Field(0.6, ge=0, description="w_tab, weight of the table transformer's label CE")
     head_hidden: int | None = Field(1024, ge=1, description="width between the image classifier's two linear layers")
+    stage_optimizer: StageOptimizer | None = Field(
+        OFFICIAL_OPTIMIZER,
+        description="the run's optimiser (official: SGD 1e-3, momentum 0.1, wd 1e-5, x0.5 after epochs 5/10/15/20); "
+        "null: train.*",
+    )
+    patience: int | None = Field(
+        5, ge=1, description="early-stopping patience (official: 5); null: train.patience"
+    )
+    imagenet_normalize: bool = Field(
+        False, description="normalise [0, 1] images with ImageNet statistics (official DVM dataset code)"
+    )
 
 
 # ---------------------------------------------------------------- optimal transport and its cost
@@ -130,6 +158,12 @@ def sinkhorn(
         if float((rows - a.double()).abs().sum()) < tol:
             break
     return (log_k + f[:, None] + g[None, :]).exp().to(cost.dtype)
+
+
+def exact_plan(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The exact optimal-transport plan between marginals `a` and `b` (POT's network simplex, ot.emd)."""
+    plan = ot.emd(a.double().cpu().numpy(), b.double().cpu().numpy(), cost.double().cpu().numpy())
+    return torch.as_tensor(plan, dtype=cost.dtype, device=cost.device)
 
 
 def similarity_matrices(x: torch.Tensor) -> torch.Tensor:
@@ -193,13 +227,14 @@ def group_centres(channels: torch.Tensor, labels: torch.Tensor, k: int) -> torch
     return sums / counts[:, None, None]
 
 
-def plan_masks(plan: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
+def plan_masks(plan: torch.Tensor, labels: torch.Tensor, threshold: float | None) -> torch.Tensor:
     """Each attribute's channel mask from the plan (D x K) and the channels' groups (C,).
 
-    Attribute i reads the channels of every group j with plan[i, j] >= threshold * plan[i].sum(),
-    and always those of its largest entry.
+    Attribute i reads the channels of every group j with plan[i, j] >= threshold * plan[i].sum()
+    (threshold None: every nonzero entry, an exact plan's support), and always those of its
+    largest entry.
     """
-    support = plan >= threshold * plan.sum(1, keepdim=True)
+    support = plan > 0 if threshold is None else plan >= threshold * plan.sum(1, keepdim=True)
     support[torch.arange(len(plan)), plan.argmax(1)] = True
     return support[:, labels].float()
 
@@ -314,6 +349,10 @@ class Charms(Method):
         self.pending: list[Batch] = []
         self.collecting = False
 
+    @classmethod
+    def stages(cls, s: CharmsSettings, epochs: int) -> list[Stage]:
+        return [Stage("train", None, (), s.stage_optimizer, patience=s.patience)]
+
     # ------------------------------------------------------------ the plan
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -337,7 +376,7 @@ class Charms(Method):
         self.pending, self.collecting = [], False
         was_training = self.training
         self.eval()
-        maps = channel_maps(self.encoders.image.backbone.forward_features(image)).float()  # N x C x S
+        maps = channel_maps(self.encoders.image.backbone.forward_features(self.normalized(image))).float()  # N x C x S
         attributes, _ = self.table(table)  # N x D x d
         self.train(was_training)
         channels = maps.transpose(0, 1)  # C x N x S
@@ -346,10 +385,12 @@ class Charms(Method):
         cost = (cost - cost.min()) / (cost.max() - cost.min()).clamp_min(1e-12)
         d, k = cost.shape
         s = self.settings
-        plan = sinkhorn(
-            cost, cost.new_full((d,), 1 / d), cost.new_full((k,), 1 / k), s.sinkhorn_epsilon, s.sinkhorn_iterations
-        )
-        masks = plan_masks(plan, labels, s.support_threshold)
+        a, b = cost.new_full((d,), 1 / d), cost.new_full((k,), 1 / k)
+        if s.transport == "exact":
+            plan, threshold = exact_plan(cost, a, b), None
+        else:
+            plan, threshold = sinkhorn(cost, a, b, s.sinkhorn_epsilon, s.sinkhorn_iterations), s.support_threshold
+        masks = plan_masks(plan, labels, threshold)
         # data-parallel replicas plan from their own samples: all take rank 0's
         keep = 1.0 if self.comm.is_main else 0.0
         self.masks.copy_(self.comm.sum(masks * keep))
@@ -368,8 +409,16 @@ class Charms(Method):
     def forward_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's pooled channels h and the image classifier's logits f(project(h))."""
         backbone = self.encoders.image.backbone
-        pooled = backbone.forward_head(backbone.forward_features(image), pre_logits=True)
+        pooled = backbone.forward_head(backbone.forward_features(self.normalized(image)), pre_logits=True)
         return pooled, self.head(self.encoders.image.project(pooled))
+
+    def normalized(self, image: torch.Tensor) -> torch.Tensor:
+        """The image as the official dataset code hands it over: ImageNet-normalised when asked."""
+        if not self.settings.imagenet_normalize:
+            return image
+        mean = torch.tensor(IMAGENET_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        return (image - mean) / std
 
     def attribute_predictions(self, pooled: torch.Tensor) -> list[torch.Tensor]:
         """Each attribute's prediction from its own channels (m_i * h): a value or class logits."""

@@ -27,17 +27,39 @@ learns from the frozen teacher's prediction g(u~), so only the kept channels sha
 sample by sample (the frozen ones add the same constant to every sample of a batch). The loss
 is kd.py's (Hinton's), with the official code's weights.
 
-Stages (gaal_cli/stages.py): `overlap_tag`, one label-free epoch over the training split in
-which nothing trains (the tag needs no label); then `distil`, the rest of the run, with the
-run's train.* optimiser. The tag is fixed when `distil` starts and kept in the checkpoint
+The reference r, and so the agreement the tag measures (two official paths):
+- RAVDESS (ravdess/main_overlap_tag.py; the default here, `reference` unset): the teacher- and
+  student-modality networks are trained together with CE on each and an MSE between their
+  logits, so r is a network trained to agree with the teacher where its modality can, and the
+  distance a permutation adds measures how much of that agreement the channel carries. Here the
+  teacher is a finished run (frozen), so stage `reference` trains MFH's own reference network
+  (a copy of the image encoder at initialisation plus a linear head, `reference_net`) with
+  CE(r(x_I), y) + `agreement_weight` MSE(r(x_I), g(u)) for `reference_epochs` epochs.
+- VGGSound (vggsound/modality_general/cal_overlap_permute.py): an independently trained video
+  network, mean absolute difference, 100 permutations: `reference` set to a finished image run.
+  This is not the default: r then does not agree with the teacher to begin with (on the
+  embedded set the logits of Table I's image and tabular runs are ~14 apart), and permuting an
+  informative teacher channel moves the teacher's logits towards its mean prediction, nearer to
+  such an r, so the informative channels get the lowest tags (issue 18 measured the ranking
+  inverted that way).
+
+Stages (gaal_cli/stages.py): `reference` (RAVDESS path only: the reference network learns,
+nothing else does), `overlap_tag`, one label-free epoch over the training split in which nothing
+trains (the tag needs no label); then `distil`, the rest of the run, with the run's train.*
+optimiser. The tag is fixed when `distil` starts and kept in the checkpoint
 (buffers `overlap_tag`, `keep`). At test the student sees the image alone (the Image column).
 
 Dependencies (`dependency_fields`, as KD's teacher): `teacher`, a run whose tabular encoder and
 tabular prediction are the teacher (a `tabular` run: the paper's crossmodal setting is a
-teacher network of the other modality; a concat run's tabular slice also works); `reference`,
-a run with an image prediction (an `image` run), the student-modality network Algorithm 1
-compares the teacher against. Both are frozen. Table I's own `tabular` and `image` runs of the
-same seed serve, so no extra training is needed.
+teacher network of the other modality; a concat run's tabular slice also works), trained to its
+own convergence (the experiment files give it its own run, `mfh_teacher`: Table I's tabular
+run is early-stopped at an epoch that suits Table I, on the embedded set its first, where its
+targets are near uniform); optionally `reference`, a run with an image prediction (above).
+Both are frozen.
+
+Lengths: the official distillation runs 100 epochs (`distil_epochs`, set in the paper-scale
+files); the CPU-scale files give it what the student needs to learn on the embedded set (see
+the experiment files).
 
 Defaults, from the official code (the paper's body could not be read here; every default and
 detail below comes from the public code): rho = 0.75 (ravdess/main_overlap_tag.py `--ratio
@@ -48,12 +70,14 @@ frozen channels replaced by their batch mean (ravdess/utils/model.py `freeze`), 
 KL alone at temperature 1 (`--gt-weight 0 --pl-weight 1`; VGGSound's mfh_kd likewise):
 alpha = 1, T = 1.
 
+Known: at CPU scale on the embedded set (README) the ranking is still inverted with the
+RAVDESS path's 5 reference epochs: the kept channels carry less class information than random
+ones. A result of this method at that scale may be wrong.
+
 Departures:
-- Algorithm 1 as the official code runs it on Gaussian data and RAVDESS first trains a teacher-
-  and a student-modality network jointly (CE + CE + MSE between their logits) and tags, and
-  distils from, that jointly trained teacher. Here both networks are independently trained runs,
-  as in the official VGGSound code (a pretrained audio teacher, a pretrained video network for
-  the tag): the teacher is then the same kind of run as KD's, and no extra network is trained.
+- RAVDESS trains teacher and reference together from scratch; here the teacher is a finished
+  run and only the reference learns against it (CE + MSE), so the teacher is the same kind of
+  run as KD's and is not changed by the reference.
 - The tag is averaged over every batch of one pass over the training split (the VGGSound code
   averages over batches; the RAVDESS code keeps the last batch's only) and over the ranks of a
   data-parallel run; each channel gets its own random permutation per repeat, as in the code.
@@ -66,18 +90,20 @@ Departures:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.dependencies import Dependency, required_dependency
 from gaal_cli.errors import GaalError
-from gaal_cli.methods.base import Method, MethodSettings, Predictions, register_method
+from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.kd import distillation_step
 from gaal_cli.stages import PlannedStage, Stage
 
@@ -92,8 +118,17 @@ class MfhSettings(MethodSettings):
         None, description="the teacher: a finished run (folder or checkpoint) with a tabular prediction, e.g. tabular"
     )
     reference: str | None = Field(
-        None, description="the image network Algorithm 1 compares the teacher with: a finished run, e.g. image"
+        None,
+        description="an image run to compare the teacher with (VGGSound's path); unset: MFH trains its own "
+        "reference to agree with the teacher (RAVDESS's path)",
     )
+    reference_epochs: int = Field(
+        5, ge=1, description="epochs of the reference network's CE + logit-MSE training (RAVDESS path; official 100)"
+    )
+    distil_epochs: int | None = Field(
+        None, ge=1, description="epochs of distillation (official: 100); unset: the rest of the run"
+    )
+    agreement_weight: float = Field(1.0, ge=0, description="weight of the reference's MSE to the teacher's logits")
     remove_ratio: float = Field(
         0.75, ge=0, lt=1, description="rho: share of the teacher's channels frozen, those with the lowest tags (0.75)"
     )
@@ -173,9 +208,15 @@ class Mfh(Method):
     def __init__(self, encoders, num_classes, settings: MfhSettings, dependencies: dict):
         super().__init__(encoders, num_classes, settings)
         self.teacher = required_dependency(dependencies, "teacher", "mfh")
-        self.reference = required_dependency(dependencies, "reference", "mfh")
+        self.reference = dependencies.get("reference")
         check_teacher(self.teacher, num_classes)
-        check_reference(self.reference)
+        if self.reference is not None:
+            check_reference(self.reference)
+            self.reference_net = None
+        else:  # RAVDESS's path: an image network of MFH's own, trained to agree with the teacher
+            self.reference_net = nn.ModuleDict(
+                {"encoder": copy.deepcopy(encoders.image), "head": nn.Linear(encoders.feature_dim, num_classes)}
+            )
         encoders.tabular.requires_grad_(False)
         self.head = nn.Linear(encoders.feature_dim, num_classes)
         width = self.teacher.config.model.feature_dim
@@ -187,14 +228,23 @@ class Mfh(Method):
 
     @classmethod
     def stages(cls, settings: MfhSettings, epochs: int) -> Sequence[Stage]:
-        return (Stage("overlap_tag", 1, selects=False, labels=False), Stage("distil"))
+        tag = (Stage("overlap_tag", 1, selects=False, labels=False), Stage("distil", settings.distil_epochs))
+        if settings.reference is not None:
+            return tag
+        return (Stage("reference", settings.reference_epochs, ("reference_net.",), selects=False), *tag)
 
     @property
     def tagging(self) -> bool:
-        return self.stage is not None and self.stage.index == 0
+        return self.stage is not None and self.stage.name == "overlap_tag"
+
+    @property
+    def referencing(self) -> bool:
+        return self.stage is not None and self.stage.name == "reference"
 
     def on_stage_start(self, stage: PlannedStage) -> None:
-        if stage.index == 0:
+        if stage.name == "reference":
+            return
+        if stage.name == "overlap_tag":
             self.tag_sum.zero_()
             self.tag_terms.zero_()
             return
@@ -205,8 +255,37 @@ class Mfh(Method):
         self.keep.copy_(kept_channels(self.overlap_tag, self.settings.remove_ratio))
 
     def idle_parameters(self) -> set[str]:
-        """Nothing trains while the tag is computed."""
-        return {n for n, p in self.named_parameters() if p.requires_grad} if self.tagging else set()
+        """Nothing trains while the tag is computed; only the reference network before; it rests after."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        if self.tagging:
+            return names
+        if self.referencing:
+            return {n for n in names if not n.startswith("reference_net.")}
+        return {n for n in names if n.startswith("reference_net.")}
+
+    def reference_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """z_S: the reference network's logits (MFH's own, or the reference run's image prediction)."""
+        if self.reference_net is None:
+            return self.reference.model.predict(image, None).image
+        return self.reference_net["head"](self.reference_net["encoder"](image))
+
+    def reference_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """RAVDESS's joint loss for the reference against the frozen teacher: CE + w MSE(r, g(u))."""
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            target = self.teacher_head(self.teacher.model.encoders.tabular(batch.tabular)).float()
+        logits = self.reference_logits(batch.image)
+        ce = cross_entropy(logits, batch.label)
+        agreement = F.mse_loss(logits.float(), target)
+        loss = ce + self.settings.agreement_weight * agreement
+        loss.backward()
+        optimizer.step()
+        return {
+            "loss": loss.detach(),
+            "acc": accuracy(logits.detach(), batch.label),
+            "reference_ce": ce.detach(),
+            "agreement_mse": agreement.detach(),
+        }
 
     def teacher_head(self, features: torch.Tensor) -> torch.Tensor:
         """g: the teacher's tabular prediction from its features."""
@@ -219,7 +298,9 @@ class Mfh(Method):
         """Algorithm 1 on one batch: add every channel's permuted distances to the running sum."""
         with torch.autocast(batch.tabular.device.type, enabled=False):  # a ranking of small differences
             features = self.teacher.model.encoders.tabular(batch.tabular).float()
-            reference = self.reference.model.predict(batch.image, None).image.float()
+            if self.reference_net is not None:
+                self.reference_net.eval()  # a fixed network while it is compared (batch norm included)
+            reference = self.reference_logits(batch.image).float()
             b, d = features.shape
             for _ in range(self.settings.permutations):
                 perms = torch.argsort(torch.rand(d, b, device=features.device), dim=1)
@@ -238,6 +319,8 @@ class Mfh(Method):
         return self.head(self.encoders.image(image))
 
     def train_step(self, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        if self.referencing:
+            return self.reference_step(batch, optimizer)
         if self.tagging:
             return self.tag_step(batch)
         return distillation_step(self, batch, optimizer, self.teacher_logits(batch.tabular))

@@ -26,17 +26,26 @@ and fused logits t. Regularization network: a second linear head R on the same h
                                                             decision boundary weigh more
     MAR = 1/B sum_b [c_b = weak] CE(R h_b, y_b)
 
-Mining the weak combination (the code's eqs. 9-13): in the epochs 1 < e < begin_epoch every
+Two recipes (`recipe`). `two_modality` (default) is the authors' own two-modality port, in
+the ECCV2024-DMRNet repository (main_distillation.py): MAD x0.5 and MAR x0.01 from the first
+epoch, MAR on both unimodal combinations (image only and table only), no mining.
+`three_modality` is the CASIA-SURF/CeFA script of the MMANet repository: MAD x30, MAR x0.5
+after `begin_epoch`, MAR on the one weak combination that the mining names:
+
+Mining the weak combination (the code's eqs. 9-13, `three_modality` only): in the epochs 1 < e < begin_epoch every
 combination's predicted-label histogram is collected (normalised to frequencies q_c); each
 incomplete combination c scores KL(softmax(q_c) || softmax(q_both)), summed over those epochs;
 the highest score names the weak combination. The softmax over frequencies is the code's.
 
 Defaults and their source (the code; the paper's values could not be read):
-- lambda_mad = 30 and lambda_mar = 0.5: surf_mmanet.sh, the arguments of every CASIA-SURF and
-  CeFA run (`lambda_kd_feature`, `lambda_kd_mar`);
-- begin_epoch = 5 (config_feature_kd.py): cross-entropy alone up to it, mining in epochs 2-4,
-  the weak combination fixed at its end, MAD and MAR after it. The code's epoch 0 trains
-  nothing (it skips every batch), so its epoch numbers are this engine's (counted from 1);
+- `two_modality`: lambda_mad = 0.5, lambda_mar = 0.01, from epoch 0 (DMRNet repository,
+  main_distillation.py, the two-modality port by MMANet's authors);
+- `three_modality`: lambda_mad = 30 and lambda_mar = 0.5: surf_mmanet.sh, the arguments of
+  every CASIA-SURF and CeFA run (`lambda_kd_feature`, `lambda_kd_mar`); begin_epoch = 5
+  (config_feature_kd.py): cross-entropy alone up to it, mining in epochs 2-4, the weak
+  combination fixed at its end, MAD and MAR after it. The code's epoch 0 trains nothing (it
+  skips every batch), so its epoch numbers are this engine's (counted from 1);
+- `lambda_mad`, `lambda_mar` left unset take the recipe's values;
 - the teacher's loss-weight temperature is 1 (a plain softmax, as mad.py);
 - the code's optimiser (SGD 1e-3, nesterov momentum 0.9, weight decay 5e-4, multi-step decay,
   100 epochs, batch 64) belongs to the experiment file (train.*).
@@ -45,13 +54,13 @@ Departures:
 - Histograms come from the training batches of the mining epochs, predicted without dropout
   in eval mode, no gradient; the code predicts the test split after each mining epoch (no
   labels, but test inputs) - this project never lets training see the test split.
-- MAR is normalised by the batch over the weak combination's samples only. The code's
+- MAR is normalised by the batch over the regularized combinations' samples only. The code's
   `loss_batch * weak_index` broadcasts a (B,) by a (B, 1, 1, 1) tensor to (B, 1, 1, B), so it
   actually adds (number of weak samples) x (mean CE over all samples); its stated aim (the
   abstract: "calculate prediction loss for [the weak combinations]") is followed instead.
-- With three modalities the code regularizes the weak pair and each of its single modalities;
-  with two the weak combination is already a single modality, so it is regularized once
-  (a literal port would list it twice, doubling lambda_mar).
+- `three_modality` with two modalities: the code regularizes the weak pair and each of its
+  single modalities; with two the weak combination is already a single modality, so it is
+  regularized once (a literal port would list it twice, doubling lambda_mar).
 - Three ResNet18-SE branches with a shared ResNet trunk become this project's encoders and a
   linear head, so the regularization network (a copy of the trunk in the code) is a second
   linear head, and MAD compares the fused features h and f (the code's two-modality port in
@@ -62,7 +71,7 @@ Departures:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,11 +103,25 @@ class MmanetSettings(MethodSettings):
     teacher: str | None = Field(
         None, description="the multimodal teacher: a finished run folder or a checkpoint file (required)"
     )
-    lambda_mad: float = Field(30.0, ge=0, description="weight of the margin-aware distillation")
-    lambda_mar: float = Field(0.5, ge=0, description="weight of the modality-aware regularization")
-    begin_epoch: int = Field(
-        5, ge=3, description="cross-entropy alone up to this epoch (mining in epochs 2..begin_epoch-1); MAD, MAR after"
+    recipe: Literal["two_modality", "three_modality"] = Field(
+        "two_modality",
+        description="two_modality: the authors' DMRNet port (MAD 0.5, MAR 0.01 on both unimodal combinations, "
+        "from epoch 1, no mining); three_modality: the CASIA-SURF script (MAD 30, MAR 0.5, mining, begin_epoch)",
     )
+    lambda_mad: float | None = Field(None, ge=0, description="weight of MAD; unset: the recipe's (0.5 / 30)")
+    lambda_mar: float | None = Field(None, ge=0, description="weight of MAR; unset: the recipe's (0.01 / 0.5)")
+    begin_epoch: int = Field(
+        5,
+        ge=3,
+        description="three_modality only: cross-entropy alone up to this epoch (mining in epochs 2..begin_epoch-1); "
+        "MAD, MAR after",
+    )
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(lambda_mad, lambda_mar) as set, else the recipe's."""
+        mad, mar = (0.5, 0.01) if self.recipe == "two_modality" else (30.0, 0.5)
+        return (mad if self.lambda_mad is None else self.lambda_mad, mar if self.lambda_mar is None else self.lambda_mar)
 
 
 def similarity(features: torch.Tensor) -> torch.Tensor:
@@ -119,10 +142,11 @@ def mad_loss(student: torch.Tensor, teacher: torch.Tensor, teacher_logits: torch
     return ((similarity(student) - similarity(teacher)) ** 2 * teacher_weights(teacher_logits)).sum()
 
 
-def mar_loss(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, weak: int) -> torch.Tensor:
-    """1/B sum_b [c_b = weak] CE(logits_b, y_b)."""
+def mar_loss(logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, weak: int | tuple[int, ...]) -> torch.Tensor:
+    """1/B sum_b [c_b in weak] CE(logits_b, y_b): the regularized combinations' samples' CE."""
     per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
-    return (per_sample * (ids == weak).to(per_sample.dtype)).sum() / len(ids)
+    chosen = torch.isin(ids, torch.tensor(weak if isinstance(weak, tuple) else (weak,), device=ids.device))
+    return (per_sample * chosen.to(per_sample.dtype)).sum() / len(ids)
 
 
 def histogram_distances(histograms: torch.Tensor) -> torch.Tensor:
@@ -159,21 +183,32 @@ class Mmanet(Method):
         self.register_buffer("weak", torch.tensor(UNDECIDED))
         self.epoch = 1
 
+    @property
+    def three_modality(self) -> bool:
+        return self.settings.recipe == "three_modality"
+
     def mining(self, epoch: int) -> bool:
-        return 1 < epoch < self.settings.begin_epoch
+        return self.three_modality and 1 < epoch < self.settings.begin_epoch
 
     def on_epoch_start(self, epoch: int) -> None:
         """Fold the last mining epoch's histograms into the scores; after begin_epoch, pick the weak one."""
         if self.histograms.sum() > 0:
             self.distances += histogram_distances(self.histograms)
             self.histograms.zero_()
-        if epoch > self.settings.begin_epoch and int(self.weak) == UNDECIDED:
+        if self.three_modality and epoch > self.settings.begin_epoch and int(self.weak) == UNDECIDED:
             self.weak.fill_(IMAGE_ONLY if self.distances[0] >= self.distances[1] else TABULAR_ONLY)
         self.epoch = epoch
 
     @property
     def regularizing(self) -> bool:
+        if not self.three_modality:
+            return True
         return self.epoch > self.settings.begin_epoch and int(self.weak) != UNDECIDED
+
+    @property
+    def regularized(self) -> tuple[int, ...]:
+        """The combinations MAR trains: both unimodal ones, or the mined weak one."""
+        return (int(self.weak),) if self.three_modality else (IMAGE_ONLY, TABULAR_ONLY)
 
     @torch.no_grad()
     def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,8 +237,9 @@ class Mmanet(Method):
         if self.regularizing:
             features, teacher_logits = self.teacher_outputs(batch)
             mad = mad_loss(h, features, teacher_logits)
-            mar = mar_loss(self.regularizer(h), batch.label, ids, int(self.weak))
-            loss = loss + s.lambda_mad * mad + s.lambda_mar * mar
+            mar = mar_loss(self.regularizer(h), batch.label, ids, self.regularized)
+            lambda_mad, lambda_mar = s.weights
+            loss = loss + lambda_mad * mad + lambda_mar * mar
             stats.update({"loss_mad": mad.detach(), "loss_mar": mar.detach()})
         loss.backward()
         stats.update({"loss": loss.detach(), "acc": accuracy(logits.detach(), batch.label)})

@@ -32,7 +32,9 @@ supervised training; MMCL's pretraining crop draws from 0.08-1). The colour step
 which must say how the data normalises its images.
 
 Stage 2, `probe`: an image classifier, a Linear head on the pretrained image encoder, trained
-with cross-entropy. `finetune: frozen` (default) is the paper's linear probing: the encoder is
+with cross-entropy. Each probe training image is augmented with probability
+`probe_augmentation_rate` (official eval_train_augment_rate 0.8; ImageDataset's
+grab_hard_eval_image_augmentations, the DVM recipe of RecipeAugmentation, crops 60-100 %). `finetune: frozen` (default) is the paper's linear probing: the encoder is
 fixed (eval mode, no gradient) and only the head learns; `trainable` is its fine-tuning: the
 image encoder learns with the head. The tabular encoder and both projection heads are unused
 after stage 1. Frozen is the default because it is the official code's (`finetune_strategy:
@@ -41,22 +43,29 @@ settings (frozen eval, lr=1e-3)"), which GAAL's code forks, and because GAAL's T
 MMCL on DVM (.8203) below its supervised ResNet50 (.8743), as a linear probe would land and a
 fine-tuned encoder would not be expected to. The paper does not say which one Table I used.
 
-Defaults are the official code's (configs/config.yaml, configs/models/resnet50.yaml,
-models/Evaluator.py): tau = 0.1, lambda = 0.5, projection 128, corruption 0.3, augmentation rate
-0.95; pretraining 500 epochs with Adam lr 3e-3 (its ResNet50 setting; 3e-4 for ResNet18),
-weight decay 1e-4; the probe Adam lr 1e-3, no weight decay, no schedule, up to 500 epochs with
-early stopping on validation accuracy (patience 10: train.patience). Both optimisers are built
-fresh at each stage (`pretrain_optimizer`, `probe_optimizer`; null: the run's train.*), so the
-default plan needs train.epochs = 1000; fewer shrinks both stages in proportion.
+Defaults are the official code's (configs/config.yaml, configs/models/resnet18.yaml and
+resnet50.yaml, models/pretraining.py, models/Evaluator.py): tau = 0.1, lambda = 0.5, projection
+128, corruption 0.3, augmentation rate 0.95 (probe 0.8); pretraining 500 epochs with Adam,
+weight decay 1e-4, 10 epochs of linear warm-up from 0 then a cosine anneal to 0 over the rest
+(`scheduler: anneal`, pl_bolts' LinearWarmupCosineAnnealingLR stepped per epoch; gaal_cli/stages.py);
+the probe Adam lr 1e-3, no weight decay, no schedule, up to 500 epochs with early stopping on
+validation accuracy (patience 10: train.patience; the official min_delta 2e-4 is train.min_delta,
+set in the experiment files). Both optimisers are built fresh at each stage
+(`pretrain_optimizer`, `probe_optimizer`; null: the run's train.*), so the default plan needs
+train.epochs = 1000; fewer shrinks both stages (and the warm-up) in proportion.
+
+Pretraining rate per backbone, as the official configs: 3e-3 for ResNet50 (the paper-scale
+experiment files set it), 3e-4 for ResNet18 (the default here). The CPU backbones (test_resnet,
+resnet18-sized or smaller) take ResNet18's 3e-4: they are closer to it in size, and on the
+embedded set 3e-3 collapses the projections (spread 0.3 against 3.5 at 3e-4) and leaves the
+loss on its ln(batch) plateau (issue 18's measurement). The official ResNet starts from random
+weights (torchvision_ssl_encoder, no ImageNet weights are loaded), so model.pretrained is false.
 
 Departures:
-- Pretraining runs at a constant learning rate: the official 10-epoch linear warm-up and cosine
-  anneal over 500 epochs is not a schedule gaal's stage optimisers offer.
 - The corruption draws replacement values from the batch, not from the whole training split.
-- The augmentation acts on the batch the loader hands over: when data.augment is on (as GAAL's
-  experiment files set it, for the probe, which the official evaluator trains with the
-  same recipe at rate 0.8), pretraining images are augmented twice; the crops start from the
-  cached pixels at training resolution.
+- The augmentations act on the batch the loader hands over, so MMCL's experiment files leave
+  data.augment off (with it on, every image would be augmented a second time); the crops start
+  from the cached pixels at training resolution.
 - Both stages share data.batch_size (official: 512 for pretraining).
 - The frozen probe keeps the encoder in eval mode (batch norm on its running statistics); the
   official Lightning evaluator leaves a frozen encoder's batch norm in training mode.
@@ -80,8 +89,9 @@ from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy,
 from gaal_cli.methods.diagnostics import encoder_grad_norms
 from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
 
-#: the official pretraining optimiser (MultimodalSimCLR.configure_optimizers, ResNet50 lr)
-PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-3, weight_decay=1e-4)
+#: the official pretraining optimiser (MultimodalSimCLR.configure_optimizers; ResNet18's lr, 3e-3 for
+#: ResNet50; Pretraining.initialize_scheduler 'anneal': 10 warm-up epochs, then cosine)
+PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-4, weight_decay=1e-4, cosine=True, warmup_epochs=10)
 #: the official evaluator's optimiser (Evaluator.configure_optimizers: lr_eval, weight_decay_eval)
 PROBE_OPTIMIZER = StageOptimizer(kind="adam", lr=1e-3, weight_decay=0.0)
 
@@ -99,11 +109,15 @@ class MmclSettings(StagedSettings, MethodSettings):
     projection_dim: int = Field(128, ge=1, description="output width of both projection heads (code: 128)")
     corruption_rate: float = Field(0.3, ge=0, le=1, description="fraction of each row's fields SCARF replaces")
     augmentation_rate: float = Field(0.95, ge=0, le=1, description="chance that a pretraining image is augmented")
+    probe_augmentation_rate: float = Field(
+        0.8, ge=0, le=1, description="chance that a probe training image is augmented (code: 0.8)"
+    )
     image_normalize: Literal["none", "imagenet"] = Field(
         "none", description="how the data normalises images (data.normalize as resolved: none for dvm and synthetic)"
     )
     pretrain_optimizer: StageOptimizer | None = Field(
-        PRETRAIN_OPTIMIZER, description="stage 1's fresh optimiser (code: Adam 3e-3, wd 1e-4); null: train.*"
+        PRETRAIN_OPTIMIZER, description="stage 1's fresh optimiser (code: Adam 3e-4 for ResNet18, 3e-3 for ResNet50, wd 1e-4, "
+        "10 warm-up epochs then cosine); null: train.*"
     )
     probe_optimizer: StageOptimizer | None = Field(
         PROBE_OPTIMIZER, description="stage 2's fresh optimiser (code: Adam 1e-3, no wd); null: train.*"
@@ -156,13 +170,22 @@ def pixel_scale(normalize: str, device: torch.device) -> tuple[torch.Tensor, tor
     return torch.zeros((), device=device), torch.full((), 255.0, device=device)
 
 
-def augment_view(images: torch.Tensor, rate: float, normalize: str, augmentation: RecipeAugmentation) -> torch.Tensor:
-    """Each image augmented with probability `rate` (else unchanged), in the batch's own scale."""
+def augment_view(
+    images: torch.Tensor,
+    rate: float,
+    normalize: str,
+    augmentation: RecipeAugmentation,
+    chosen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each image augmented with probability `rate` (else unchanged), in the batch's own scale;
+    `chosen` (B, bool) says which instead, when the caller drew it (TIP couples it to the table)."""
     with torch.autocast(images.device.type, enabled=False):  # data processing: float32 under bf16 training
         shift, scale = pixel_scale(normalize, images.device)
         pixels = images.float() * scale + shift
         augmented = augmentation(pixels)
-        chosen = (torch.rand(len(images)) < rate).to(images.device).view(-1, 1, 1, 1)
+        if chosen is None:
+            chosen = torch.rand(len(images)) < rate
+        chosen = chosen.to(images.device).view(-1, 1, 1, 1)
         return ((torch.where(chosen, augmented, pixels) - shift) / scale).to(images.dtype)
 
 
@@ -180,6 +203,7 @@ class Mmcl(Method):
         )
         self.head = nn.Linear(d, num_classes)
         self.augmentation: RecipeAugmentation | None = None
+        self.probe_augmentation: RecipeAugmentation | None = None
         self.normalize_checked = False
 
     @classmethod
@@ -247,9 +271,17 @@ class Mmcl(Method):
             )
 
     def probe_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Stage 2: cross-entropy of the image classifier (the encoder fixed when frozen)."""
+        """Stage 2: cross-entropy of the image classifier (the encoder fixed when frozen) on images
+        augmented with probability `probe_augmentation_rate`."""
+        s = self.settings
+        image = batch.image
+        if s.probe_augmentation_rate > 0:
+            self.check_normalization(image)
+            if self.probe_augmentation is None:
+                self.probe_augmentation = RecipeAugmentation(image.shape[-1])
+            image = augment_view(image, s.probe_augmentation_rate, s.image_normalize, self.probe_augmentation)
         with torch.set_grad_enabled(not self.frozen):
-            u = self.encoders.image(batch.image)
+            u = self.encoders.image(image)
         logits = self.head(u)
         return {"loss": cross_entropy(logits, batch.label), "acc": accuracy(logits.detach(), batch.label)}
 

@@ -28,8 +28,9 @@ Pretraining (stage `pretrain`, label-free: the engine withholds the labels), per
     L = (L_itc + L_itm + L_mtr) / 3
 
 - L_itc (image-tabular contrastive, CLIP-style): z_I = g_I(u_I), z_T = g_T(CLS of the tabular
-  encoder on a corrupted copy of the table), g: Linear-BN-ReLU-Linear projections to 128, both
-  L2-normalised; S = z_I z_T^T / τ;
+  encoder on a corrupted copy of the table), g: the SimCLR projection head of lightly 1.2.22, the
+  version TIP's environment.yaml pins (Linear-ReLU-Linear, both with bias, no batch norm), to
+  128, both L2-normalised; S = z_I z_T^T / τ;
   L_itc = λ0 CE(S, diag) + (1 - λ0) CE(S^T, diag). The corrupted copy replaces int(0.3·N) cells
   of each row by the same column's value in another row (SCARF-style, as the official ITC view).
 - L_itm (image-tabular matching): a linear head on h says matched (1) or not (0). Positives are
@@ -43,7 +44,12 @@ Pretraining (stage `pretrain`, label-free: the engine withholds the labels), per
   L_mtr = (mean CE over masked categorical cells + mean squared error over masked continuous
   cells) / 2. Unmasked cells contribute nothing (`masked_reconstruction_loss`).
 
-Fine-tuning (stage `finetune`): a linear classifier on h, cross-entropy. `finetune: trainable`
+Fine-tuning (stage `finetune`): a linear classifier on h, cross-entropy. As the official
+fine-tuning dataset (ImagingAndTabularDataset): each training sample is augmented with
+probability `finetune_augmentation_rate` (0.8), and a sample whose image is augmented also has
+its table corrupted (`corruption_rate` of its cells, SCARF-style as above); the image
+augmentation is the DVM recipe (gaal_cli/data/images.RecipeAugmentation) run by TIP itself, so
+TIP's experiment files leave data.augment off for fine-tuning to decide which images change. `finetune: trainable`
 (the official "fully fine-tuning") trains the whole network; `frozen` (the official "linear
 probing", configs' `finetune_strategy: frozen`) trains the classifier on frozen, eval-mode
 encoders. Default trainable: Table I compares TIP with end-to-end trained fusion methods, and
@@ -57,7 +63,8 @@ interaction module needs image tokens): Multi is None.
 
 Defaults (official configs/config_dvm_TIP.yaml unless said): τ = 0.1, λ0 = 0.5, projection 128,
 corruption 0.3, mask rate 0.5 (replace_special_rate; random replacement 0), 8 heads, MLP ratio 4,
-no dropout; pretraining Adam lr 3e-4, weight decay 1.5e-6, 500 epochs; fine-tuning Adam lr 1e-4,
+no dropout; pretraining Adam lr 3e-4, weight decay 1.5e-6, 500 epochs, 10 epochs of linear
+warm-up then a cosine anneal (gaal_cli/stages.py, as MMCL's); fine-tuning Adam lr 1e-4,
 no weight decay, constant rate (the evaluator builds a ReduceLROnPlateau but does not return it),
 500 epochs at most (the official max_epochs; early stopping ends it). The official width and
 depth, dim 512 and 4 + 4 layers, are paper scale; the defaults here are CPU-sized (dim 64,
@@ -65,12 +72,9 @@ depth, dim 512 and 4 + 4 layers, are paper scale; the defaults here are CPU-size
 set the official ones.
 
 Departures:
-- Pretraining's rate schedule: the official warms up linearly for 10 epochs then anneals by
-  cosine; a stage's own optimiser here is constant or StepLR (gaal_cli/stages.py), so constant.
-  With `pretrain_optimizer: null` the run's train.* settings apply (train.scheduler=cosine
-  anneals over the stage, without the warm-up).
-- Views: the official ITC/ITM use a second augmented image view and MTR the same one; here the
-  batch's image (the data pipeline's training augmentation) serves all three. The corrupted
+- Views: the official ITC/ITM use a second augmented image view and MTR the same one; here one
+  view, the batch's image augmented with probability `augmentation_rate` (0.95; MMCL's
+  pretraining recipe, crops 8-100 %), serves all three. The corrupted
   table draws replacement values from the batch's rows, not from the whole training table.
 - One width `dim` for the tabular and multimodal transformers (the official DVM config uses 512
   for both, so its tabular-to-multimodal projection is the identity). Attention is torch's
@@ -92,12 +96,19 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from gaal_cli.data.base import Batch
+from gaal_cli.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
-from gaal_cli.methods.mmcl import clip_loss, scarf_corrupt  # TIP builds on MMCL: the same ITC loss and corruption
+from gaal_cli.data.images import RecipeAugmentation
+from gaal_cli.methods.mmcl import (  # TIP builds on MMCL: the same ITC loss, corruption and views
+    PretrainAugmentation,
+    augment_view,
+    clip_loss,
+    scarf_corrupt,
+)
 from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
 
 #: official pretraining optimiser (TipModel3Loss.configure_optimizers; config lr, weight_decay)
-PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-4, weight_decay=1.5e-6)
+PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-4, weight_decay=1.5e-6, cosine=True, warmup_epochs=10)
 #: official fine-tuning optimiser (Evaluator.configure_optimizers; lr_eval, weight_decay_eval)
 FINETUNE_OPTIMIZER = StageOptimizer(kind="adam", lr=1e-4, weight_decay=0.0)
 
@@ -129,6 +140,15 @@ class TipSettings(StagedSettings, MethodSettings):
     lambda_0: float = Field(0.5, ge=0, le=1, description="weight of the image-to-table direction of L_itc")
     corruption_rate: float = Field(0.3, ge=0, lt=1, description="share of cells corrupted in the contrastive view")
     mask_rate: float = Field(0.5, gt=0, lt=1, description="share of cells masked for reconstruction")
+    augmentation_rate: float = Field(
+        0.95, ge=0, le=1, description="pretraining: chance that an image is augmented (official 0.95)"
+    )
+    finetune_augmentation_rate: float = Field(
+        0.8, ge=0, le=1, description="fine-tuning: chance a sample's image is augmented and its table corrupted (0.8)"
+    )
+    image_normalize: Literal["none", "imagenet"] = Field(
+        "none", description="how the data normalises images (data.normalize as resolved: none for dvm and synthetic)"
+    )
 
     @field_validator("heads")
     @classmethod
@@ -328,10 +348,8 @@ class Reconstructor(nn.Module):
 
 
 def projection(width: int, hidden: int, out: int) -> nn.Module:
-    """The contrastive projection (SimCLR head): Linear-BN-ReLU-Linear."""
-    return nn.Sequential(
-        nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out)
-    )
+    """The contrastive projection, lightly 1.2.22's SimCLRProjectionHead: Linear-ReLU-Linear, no batch norm."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
 
 
 def init_weights(module: nn.Module) -> None:
@@ -362,6 +380,8 @@ class Tip(Method):
         self.itm_head = nn.Linear(s.dim, 2)
         self.predictor = Reconstructor(self.layout, s.dim)
         self.classifier = nn.Linear(s.dim, num_classes)
+        self.augmentation: RecipeAugmentation | None = None
+        self.pretrain_augmentation: RecipeAugmentation | None = None
         for module in (self.tabular, self.image_tokens, self.multimodal, self.itm_head, self.predictor):
             module.apply(init_weights)
 
@@ -417,6 +437,10 @@ class Tip(Method):
         """(L_itc + L_itm + L_mtr) / 3 on one unlabelled batch; `acc` is the in-batch image-to-table
         retrieval accuracy of the contrastive similarities (there are no labels to score)."""
         s = self.settings
+        self.check_normalization(image)
+        if self.pretrain_augmentation is None:
+            self.pretrain_augmentation = PretrainAugmentation(image.shape[-1])
+        image = augment_view(image, s.augmentation_rate, s.image_normalize, self.pretrain_augmentation)
         tokens, u_image = self.image_features(image)
         corrupted = self.tabular(scarf_corrupt(table, s.corruption_rate)[0])
         z_image, z_table = self.projection["image"](u_image), self.projection["tabular"](corrupted[:, 0])
@@ -447,9 +471,34 @@ class Tip(Method):
         matched = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
         return F.cross_entropy(logits.float(), matched), accuracy(logits.detach(), matched)
 
+    def check_normalization(self, image: torch.Tensor) -> None:
+        """Images in [0, 1] are never negative: a negative pixel means the data normalised them."""
+        if self.settings.image_normalize == "none" and bool((image < 0).any()):
+            raise GaalError(
+                "the training images are mean/std-normalised (they have negative pixels), but "
+                "methods.tip.image_normalize is 'none'; set it to 'imagenet' so that TIP's colour "
+                "augmentations work on the pixel scale",
+                field="methods.tip.image_normalize",
+            )
+
+    def finetune_view(self, image: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official fine-tuning sample: with probability finetune_augmentation_rate the image
+        is augmented and its table corrupted, together; otherwise both are kept as they are."""
+        s = self.settings
+        if s.finetune_augmentation_rate == 0:
+            return image, table
+        self.check_normalization(image)
+        if self.augmentation is None:
+            self.augmentation = RecipeAugmentation(image.shape[-1])
+        chosen = torch.rand(len(image)) < s.finetune_augmentation_rate
+        image = augment_view(image, 1.0, s.image_normalize, self.augmentation, chosen)
+        corrupted, _ = scarf_corrupt(table, s.corruption_rate)
+        return image, torch.where(chosen.to(table.device)[:, None], corrupted, table)
+
     def finetune_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        image, table = self.finetune_view(batch.image, batch.tabular)
         with torch.set_grad_enabled(not self.frozen):
-            h = self.representation(batch.image, batch.tabular)
+            h = self.representation(image, table)
         logits = self.classifier(h)
         return {"loss": cross_entropy(logits, batch.label), "acc": accuracy(logits.detach(), batch.label)}
 
