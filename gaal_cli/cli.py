@@ -313,12 +313,15 @@ def inspect_data(
     target: str = typer.Option(..., "--target", help="Class column."),
     image_column: str = typer.Option(..., "--image-column", help="Image-path column (relative to the table)."),
     group_column: str | None = typer.Option(None, "--group-column", help="Column whose rows stay in one split."),
-    overrides: list[str] = typer.Option([], "--set", help="Other data settings: --set data.missing=drop"),
+    skip_bad: bool | None = typer.Option(None, "--skip-bad", help="As training would: drop and count bad rows."),
+    overrides: list[str] = typer.Option([], "--set", help="Other data settings: --set data.exclude=[notes]"),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
-    """What training on TABLE would see: column types, classes, missing values, bad images, the split.
+    """What training on TABLE would see and do: each column's role and why, classes per split, what
+    would be dropped and why, and the error training would raise, with its exit code (2).
 
-    Writes nothing (no cache, no run folder); images are checked by their headers only.
+    Runs training's own reading, checks and split; writes nothing (no cache, no run folder) and
+    opens each image's header only (training also decodes every image).
     """
     from gaal_cli.config import load_config
     from gaal_cli.data.user_table import inspect_table
@@ -326,13 +329,15 @@ def inspect_data(
     from gaal_cli.results import to_json
 
     flags = {"data.name": str(table), "data.target": target, "data.image_column": image_column}
-    config = load_config(None, overrides, {**flags, "data.group_column": group_column})
-    found = inspect_table(config.data)
+    config = load_config(None, overrides, {**flags, "data.group_column": group_column, "data.skip_bad": skip_bad})
+    found, error = inspect_table(config.data)
     if as_json:
         stdout.print_json(to_json(found))
-        return
-    for part in inspection_tables(found):
-        stdout.print(part)
+    else:
+        for part in inspection_tables(found):
+            stdout.print(part)
+    if error is not None:
+        raise error
 
 
 @app.command("methods")

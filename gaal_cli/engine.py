@@ -486,10 +486,10 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
         for key, value in stats.items():
             history.setdefault(key, []).append(value.detach().float().reshape(()))
         steps += 1
-        if step % LOG_EVERY == 0 or step == len(loader):
+        checked = step % LOG_EVERY == 0 or step == len(loader)
+        if checked:
             check_finite_loss(history["loss"], step, epoch)
-            running = {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}
-            bar.update(LOG_EVERY if step % LOG_EVERY == 0 else step % LOG_EVERY, running)
+        bar.step(lambda: {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}, force=checked)
     # one host transfer per epoch: per-step values as lists, ready for steps.jsonl
     columns = {k: torch.stack(v).cpu().tolist() for k, v in history.items()}
     per_step = [{"step": i + 1, **{k: round(v[i], 6) for k, v in columns.items()}} for i in range(steps)]

@@ -195,7 +195,7 @@ def _encoded_columns(frame: pd.DataFrame, columns: Sequence[str], lengths: Seque
     for j, (name, length) in enumerate(zip(columns, lengths)):
         numbers = pd.to_numeric(frame[name], errors="coerce")
         for row in np.flatnonzero(numbers.isna().to_numpy() & frame[name].notna().to_numpy()):
-            problems.add(row, f"{frame[name].iloc[row]!r} is not a number", column=name)
+            problems.add(row, f"{frame[name].iloc[row]!r} is not a number", column=name, kind="not a number")
         problems.add_many(is_missing(frame[name]), "missing value (NaN, empty cell or infinite number)", column=name)
         values = numbers.to_numpy(dtype=float, na_value=np.nan)
         if length > 1:
