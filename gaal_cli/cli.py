@@ -142,27 +142,46 @@ def evaluate(
 @user_errors
 def predict(
     run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
-    data: Path = typer.Option(..., "--data", help="Table to predict (.csv/.parquet; image paths relative to it)."),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: id, prediction, prob_<class> per class."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Table to predict (.csv/.parquet; image paths relative to it); for a run on the embedded "
+        "synthetic dataset, train, val or test: that split, regenerated from the run's config.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="CSV to write: the row id (id column or image), prediction, prob_<class>."
+    ),
     missing: str | None = typer.Option(None, "--missing", help="Predict with 'tabular' (or 'image') absent."),
     head: str = typer.Option("multi", "--head", help="multi (fused), image or tabular prediction."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop and count bad rows instead of failing."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Class probabilities for every row of a table, from a finished run; works from any directory."""
+    """Class probabilities for every row of a table, from a finished run; works from any directory.
+
+    With labels, accuracy is printed per split the table names (its split column), else once
+    over all labelled rows, which may include rows the run trained on.
+    """
     from gaal_cli.predict import predict_table
 
     summary = predict_table(run, data, out, missing=missing, head=head, skip_bad=skip_bad, device=device)
     if summary.skipped:
         total = sum(summary.skipped.values())
-        counts = ", ".join(f"{k} {v}" for k, v in summary.skipped.items())
+        counts = ", ".join(f"{k}: {v}" for k, v in summary.skipped.items())
         stdout.print(f"skipped {total} bad row{'s' * (total > 1)} (no output row for them): {counts}", highlight=False)
     notes = {"imputed": summary.imputed, "categories unseen in training, coded unknown": summary.unknown_categories}
     for what, counts in notes.items():
         if counts:
             stdout.print(f"{what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
-    if summary.accuracy is not None:
-        stdout.print(f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled rows", highlight=False)
+    if summary.by_split:
+        for name, (n, acc) in summary.by_split.items():
+            seen = " (the run trained on these rows)" if name == "train" else ""
+            stdout.print(f"accuracy {acc:.4f} on the {n} labelled {name} rows{seen}", highlight=False)
+    elif summary.accuracy is not None:
+        stdout.print(
+            f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled rows (the table names no split: "
+            "rows the run trained on may be among them)",
+            highlight=False,
+        )
     stdout.print(f"wrote {summary.rows_written} of {summary.rows_read} rows: {summary.out}", highlight=False)
 
 

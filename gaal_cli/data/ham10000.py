@@ -92,7 +92,7 @@ def find_bad_rows(
     where = " or ".join(f"{f.name}/" for f in folders)
     for row, image_id in enumerate(meta["image_id"]):
         if isinstance(image_id, str) and image_id not in images:
-            problems.add(row, f"no image {image_id}.jpg in {where}", column="image_id", kind=f"no image in {where}")
+            problems.add(row, f"no image {image_id}.jpg in {where}", column="image_id")
     problems.add_many((age.isna() & meta["age"].notna()).to_numpy(), "age is not a number", column="age")
 
 

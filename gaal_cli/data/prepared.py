@@ -125,7 +125,12 @@ def drop_bad(
 
 def rare_classes(labels: np.ndarray, split: np.ndarray, class_names: Sequence[str]) -> list[str]:
     """The classes that lack a row in one of the splits (too few rows for the split)."""
-    return [name for cls, name in enumerate(class_names) if any(not np.any((labels == cls) & (split == s)) for s in SPLITS)]
+    out = []
+    for cls, name in enumerate(class_names):
+        rows = labels == cls
+        if rows.any() and any(not np.any(rows & (split == s)) for s in SPLITS):
+            out.append(name)
+    return out
 
 
 def rare_class_error(
