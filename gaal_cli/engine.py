@@ -489,12 +489,17 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
         checked = step % LOG_EVERY == 0 or step == len(loader)
         if checked:
             check_finite_loss(history["loss"], step, epoch)
-        bar.step(lambda: {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}, force=checked)
+        bar.step(lambda: running_means(history), force=checked)
     # one host transfer per epoch: per-step values as lists, ready for steps.jsonl
     columns = {k: torch.stack(v).cpu().tolist() for k, v in history.items()}
     per_step = [{"step": i + 1, **{k: round(v[i], 6) for k, v in columns.items()}} for i in range(steps)]
     means = {k: round(sum(v) / len(v), 6) for k, v in columns.items()}
     return means, per_step
+
+
+def running_means(history: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """The epoch's loss and accuracy so far, read from the device (it waits for the last step)."""
+    return {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}
 
 
 def device_batch(s: Session, batch: Batch) -> Batch:

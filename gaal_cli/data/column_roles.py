@@ -93,7 +93,12 @@ class ColumnRoles:
     def to_json(self) -> dict:
         return {
             "columns": {
-                c: {"role": r.role, "reason": r.reason, "marks": list(r.marks) if r.marks else None, "date_format": r.date_format}
+                c: {
+                    "role": r.role,
+                    "reason": r.reason,
+                    "marks": list(r.marks) if r.marks else None,
+                    "date_format": r.date_format,
+                }
                 for c, r in self.columns.items()
             },
             "origins": dict(self.origins),
@@ -316,8 +321,8 @@ def derive(frame: pd.DataFrame, roles: ColumnRoles) -> pd.DataFrame:
             parts = {
                 "year": dates.dt.year,
                 "month": dates.dt.month,
-                "day of year": dates.dt.dayofyear,
-                "day of week": dates.dt.dayofweek,
+                "day of year": dates.dt.day_of_year,
+                "day of week": dates.dt.day_of_week,
                 "days": (dates - origin).dt.total_seconds() / 86400,
             }
             for part in DATE_PARTS:

@@ -220,9 +220,10 @@ def _prepared_table(
     if LABEL_COLUMN in frame.columns:
         names = [str(c) for c in manifest["class_names"]] if manifest else class_names
         labels = _labels_by_name(frame[LABEL_COLUMN], names, class_names)
-    ids = [str(v) for v in frame[IMAGE_COLUMN]] if IMAGE_COLUMN in frame.columns else [str(i) for i in range(len(frame))]
     id_name = IMAGE_COLUMN if IMAGE_COLUMN in frame.columns else "row"
-    return _Encoded(ids, id_name, paths, tabular, labels, None, problems, Notes(), class_names, lengths, size, normalize)
+    ids = [str(v) for v in frame[IMAGE_COLUMN]] if id_name == IMAGE_COLUMN else [str(i) for i in range(len(frame))]
+    notes = Notes()
+    return _Encoded(ids, id_name, paths, tabular, labels, None, problems, notes, class_names, lengths, size, normalize)
 
 
 def _manifest_beside(table: Path) -> dict | None:

@@ -86,12 +86,18 @@ def encode_split_table(
 
 
 def drop_bad(
-    rows: Rows, problems: Problems, label_column: str | None, *, drop_rare: bool = False
+    rows: Rows,
+    problems: Problems,
+    label_column: str | None,
+    *,
+    drop_rare: bool = False,
+    train_only: Sequence[str] = (),
 ) -> tuple[Rows, dict[str, int]]:
     """Drop bad rows (or raise), then drop classes left without a row in a split (or raise).
 
     Args:
         drop_rare: drop such classes even without `problems.skip` (`data.rare_classes=drop`).
+        train_only: classes kept in the train split only on purpose (`data.rare_classes=train`).
 
     Returns:
         The kept rows, relabelled 0..C-1 if classes went, and the dropped counts per reason.
@@ -105,11 +111,11 @@ def drop_bad(
     check_not_emptied(rows.split, keep, problems)
     kept = rows.take(keep)
     check_splits_filled(kept.split, problems.source)
-    rare = rare_classes(kept.labels, kept.split, kept.class_names)
+    rare = [c for c in rare_classes(kept.labels, kept.split, kept.class_names) if c not in train_only]
     if rare and not (problems.skip or drop_rare):
         raise rare_class_error(kept, rare, [problems.row_names[i] for i in kept.origin], problems.source, label_column)
     absent = Problems(problems.source, [problems.row_names[i] for i in kept.origin], True)
-    check_classes_in_splits(kept.labels, kept.split, kept.class_names, absent, column=label_column)
+    check_classes_in_splits(kept.labels, kept.split, kept.class_names, absent, column=label_column, exempt=train_only)
     keep_rare = absent.raise_or_keep()
     check_not_emptied(kept.split, keep_rare, absent)
     kept = kept.take(keep_rare)
@@ -276,6 +282,7 @@ def bundle(
     *,
     files_checked: bool = False,
     drop_rare: bool = False,
+    train_only: Sequence[str] = (),
 ) -> DataBundle:
     """Check the images, build the cache, drop or report bad rows, and make the three splits.
 
@@ -289,12 +296,13 @@ def bundle(
         dropped_before: rows the caller already dropped, counted per reason (rows without a label).
         files_checked: the caller already checked the image files (a user table's `check_table`).
         drop_rare: drop classes too small for the split (`data.rare_classes=drop`).
+        train_only: classes kept in the train split only (`data.rare_classes=train`).
     """
     if not files_checked:
         check_files(rows.paths, problems, headers=not cfg.cache)  # the cache build decodes every file anyway
     problems.raise_or_keep()
     cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers) if cfg.cache else None
-    kept, dropped = drop_bad(rows, problems, label_column, drop_rare=drop_rare)
+    kept, dropped = drop_bad(rows, problems, label_column, drop_rare=drop_rare, train_only=train_only)
     dropped = {**(dropped_before or {}), **dropped}
     splits = []
     for name in SPLITS:

@@ -158,7 +158,8 @@ class TableState:
         try:
             encoding = Encoding.from_json(data["encoding"], source)
             if version == 1:  # before roles: every feature was read as it is
-                kinds = {**{c: "continuous" for c in encoding.continuous}, **{c: "categorical" for c in encoding.categorical}}
+                kinds = {c: "continuous" for c in encoding.continuous}
+                kinds.update({c: "categorical" for c in encoding.categorical})
                 roles = ColumnRoles({str(c): ColumnRole(kinds[str(c)], "format_version 1") for c in data["features"]})
             else:
                 roles = ColumnRoles.from_json(data["roles"], source)
@@ -479,6 +480,7 @@ def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> 
         dropped_before=t.dropped,
         files_checked=True,
         drop_rare=cfg.rare_classes == "drop",
+        train_only=list(t.train_only),
     )
     if saved is not None and data.class_names != saved.class_names:
         raise GaalError(
@@ -566,7 +568,8 @@ def inspect_table(cfg: DataConfig) -> tuple[dict, GaalError | None]:
     ]
     error, dropped, after = None, {}, None
     try:
-        kept, dropped = drop_bad(c.rows, t.problems, cfg.target, drop_rare=cfg.rare_classes == "drop")
+        drop_rare = cfg.rare_classes == "drop"
+        kept, dropped = drop_bad(c.rows, t.problems, cfg.target, drop_rare=drop_rare, train_only=list(t.train_only))
         after = _split_counts(kept.labels, kept.split, kept.class_names)
     except GaalError as err:
         error = err
