@@ -14,8 +14,8 @@ Roles, and what training does with each:
   thousands marks are inferred from the column, currency signs and `%` are dropped (12% reads
   12). Continuous. A value that does not parse is a bad row ("... is not a number").
 - `boolean`: yes/no, true/false, y/n, t/f text, or a boolean column. Categorical (false, true).
-- `categorical`, `continuous`: as before (`infer_types`): text, and numbers with at most
-  `FEW_DISTINCT` values, are categorical; other numbers continuous.
+- `categorical`, `continuous`: other text, and numbers with at most `FEW_DISTINCT` values, are
+  categorical; other numbers continuous.
 - `excluded`: left out because `data.exclude` says so.
 
 Overrides (`data.exclude`, `data.categorical`, `data.continuous`, `data.datetime`,

@@ -22,7 +22,8 @@ from gaal_cli.errors import GaalError
 SPLITS = ("train", "val", "test")
 
 # Numeric columns with at most this many distinct values are flags (0/1, yes/no) and become
-# categorical; integer counts such as doors or seats stay continuous, since their order matters.
+# categorical; integer counts such as doors or seats stay continuous, since their order matters
+# (the roles of a user table's columns: gaal_cli/data/column_roles.py).
 FEW_DISTINCT = 2
 
 
@@ -90,36 +91,6 @@ class Problems:
             key = self.kinds.get(row, self.bad[row][0]) + (f" (column {column!r})" if column else "")
             out[key] = out.get(key, 0) + 1
         return out
-
-
-def infer_types(
-    frame: pd.DataFrame,
-    columns: Sequence[str],
-    categorical: Sequence[str] | None = None,
-    continuous: Sequence[str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Split feature columns into (continuous, categorical).
-
-    Numeric columns are continuous unless they have at most `FEW_DISTINCT` values; text and
-    boolean columns are categorical. Explicit lists win over the inference.
-
-    Raises:
-        GaalError: an explicit column that the table does not have.
-    """
-    for key, names in (("data.categorical", categorical), ("data.continuous", continuous)):
-        missing = [n for n in names or () if n not in columns]
-        if missing:
-            raise GaalError(f"no such column(s): {', '.join(missing)}", field=key)
-    forced_cat, forced_cont = set(categorical or ()), set(continuous or ())
-    cont, cat = [], []
-    for name in columns:
-        values = frame[name]
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        is_cat = name in forced_cat or (
-            name not in forced_cont and (not numeric or values.dropna().nunique() <= FEW_DISTINCT)
-        )
-        (cat if is_cat else cont).append(name)
-    return cont, cat
 
 
 MISSING, UNKNOWN = "<missing>", "<unknown>"

@@ -1,11 +1,11 @@
 """Any table with image paths: `gaal train --dataset table.csv --target COL --image-column COL`.
 
 Image paths are relative to the table's folder; a path that leaves it (`../x.png`, an absolute
-path elsewhere) is a bad row unless `data.allow_outside_paths` is set. Every other column is a feature,
-typed by `infer_types` unless `data.categorical` / `data.continuous` say otherwise, except the
-split, group and id columns, with a role (an id, a date, free text, numbers written as text, ...)
-inferred by `column_roles.infer_roles` and overridable (`data.exclude`, `data.datetime`, ...).
-Rows without a label are dropped and counted. Missing feature
+path elsewhere) is a bad row unless `data.allow_outside_paths` is set. Every other column but
+the split, group and id columns gets a role (an id, a date, free text, numbers written as text,
+a category, ...) inferred by `column_roles.infer_roles` and overridable (`data.exclude`,
+`data.categorical`, `data.continuous`, `data.datetime`, `data.id_column`); ids and free text
+are left out. Rows without a label are dropped and counted. Missing feature
 values (empty, NaN or infinite cells) follow `data.missing`: `impute` (training medians, a
 `missing` code, a missing indicator per affected numeric column), `drop` (dropped and
 counted) or `error` (bad rows). Categories unseen in training get an `unknown` code.
