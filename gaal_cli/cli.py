@@ -158,8 +158,7 @@ def predict(
 ) -> None:
     """Class probabilities for every row of a table, from a finished run; works from any directory.
 
-    With labels, accuracy is printed per split the table names (its split column), else once
-    over all labelled rows, which may include rows the run trained on.
+    With labels, accuracy is printed per split the table names (its split column), else once over all labelled rows.
     """
     from gaal_cli.predict import predict_table
 
