@@ -142,27 +142,45 @@ def evaluate(
 @user_errors
 def predict(
     run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
-    data: Path = typer.Option(..., "--data", help="Table to predict (.csv/.parquet; image paths relative to it)."),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: id, prediction, prob_<class> per class."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Table to predict (.csv/.parquet; image paths relative to it); for a run on the embedded "
+        "synthetic dataset, train, val or test: that split, regenerated from the run's config.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="CSV to write: the row id (id column or image), prediction, prob_<class>."
+    ),
     missing: str | None = typer.Option(None, "--missing", help="Predict with 'tabular' (or 'image') absent."),
     head: str = typer.Option("multi", "--head", help="multi (fused), image or tabular prediction."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop and count bad rows instead of failing."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Class probabilities for every row of a table, from a finished run; works from any directory."""
+    """Class probabilities for every row of a table, from a finished run; works from any directory.
+
+    With labels, accuracy is printed per split the table names (its split column), else once over all labelled rows.
+    """
     from gaal_cli.predict import predict_table
 
     summary = predict_table(run, data, out, missing=missing, head=head, skip_bad=skip_bad, device=device)
     if summary.skipped:
         total = sum(summary.skipped.values())
-        counts = ", ".join(f"{k} {v}" for k, v in summary.skipped.items())
+        counts = ", ".join(f"{k}: {v}" for k, v in summary.skipped.items())
         stdout.print(f"skipped {total} bad row{'s' * (total > 1)} (no output row for them): {counts}", highlight=False)
     notes = {"imputed": summary.imputed, "categories unseen in training, coded unknown": summary.unknown_categories}
     for what, counts in notes.items():
         if counts:
             stdout.print(f"{what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
-    if summary.accuracy is not None:
-        stdout.print(f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled rows", highlight=False)
+    if summary.by_split:
+        for name, (n, acc) in summary.by_split.items():
+            seen = " (the run trained on these rows)" if name == "train" else ""
+            stdout.print(f"accuracy {acc:.4f} on the {n} labelled {name} rows{seen}", highlight=False)
+    elif summary.accuracy is not None:
+        stdout.print(
+            f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled rows (the table names no split: "
+            "rows the run trained on may be among them)",
+            highlight=False,
+        )
     stdout.print(f"wrote {summary.rows_written} of {summary.rows_read} rows: {summary.out}", highlight=False)
 
 
@@ -313,12 +331,15 @@ def inspect_data(
     target: str = typer.Option(..., "--target", help="Class column."),
     image_column: str = typer.Option(..., "--image-column", help="Image-path column (relative to the table)."),
     group_column: str | None = typer.Option(None, "--group-column", help="Column whose rows stay in one split."),
-    overrides: list[str] = typer.Option([], "--set", help="Other data settings: --set data.missing=drop"),
+    skip_bad: bool | None = typer.Option(None, "--skip-bad", help="As training would: drop and count bad rows."),
+    overrides: list[str] = typer.Option([], "--set", help="Other data settings: --set data.exclude=[notes]"),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
-    """What training on TABLE would see: column types, classes, missing values, bad images, the split.
+    """What training on TABLE would see and do: each column's role and why, classes per split, what
+    would be dropped and why, and the error training would raise, with its exit code (2).
 
-    Writes nothing (no cache, no run folder); images are checked by their headers only.
+    Runs training's own reading, checks and split; writes nothing (no cache, no run folder) and
+    opens each image's header only (training also decodes every image).
     """
     from gaal_cli.config import load_config
     from gaal_cli.data.user_table import inspect_table
@@ -326,13 +347,15 @@ def inspect_data(
     from gaal_cli.results import to_json
 
     flags = {"data.name": str(table), "data.target": target, "data.image_column": image_column}
-    config = load_config(None, overrides, {**flags, "data.group_column": group_column})
-    found = inspect_table(config.data)
+    config = load_config(None, overrides, {**flags, "data.group_column": group_column, "data.skip_bad": skip_bad})
+    found, error = inspect_table(config.data)
     if as_json:
         stdout.print_json(to_json(found))
-        return
-    for part in inspection_tables(found):
-        stdout.print(part)
+    else:
+        for part in inspection_tables(found):
+            stdout.print(part)
+    if error is not None:
+        raise error
 
 
 @app.command("methods")

@@ -93,8 +93,14 @@ class DataConfig(Section):
     split_column: str = "split"
     group_column: str | None = None
     id_column: str | None = None
+    # a user table's column roles (gaal_cli/data/column_roles.py): inferred, these override them
+    exclude: list[str] | None = None
     categorical: list[str] | None = None
     continuous: list[str] | None = None
+    datetime: list[str] | None = None
+    # a class with too few rows for a row in each split: a bad row per row (refuse; --skip-bad
+    # drops it), dropped, or kept in the train split only
+    rare_classes: Literal["refuse", "drop", "train"] = "refuse"
     missing: Literal["impute", "drop", "error"] = "impute"
     # a modality absent at test only (trained with both): `tabular` is Table I's test-time
     # tabular-missing setting, GAAL* its GAAL row; the test metrics are scored without it

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from rich.console import Console
 from rich.progress import (
@@ -20,9 +21,16 @@ HEADS = ("multi", "image", "tabular")
 
 
 class EpochProgress:
-    """One bar per epoch; `update` shows the running loss/accuracy of the epoch."""
+    """One bar per epoch that advances at every step; `step` shows the running loss/accuracy.
 
-    def __init__(self, enabled: bool = True):
+    Reading a loss from the GPU waits for the device, so the stats are read only when asked for
+    (`force`: the engine's every-LOG_EVERY-steps check) or once `STATS_SECONDS` have passed since
+    the last read: at most one extra wait per interval, never one per step.
+    """
+
+    STATS_SECONDS = 2.0
+
+    def __init__(self, enabled: bool = True, clock: Callable[[], float] = time.monotonic):
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -34,6 +42,7 @@ class EpochProgress:
             disable=not enabled,
         )
         self.task = None
+        self.enabled, self.clock, self.last_read = enabled, clock, 0.0
 
     def __enter__(self) -> EpochProgress:
         self.progress.__enter__()
@@ -46,10 +55,21 @@ class EpochProgress:
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
+        self.last_read = self.clock()
 
     def update(self, advance: int, stats: Mapping[str, float] | None = None) -> None:
         fields = {"stats": format_stats(stats)} if stats is not None else {}
         self.progress.update(self.task, advance=advance, **fields)
+
+    def step(self, read_stats: Callable[[], Mapping[str, float]], *, force: bool = False) -> None:
+        """Advance by one step; show `read_stats()` when forced or when the last read is old."""
+        now = self.clock()
+        due = self.enabled and now - self.last_read >= self.STATS_SECONDS
+        if force or due:
+            self.last_read = now
+            self.update(1, read_stats())
+        else:
+            self.update(1)
 
     def log(self, message: str) -> None:
         self.progress.console.print(message)
@@ -80,40 +100,57 @@ def metrics_table(title: str, metrics: Mapping[str, Mapping[str, Mapping[str, fl
 
 
 def report_data_notes(info: Mapping) -> None:
-    """Print what loading a table dropped, imputed or mapped to `unknown` (nothing when none)."""
+    """Print the column roles that are not plain features, and what loading a table dropped,
+    imputed or mapped to `unknown` (nothing when none)."""
+    decided = {name: r for name, r in info.get("roles", {}).items() if r["role"] not in ("categorical", "continuous")}
+    if decided:
+        console.print(
+            "column roles: " + "; ".join(f"{name}: {r['role']} ({r['reason']})" for name, r in decided.items()),
+            highlight=False,
+        )
     dropped = {k: v for k, v in info.get("dropped", {}).items() if v}
     if dropped:
         total = sum(dropped.values())
         console.print(f"dropped {total} row{'s' * (total > 1)}: " + _counts(dropped), highlight=False)
     if info.get("imputed"):
         console.print("imputed missing values (train medians / a missing code): " + _counts(info["imputed"]))
+    if info.get("train_only_classes"):
+        console.print("kept in the train split only (data.rare_classes=train): " + _counts(info["train_only_classes"]))
     unknown = {s: c for s, c in info.get("unknown_categories", {}).items() if c}
     for split, counts in unknown.items():
         console.print(f"categories unseen in training, coded unknown, in {split}: " + _counts(counts), highlight=False)
 
 
 def _counts(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items())
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
 
 
 def inspection_tables(found: Mapping) -> list:
-    """`gaal data inspect` on the console: columns, classes per split, bad rows (first 20), dropped rows."""
+    """`gaal data inspect` on the console: each column's role and why, classes per split, bad rows
+    (first 20), what training would drop, and the error training would raise."""
     columns = Table(title=f"{found['table']}: {found['rows']} rows")
-    for name in ("column", "type", "missing", "distinct"):
-        columns.add_column(name, justify="left" if name in ("column", "type") else "right")
-    types = {**{c: "continuous" for c in found["continuous"]}, **{c: "categorical" for c in found["categorical"]}}
+    for name in ("column", "role", "why", "missing", "distinct"):
+        columns.add_column(name, justify="right" if name in ("missing", "distinct") else "left")
+    roles = found["roles"]
     for column, missing in found["missing"].items():
-        kind = types.get(column, "(not a feature)")
-        if kind == "categorical" and found["distinct"][column] == found["rows"] - sum(found["dropped"].values()):
-            kind += " (an id? --set data.id_column=...)"
-        columns.add_row(column, kind, str(missing), str(found["distinct"][column]))
-    classes = Table(title=f"classes and split: {found['split']}")
+        role = roles.get(column, {"role": "(not a feature)", "why": ""})
+        kind, why = role["role"], role["why"]
+        if column == found["id_column"]:
+            kind, why = "id", (why + "; " if why else "") + "names the rows of `gaal predict`"
+        columns.add_row(column, kind, why, str(missing), str(found["distinct"][column]))
+    parts: list = [columns]
+    counts = found["split_counts_trained"] or found["split_counts"]
+    when = "after dropping" if found["split_counts_trained"] else "before dropping"
+    classes = Table(title=f"classes per split ({when}): {found['split']}")
     classes.add_column("class")
-    for name in ("all", *found["split_counts"]):
+    for name in ("all", *counts):
         classes.add_column(name, justify="right")
     for name, count in found["classes"].items():
-        classes.add_row(name, str(count), *(str(c[name]) for c in found["split_counts"].values()))
-    parts: list = [columns, classes]
+        if all(name in c for c in counts.values()):
+            classes.add_row(name, str(count), *(str(c[name]) for c in counts.values()))
+        else:
+            classes.add_row(name, str(count), *("dropped" for _ in counts))
+    parts.append(classes)
     bad = found["bad_rows"]
     if bad:
         rows = Table(title=f"{len(bad)} bad row{'s' * (len(bad) > 1)} (training fails on them; --skip-bad drops them)")
@@ -123,8 +160,11 @@ def inspection_tables(found: Mapping) -> list:
             where = f" ({item['file']})" if item["file"] else ""
             rows.add_row(item["row"], item["column"] or "", item["reason"] + where)
         parts.append(rows)
+    if found["train_only_classes"]:
+        parts.append("kept in the train split only (data.rare_classes=train): " + _counts(found["train_only_classes"]))
     dropped = {k: v for k, v in found["dropped"].items() if v}
-    parts.append(f"dropped before training: {_counts(dropped)}" if dropped else "no rows dropped before training")
+    if found["error"] is None:
+        parts.append(f"training would drop: {_counts(dropped)}" if dropped else "training would drop no rows")
     return parts
 
 

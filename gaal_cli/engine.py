@@ -524,15 +524,20 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
         for key, value in stats.items():
             history.setdefault(key, []).append(value.detach().float().reshape(()))
         steps += 1
-        if step % LOG_EVERY == 0 or step == len(loader):
+        checked = step % LOG_EVERY == 0 or step == len(loader)
+        if checked:
             check_finite_loss(history["loss"], step, epoch)
-            running = {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}
-            bar.update(LOG_EVERY if step % LOG_EVERY == 0 else step % LOG_EVERY, running)
+        bar.step(lambda: running_means(history), force=checked)
     # one host transfer per epoch: per-step values as lists, ready for steps.jsonl
     columns = {k: torch.stack(v).cpu().tolist() for k, v in history.items()}
     per_step = [{"step": i + 1, **{k: round(v[i], 6) for k, v in columns.items()}} for i in range(steps)]
     means = {k: round(sum(v) / len(v), 6) for k, v in columns.items()}
     return means, per_step
+
+
+def running_means(history: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """The epoch's loss and accuracy so far, read from the device (it waits for the last step)."""
+    return {k: float(torch.stack(history[k]).mean()) for k in ("loss", "acc") if k in history}
 
 
 def device_batch(s: Session, batch: Batch) -> Batch:

@@ -3,10 +3,18 @@
 Everything comes from the run folder (or a checkpoint file alone): the config that builds the
 model, the weights, and the fitted preprocessing that encodes new rows as training encoded its
 own. So it works from any directory, in a fresh process, with the table anywhere. The output
-CSV has one row per kept input row: its id (`data.id_column`, else the row number from 0), the
-predicted class name and one `prob_<class>` column per class (softmax of the chosen head's
+CSV has one row per kept input row: its id first (a user table's `data.id_column`, else the id
+column its roles inferred, else the row number from 0; a prepared table's `image` path), then
+the predicted class name and one `prob_<class>` column per class (softmax of the chosen head's
 logits). It is written to a temporary name and renamed; a bad row (without `--skip-bad`)
 stops everything before it is written.
+
+A run on the embedded (synthetic) dataset has no table: `--data train|val|test` predicts that
+split, regenerated from the run's config and seed exactly as training made it.
+
+Accuracy is reported per split the table names (a `split` column, as a prepared table.csv
+has), so the rows the run trained on are never mixed with held-out ones; a labelled table
+without one gets a single accuracy, flagged as possibly including training rows.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gaal_cli.data.prediction_rows import PredictionRows, prediction_rows
+from gaal_cli.data.prediction_rows import PredictionRows, embedded_rows, is_embedded, prediction_rows
+from gaal_cli.data.table_prep import SPLITS
 from gaal_cli.engine import load_run, predict_split, resolve_device, restore_method
 from gaal_cli.errors import GaalError
 from gaal_cli.results import atomic_write
@@ -40,6 +49,8 @@ class PredictSummary:
     unknown_categories: dict[str, int] = field(default_factory=dict)
     labelled: int = 0
     accuracy: float | None = None
+    # split -> (labelled rows counted, accuracy); empty when the table names no split
+    by_split: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 def predict_table(
@@ -67,22 +78,26 @@ def predict_table(
         raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
     if head not in HEADS:
         raise GaalError(f"unknown head '{head}'; expected one of: {', '.join(HEADS)}", source="--head")
-    if out.exists() and out.resolve() == data.resolve():
+    if out.exists() and data.exists() and out.resolve() == data.resolve():
         raise GaalError("is the data file itself; the predictions need another file", source=str(out), field="--out")
     if out.is_dir():
         raise GaalError("is a folder; expected the name of the CSV file to write", source=str(out), field="--out")
     state, config, file = load_run(run)
     where = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="gaal-predict-") as images:
-        rows = prediction_rows(
-            state.get("preprocessing"),
-            data,
-            skip_bad=skip_bad,
-            missing=missing,
-            cache_folder=Path(images),
-            num_workers=config.data.num_workers,
-            source=str(file),
-        )
+        if is_embedded(config.data.name):
+            rows = embedded_rows(config.data, config.seed, str(data))
+        else:
+            rows = prediction_rows(
+                state.get("preprocessing"),
+                data,
+                split_column=config.data.split_column,
+                skip_bad=skip_bad,
+                missing=missing,
+                cache_folder=Path(images),
+                num_workers=config.data.num_workers,
+                source=str(file),
+            )
         method = restore_method(state, config, file, rows.field_lengths, len(rows.class_names)).to(where)
         logits, _ = predict_split(method, rows.split, where, config.data.eval_batch_size, missing=missing)
     if head not in logits:
@@ -116,9 +131,16 @@ def summarise(rows: PredictionRows, probs: np.ndarray, out: Path) -> PredictSumm
         imputed=rows.notes["imputed"],
         unknown_categories=rows.notes["unknown_categories"],
     )
-    if rows.labels is not None:
-        labelled = rows.labels >= 0
-        summary.labelled = int(labelled.sum())
-        if summary.labelled:
-            summary.accuracy = float((probs.argmax(1)[labelled] == rows.labels[labelled]).mean())
+    if rows.labels is None:
+        return summary
+    labelled = rows.labels >= 0
+    hits = probs.argmax(1) == rows.labels
+    summary.labelled = int(labelled.sum())
+    if summary.labelled:
+        summary.accuracy = float(hits[labelled].mean())
+    if rows.splits is not None:
+        for name in SPLITS:
+            counted = labelled & (rows.splits == name)
+            if counted.any():
+                summary.by_split[name] = (int(counted.sum()), float(hits[counted].mean()))
     return summary

@@ -155,6 +155,8 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     report = run.read_report()
     tree = read_yaml_file(run.file(RunFolder.CONFIG))
     config = flatten(tree)
+    if report.get("dataset") != "synthetic":  # the embedded set's knobs mean nothing for another dataset
+        config = {k: (np.nan if k.startswith("data.synthetic.") else v) for k, v in config.items()}
     try:
         test = dict(report["metrics"]["test"])
         inputs = report.get("inputs_at_test", ("image", "tabular"))
@@ -166,6 +168,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
             "dataset": dataset_key(report["dataset"], config),
             "method": method_label(report["method"], config),
             "seed": report["seed"],
+            **run_sizes(report, config),
             **{
                 column(head, metric): _number(test[head].get(metric)) if head in test else np.nan
                 for head in HEADS
@@ -193,6 +196,19 @@ def run_health(run: RunFolder, report: dict[str, Any], tree: Any) -> dict[str, s
         "health": " ".join(sorted({f["name"] for f in health.findings})),
         "health_unchecked": " ".join(sorted(health.unchecked)),
     }
+
+
+def run_sizes(report: dict[str, Any], config: dict[str, Any]) -> dict[str, float]:
+    """n_train / n_val / n_test of the rows the run trained and was measured on, from its own
+    report.json (`data.counts`); a synthetic run saved without them falls back to its config."""
+    counts = (report.get("data") or {}).get("counts") or {}
+    out = {}
+    for split in ("train", "val", "test"):
+        value = counts.get(split)
+        if value is None and report.get("dataset") == "synthetic":
+            value = config.get(f"data.synthetic.n_{split}")
+        out[f"n_{split}"] = _number(value)
+    return out
 
 
 def column(head: str, metric: str) -> str:

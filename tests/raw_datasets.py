@@ -195,3 +195,40 @@ def make_ham10000(
         lines.append(lines[-1])
     (root / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+# (diagnosis, colour, rows): the last class has 2 rows, too few for three splits
+CLINIC_CLASSES = [("nv", (150, 90, 60), 250), ("mel", (40, 30, 30), 170), ("bkl", (200, 160, 110), 130)]
+CLINIC_CLASSES += [("df", (90, 160, 200), 2)]
+CLINIC_WORDS = ["itchy", "lesion", "raised", "dark", "border", "irregular", "follow", "up", "patient", "reports"]
+CLINIC_SITES = ["back", "face", "arm", "leg"]
+
+
+def make_clinic(root: Path, seed: int = 0, size: int = 12, rows: tuple[int, ...] | None = None) -> Path:
+    """photos/*.jpg and visits.csv: a table of the kind a practitioner has (552 rows by default).
+
+    Columns: record_id (a unique text id), photo, visit_date (ISO dates), notes (free text, a new
+    sentence per row), income (written "234,311", quoted), smoker (yes/no), site (4 categories),
+    age (with gaps), diagnosis (the class; `df` has 2 rows). Income and age carry some of the
+    class. `rows` replaces the rows per class (nv, mel, bkl, df) for a smaller table.
+    """
+    rng = np.random.default_rng(seed)
+    lines = ["record_id,photo,visit_date,notes,income,smoker,site,age,diagnosis"]
+    start = np.datetime64("2021-01-01")
+    row = 0
+    counts = rows or [n for _, _, n in CLINIC_CLASSES]
+    for c, ((dx, colour, _), count) in enumerate(zip(CLINIC_CLASSES, counts)):
+        for _ in range(count):
+            photo = f"photos/img{row:04d}.jpg"
+            write_jpeg(root / photo, colour, rng, size)
+            date = start + np.timedelta64(int(rng.integers(0, 900)), "D")
+            note = " ".join(rng.choice(CLINIC_WORDS, 5)) + f" visit {row}"
+            income = f'"{int(30_000 + 40_000 * c + rng.integers(0, 250_000)):,}"'
+            smoker = ("yes", "no")[int(rng.random() < 0.3 + 0.2 * c)]
+            site = CLINIC_SITES[int(rng.integers(0, 4))]
+            age = "" if row % 17 == 5 else str(int(25 + 10 * c + rng.integers(0, 30)))
+            lines.append(f"R-{100_000 + 37 * row},{photo},{date},{note},{income},{smoker},{site},{age},{dx}")
+            row += 1
+    order = [lines[0], *(lines[1:][i] for i in rng.permutation(row))]
+    (root / "visits.csv").write_text("\n".join(order) + "\n")
+    return root / "visits.csv"

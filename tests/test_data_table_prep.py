@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gaal_cli.data.table_prep import Problems, encode, fit_encoding, infer_types, stratified_split
+from gaal_cli.data.column_roles import check_named_columns, infer_roles
+from gaal_cli.data.table_prep import Problems, encode, fit_encoding, stratified_split
 from gaal_cli.errors import GaalError
 
 
@@ -31,16 +32,16 @@ def test_split_is_deterministic_per_seed():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_infer_types_and_overrides():
+def test_plain_roles_and_overrides():
     frame = pd.DataFrame(
         {"price": [1.5, 2.0, 3.5, 4.0], "doors": [2, 3, 4, 5], "flag": [0, 1, 0, 1], "colour": ["r", "g", "b", "r"]}
     )
     cols = list(frame.columns)
-    assert infer_types(frame, cols) == (["price", "doors"], ["flag", "colour"])
-    overridden = infer_types(frame, cols, categorical=["doors"], continuous=["flag"])
-    assert overridden == (["price", "flag"], ["doors", "colour"])
+    assert infer_roles(frame, cols).types() == (["price", "doors"], ["flag", "colour"])
+    overridden = infer_roles(frame, cols, categorical=["doors"], continuous=["flag"])
+    assert overridden.types() == (["price", "flag"], ["doors", "colour"])
     with pytest.raises(GaalError, match="nosuch"):
-        infer_types(frame, cols, categorical=["nosuch"])
+        check_named_columns({"data.categorical": ["nosuch"]}, cols, "t.csv")
 
 
 def test_encoding_uses_training_statistics_and_numeric_category_order():

@@ -50,14 +50,14 @@ def test_missing_values_are_imputed_by_default_and_counted(tmp_path):
     data = build_data(data_config(table), 0)
     kept = frame.drop(index=5)
     train = kept[kept["split"] == "train"]
-    assert data.info["dropped"] == {"no label": 1} and sum(data.info["counts"].values()) == 47
+    assert data.info["dropped"] == {"no label (column 'species')": 1} and sum(data.info["counts"].values()) == 47
     assert data.info["imputed"] == {"weight": 5}
     enc = data.preprocessing["encoding"]
     assert enc["indicators"] == ["weight"] and enc["fill"][0] == pytest.approx(train["weight"].median())
     assert data.schema.names[-1] == "weight missing" and data.schema.field_lengths[-1] == 2
     assert data.train.tabular[:, -1].sum() == 2 and data.test.tabular[:, -1].sum() == 3
     dropped = build_data(data_config(table, missing="drop"), 0)
-    assert dropped.info["dropped"] == {"no label": 1, "missing value (data.missing=drop)": 5}
+    assert dropped.info["dropped"] == {"no label (column 'species')": 1, "missing value (data.missing=drop)": 5}
 
 
 def test_unseen_category_at_test_time_is_coded_unknown_and_counted(tmp_path):
@@ -174,8 +174,9 @@ def test_data_inspect_reports_and_writes_nothing(tmp_path):
     before = sorted(p.name for p in table.parent.rglob("*"))
     args = ["data", "inspect", str(table), "--target", "species", "--image-column", "photo", "--json"]
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    found = json.loads(result.output)
+    assert result.exit_code == 2, result.output  # training fails on the missing image: so does inspect
+    found = json.loads(result.stdout)
+    assert "line 5" in found["error"] and "line 5" in result.stderr
     assert found["continuous"] == ["weight"] and found["categorical"] == ["colour", "indoor"]
     assert found["classes"] == {"cat": 8, "dog": 8, "fox": 8} and found["missing"]["weight"] == 1
     assert found["distinct"]["colour"] == 2
@@ -183,4 +184,7 @@ def test_data_inspect_reports_and_writes_nothing(tmp_path):
     assert sum(found["split_counts"]["test"].values()) == 5
     assert sorted(p.name for p in table.parent.rglob("*")) == before
     result = runner.invoke(app, args[:-1])
-    assert result.exit_code == 0 and "continuous" in result.output and "line 5" in result.output
+    assert result.exit_code == 2 and "continuous" in result.output and "line 5" in result.output
+    result = runner.invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["dropped"] == {"image file not found": 1}

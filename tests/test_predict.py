@@ -88,9 +88,10 @@ def test_predict_round_trip_in_a_fresh_process_from_another_directory(trained, m
     probs = predicted[[f"prob_{c}" for c in CLASSES]].to_numpy()
     assert np.allclose(probs.sum(1), 1, atol=1e-6)
     assert predicted["prediction"].tolist() == [CLASSES[i] for i in probs.argmax(1)]
-    assert "accuracy" in done.stdout and "48 labelled rows" in done.stdout
-    # the test rows: the probabilities and the accuracy of the eval path
+    # the test rows: the probabilities and the accuracy of the eval path; accuracy per split
     test = (source["split"] == "test").to_numpy()
+    for name in ("train", "val", "test"):
+        assert f"on the {int((source['split'] == name).sum())} labelled {name} rows" in done.stdout
     expected, labels = eval_path_probabilities(run, moved)
     assert np.allclose(probs[test], expected, atol=1e-6)
     result = runner.invoke(app, ["eval", str(run), "--data", str(moved), "--json"])
@@ -214,11 +215,14 @@ def test_prepared_dataset_run_predicts_on_its_table(tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(prep / "table.csv")
     predicted = pd.read_csv(out)
-    assert predicted["row"].tolist() == list(range(len(table))) and f"{len(table)} labelled rows" in result.output
+    assert predicted["image"].tolist() == table["image"].tolist()  # the image names the row, first
     test = (table["split"] == "test").to_numpy()
     accuracy = float(np.mean(predicted.filter(like="prob_").to_numpy()[test].argmax(1) == table["label"][test]))
     report = json.loads((run / "report.json").read_text())
     assert report["metrics"]["test"]["multi"]["acc"] == pytest.approx(accuracy)
+    output = " ".join(result.output.split())
+    assert f"accuracy {accuracy:.4f} on the {int(test.sum())} labelled test rows" in output
+    assert "labelled train rows (the run trained on these rows)" in output
     raw_table = tmp_path / "raw.csv"
     pd.DataFrame({"image": table["image"]}).to_csv(raw_table, index=False)
     result = predict(run, raw_table, tmp_path / "q.csv")

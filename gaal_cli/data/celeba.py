@@ -61,7 +61,8 @@ def prepare(raw: Path, out: Path, *, skip_bad: bool = False, target: str = "Attr
     part = frame["image"].map(dict(zip(partition["image"], partition["part"])))
     split = part.map({str(k): v for k, v in PARTITIONS.items()})
     for row in np.flatnonzero(split.isna().to_numpy()):
-        problems.add(row, f"image {frame['image'].iloc[row]} has no partition 0/1/2 in {part_file.name}")
+        reason = f"image {frame['image'].iloc[row]} has no partition 0/1/2 in {part_file.name}"
+        problems.add(row, reason, kind=f"no partition 0/1/2 in {part_file.name}")
 
     binary = (frame[attributes] == "1").astype(np.int64)
     features = [c for c in attributes if c != target]

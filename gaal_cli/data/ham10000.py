@@ -85,7 +85,8 @@ def find_bad_rows(
     no_lesion = meta["lesion_id"].isna().to_numpy()
     problems.add_many(no_lesion, "no lesion_id (the split groups images by lesion)", column="lesion_id")
     for row in np.flatnonzero(~meta["dx"].isin(DIAGNOSES).to_numpy()):
-        problems.add(row, f"dx {meta['dx'].iloc[row]!r} is not one of the 7 HAM10000 diagnoses", column="dx")
+        reason = f"dx {meta['dx'].iloc[row]!r} is not one of the 7 HAM10000 diagnoses"
+        problems.add(row, reason, column="dx", kind="dx is not one of the 7 HAM10000 diagnoses")
     repeated = meta["image_id"].duplicated() & meta["image_id"].notna()
     problems.add_many(repeated.to_numpy(), "image_id listed on an earlier line too", column="image_id")
     where = " or ".join(f"{f.name}/" for f in folders)

@@ -75,7 +75,7 @@ def check_files(paths: Sequence[str], problems: Problems, *, headers: bool = Tru
         except FileNotFoundError:
             problems.add(row, "image file not found", file=path)
         except IMAGE_ERRORS as err:
-            problems.add(row, f"unreadable image: {err}", file=path)
+            problems.add(row, f"unreadable image: {err}", file=path, kind="unreadable image")
 
 
 def cache_key(paths: Sequence[str], size: int) -> str:
@@ -125,7 +125,7 @@ def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Proble
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_file)
     for row, message in meta["failed"].items():
-        problems.add(int(row), f"unreadable image: {message}", file=paths[int(row)])
+        problems.add(int(row), f"unreadable image: {message}", file=paths[int(row)], kind="unreadable image")
     return file
 
 

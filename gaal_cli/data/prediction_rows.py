@@ -26,17 +26,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gaal_cli.config import DataConfig
 from gaal_cli.data.base import Batch, SplitDataset
 from gaal_cli.data.images import ImageTableSplit, ImageTransform, check_files, ensure_cache
 from gaal_cli.data.prepared import FORMAT as MANIFEST_FORMAT
 from gaal_cli.data.prepared import MANIFEST
-from gaal_cli.data.table_prep import Notes, Problems, is_missing
-from gaal_cli.data.user_table import STATE_FORMAT, TableState, apply_state, read_table, row_names
+from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
+from gaal_cli.data.table_prep import SPLITS, Notes, Problems, is_missing
+from gaal_cli.data.user_table import SPLIT_ALIASES, STATE_FORMAT, TableState, apply_state, read_table, row_names
 from gaal_cli.errors import GaalError
 
 PREPARED_FORMAT = "gaal-prepared-preprocessing"  # what build_prepared saves with a run
-IMAGE_COLUMN = "image"  # the prepared format's image-path column
+IMAGE_COLUMN = "image"  # the prepared format's image-path column (its rows' id in the output)
 LABEL_COLUMN = "label"  # the prepared format's class-index column
+SPLIT_COLUMN = "split"  # the prepared format's split column
 
 
 @dataclass
@@ -44,13 +47,15 @@ class PredictionRows:
     """The kept rows of a table to predict on, ready for the run's method.
 
     `labels` (class indices of the run, -1 where a row has none or one the run does not know)
-    is None when the table has no target column; `skipped` counts dropped bad rows per reason.
+    is None when the table has no target column; `splits` (train/val/test, "" where unknown) is
+    None when the table has no split column; `skipped` counts dropped bad rows per reason.
     """
 
     ids: list[str]
     id_name: str
     split: SplitDataset
     labels: np.ndarray | None
+    splits: np.ndarray | None
     class_names: list[str]
     field_lengths: tuple[int, ...]
     rows_read: int
@@ -67,6 +72,7 @@ class _Encoded:
     paths: list[str]
     tabular: np.ndarray
     labels: np.ndarray | None
+    splits: np.ndarray | None
     problems: Problems
     notes: Notes
     class_names: list[str]
@@ -79,6 +85,7 @@ def prediction_rows(
     preprocessing: dict | None,
     table: Path,
     *,
+    split_column: str = SPLIT_COLUMN,
     skip_bad: bool = False,
     missing: str | None = None,
     cache_folder: Path,
@@ -88,6 +95,7 @@ def prediction_rows(
     """Read `table`, encode it with a run's `preprocessing`, read its images, drop or report bad rows.
 
     Args:
+        split_column: the column naming each row's split, when the table has one (accuracy per split).
         missing: 'image' or 'tabular': that modality is not read (its columns may be absent).
         cache_folder: where the images are decoded to (a temporary folder: nothing is written
             beside the user's data).
@@ -110,7 +118,52 @@ def prediction_rows(
             source=source,
             field="preprocessing",
         )
+    if split_column in frame.columns:
+        encoded.splits = split_names(frame[split_column])
     return _read_images(encoded, "image" in modalities, cache_folder, num_workers)
+
+
+def is_embedded(name: str) -> bool:
+    """A dataset gaal generates itself (synthetic): neither a table file nor a prepared recipe."""
+    return not name.lower().endswith(TABLE_SUFFIXES) and name not in RECIPES
+
+
+def embedded_rows(cfg: DataConfig, seed: int, split_name: str) -> PredictionRows:
+    """One split of the embedded dataset, regenerated from the run's config and seed (as training made it).
+
+    Raises:
+        GaalError: `split_name` is not train, val or test.
+    """
+    if split_name not in SPLITS:
+        raise GaalError(
+            f"a run on the embedded {cfg.name} dataset has no table to read; it predicts one of its own "
+            "splits, regenerated from the run's config: --data train, val or test",
+            source=split_name,
+            field="--data",
+        )
+    from gaal_cli.data import build_data
+
+    data = build_data(cfg, seed)
+    split = data.split(split_name)
+    labels = split.labels.numpy().astype(np.int64)
+    n = len(labels)
+    return PredictionRows(
+        ids=[str(i) for i in range(n)],
+        id_name=f"{split_name}_row",
+        split=split,
+        labels=labels,
+        splits=np.full(n, split_name, dtype=object),
+        class_names=list(data.class_names),
+        field_lengths=tuple(data.schema.field_lengths),
+        rows_read=n,
+        skipped={},
+        notes={"imputed": {}, "unknown_categories": {}},
+    )
+
+
+def split_names(values: pd.Series) -> np.ndarray:
+    """train/val/test per row (the aliases training accepts), "" where a value is none of them."""
+    return values.astype(str).str.strip().str.lower().map(SPLIT_ALIASES).fillna("").to_numpy(dtype=object)
 
 
 def _user_table(
@@ -124,6 +177,7 @@ def _user_table(
         e.paths,
         e.tabular,
         e.labels,
+        None,
         e.problems,
         e.notes,
         state.class_names,
@@ -166,8 +220,10 @@ def _prepared_table(
     if LABEL_COLUMN in frame.columns:
         names = [str(c) for c in manifest["class_names"]] if manifest else class_names
         labels = _labels_by_name(frame[LABEL_COLUMN], names, class_names)
-    ids = [str(i) for i in range(len(frame))]
-    return _Encoded(ids, "row", paths, tabular, labels, problems, Notes(), class_names, lengths, size, normalize)
+    id_name = IMAGE_COLUMN if IMAGE_COLUMN in frame.columns else "row"
+    ids = [str(v) for v in frame[IMAGE_COLUMN]] if id_name == IMAGE_COLUMN else [str(i) for i in range(len(frame))]
+    notes = Notes()
+    return _Encoded(ids, id_name, paths, tabular, labels, None, problems, notes, class_names, lengths, size, normalize)
 
 
 def _manifest_beside(table: Path) -> dict | None:
@@ -195,7 +251,7 @@ def _encoded_columns(frame: pd.DataFrame, columns: Sequence[str], lengths: Seque
     for j, (name, length) in enumerate(zip(columns, lengths)):
         numbers = pd.to_numeric(frame[name], errors="coerce")
         for row in np.flatnonzero(numbers.isna().to_numpy() & frame[name].notna().to_numpy()):
-            problems.add(row, f"{frame[name].iloc[row]!r} is not a number", column=name)
+            problems.add(row, f"{frame[name].iloc[row]!r} is not a number", column=name, kind="not a number")
         problems.add_many(is_missing(frame[name]), "missing value (NaN, empty cell or infinite number)", column=name)
         values = numbers.to_numpy(dtype=float, na_value=np.nan)
         if length > 1:
@@ -228,6 +284,7 @@ def _read_images(e: _Encoded, with_images: bool, cache_folder: Path, num_workers
         raise GaalError(f"no row left to predict: all {len(keep)} are bad rows", source=e.problems.source)
     tabular = torch.from_numpy(e.tabular[keep])
     labels = None if e.labels is None else e.labels[keep]
+    splits = None if e.splits is None else e.splits[keep]
     carried = torch.from_numpy(labels if labels is not None else np.full(len(rows), -1, dtype=np.int64))
     if with_images:
         transform = ImageTransform(e.image_size, augment=False, normalize=e.normalize)
@@ -241,6 +298,7 @@ def _read_images(e: _Encoded, with_images: bool, cache_folder: Path, num_workers
         id_name=e.id_name,
         split=split,
         labels=labels,
+        splits=splits,
         class_names=e.class_names,
         field_lengths=tuple(e.field_lengths),
         rows_read=len(keep),

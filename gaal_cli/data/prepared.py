@@ -85,20 +85,40 @@ def encode_split_table(
     return encode(features, enc, problems, notes), enc
 
 
-def drop_bad(rows: Rows, problems: Problems, label_column: str | None) -> tuple[Rows, dict[str, int]]:
-    """Drop bad rows (or raise), then drop classes left absent from a split (or raise).
+def drop_bad(
+    rows: Rows,
+    problems: Problems,
+    label_column: str | None,
+    *,
+    drop_rare: bool = False,
+    train_only: Sequence[str] = (),
+) -> tuple[Rows, dict[str, int]]:
+    """Drop bad rows (or raise), then drop classes left without a row in a split (or raise).
+
+    Args:
+        drop_rare: drop such classes even without `problems.skip` (`data.rare_classes=drop`).
+        train_only: classes kept in the train split only on purpose (`data.rare_classes=train`).
 
     Returns:
         The kept rows, relabelled 0..C-1 if classes went, and the dropped counts per reason.
 
     Raises:
-        GaalError: a bad row without `skip`; an empty split or fewer than two classes in train.
+        GaalError: a bad row without `skip`; a split that dropping empties (naming the reasons);
+            a class too small for the split (naming it, its rows and its count per split);
+            fewer than two classes in train.
     """
-    kept = rows.take(problems.raise_or_keep())
+    keep = problems.raise_or_keep()
+    check_not_emptied(rows.split, keep, problems)
+    kept = rows.take(keep)
     check_splits_filled(kept.split, problems.source)
-    absent = Problems(problems.source, [problems.row_names[i] for i in kept.origin], problems.skip)
-    check_classes_in_splits(kept.labels, kept.split, kept.class_names, absent, column=label_column)
-    kept = kept.take(absent.raise_or_keep())
+    rare = [c for c in rare_classes(kept.labels, kept.split, kept.class_names) if c not in train_only]
+    if rare and not (problems.skip or drop_rare):
+        raise rare_class_error(kept, rare, [problems.row_names[i] for i in kept.origin], problems.source, label_column)
+    absent = Problems(problems.source, [problems.row_names[i] for i in kept.origin], True)
+    check_classes_in_splits(kept.labels, kept.split, kept.class_names, absent, column=label_column, exempt=train_only)
+    keep_rare = absent.raise_or_keep()
+    check_not_emptied(kept.split, keep_rare, absent)
+    kept = kept.take(keep_rare)
     present = np.unique(kept.labels)
     if len(present) < len(kept.class_names):
         relabel = np.full(len(kept.class_names), -1)
@@ -107,6 +127,52 @@ def drop_bad(rows: Rows, problems: Problems, label_column: str | None) -> tuple[
         kept = Rows(kept.paths, kept.tabular, relabel[kept.labels], kept.split, names, kept.origin)
     check_trainable(kept.labels, kept.split, kept.class_names, problems.source)
     return kept, {**problems.counts(), **absent.counts()}
+
+
+def rare_classes(labels: np.ndarray, split: np.ndarray, class_names: Sequence[str]) -> list[str]:
+    """The classes that lack a row in one of the splits (too few rows for the split)."""
+    out = []
+    for cls, name in enumerate(class_names):
+        rows = labels == cls
+        if rows.any() and any(not np.any(rows & (split == s)) for s in SPLITS):
+            out.append(name)
+    return out
+
+
+def rare_class_error(
+    rows: Rows, rare: list[str], row_names: Sequence[str], source: str, column: str | None
+) -> GaalError:
+    """The refusal of classes too small for the split: each named with its rows and its count per split."""
+    parts = []
+    for name in rare:
+        members = np.flatnonzero(rows.labels == rows.class_names.index(name))
+        per_split = ", ".join(f"{s} {int(np.sum(rows.split[members] == s))}" for s in SPLITS)
+        where = ", ".join(row_names[i] for i in members[:5]) + (", ..." if len(members) > 5 else "")
+        parts.append(f"class {name!r} has {len(members)} row{'s' * (len(members) != 1)} ({per_split}; {where})")
+    return GaalError(
+        f"too few rows for a row of each class in train, val and test: {'; '.join(parts)}. "
+        "--skip-bad (or --set data.rare_classes=drop) drops such classes, --set data.rare_classes=train "
+        "keeps them in the train split only (val and test then never measure them)",
+        source=source,
+        field=column,
+    )
+
+
+def check_not_emptied(split: np.ndarray, keep: np.ndarray, problems: Problems) -> None:
+    """Refuse a drop that empties a split that had rows, naming the reasons that emptied it.
+
+    Raises:
+        GaalError: names the split, its row count and the reasons its rows were dropped for.
+    """
+    for name in SPLITS:
+        rows = split == name
+        if rows.any() and not (rows & keep).any():
+            reasons = ", ".join(f"{k}: {v}" for k, v in problems.counts(rows).items())
+            raise GaalError(
+                f"dropping bad rows would leave the {name} split empty: all {int(rows.sum())} of its rows "
+                f"are bad ({reasons})",
+                source=problems.source,
+            )
 
 
 def write_prepared(out: Path, rows: Rows, image_root: Path, manifest: dict) -> dict:
@@ -213,6 +279,10 @@ def bundle(
     notes: Notes | None = None,
     preprocessing: dict | None = None,
     dropped_before: dict[str, int] | None = None,
+    *,
+    files_checked: bool = False,
+    drop_rare: bool = False,
+    train_only: Sequence[str] = (),
 ) -> DataBundle:
     """Check the images, build the cache, drop or report bad rows, and make the three splits.
 
@@ -224,11 +294,15 @@ def bundle(
         notes: what encoding filled in, per row (counted over the rows kept).
         preprocessing: the fitted preprocessing as plain data, carried by the run.
         dropped_before: rows the caller already dropped, counted per reason (rows without a label).
+        files_checked: the caller already checked the image files (a user table's `check_table`).
+        drop_rare: drop classes too small for the split (`data.rare_classes=drop`).
+        train_only: classes kept in the train split only (`data.rare_classes=train`).
     """
-    check_files(rows.paths, problems, headers=not cfg.cache)  # the cache build decodes every file anyway
+    if not files_checked:
+        check_files(rows.paths, problems, headers=not cfg.cache)  # the cache build decodes every file anyway
     problems.raise_or_keep()
     cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers) if cfg.cache else None
-    kept, dropped = drop_bad(rows, problems, label_column)
+    kept, dropped = drop_bad(rows, problems, label_column, drop_rare=drop_rare, train_only=train_only)
     dropped = {**(dropped_before or {}), **dropped}
     splits = []
     for name in SPLITS:

@@ -11,7 +11,6 @@ values from training statistics and maps categories unseen in training to an `un
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +22,8 @@ from gaal_cli.errors import GaalError
 SPLITS = ("train", "val", "test")
 
 # Numeric columns with at most this many distinct values are flags (0/1, yes/no) and become
-# categorical; integer counts such as doors or seats stay continuous, since their order matters.
+# categorical; integer counts such as doors or seats stay continuous, since their order matters
+# (the roles of a user table's columns: gaal_cli/data/column_roles.py).
 FEW_DISTINCT = 2
 
 
@@ -41,9 +41,20 @@ class Problems:
     row_names: Sequence[str]
     skip: bool = False
     bad: dict[int, tuple[str, str | None, str | None]] = field(default_factory=dict)
+    kinds: dict[int, str] = field(default_factory=dict)
 
-    def add(self, row: int, reason: str, *, column: str | None = None, file: str | None = None) -> None:
-        self.bad.setdefault(int(row), (reason, column, file))
+    def add(
+        self, row: int, reason: str, *, column: str | None = None, file: str | None = None, kind: str | None = None
+    ) -> None:
+        """Record a bad row (the first reason found for a row wins).
+
+        Args:
+            kind: what the row is counted under when dropped, for a `reason` that quotes the row's
+                own value ("'abc' is not a number" counts as "not a number"); default: `reason`.
+        """
+        if int(row) not in self.bad:
+            self.bad[int(row)] = (reason, column, file)
+            self.kinds[int(row)] = kind or reason
 
     def add_many(self, rows: np.ndarray, reason: str, *, column: str | None = None) -> None:
         for row in np.flatnonzero(rows) if rows.dtype == bool else rows:
@@ -70,43 +81,16 @@ class Problems:
         keep[list(self.bad)] = False
         return keep
 
-    def counts(self) -> dict[str, int]:
-        """How many rows were dropped, per reason."""
+    def counts(self, rows: np.ndarray | None = None) -> dict[str, int]:
+        """How many rows were dropped (over `rows`, a boolean mask, when given), per reason with
+        its column: "class 'df' has no row in the val split (column 'diagnosis')"."""
         out: dict[str, int] = {}
-        for reason, _, _ in self.bad.values():
-            key = re.sub(r"'[^']*'", "X", reason).split(":")[0]
+        for row, (_, column, _) in self.bad.items():
+            if rows is not None and not rows[row]:
+                continue
+            key = self.kinds.get(row, self.bad[row][0]) + (f" (column {column!r})" if column else "")
             out[key] = out.get(key, 0) + 1
         return out
-
-
-def infer_types(
-    frame: pd.DataFrame,
-    columns: Sequence[str],
-    categorical: Sequence[str] | None = None,
-    continuous: Sequence[str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Split feature columns into (continuous, categorical).
-
-    Numeric columns are continuous unless they have at most `FEW_DISTINCT` values; text and
-    boolean columns are categorical. Explicit lists win over the inference.
-
-    Raises:
-        GaalError: an explicit column that the table does not have.
-    """
-    for key, names in (("data.categorical", categorical), ("data.continuous", continuous)):
-        missing = [n for n in names or () if n not in columns]
-        if missing:
-            raise GaalError(f"no such column(s): {', '.join(missing)}", field=key)
-    forced_cat, forced_cont = set(categorical or ()), set(continuous or ())
-    cont, cat = [], []
-    for name in columns:
-        values = frame[name]
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        is_cat = name in forced_cat or (
-            name not in forced_cont and (not numeric or values.dropna().nunique() <= FEW_DISTINCT)
-        )
-        (cat if is_cat else cont).append(name)
-    return cont, cat
 
 
 MISSING, UNKNOWN = "<missing>", "<unknown>"
@@ -292,7 +276,7 @@ def encode(frame: pd.DataFrame, enc: Encoding, problems: Problems, notes: Notes 
     for j, name in enumerate(enc.continuous):
         numbers = pd.to_numeric(frame[name], errors="coerce")
         for row in np.flatnonzero(numbers.isna().to_numpy() & frame[name].notna().to_numpy()):
-            problems.add(row, f"{frame[name].iloc[row]!r} is not a number", column=name)
+            problems.add(row, f"{frame[name].iloc[row]!r} is not a number", column=name, kind="not a number")
         values = numbers.to_numpy(dtype=float, na_value=np.nan)
         gaps[name] = is_missing(numbers)
         if enc.impute:
@@ -321,7 +305,12 @@ def _category_codes(values: pd.Series, name: str, enc: Encoding, problems: Probl
         codes[unseen] = codes_of[UNKNOWN]
         return codes
     for row in np.flatnonzero(np.isnan(codes) & ~empty):
-        problems.add(row, f"category {text.iloc[row]!r} does not occur in the training split", column=name)
+        problems.add(
+            row,
+            f"category {text.iloc[row]!r} does not occur in the training split",
+            column=name,
+            kind="a category that does not occur in the training split",
+        )
     return np.nan_to_num(codes, nan=-1.0)
 
 
@@ -365,9 +354,12 @@ def check_classes_in_splits(
     class_names: Sequence[str],
     problems: Problems,
     column: str | None = None,
+    exempt: Sequence[str] = (),
 ) -> None:
-    """Record the rows of every class that is absent from one of the splits."""
+    """Record the rows of every class that is absent from one of the splits (but the `exempt` ones)."""
     for cls, name in enumerate(class_names):
+        if name in exempt:
+            continue
         rows = labels == cls
         absent = [s for s in SPLITS if not np.any(rows & (split == s))]
         if absent:

@@ -1,9 +1,11 @@
 """Any table with image paths: `gaal train --dataset table.csv --target COL --image-column COL`.
 
 Image paths are relative to the table's folder; a path that leaves it (`../x.png`, an absolute
-path elsewhere) is a bad row unless `data.allow_outside_paths` is set. Every other column is a feature,
-typed by `infer_types` unless `data.categorical` / `data.continuous` say otherwise, except the
-split, group and id columns. Rows without a label are dropped and counted. Missing feature
+path elsewhere) is a bad row unless `data.allow_outside_paths` is set. Every other column but
+the split, group and id columns gets a role (an id, a date, free text, numbers written as text,
+a category, ...) inferred by `column_roles.infer_roles` and overridable (`data.exclude`,
+`data.categorical`, `data.continuous`, `data.datetime`, `data.id_column`); ids and free text
+are left out. Rows without a label are dropped and counted. Missing feature
 values (empty, NaN or infinite cells) follow `data.missing`: `impute` (training medians, a
 `missing` code, a missing indicator per affected numeric column), `drop` (dropped and
 counted) or `error` (bad rows). Categories unseen in training get an `unknown` code.
@@ -17,6 +19,10 @@ are sorted, numbered from 0 and recorded in the report.
 Everything fitted on the training split is a `TableState`: `fit_state` makes it, `to_json`
 saves it with the run (preprocessing.json, the checkpoint), `TableState.from_json` and
 `apply_state` encode any later table of the same columns exactly as training did.
+
+`check_table` is the one path of reading, roles, checks and split that `gaal train` (through
+`build_table`) and `gaal data inspect` (through `inspect_table`) share: inspect reports what
+training would do and fails with the error training would raise.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import pandas as pd
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import DataBundle, TabularSchema
+from gaal_cli.data.column_roles import ColumnRole, ColumnRoles, check_named_columns, derive, fit_origins, infer_roles
 from gaal_cli.data.images import check_files
-from gaal_cli.data.prepared import Rows, bundle
+from gaal_cli.data.prepared import Rows, bundle, drop_bad, rare_classes
 from gaal_cli.data.table_prep import (
     SPLITS,
     Encoding,
@@ -42,17 +49,16 @@ from gaal_cli.data.table_prep import (
     find_missing,
     fit_encoding,
     grouped_split,
-    infer_types,
     is_missing,
     stratified_split,
 )
-from gaal_cli.errors import GaalError
+from gaal_cli.errors import GaalError, did_you_mean
 
 SPLIT_SEED = 2022
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-STATE_FORMAT, STATE_VERSION = "gaal-table-preprocessing", 1
+STATE_FORMAT, STATE_VERSION = "gaal-table-preprocessing", 2  # 2: column roles; 1 (no roles) still reads
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -107,6 +113,8 @@ class TableState:
     """What a run fitted on a user table: enough to encode new rows of the same columns.
 
     Plain data once `to_json` is called (saved as preprocessing.json and in the checkpoint).
+    `features` are the table's columns the run reads; `roles` say how each becomes the encoded
+    fields (a date expands to five), `encoding` how those are coded.
     """
 
     target: str
@@ -118,6 +126,7 @@ class TableState:
     image_size: int
     normalize: str
     allow_outside_paths: bool
+    roles: ColumnRoles
 
     def to_json(self) -> dict:
         return {
@@ -131,6 +140,7 @@ class TableState:
             "encoding": self.encoding.to_json(),
             "image": {"size": self.image_size, "normalize": self.normalize},
             "allow_outside_paths": self.allow_outside_paths,
+            "roles": self.roles.to_json(),
         }
 
     @classmethod
@@ -142,19 +152,28 @@ class TableState:
         """
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
             raise GaalError(f"not a {STATE_FORMAT} record", source=source)
-        if data.get("format_version") != STATE_VERSION:
-            raise GaalError(f"format_version {data.get('format_version')!r}, expected {STATE_VERSION}", source=source)
+        version = data.get("format_version")
+        if version not in (1, STATE_VERSION):
+            raise GaalError(f"format_version {version!r}, expected {STATE_VERSION} (or 1)", source=source)
         try:
+            encoding = Encoding.from_json(data["encoding"], source)
+            if version == 1:  # before roles: every feature was read as it is
+                kinds = {c: "continuous" for c in encoding.continuous}
+                kinds.update({c: "categorical" for c in encoding.categorical})
+                roles = ColumnRoles({str(c): ColumnRole(kinds[str(c)], "format_version 1") for c in data["features"]})
+            else:
+                roles = ColumnRoles.from_json(data["roles"], source)
             return cls(
                 target=str(data["target"]),
                 image_column=str(data["image_column"]),
                 id_column=None if data["id_column"] is None else str(data["id_column"]),
                 features=[str(c) for c in data["features"]],
                 class_names=[str(c) for c in data["class_names"]],
-                encoding=Encoding.from_json(data["encoding"], source),
+                encoding=encoding,
                 image_size=int(data["image"]["size"]),
                 normalize=str(data["image"]["normalize"]),
                 allow_outside_paths=bool(data["allow_outside_paths"]),
+                roles=roles,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise GaalError(f"malformed {STATE_FORMAT} record ({type(err).__name__}: {err})", source=source) from None
@@ -177,28 +196,31 @@ class EncodedTable:
 
 
 def fit_state(
-    train: pd.DataFrame, cfg: DataConfig, types: tuple[list[str], list[str]], class_names: list[str]
+    train: pd.DataFrame, cfg: DataConfig, roles: ColumnRoles, class_names: list[str], id_column: str | None = None
 ) -> TableState:
-    """Fit the encoding on the training rows (bad rows already left out) of a user table.
+    """Fit the date origins and the encoding on the training rows (bad rows already left out).
 
     Args:
-        types: the (continuous, categorical) feature columns, from `infer_types` on the whole
-            table (typing sees no label, and a flag column may show one value in train only).
+        roles: the columns' roles, from `infer_roles` on the whole table (typing sees no label,
+            and a flag column may show one value in train only); its date origins are set here.
+        id_column: the column naming the rows (`data.id_column`, else the first inferred id).
     """
-    continuous, categorical = types
+    fit_origins(train, roles)
+    continuous, categorical = roles.types()
     # always imputing: with data.missing=error or drop no kept row has a gap, so this only adds
     # the `unknown` code for categories that first appear in val, test or at predict time
-    encoding = fit_encoding(train, continuous, categorical, impute=True)
+    encoding = fit_encoding(derive(train, roles), continuous, categorical, impute=True)
     return TableState(
         target=str(cfg.target),
         image_column=str(cfg.image_column),
-        id_column=cfg.id_column,
-        features=[*continuous, *categorical],
+        id_column=id_column,
+        features=roles.sources,
         class_names=list(class_names),
         encoding=encoding,
         image_size=cfg.image_size,
         normalize="none" if cfg.normalize == "auto" else cfg.normalize,
         allow_outside_paths=cfg.allow_outside_paths,
+        roles=roles,
     )
 
 
@@ -243,7 +265,7 @@ def apply_state(
     notes = Notes()
     tabular = np.zeros((len(frame), len(state.encoding.names)), dtype=np.float32)
     if "tabular" in modalities:
-        tabular = encode(frame[state.features], state.encoding, problems, notes)
+        tabular = encode(derive(frame, state.roles), state.encoding, problems, notes)
     labels = None
     if state.target in frame.columns:
         labels = _run_labels(frame[state.target], state.class_names, problems if label_problems else None)
@@ -260,7 +282,12 @@ def _run_labels(values: pd.Series, class_names: list[str], problems: Problems | 
     labels[values.isna().to_numpy()] = -1
     if problems is not None:
         for row in np.flatnonzero((labels < 0) & values.notna().to_numpy()):
-            problems.add(row, f"label {text.iloc[row]!r} is not one of the run's classes", column=str(values.name))
+            problems.add(
+                row,
+                f"label {text.iloc[row]!r} is not one of the run's classes",
+                column=str(values.name),
+                kind="a label that is not one of the run's classes",
+            )
     return labels
 
 
@@ -287,6 +314,7 @@ def image_paths(values: pd.Series, folder: Path, allow_outside: bool, problems: 
                 row,
                 f"image path {text!r} leaves the table's folder (set data.allow_outside_paths=true to allow it)",
                 column=str(values.name),
+                kind="an image path that leaves the table's folder",
             )
             path = ""
         out.append(path)
@@ -300,20 +328,23 @@ class LoadedTable:
     path: Path
     frame: pd.DataFrame
     names: list[str]
-    features: list[str]
+    roles: ColumnRoles
+    id_column: str | None
     labels: np.ndarray
     class_names: list[str]
     split: np.ndarray
     split_info: str
     problems: Problems
     dropped: dict[str, int]
+    train_only: dict[str, int]
 
 
 def load_table(cfg: DataConfig) -> LoadedTable:
-    """Read, check columns, drop unlabelled rows (and, with data.missing=drop, incomplete ones), split.
+    """Read, check columns, infer roles, drop unlabelled rows (and, with data.missing=drop,
+    incomplete ones), split.
 
     Raises:
-        GaalError: a named column is absent; see also `read_table`.
+        GaalError: a named column is absent (with the closest name); see also `read_table`.
     """
     path = Path(cfg.name)
     frame = read_table(path)
@@ -329,21 +360,37 @@ def load_table(cfg: DataConfig) -> LoadedTable:
     ):
         if column is not None and column not in frame.columns:
             raise GaalError(
-                f"no such column {column!r}; the table has: {', '.join(map(str, frame.columns))}",
+                f"no such column {column!r}{did_you_mean(column, frame.columns)}; the table has: "
+                f"{', '.join(map(str, frame.columns))}",
                 source=source,
                 field=key,
             )
     has_split = cfg.split_column in frame.columns
     special = {cfg.target, cfg.image_column, cfg.group_column, cfg.id_column, cfg.split_column if has_split else None}
-    features = [c for c in frame.columns if c not in special]
+    candidates = [c for c in frame.columns if c not in special]
+    overrides = {
+        "data.exclude": cfg.exclude,
+        "data.categorical": cfg.categorical,
+        "data.continuous": cfg.continuous,
+        "data.datetime": cfg.datetime,
+    }
+    check_named_columns(overrides, candidates, source)
+    roles = infer_roles(
+        frame,
+        candidates,
+        exclude=cfg.exclude,
+        categorical=cfg.categorical,
+        continuous=cfg.continuous,
+        datetime=cfg.datetime,
+    )
     names = np.array(row_names(path, len(frame)), dtype=object)
     dropped: dict[str, int] = {}
     keep = np.array(frame[cfg.target].notna(), dtype=bool)
     if (~keep).any():
-        dropped["no label"] = int((~keep).sum())
+        dropped[f"no label (column {cfg.target!r})"] = int((~keep).sum())
     if cfg.missing == "drop":
         incomplete = np.zeros(len(frame), dtype=bool)
-        for c in features:
+        for c in roles.sources:
             incomplete |= is_missing(frame[c])
         if (incomplete & keep).any():
             dropped["missing value (data.missing=drop)"] = int((incomplete & keep).sum())
@@ -353,10 +400,48 @@ def load_table(cfg: DataConfig) -> LoadedTable:
         raise GaalError(f"no row left after dropping {dropped}", source=source, field=cfg.target)
     problems = Problems(source, names, cfg.skip_bad)
     if cfg.missing == "error":
-        find_missing(frame, features, problems)
+        find_missing(frame, roles.sources, problems)
     labels, class_names = _labels(frame[cfg.target])
     split, split_info = _choose_split(frame, cfg, labels, problems, has_split)
-    return LoadedTable(path, frame, names, features, labels, class_names, split, split_info, problems, dropped)
+    train_only = {}
+    if cfg.rare_classes == "train":
+        for cls in rare_classes(labels, split, class_names):
+            split[labels == class_names.index(cls)] = "train"
+            train_only[cls] = int(np.sum(labels == class_names.index(cls)))
+    id_column = cfg.id_column or next(iter(roles.of("id")), None)
+    return LoadedTable(
+        path, frame, names, roles, id_column, labels, class_names, split, split_info, problems, dropped, train_only
+    )
+
+
+@dataclass
+class CheckedTable:
+    """A user table read, typed, encoded and checked: what training and `gaal data inspect` share."""
+
+    table: LoadedTable
+    state: TableState
+    notes: Notes
+    rows: Rows
+
+
+def check_table(cfg: DataConfig, state: TableState | None = None, *, headers: bool = True) -> CheckedTable:
+    """The one path of reading, roles, checks and split that `gaal train` and `gaal data inspect` run.
+
+    Args:
+        state: a trained run's fitted preprocessing (`gaal eval`): encode with it, fit nothing.
+        headers: open each image's header (inspect; training with the cache decodes every file
+            anyway, so it only checks that each exists).
+    """
+    t = load_table(cfg)
+    if state is None:
+        # bad image cells first, so that their rows stay out of the fitted statistics
+        image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
+        bad = np.isin(np.arange(len(t.frame)), list(t.problems.bad))
+        state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, t.roles, t.class_names, t.id_column)
+    encoded = apply_state(state, t.frame, t.path, problems=t.problems)
+    check_files(encoded.paths, t.problems, headers=headers)
+    rows = Rows(encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)))
+    return CheckedTable(t, state, encoded.notes, rows)
 
 
 def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> DataBundle:
@@ -368,21 +453,21 @@ def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> 
     Args:
         state: a trained run's fitted preprocessing (`gaal eval`): encode with it, fit nothing.
     """
-    t = load_table(cfg)
     saved = state
-    if state is None:
-        # bad image cells first, so that their rows stay out of the fitted statistics
-        image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
-        bad = np.isin(np.arange(len(t.frame)), list(t.problems.bad))
-        types = infer_types(t.frame, t.features, cfg.categorical, cfg.continuous)
-        state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, types, t.class_names)
-    encoded = apply_state(state, t.frame, t.path, problems=t.problems)
-    rows = Rows(encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)))
+    c = check_table(cfg, state, headers=not cfg.cache)
+    t, state = c.table, c.state
     enc = state.encoding
-    info = {"table": str(t.path), "target": cfg.target, "split": t.split_info, "encoding": enc.to_json()}
+    info = {
+        "table": str(t.path),
+        "target": cfg.target,
+        "split": t.split_info,
+        "train_only_classes": t.train_only,
+        "roles": state.roles.to_json()["columns"],
+        "encoding": enc.to_json(),
+    }
     cache = t.path.parent / ".gaal_cache" / t.path.stem
     data = bundle(
-        rows,
+        c.rows,
         TabularSchema(enc.names, enc.field_lengths),
         cfg,
         cache,
@@ -390,9 +475,12 @@ def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> 
         t.problems,
         info,
         label_column=cfg.target,
-        notes=encoded.notes,
+        notes=c.notes,
         preprocessing=state.to_json(),
         dropped_before=t.dropped,
+        files_checked=True,
+        drop_rare=cfg.rare_classes == "drop",
+        train_only=list(t.train_only),
     )
     if saved is not None and data.class_names != saved.class_names:
         raise GaalError(
@@ -441,7 +529,12 @@ def _choose_split(
 def _split_column(values: pd.Series, problems: Problems) -> np.ndarray:
     split = values.astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
     for row in np.flatnonzero(split.isna().to_numpy()):
-        problems.add(row, f"split {values.iloc[row]!r} is not one of {', '.join(SPLITS)}", column=values.name)
+        problems.add(
+            row,
+            f"split {values.iloc[row]!r} is not one of {', '.join(SPLITS)}",
+            column=str(values.name),
+            kind=f"a split that is not one of {', '.join(SPLITS)}",
+        )
     return split.fillna("train").to_numpy(dtype=object)
 
 
@@ -455,36 +548,55 @@ def _check_groups_within_splits(groups: np.ndarray, split: np.ndarray, problems:
         problems.add_many(rows, f"group {group!r} is in more than one split ({', '.join(where)})", column=column)
 
 
-def inspect_table(cfg: DataConfig) -> dict:
-    """What training on the table would see, without writing anything (`gaal data inspect`).
+def inspect_table(cfg: DataConfig) -> tuple[dict, GaalError | None]:
+    """What training on the table would see and do, without writing anything (`gaal data inspect`).
+
+    Runs `check_table` and the dropping and split checks of training (`drop_bad`), all but the
+    image decoding (headers only).
 
     Returns:
-        Plain data: columns and their inferred types, class counts, missing values per column,
-        bad rows (unreadable or missing images, paths outside the folder), the split it would make.
+        Plain data (each column's role and why, missing and distinct values, classes per split
+        before and after dropping, bad rows, what would be dropped and why), and the error
+        training would raise (None when it would train).
     """
-    t = load_table(cfg)
-    paths = image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
-    check_files(paths, t.problems, headers=True)  # opens each file's header only
-    continuous, categorical = infer_types(t.frame, t.features, cfg.categorical, cfg.continuous)
-    classes = {name: int(np.sum(t.labels == i)) for i, name in enumerate(t.class_names)}
-    per_split = {
-        s: {name: int(np.sum((t.labels == i) & (t.split == s))) for i, name in enumerate(t.class_names)} for s in SPLITS
-    }
+    c = check_table(cfg, headers=True)
+    t = c.table
+    before = _split_counts(t.labels, t.split, t.class_names)
     bad = [
         {"row": t.names[row], "reason": reason, "column": column, "file": file}
         for row, (reason, column, file) in sorted(t.problems.bad.items())
     ]
-    return {
+    error, dropped, after = None, {}, None
+    try:
+        drop_rare = cfg.rare_classes == "drop"
+        kept, dropped = drop_bad(c.rows, t.problems, cfg.target, drop_rare=drop_rare, train_only=list(t.train_only))
+        after = _split_counts(kept.labels, kept.split, kept.class_names)
+    except GaalError as err:
+        error = err
+    roles = c.state.roles
+    found = {
         "table": str(t.path),
         "rows": len(t.frame) + sum(t.dropped.values()),
-        "continuous": continuous,
-        "categorical": categorical,
-        "classes": classes,
+        "roles": {name: {"role": r.role, "why": r.reason} for name, r in roles.columns.items()},
+        "continuous": roles.types()[0],
+        "categorical": roles.types()[1],
+        "id_column": t.id_column,
+        "classes": {name: int(np.sum(t.labels == i)) for i, name in enumerate(t.class_names)},
         "missing": {str(c): int(is_missing(t.frame[c]).sum()) for c in t.frame.columns},
-        # a categorical column with a value per row is an id (one-hot of width N): set data.id_column
         "distinct": {str(c): int(t.frame[c].nunique()) for c in t.frame.columns},
-        "dropped": t.dropped,
+        "dropped_before": t.dropped,
         "bad_rows": bad,
+        "dropped": {**t.dropped, **dropped},
+        "train_only_classes": t.train_only,
         "split": t.split_info,
-        "split_counts": per_split,
+        "split_counts": before,
+        "split_counts_trained": after,
+        "error": error.render() if error else None,
+    }
+    return found, error
+
+
+def _split_counts(labels: np.ndarray, split: np.ndarray, class_names: list[str]) -> dict:
+    return {
+        s: {name: int(np.sum((labels == i) & (split == s))) for i, name in enumerate(class_names)} for s in SPLITS
     }
