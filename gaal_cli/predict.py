@@ -22,7 +22,8 @@ import torch
 from gaal_cli.data.prediction_rows import PredictionRows, prediction_rows
 from gaal_cli.engine import load_run, predict_split, resolve_device, restore_method
 from gaal_cli.errors import GaalError
-from gaal_cli.results import atomic_write
+from gaal_cli.files import refuse_protected, write_file
+from gaal_cli.results import RunFolder
 
 HEADS = ("multi", "image", "tabular")
 PROB_PREFIX = "prob_"
@@ -72,6 +73,9 @@ def predict_table(
     if out.is_dir():
         raise GaalError("is a folder; expected the name of the CSV file to write", source=str(out), field="--out")
     state, config, file = load_run(run)
+    # never over the table, the checkpoint or any run's own files (refused before any work)
+    protected = [data, file, *RunFolder(file.parent).own_files(), *RunFolder(out.parent).own_files()]
+    refuse_protected(out, protected, "--out")
     where = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="gaal-predict-") as images:
         rows = prediction_rows(
@@ -94,8 +98,7 @@ def predict_table(
         )
     probs = torch.softmax(logits[head].double(), dim=1).numpy()
     table = output_frame(rows, probs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, table.to_csv(index=False, float_format="%.8g"))
+    write_file(out, table.to_csv(index=False, float_format="%.8g"), protected=protected, field="--out")
     return summarise(rows, probs, out)
 
 

@@ -47,8 +47,6 @@ stale, like one whose config changed: the sweep refuses to mix it with new resul
 from __future__ import annotations
 
 import copy
-import fcntl
-import functools
 import importlib.resources
 import itertools
 import os
@@ -67,13 +65,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import gaal_cli
 from gaal_cli.config import SEED_MAX, Config, Seed, config_from_mapping, read_yaml
 from gaal_cli.errors import GaalError, did_you_mean
-from gaal_cli.results import WHERE_KEYS, RunFolder, atomic_write, changed_keys, result_changes  # noqa: F401
+from gaal_cli.dependencies import changed_dependencies, file_hash  # noqa: F401
+from gaal_cli.files import write_file
+from gaal_cli.locks import FD_ENV, LOCK, is_locked, try_lock, write_holder  # noqa: F401
+from gaal_cli.results import WHERE_KEYS, RunFolder, changed_keys, result_changes  # noqa: F401
 
 EXPERIMENTS = Path("experiments")
 # the checkout an editable install runs from; a wheel carries the same files as gaal_cli/experiments
 CHECKOUT_EXPERIMENTS = Path(gaal_cli.__file__).resolve().parents[1] / "experiments"
-LOCK = ".lock"
-LOG = "train.log"
+LOG = RunFolder.LOG
 POLL_SECONDS = 0.5
 # runs failing with the same input error (exit code 2) before the sweep stops launching more
 SAME_ERROR_LIMIT = 2
@@ -495,40 +495,7 @@ def status(run: Run) -> str:
 
 def locked(folder: Path) -> bool:
     """Whether a live process holds the run folder's lock (it is training that run)."""
-    if not (folder / LOCK).exists():
-        return False
-    with open(folder / LOCK) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    return False
-
-
-def changed_dependencies(folder: RunFolder) -> list[str]:
-    """Dependencies of a finished run whose checkpoint now differs from the one it used.
-
-    A checkpoint that is gone changes nothing: committed results keep no checkpoints, and a
-    teacher trained again writes a new one, which then differs.
-    """
-    recorded = folder.read_report().get("dependencies", {})
-    return [record["path"] for record in recorded.values() if file_hash(record["path"]) not in (None, record["sha256"])]
-
-
-def file_hash(path: str) -> str | None:
-    """sha256 of a file (None when missing), computed once per file version in this process."""
-    file = Path(path)
-    if not file.is_file():
-        return None
-    stat = file.stat()
-    return _hash_version(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _hash_version(path: str, mtime_ns: int, size: int) -> str:
-    from gaal_cli.dependencies import sha256_file
-
-    return sha256_file(Path(path))
+    return is_locked(folder)
 
 
 def check_not_stale(sweep: Sweep) -> None:
@@ -594,31 +561,30 @@ def launch(run: Run, env: dict[str, str]) -> Active | str:
     """
     lock = log = None
     try:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        lock = os.open(run.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
+        lock = try_lock(run.folder, "gaal sweep")
+        if lock is None:
             return "running"
         if RunFolder(run.folder).done:
             os.close(lock)
             return "done"
-        atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
+        write_file(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
         command = run_command(run)
         log = open(run.folder / LOG, "a")
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
-        # the child inherits the locked descriptor: the lock lives as long as the run does
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,))
-    except OSError as err:
+        # the child inherits the locked descriptor and adopts it (gaal_cli.locks): the lock
+        # lives as long as the run does, and the run's own `gaal train` is not refused by it
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**env, FD_ENV: str(lock)}, pass_fds=(lock,)
+        )
+    except (OSError, GaalError) as err:
         if log is not None:
             log.close()
         if lock is not None:
             os.close(lock)
-        return Unwritable(f"cannot write the run folder {run.folder} ({err.strerror or type(err).__name__})")
-    os.ftruncate(lock, 0)
-    os.pwrite(lock, f"{process.pid}\n".encode(), 0)
+        why = err.render() if isinstance(err, GaalError) else err.strerror or type(err).__name__
+        return Unwritable(f"cannot write the run folder {run.folder} ({why})")
+    write_holder(lock, "gaal train, launched by gaal sweep", pid=process.pid)
     return Active(run, process, lock, log, time.monotonic())
 
 
@@ -643,8 +609,7 @@ def submit_sweep(sweep: Sweep, folder: Path, options=None, cluster: str = "slurm
         if status(run) in ("new", "partial") and all(RunFolder(need).done for need in run.needs)
     ]
     for run in pending:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
+        write_file(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
     jobs = submit_slurm([run_command(run) for run in pending], folder, options, cluster=cluster)
     return pending, jobs
 
