@@ -148,12 +148,14 @@ def _inherited(folder: Path) -> int | None:
 
 @contextlib.contextmanager
 def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
-    """Hold `folder`'s lock for the block (adopting the one a sweep handed down).
+    """Hold `folder`'s lock for the block (adopting the one a sweep handed down). When the
+    block fails, a lock file (and an empty folder) that this call created is removed again.
 
     Raises:
         GaalError: another process holds it (named), or the folder cannot be created.
     """
     folder = Path(folder)
+    new_folder, new_file = not folder.exists(), not (folder / LOCK).exists()
     fd = _inherited(folder)
     owned = fd is None
     if fd is None:
@@ -164,6 +166,14 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
         write_holder(fd, command)
     try:
         yield
+    except BaseException:
+        # a command refused on bad input leaves the folder as it found it
+        if owned and new_file:
+            (folder / LOCK).unlink(missing_ok=True)
+            if new_folder:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when nothing else was written
+        raise
     finally:
         if owned:
             os.close(fd)

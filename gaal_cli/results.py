@@ -197,8 +197,8 @@ class RunFolder:
 
     @property
     def holds_run(self) -> bool:
-        """Whether the folder holds a run, finished or not (a config.yaml or a checkpoint)."""
-        return any(self.file(name).is_file() for name in (self.CONFIG, self.CHECKPOINT, self.LAST))
+        """Whether training wrote here, finished or not (a checkpoint file alone is no run)."""
+        return any(self.file(name).is_file() for name in (self.CONFIG, self.METRICS, self.LAST, self.DONE))
 
     def own_files(self) -> list[Path]:
         """The layout's file names here, when the folder holds a run: no other command may write them."""
