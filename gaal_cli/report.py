@@ -631,7 +631,11 @@ def write_report(root: Path, out: Path) -> list[Path]:
         staging = out / STAGING
         remove_tree(staging)  # what a killed report left
         try:
-            built = build_report(runs, root, make_folder(staging))
+            try:
+                built = build_report(runs, root, make_folder(staging))
+            except GaalError as err:  # name the file the user asked for, not its staging copy
+                source = (err.source or "").replace(str(staging), str(out))
+                raise GaalError(err.message, source=source or None, field=err.field) from None
             with signals_held():
                 for file in built:
                     try:
