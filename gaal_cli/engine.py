@@ -225,10 +225,10 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     """
     t_start = time.perf_counter()
     run = RunFolder(out_dir)
-    run.check_writable()
     resolved = config.resolved()
-    if run.done and not restart:
+    if run.done and not restart:  # only read: a finished run on a read-only disk is shown too
         return finished_report(run, resolved)
+    run.check_writable()
     writer = is_main_process()
     with folder_lock(run.path, "gaal train") if writer else nullcontext():
         if writer:

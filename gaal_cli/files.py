@@ -177,11 +177,9 @@ def write_file(
                 fh.flush()
                 if sync:
                     os.fsync(raw.fileno())
-            except OSError:
-                raise
-            except Exception:
-                if fh.error is not None:
-                    raise fh.error from None
+            except Exception as err:
+                if fh.error is not None and not isinstance(err, OSError):
+                    raise fh.error from None  # the OS error the writer wrapped in its own
                 raise
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a written file is not
         os.replace(tmp, path)

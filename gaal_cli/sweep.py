@@ -26,9 +26,10 @@ a sweep launches no run whose inputs are missing. Each run is then its own proce
 (`python -m gaal_cli train <run>/config.yaml --out <run>`, output in `<run>/train.log`), so a
 crash or kill of one run cannot touch another; when runs keep failing with the same input error
 (exit code 2), the sweep stops launching and says so. A run folder that cannot be written fails
-that run, and the sweep goes on to its summary. A run holds an exclusive lock on `<run>/.lock`
-(which records its pid) for as long as it lives, so a second sweep over the same file skips
-runs that are in progress instead of training them twice. Finished runs (DONE + report.json)
+that run, and the sweep goes on to its summary. A run holds its folder's lock (`<run>/.lock`,
+gaal_cli.locks: the one rule of every writer, naming host, pid and since when) for as long as it
+lives: the sweep takes it before launching and hands it to the run's `gaal train`, so a second
+sweep over the same file, or a `gaal train` into the same folder, leaves runs in progress alone. Finished runs (DONE + report.json)
 are skipped; an interrupted one is retrained, resuming from its last epoch (see engine.train).
 
 A run may depend on another run's checkpoint (a KD teacher, FMR's fixed model, `model.init_from`;
