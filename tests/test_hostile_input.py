@@ -648,3 +648,38 @@ def test_report_twice_gives_byte_identical_files(tmp_path):
         outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir()) if p.name != ".lock"})
     assert "fig4_curves.svg" in outputs[0] and "fig4_curves.pdf" in outputs[0]
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replace_with_swaps_a_finished_run_in_whole_with_or_without_an_atomic_exchange(tmp_path, monkeypatch, exchange):
+    from gaal_cli import results
+
+    if not exchange:  # a system or file system without renameat2: two renames
+        monkeypatch.setattr(results, "_exchange", lambda a, b: False)
+    old, new = RunFolder(tmp_path / "run"), RunFolder(tmp_path / "run").aside()
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.path.mkdir()
+        (folder.path / "report.json").write_text(text)
+    old.replace_with(new)
+    assert (tmp_path / "run" / "report.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_swap_cut_between_its_two_renames_is_undone(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    replaced = tmp_path / ".run.replaced"  # the old run, moved away just before the kill
+    replaced.mkdir()
+    (replaced / "DONE").write_text("")
+    run.recover()
+    assert (tmp_path / "run" / "DONE").exists() and not replaced.exists()
+
+
+def test_a_second_report_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    from gaal_cli.locks import folder_lock
+
+    report_run(tmp_path / "runs", "gaal", 1, 0.5)
+    out = tmp_path / "rep"
+    with folder_lock(out, "gaal report"):
+        result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out)])
+    assert_refused(result, "is being written by gaal report", f"pid {os.getpid()}")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
