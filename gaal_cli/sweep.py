@@ -67,7 +67,7 @@ import gaal_cli
 from gaal_cli.config import SEED_MAX, Config, Seed, config_from_mapping, read_yaml
 from gaal_cli.errors import GaalError, did_you_mean
 from gaal_cli.dependencies import changed_dependencies, file_hash  # noqa: F401
-from gaal_cli.files import write_file
+from gaal_cli.files import Terminated, write_file
 from gaal_cli.locks import FD_ENV, LOCK, is_locked, try_lock, write_holder  # noqa: F401
 from gaal_cli.results import WHERE_KEYS, RunFolder, changed_keys, result_changes  # noqa: F401
 
@@ -672,8 +672,8 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
 
     A failed run is recorded and the sweep goes on, until SAME_ERROR_LIMIT runs have failed
     with the same input error: then no more runs are launched (`Outcome.not_started`). Ctrl-C
-    stops the runs in progress (they keep their last epoch, so the next sweep resumes them)
-    and is raised again.
+    (or SIGTERM) stops the runs in progress (they keep their last epoch, so the next sweep
+    resumes them) and is raised again.
 
     Raises:
         GaalError: a stale finished run, or runs whose inputs are missing (nothing is launched).
@@ -728,7 +728,7 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
                 now = time.monotonic()
                 elapsed = [now - a.started for a in active]
                 progress.update(active, len(todo), eta_seconds(durations, len(todo), elapsed, workers))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: the runs stop with the sweep
             _stop(active)
             raise
     return outcome
