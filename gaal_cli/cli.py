@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gaal_cli.errors import GaalError
 
@@ -37,19 +38,32 @@ def _options(
     """Options of `gaal` itself, given before the command (Typer adds the shell-completion ones)."""
 
 
+INTERRUPTED = (
+    "the run folder keeps its last finished epoch (an interrupted --restart leaves the finished run as it was); "
+    "rerun the same command to resume"
+)
+
+
 def user_errors(command):
-    """Report GaalError as one paragraph with exit code 2; Ctrl-C as an interruption."""
+    """Report GaalError as one paragraph with exit code 2; Ctrl-C and SIGTERM as an interruption
+    (SIGTERM raises while the command runs, so temporary files are removed: gaal_cli.files)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from gaal_cli.files import TERMINATED_EXIT, Terminated, sigterm_raises
+
         try:
-            return command(*args, **kwargs)
+            with sigterm_raises():
+                return command(*args, **kwargs)
         except GaalError as err:
             stderr.print(f"[bold red]error:[/] {err.render()}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            stderr.print("[yellow]interrupted: the run folder has no report; rerun the same command to resume.")
+            stderr.print(f"[yellow]interrupted:[/] {INTERRUPTED}", highlight=False)
             raise typer.Exit(130) from None
+        except Terminated:
+            stderr.print(f"[yellow]terminated:[/] {INTERRUPTED}", highlight=False)
+            raise typer.Exit(TERMINATED_EXIT) from None
 
     return wrapper
 
@@ -76,10 +90,14 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="Override any config key: --set methods.gaal.epsilon=0.1"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     restart: bool = typer.Option(
-        False, "--restart", help="Train from epoch 1 whatever the run folder holds (a broken last.pt, another run)."
+        False,
+        "--restart",
+        help="Train from epoch 1 whatever the run folder holds (a finished run is kept until the new one finishes).",
     ),
 ) -> None:
-    """Train one run and write config, per-epoch metrics, best checkpoint and report.json."""
+    """Train one run and write config, per-epoch metrics, best checkpoint and report.json.
+
+    A finished run of the same config is shown, not trained again (--restart retrains it)."""
     from gaal_cli.config import load_config
     from gaal_cli.display import metrics_table
     from gaal_cli.distributed import is_main_process
@@ -103,9 +121,8 @@ def train(
     report = run_training(config, run_dir, show_progress=not quiet, restart=restart)
     if not is_main_process():
         return
-    stdout.print(
-        metrics_table(f"{config.method} on {config.data.name} (best epoch {report['best_epoch']})", report["metrics"])
-    )
+    best = report.get("best_epoch", "?")
+    stdout.print(metrics_table(f"{config.method} on {config.data.name} (best epoch {best})", report["metrics"]))
     stdout.print(f"run folder: {run_dir}")
 
 
@@ -119,23 +136,31 @@ def evaluate(
     data: Path | None = typer.Option(None, "--data", help="The run's .csv/.parquet table, if it moved."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    last: bool = typer.Option(
+        False, "--last", help="Evaluate an unfinished run's last saved epoch (last.pt) instead of refusing."
+    ),
 ) -> None:
-    """Evaluate a trained run's best checkpoint on one split (a table encoded with the run's saved preprocessing)."""
+    """Evaluate a finished run's best checkpoint on one split (a table encoded with the run's saved preprocessing).
+
+    An unfinished run is refused, naming its state; --last evaluates its last saved epoch."""
     from gaal_cli.display import metrics_table
     from gaal_cli.engine import evaluate_checkpoint
-    from gaal_cli.results import to_json
+    from gaal_cli.results import checkpoint_to_evaluate, to_json
 
     if split not in ("train", "val", "test"):
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
     if missing not in (None, "tabular", "image"):
         raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
     overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
-    metrics, config = evaluate_checkpoint(run, split, missing, overrides)
+    file, note = checkpoint_to_evaluate(run, last)
+    if note:  # on stderr, so that --json output stays JSON
+        stderr.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    metrics, config = evaluate_checkpoint(file, split, missing, overrides)
     if as_json:
         stdout.print_json(to_json(metrics))
         return
     title = f"{config.method} on {config.data.name}, {split}" + (f", {missing} missing" if missing else "")
-    stdout.print(metrics_table(title, {split: metrics}))
+    stdout.print(metrics_table(title + (", last.pt" if last else ""), {split: metrics}))
 
 
 @app.command()

@@ -23,6 +23,7 @@ rebuild the method's shapes).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,3 +261,27 @@ def required_dependency(dependencies: dict[str, Dependency], field: str, method:
             field=f"methods.{method}.{field}",
         )
     return dep
+
+
+def changed_dependencies(folder: RunFolder) -> list[str]:
+    """Dependencies of a finished run whose checkpoint now differs from the one it used.
+
+    A checkpoint that is gone changes nothing: committed results keep no checkpoints, and a
+    teacher trained again writes a new one, which then differs.
+    """
+    recorded = folder.read_report().get("dependencies", {})
+    return [record["path"] for record in recorded.values() if file_hash(record["path"]) not in (None, record["sha256"])]
+
+
+def file_hash(path: str) -> str | None:
+    """sha256 of a file (None when missing), computed once per file version in this process."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    stat = file.stat()
+    return _hash_version(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_version(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(Path(path))

@@ -27,17 +27,25 @@ from gaal_cli.contributions import run_shapley
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle, SplitDataset
 from gaal_cli.data.recipes import TABLE_SUFFIXES
-from gaal_cli.dependencies import Dependency, init_encoders, load_dependencies, recorded_dependencies
+from gaal_cli.dependencies import (
+    Dependency,
+    changed_dependencies,
+    init_encoders,
+    load_dependencies,
+    recorded_dependencies,
+)
 from gaal_cli.display import EpochProgress, console
-from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment
+from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment, is_main_process
 from gaal_cli.errors import GaalError
 from gaal_cli.health import GradientFlow, assess, class_counts, dependency_reports, feature_spread, trained_encoders
 from gaal_cli.health import warning_text as health_warning
+from gaal_cli.files import remove_tree
+from gaal_cli.locks import folder_lock
 from gaal_cli.methods import Method, build_method
 from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
 from gaal_cli.models import build_encoders
-from gaal_cli.results import RESTART_HINT, RunFolder, atomic_write, load_checkpoint, load_state, to_json
+from gaal_cli.results import RESTART_HINT, RunFolder, load_checkpoint, load_state, to_json
 from gaal_cli.stages import WHOLE_RUN, PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
 
 LOG_EVERY = 10
@@ -208,21 +216,68 @@ def start_stage(s: Session, planned: PlannedStage) -> None:
 def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, restart: bool = False) -> dict[str, Any]:
     """Train `config` into the run folder `out_dir` and return its report.
 
-    A folder holding an interrupted run of the same config resumes from its last epoch; one
-    holding a finished run of the same config is trained again from scratch; one holding a
-    finished run of another config is refused. `restart` trains from epoch 1 whatever the folder
-    holds (an unreadable last.pt, another config's run). Under torchrun only rank 0 writes.
+    A finished run is final: one of the same config is returned as it is, without touching a
+    byte of its folder; one of another config, or trained from a dependency that has changed
+    since, is refused. A folder holding an interrupted run of the same config resumes from its
+    last epoch. `restart` trains from epoch 1 whatever the folder holds (an unreadable last.pt,
+    another config's run); over a finished run it trains aside and swaps the new run in only
+    once it has finished (RunFolder.aside, RunFolder.replace_with), so a kill keeps the old one.
+    The writing process holds the folder's lock (gaal_cli.locks) from start to end; under
+    torchrun only rank 0 writes and locks.
 
     Raises:
-        GaalError: bad input found while setting up (nothing is written in that case), or a
-            non-finite training loss (the folder keeps the last finished epoch).
+        GaalError: bad input found while setting up (nothing is written in that case), another
+            process writing the folder, or a non-finite training loss (the folder keeps the last
+            finished epoch).
     """
     t_start = time.perf_counter()
     run = RunFolder(out_dir)
-    run.check_writable()
     resolved = config.resolved()
-    if not restart:
-        run.refuse_overwrite(resolved)
+    if run.done and not restart:  # only read: a finished run on a read-only disk is shown too
+        return finished_report(run, resolved)
+    run.check_writable()
+    writer = is_main_process()
+    with folder_lock(run.path, "gaal train") if writer else nullcontext():
+        if writer:
+            run.recover()
+        if run.done and not restart:  # another process finished it while this one started
+            return finished_report(run, resolved)
+        target = run.aside() if run.done else run
+        if target is not run and writer:
+            remove_tree(target.path)  # what a killed --restart left
+        report = train_in(config, target, resolved, t_start, show_progress=show_progress, restart=restart)
+        if target is not run and writer:
+            run.replace_with(target)
+    return report
+
+
+def finished_report(run: RunFolder, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The report of the finished run in `run` when it is a run of the config `resolved` and
+    its dependencies are those it was trained from; the folder is only read.
+
+    Raises:
+        GaalError: a run of another config, one trained from a dependency that has changed
+            since, or a report.json that cannot be read; each names --restart.
+    """
+    run.refuse_overwrite(resolved)
+    changed = changed_dependencies(run)
+    if changed:
+        raise GaalError(
+            f"holds a finished run trained from a dependency that has changed since ({', '.join(changed)}); "
+            "pass --restart to train it again from the current one",
+            source=str(run.path),
+        )
+    report = run.read_report()
+    if not isinstance(report.get("metrics"), dict):
+        raise GaalError("has no 'metrics' object; pass --restart to train the run again", source=str(run.file(run.REPORT)))
+    console.print(f"{run.path} holds a finished run of this config: nothing trained (--restart trains it again)", markup=False)
+    return report
+
+
+def train_in(
+    config: Config, run: RunFolder, resolved: dict[str, Any], t_start: float, *, show_progress: bool, restart: bool
+) -> dict[str, Any]:
+    """Train `config` in `run` (resuming an interrupted attempt unless `restart`); see `train`."""
     s = setup(config)
     inputs_at_test(config, s.method.modalities)  # refused before anything is written
     state = None if restart else run.resumable(resolved)
@@ -236,7 +291,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     if s.comm.is_main:
         run.start(resolved, resume_epoch=state["epoch"] if state is not None else None)
         if s.data.preprocessing is not None:
-            atomic_write(run.file(RunFolder.PREPROCESSING), to_json(s.data.preprocessing, indent=1))
+            run.write(RunFolder.PREPROCESSING, to_json(s.data.preprocessing, indent=1))
         else:
             run.file(RunFolder.PREPROCESSING).unlink(missing_ok=True)
     start_epoch, best = first_epoch, {"score": -1.0, "epoch": 0, "stale": 0}

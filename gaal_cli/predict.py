@@ -31,7 +31,8 @@ from gaal_cli.data.prediction_rows import PredictionRows, embedded_rows, is_embe
 from gaal_cli.data.table_prep import SPLITS
 from gaal_cli.engine import load_run, predict_split, resolve_device, restore_method
 from gaal_cli.errors import GaalError
-from gaal_cli.results import atomic_write
+from gaal_cli.files import refuse_protected, write_file
+from gaal_cli.results import RunFolder
 
 HEADS = ("multi", "image", "tabular")
 PROB_PREFIX = "prob_"
@@ -83,6 +84,9 @@ def predict_table(
     if out.is_dir():
         raise GaalError("is a folder; expected the name of the CSV file to write", source=str(out), field="--out")
     state, config, file = load_run(run)
+    # never over the table, the checkpoint or any run's own files (refused before any work)
+    protected = [data, file, *RunFolder(file.parent).own_files(), *RunFolder(out.parent).own_files()]
+    refuse_protected(out, protected, "--out")
     where = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="gaal-predict-") as images:
         if is_embedded(config.data.name):
@@ -109,8 +113,7 @@ def predict_table(
         )
     probs = torch.softmax(logits[head].double(), dim=1).numpy()
     table = output_frame(rows, probs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, table.to_csv(index=False, float_format="%.8g"))
+    write_file(out, table.to_csv(index=False, float_format="%.8g"), protected=protected, field="--out")
     return summarise(rows, probs, out)
 
 

@@ -21,6 +21,7 @@ readable on its own.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ import pandas as pd
 from gaal_cli.config import read_yaml_file
 from gaal_cli.contributions import MODALITIES, negative_rate, run_shapley
 from gaal_cli.errors import GaalError
+from gaal_cli.files import make_folder, os_error, remove_tree, signals_held, write_file
 from gaal_cli.health import CHECKS, folder_health
+from gaal_cli.locks import folder_lock
 from gaal_cli.results import RunFolder, finished_runs
 from gaal_cli.sweep import WHERE_KEYS, format_value
 
@@ -502,6 +505,8 @@ STYLE = {
     "legend.fontsize": 8,
     "svg.fonttype": "none",
     "pdf.fonttype": 42,
+    # SVG element ids are random unless salted: a fixed salt makes the same figure the same bytes
+    "svg.hashsalt": "gaal",
 }
 FORMATS = (".png", ".pdf", ".svg")
 HEAD_LABELS = {"multi": "Multi", "image": "Image", "tabular": "Tabular"}
@@ -524,9 +529,11 @@ def _save(fig, path: Path) -> Path:
 
     fig.tight_layout()
     for suffix in FORMATS:
-        # no creation date in the vector files, so a rebuilt report is byte-identical
+        # no creation date in the vector files (and salted SVG ids, see STYLE), so a rebuilt
+        # report over the same runs is byte-identical
         metadata = {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None
-        fig.savefig(path.with_suffix(suffix), dpi=200, metadata=metadata)
+        options = {"format": suffix[1:], "dpi": 200, "metadata": metadata}
+        write_file(path.with_suffix(suffix), lambda fh: fig.savefig(fh, **options), sync=False)
     plt.close(fig)
     return path.with_suffix(".png")
 
@@ -686,34 +693,64 @@ def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
 # ---------------------------------------------------------------- the whole report
 
 
+#: where a report is built before its files replace the old ones together
+STAGING = ".staging"
+
+
 def write_report(root: Path, out: Path) -> list[Path]:
     """Write runs.csv, one Markdown + CSV table per table kind with its modality diagnostics,
     the figures (PNG, PDF, SVG) and report.md.
+
+    Every file is built first in `out/.staging`, then all are renamed into `out` at once with
+    SIGTERM and Ctrl-C held back, so a stopped report leaves the old files all in place, never
+    new ones beside old ones. `out` is locked like a run folder (gaal_cli.locks) meanwhile.
 
     Returns:
         The files written.
 
     Raises:
-        GaalError: no finished runs, or two runs filling the same table cell.
+        GaalError: no finished runs, two runs filling the same table cell, another process
+            writing `out`, or a file that cannot be written (names it and why).
     """
     runs = load_runs(root)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "gaal report"):
+        staging = out / STAGING
+        remove_tree(staging)  # what a killed report left
+        try:
+            try:
+                built = build_report(runs, root, make_folder(staging))
+            except GaalError as err:  # name the file the user asked for, not its staging copy
+                source = (err.source or "").replace(str(staging), str(out))
+                raise GaalError(err.message, source=source or None, field=err.field) from None
+            with signals_held():
+                for file in built:
+                    try:
+                        os.replace(file, out / file.name)
+                    except OSError as err:
+                        raise os_error(err, out / file.name) from None
+        finally:
+            remove_tree(staging)
+    return [out / file.name for file in built]
+
+
+def build_report(runs: pd.DataFrame, root: Path, out: Path) -> list[Path]:
+    """Write every file of the report on `runs` into the folder `out`; returns them."""
     written = [out / "runs.csv"]
-    runs.sort_values(["experiment", "folder"]).to_csv(written[0], index=False)
+    write_file(written[0], runs.sort_values(["experiment", "folder"]).to_csv(index=False), sync=False)
     sections = [f"# Results under {root}\n\n{len(runs)} finished runs; test metrics, mean ± std over seeds.\n"]
     for kind, (part, rows) in tables(runs).items():
         summary = summarize(part, rows)
-        summary.to_csv(out / f"{kind}.csv", index=False)
+        write_file(out / f"{kind}.csv", summary.to_csv(index=False), sync=False)
         table = markdown(summary, rows)
-        (out / f"{kind}.md").write_text(table)
+        write_file(out / f"{kind}.md", table, sync=False)
         others = []
         for metric, name in list(METRICS.items())[1:]:
             other = markdown(summary, rows, metric)
-            (out / f"{kind}_{metric}.md").write_text(other)
+            write_file(out / f"{kind}_{metric}.md", other, sync=False)
             written.append(out / f"{kind}_{metric}.md")
             others.append(f"### Test {name}\n\n{other}")
         diagnostics = diagnostics_markdown(summarize_diagnostics(part, rows), rows)
-        (out / f"{kind}_diagnostics.md").write_text(diagnostics)
+        write_file(out / f"{kind}_diagnostics.md", diagnostics, sync=False)
         written += [out / f"{kind}.csv", out / f"{kind}.md", out / f"{kind}_diagnostics.md"]
         experiments = ", ".join(sorted(part["experiment"].unique()))
         sections.append(
@@ -739,9 +776,9 @@ def write_report(root: Path, out: Path) -> list[Path]:
             written += [figure.with_suffix(s) for s in FORMATS]
             sections.append(f"## {title}\n\n![{figure.stem}]({figure.name})\n")
     health = health_markdown(runs)
-    (out / "health.md").write_text(health)
+    write_file(out / "health.md", health, sync=False)
     sections.append(f"## Run health\n\n{health}")
-    (out / "report.md").write_text("\n".join(sections))
+    write_file(out / "report.md", "\n".join(sections), sync=False)
     return [*written, out / "health.md", out / "report.md"]
 
 

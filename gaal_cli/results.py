@@ -9,17 +9,23 @@
     <run>/report.json     final metrics; present only when the run finished
     <run>/DONE            marker written last; reruns skip a folder that has it
     <run>/train.log       output of the run when a sweep launched it (gaal_cli.sweep)
-    <run>/.lock           held by the process training the run, when a sweep launched it
+    <run>/.lock           held by the process writing the run (gaal_cli.locks), naming it
 
-Single files are written to a temporary name and renamed, so a killed run never leaves a
-half-written one; the .jsonl logs are appended a line at a time and a line cut short by a
-kill is skipped when read. Every JSON file is strict JSON: a NaN or infinite number is written
+A finished run is final: training it again with the same config changes nothing, and
+`--restart` trains the new run aside, in `<parent>/.<name>.restart/`, and swaps the two folders
+only once it has finished (`RunFolder.replace_with`), so a kill at any moment leaves the old
+result whole.
+
+Single files are written through gaal_cli.files.write_file (a temporary name, then a rename),
+so a killed run never leaves a half-written one; the .jsonl logs are appended a line at a time
+and a line cut short by a kill is skipped when read. Every JSON file is strict JSON: a NaN or infinite number is written
 as null. Checkpoints are read with `torch.load(weights_only=True)`: tensors and plain data only,
 so loading a shared run folder cannot run code.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import math
@@ -34,6 +40,8 @@ import yaml
 
 from gaal_cli.config import read_yaml_file
 from gaal_cli.errors import GaalError
+from gaal_cli.files import make_folder, os_error, remove_tree, write_file
+from gaal_cli.locks import is_locked, read_holder
 
 # settings of where and how fast a run trains, not of what it computes: a finished run that
 # differs from a config only in these is still a run of that config
@@ -164,15 +172,6 @@ def _added_at_default(key: str, saved: Any, wanted: dict, defaults: dict | None)
     return today is not _MISSING and today == default
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class RunFolder:
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"
@@ -182,6 +181,9 @@ class RunFolder:
     REPORT = "report.json"
     PREPROCESSING = "preprocessing.json"  # a user table's fitted encoding (TableState), when there is one
     DONE = "DONE"
+    LOG = "train.log"
+    #: the files of the layout: no command but the run's own training writes them
+    OWN_FILES = (CONFIG, METRICS, STEPS, CHECKPOINT, LAST, REPORT, PREPROCESSING, DONE, LOG, ".lock")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -192,6 +194,61 @@ class RunFolder:
     @property
     def done(self) -> bool:
         return self.file(self.DONE).exists() and self.file(self.REPORT).exists()
+
+    @property
+    def holds_run(self) -> bool:
+        """Whether training wrote here, finished or not (a checkpoint file alone is no run)."""
+        return any(self.file(name).is_file() for name in (self.CONFIG, self.METRICS, self.LAST, self.DONE))
+
+    def own_files(self) -> list[Path]:
+        """The layout's file names here, when the folder holds a run: no other command may write them."""
+        return [self.file(name) for name in self.OWN_FILES] if self.holds_run else []
+
+    def state(self) -> str:
+        """'finished', or what an unfinished folder is: being trained (by whom), interrupted
+        (after which epoch), or holding no run."""
+        if self.done:
+            return "finished"
+        if is_locked(self.path):
+            holder = read_holder(self.path)
+            return "being trained now" + (f" by {holder.describe()}" if holder else "")
+        epochs = [row.get("epoch") for row in self.read_metrics() if isinstance(row, dict)]
+        if self.file(self.LAST).exists() or epochs:
+            last = max((e for e in epochs if isinstance(e, int)), default=None)
+            return f"unfinished (interrupted{f' after epoch {last}' if last else ''}; no report.json or DONE)"
+        return "unfinished (no epoch trained)"
+
+    def aside(self) -> RunFolder:
+        """Where `--restart` trains a finished run again while the old result stays in place."""
+        return RunFolder(self.path.parent / f".{self.path.name}.restart")
+
+    def replace_with(self, new: RunFolder) -> None:
+        """Put the finished run `new` in this folder's place and remove the old one.
+
+        The two folders are exchanged in one atomic step where the system can (Linux's
+        renameat2), so any reader sees the old run or the new one; elsewhere in two renames,
+        with the old folder kept under `.<name>.replaced` until the new one is in place.
+
+        Raises:
+            GaalError: the OS refused a rename.
+        """
+        try:
+            if _exchange(new.path, self.path):
+                remove_tree(new.path)  # now the old run
+                return
+            old = self.path.parent / f".{self.path.name}.replaced"
+            remove_tree(old)
+            os.rename(self.path, old)
+            os.rename(new.path, self.path)
+            remove_tree(old)
+        except OSError as err:
+            raise os_error(err, self.path, "cannot be replaced by the restarted run") from None
+
+    def recover(self) -> None:
+        """Undo a swap cut between its two renames (see `replace_with`): the old run returns."""
+        old = self.path.parent / f".{self.path.name}.replaced"
+        if old.is_dir() and not self.path.exists():
+            os.rename(old, self.path)
 
     def check_writable(self) -> None:
         """Fail early, before any work, if the folder cannot be created."""
@@ -207,7 +264,7 @@ class RunFolder:
         Without `resume_epoch` an earlier attempt is cleared; with it, epoch lines past that
         epoch (written after the last saved state of an interrupted run) are dropped.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         self.file(self.REPORT).unlink(missing_ok=True)
         self.file(self.DONE).unlink(missing_ok=True)
         for name in (self.METRICS, self.STEPS):
@@ -215,10 +272,10 @@ class RunFolder:
                 self.file(name).unlink(missing_ok=True)
             else:
                 rows = [r for r in _read_jsonl(self.file(name)) if r["epoch"] <= resume_epoch]
-                atomic_write(self.file(name), "".join(to_json(r) + "\n" for r in rows))
+                self.write(name, "".join(to_json(r) + "\n" for r in rows))
         if resume_epoch is None:
             self.file(self.LAST).unlink(missing_ok=True)
-        atomic_write(self.file(self.CONFIG), yaml.safe_dump(config, sort_keys=False))
+        self.write(self.CONFIG, yaml.safe_dump(config, sort_keys=False))
 
     def resumable(self, config: dict[str, Any]) -> dict | None:
         """The last-epoch state of an interrupted run with the same config, if there is one.
@@ -280,15 +337,17 @@ class RunFolder:
     def read_steps(self) -> list[dict[str, Any]]:
         return _read_jsonl(self.file(self.STEPS))
 
+    def write(self, name: str, content: bytes | str) -> None:
+        """Write one of the run's files (gaal_cli.files.write_file: aside, then renamed)."""
+        write_file(self.file(name), content)
+
     def save(self, name: str, state: dict[str, Any]) -> None:
-        tmp = self.file(f".{name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.file(name))
+        write_file(self.file(name), lambda fh: torch.save(state, fh))
 
     def finish(self, report: dict[str, Any]) -> None:
-        atomic_write(self.file(self.REPORT), to_json(report, indent=2))
+        self.write(self.REPORT, to_json(report, indent=2))
         self.file(self.LAST).unlink(missing_ok=True)
-        atomic_write(self.file(self.DONE), "")
+        self.write(self.DONE, "")
 
     def read_report(self) -> dict[str, Any]:
         """The run's report.json.
@@ -306,6 +365,41 @@ class RunFolder:
         return report
 
 
+def checkpoint_to_evaluate(path: str | Path, last: bool = False) -> tuple[Path, str | None]:
+    """The checkpoint `gaal eval` reads for `path`, and a note when it is no finished result.
+
+    A run folder must hold a finished run: an unfinished run's checkpoint.pt is only its best
+    epoch so far, and a number from it would pass for the run's result. `last` takes the last
+    saved epoch (last.pt) of an unfinished run instead, and the note says so. A checkpoint
+    file named directly is read as it is, with a note when it belongs to an unfinished run.
+
+    Raises:
+        GaalError: an unfinished run without `last` (naming its state), or no last.pt with it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        if last:
+            raise GaalError("--last takes a run folder, not a checkpoint file", source=str(path))
+        folder = RunFolder(path.parent)
+        if path.name in (RunFolder.CHECKPOINT, RunFolder.LAST) and folder.holds_run and not folder.done:
+            return path, f"{path} belongs to a run that is {folder.state()}: this is not a finished result"
+        return path, None
+    run = RunFolder(path)
+    if last:
+        file = run.file(RunFolder.LAST)
+        if not file.is_file():
+            finished = "; evaluate it without --last" if run.done else ""
+            raise GaalError(f"has no last.pt to evaluate (the run is {run.state()}{finished})", source=str(path))
+        return file, f"evaluating {file}, the last saved epoch of a run that is {run.state()}: not a finished result"
+    if run.holds_run and not run.done:
+        raise GaalError(
+            f"holds a run that is {run.state()}: its checkpoint.pt is only the best epoch so far, not a result. "
+            "Finish it with the same `gaal train` command, or evaluate its last saved epoch with --last",
+            source=str(path),
+        )
+    return path, None
+
+
 def default_run_folder(config: Any, root: Path = Path("results")) -> Path:
     """`<root>/<experiment>/<dataset>/<method>/seed<seed>`: runs on different datasets never share
     a folder. A table's dataset name is a path; its file name, made safe, names the folder."""
@@ -320,15 +414,39 @@ def dataset_folder(name: str) -> str:
 
 def finished_runs(root: str | Path) -> list[RunFolder]:
     """Every finished run folder at or below `root` (an unfinished one is never counted)."""
-    folders = (RunFolder(report.parent) for report in sorted(Path(root).rglob(RunFolder.REPORT)))
-    return [folder for folder in folders if folder.done]
+    root = Path(root)
+    reports = (r for r in sorted(root.rglob(RunFolder.REPORT)) if not _hidden(r.parent.relative_to(root)))
+    return [folder for folder in (RunFolder(r.parent) for r in reports) if folder.done]
+
+
+def _hidden(relative: Path) -> bool:
+    """A folder gaal keeps out of sight: a run restarted aside, one being replaced, a staging folder."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_cwd, exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this file system cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
 
 
 def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a") as fh:
-        fh.write("".join(to_json(row) + "\n" for row in rows))
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "a") as fh:
+            fh.write("".join(to_json(row) + "\n" for row in rows))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise os_error(err, path) from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -26,9 +26,10 @@ a sweep launches no run whose inputs are missing. Each run is then its own proce
 (`python -m gaal_cli train <run>/config.yaml --out <run>`, output in `<run>/train.log`), so a
 crash or kill of one run cannot touch another; when runs keep failing with the same input error
 (exit code 2), the sweep stops launching and says so. A run folder that cannot be written fails
-that run, and the sweep goes on to its summary. A run holds an exclusive lock on `<run>/.lock`
-(which records its pid) for as long as it lives, so a second sweep over the same file skips
-runs that are in progress instead of training them twice. Finished runs (DONE + report.json)
+that run, and the sweep goes on to its summary. A run holds its folder's lock (`<run>/.lock`,
+gaal_cli.locks: the one rule of every writer, naming host, pid and since when) for as long as it
+lives: the sweep takes it before launching and hands it to the run's `gaal train`, so a second
+sweep over the same file, or a `gaal train` into the same folder, leaves runs in progress alone. Finished runs (DONE + report.json)
 are skipped; an interrupted one is retrained, resuming from its last epoch (see engine.train).
 
 A run may depend on another run's checkpoint (a KD teacher, FMR's fixed model, `model.init_from`;
@@ -47,8 +48,6 @@ stale, like one whose config changed: the sweep refuses to mix it with new resul
 from __future__ import annotations
 
 import copy
-import fcntl
-import functools
 import importlib.resources
 import itertools
 import os
@@ -67,13 +66,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import gaal_cli
 from gaal_cli.config import SEED_MAX, Config, Seed, config_from_mapping, read_yaml
 from gaal_cli.errors import GaalError, did_you_mean
-from gaal_cli.results import WHERE_KEYS, RunFolder, atomic_write, changed_keys, result_changes  # noqa: F401
+from gaal_cli.dependencies import changed_dependencies, file_hash  # noqa: F401
+from gaal_cli.files import Terminated, write_file
+from gaal_cli.locks import FD_ENV, LOCK, is_locked, try_lock, write_holder  # noqa: F401
+from gaal_cli.results import WHERE_KEYS, RunFolder, changed_keys, result_changes  # noqa: F401
 
 EXPERIMENTS = Path("experiments")
 # the checkout an editable install runs from; a wheel carries the same files as gaal_cli/experiments
 CHECKOUT_EXPERIMENTS = Path(gaal_cli.__file__).resolve().parents[1] / "experiments"
-LOCK = ".lock"
-LOG = "train.log"
+LOG = RunFolder.LOG
 POLL_SECONDS = 0.5
 # runs failing with the same input error (exit code 2) before the sweep stops launching more
 SAME_ERROR_LIMIT = 2
@@ -495,40 +496,7 @@ def status(run: Run) -> str:
 
 def locked(folder: Path) -> bool:
     """Whether a live process holds the run folder's lock (it is training that run)."""
-    if not (folder / LOCK).exists():
-        return False
-    with open(folder / LOCK) as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    return False
-
-
-def changed_dependencies(folder: RunFolder) -> list[str]:
-    """Dependencies of a finished run whose checkpoint now differs from the one it used.
-
-    A checkpoint that is gone changes nothing: committed results keep no checkpoints, and a
-    teacher trained again writes a new one, which then differs.
-    """
-    recorded = folder.read_report().get("dependencies", {})
-    return [record["path"] for record in recorded.values() if file_hash(record["path"]) not in (None, record["sha256"])]
-
-
-def file_hash(path: str) -> str | None:
-    """sha256 of a file (None when missing), computed once per file version in this process."""
-    file = Path(path)
-    if not file.is_file():
-        return None
-    stat = file.stat()
-    return _hash_version(str(file.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _hash_version(path: str, mtime_ns: int, size: int) -> str:
-    from gaal_cli.dependencies import sha256_file
-
-    return sha256_file(Path(path))
+    return is_locked(folder)
 
 
 def check_not_stale(sweep: Sweep) -> None:
@@ -594,31 +562,30 @@ def launch(run: Run, env: dict[str, str]) -> Active | str:
     """
     lock = log = None
     try:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        lock = os.open(run.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
+        lock = try_lock(run.folder, "gaal sweep")
+        if lock is None:
             return "running"
         if RunFolder(run.folder).done:
             os.close(lock)
             return "done"
-        atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
+        write_file(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
         command = run_command(run)
         log = open(run.folder / LOG, "a")
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
-        # the child inherits the locked descriptor: the lock lives as long as the run does
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock,))
-    except OSError as err:
+        # the child inherits the locked descriptor and adopts it (gaal_cli.locks): the lock
+        # lives as long as the run does, and the run's own `gaal train` is not refused by it
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**env, FD_ENV: str(lock)}, pass_fds=(lock,)
+        )
+    except (OSError, GaalError) as err:
         if log is not None:
             log.close()
         if lock is not None:
             os.close(lock)
-        return Unwritable(f"cannot write the run folder {run.folder} ({err.strerror or type(err).__name__})")
-    os.ftruncate(lock, 0)
-    os.pwrite(lock, f"{process.pid}\n".encode(), 0)
+        why = err.render() if isinstance(err, GaalError) else err.strerror or type(err).__name__
+        return Unwritable(f"cannot write the run folder {run.folder} ({why})")
+    write_holder(lock, "gaal train, launched by gaal sweep", pid=process.pid)
     return Active(run, process, lock, log, time.monotonic())
 
 
@@ -643,8 +610,7 @@ def submit_sweep(sweep: Sweep, folder: Path, options=None, cluster: str = "slurm
         if status(run) in ("new", "partial") and all(RunFolder(need).done for need in run.needs)
     ]
     for run in pending:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
+        write_file(run.folder / RunFolder.CONFIG, yaml.safe_dump(run.config.resolved(), sort_keys=False))
     jobs = submit_slurm([run_command(run) for run in pending], folder, options, cluster=cluster)
     return pending, jobs
 
@@ -706,8 +672,8 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
 
     A failed run is recorded and the sweep goes on, until SAME_ERROR_LIMIT runs have failed
     with the same input error: then no more runs are launched (`Outcome.not_started`). Ctrl-C
-    stops the runs in progress (they keep their last epoch, so the next sweep resumes them)
-    and is raised again.
+    (or SIGTERM) stops the runs in progress (they keep their last epoch, so the next sweep
+    resumes them) and is raised again.
 
     Raises:
         GaalError: a stale finished run, or runs whose inputs are missing (nothing is launched).
@@ -762,7 +728,7 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
                 now = time.monotonic()
                 elapsed = [now - a.started for a in active]
                 progress.update(active, len(todo), eta_seconds(durations, len(todo), elapsed, workers))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: the runs stop with the sweep
             _stop(active)
             raise
     return outcome

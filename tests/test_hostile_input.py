@@ -396,3 +396,290 @@ def test_an_unwritable_run_folder_fails_that_run_and_the_sweep_reaches_its_summa
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and not isinstance(result.exception, OSError)
     assert "cannot write the run folder" in result.output and "1 failed" in result.output
+
+
+# ---------------------------------------------------------------- run folders you can trust (issue 20: lifecycle)
+# A finished run is final, --restart keeps the old result until the new one is finished, one
+# lock for every writer, one write helper (protected inputs, temp + rename, OS errors as exit 2),
+# deterministic report files.
+
+
+def snapshot(folder, lock=True):
+    """Every file under `folder` with its bytes and modification time (with `lock`, the lock's record too)."""
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file() and (lock or p.name != ".lock"))
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+def train_tiny(out, *extra):
+    result = runner.invoke(app, ["train", "--out", str(out), "-q", *sets([*TINY_RUN, *extra])])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+TINY_RUN = [
+    "data.synthetic.n_train=96",
+    "data.synthetic.n_val=48",
+    "data.synthetic.n_test=48",
+    "data.image_size=16",
+    "data.batch_size=32",
+    "model.feature_dim=16",
+    "model.tabular_hidden=[16]",
+    "train.epochs=2",
+    "train.device=cpu",
+    "train.threads=1",
+]
+
+
+def test_the_same_command_over_a_finished_run_leaves_it_byte_identical(tmp_path):
+    out = tmp_path / "run"
+    train_tiny(out)
+    before = snapshot(out)
+    result = train_tiny(out)
+    assert "nothing trained" in result.output and "multi" in result.output
+    assert snapshot(out) == before
+
+
+def test_a_restart_interrupted_midway_keeps_the_old_result(tmp_path, monkeypatch):
+    from gaal_cli import engine
+
+    out = tmp_path / "run"
+    train_tiny(out)
+    before = snapshot(out, lock=False)  # the lock's record names the restart: it held the folder
+    original, calls = engine.evaluate, {"n": 0}
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", interrupted_in_epoch_2)
+    config = load_config(overrides=TINY_RUN)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(config, out, show_progress=False, restart=True)
+    monkeypatch.setattr(engine, "evaluate", original)
+    assert snapshot(out, lock=False) == before and RunFolder(out).done
+    assert "nothing trained" in train_tiny(out).output  # the next command still sees it finished
+    assert runner.invoke(app, ["eval", str(out)]).exit_code == 0
+
+    report = engine.train(config, out, show_progress=False, restart=True)  # now to the end: swapped in
+    assert RunFolder(out).read_report()["timings"] == report["timings"] != json.loads(before[out / "report.json"][0])[
+        "timings"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no aside or replaced folder is left"
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_folder_and_allowed_after_it_is_killed(tmp_path):
+    import signal
+    import socket
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=CHECKOUT)
+    slow = [*TINY_RUN, "train.epochs=500", "train.patience=1000"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "gaal_cli", "train", "--out", str(out), "-q", *sets(slow)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert (out / "metrics.jsonl").exists(), "the first writer never logged an epoch"
+        result = runner.invoke(app, ["train", "--out", str(out), "-q", *sets(TINY_RUN)])
+        assert_refused(result, "is being written by gaal train", f"pid {first.pid}", socket.gethostname())
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    train_tiny(out)  # the killed holder's lock is gone with it
+    assert RunFolder(out).done and [r["epoch"] for r in RunFolder(out).read_metrics()] == [1, 2]
+
+
+def test_eval_refuses_an_unfinished_run_naming_its_state_and_last_says_what_it_evaluates(tmp_path, monkeypatch):
+    from gaal_cli import engine
+
+    out = tmp_path / "run"
+    config = load_config(overrides=[*TINY_RUN, "train.epochs=3"])
+    original, calls = engine.evaluate, {"n": 0}
+
+    def interrupted_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(config, out, show_progress=False)
+    monkeypatch.setattr(engine, "evaluate", original)
+    assert_refused(runner.invoke(app, ["eval", str(out)]), "unfinished", "after epoch 2", "--last")
+    result = runner.invoke(app, ["eval", str(out), "--last"])
+    assert result.exit_code == 0, result.output
+    assert "last.pt" in result.output and "not a finished result" in result.output
+
+
+def test_predict_never_overwrites_the_runs_own_files(tmp_path):
+    from raw_datasets import make_table
+
+    table = make_table(tmp_path / "user", n=24)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", str(table), "--target", "species", "--image-column", "photo", "-q", "--out", str(run)]
+    assert runner.invoke(app, [*args, *sets(TINY_RUN[3:])]).exit_code == 0
+    before = snapshot(run)
+    for target in ("checkpoint.pt", "config.yaml", "report.json", "DONE"):
+        result = runner.invoke(app, ["predict", str(run), "--data", str(table), "--out", str(run / target)])
+        assert_refused(result, target, "--out", "never overwritten")
+    assert snapshot(run) == before
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_write_file_turns_a_full_disk_into_exit_2_and_leaves_no_temp_file(tmp_path):
+    import errno
+
+    from gaal_cli.errors import GaalError
+    from gaal_cli.files import write_file
+
+    target = tmp_path / "old.csv"
+    target.write_text("the old file\n")
+
+    def full_disk(fh):
+        fh.write(b"half of it")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(GaalError, match="No space left on device") as err:
+        write_file(target, full_disk)
+    assert str(target) in str(err.value)
+    assert target.read_text() == "the old file\n" and sorted(tmp_path.iterdir()) == [target]
+
+
+def unshare_works():
+    import shutil
+
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not unshare_works(), reason="needs unshare -rm to mount a small tmpfs")
+
+
+def on_small_disk(tmp_path, options, script, timeout=600):
+    """Run the shell `script` in a mount namespace where `tmp_path/mnt` is a fresh tmpfs (`options`)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=CHECKOUT, MNT=str(mnt), GAAL=f"{sys.executable} -m gaal_cli")
+    shell = f"mount -t tmpfs -o {options} none {mnt} && {script}"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=timeout)
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+@needs_mounts
+def test_a_full_disk_during_a_checkpoint_write_is_exit_2_with_no_temp_file(tmp_path):
+    code, output = on_small_disk(
+        tmp_path,
+        "size=96k",
+        f"$GAAL train --out $MNT/run -q {' '.join(sets(TINY_RUN))} 2>&1; echo rc=$? LS; ls -A $MNT/run",
+    )
+    assert "rc=2" in output and "Traceback" not in output, output
+    assert "No space left on device" in output and "checkpoint.pt" in output, output
+    assert ".tmp" not in output.split("LS")[1], output
+
+
+@needs_mounts
+def test_a_full_disk_during_the_image_cache_build_is_exit_2_not_sigbus(tmp_path):
+    from raw_datasets import make_table
+
+    table = make_table(tmp_path / "user", n=48)
+    train = f"$GAAL train --dataset $MNT/user/table.csv --target species --image-column photo -q --out $MNT/run"
+    options = " ".join(sets([*TINY_RUN[3:], "data.image_size=128"]))
+    code, output = on_small_disk(
+        tmp_path, "size=1m", f"cp -r {table.parent} $MNT/user && {train} {options} 2>&1; echo rc=$? LS; ls -A $MNT/user/.gaal_cache/*"
+    )
+    assert "rc=2" in output and "Traceback" not in output, output
+    assert "MiB free" in output and "image cache" in output, output
+    assert ".tmp" not in output.split("LS")[1], output
+
+
+@needs_mounts
+def test_a_report_to_a_read_only_or_full_folder_is_exit_2_with_nothing_half_written(tmp_path):
+    report_run(tmp_path / "runs", "gaal", 1, 0.5)
+    report = f"$GAAL report {tmp_path / 'runs'} --out $MNT/rep"
+    code, output = on_small_disk(tmp_path, "size=1m,ro", f"{report}; echo rc=$?")
+    assert "rc=2" in output and "Traceback" not in output and "Read-only file system" in output, output
+    code, output = on_small_disk(tmp_path, "size=12k", f"{report} 2>&1; echo rc=$? LS; ls -A $MNT/rep")
+    assert "rc=2" in output and "Traceback" not in output and "No space left on device" in output, output
+    assert "runs.csv" not in output.split("LS")[1] and ".staging" not in output.split("LS")[1], output
+
+
+def test_sigterm_during_a_report_leaves_the_old_files_all_in_place(tmp_path):
+    import signal
+
+    runs, out = tmp_path / "runs", tmp_path / "rep"
+    for seed in (1, 2):
+        report_run(runs, "gaal", seed, 0.5)
+    assert runner.invoke(app, ["report", str(runs), "--out", str(out)]).exit_code == 0
+    before = snapshot(out, lock=False)
+    report_run(runs, "gaal", 3, 0.9)  # a new run: the next report differs
+    # SIGTERM arrives while the tables are being built (after runs.csv)
+    script = (
+        "import os, signal, sys; import gaal_cli.report as r; from gaal_cli.cli import app\n"
+        "def stop(*a, **k): os.kill(os.getpid(), signal.SIGTERM)\n"
+        "r.markdown = stop\n"
+        "sys.argv = ['gaal', 'report', sys.argv[1], '--out', sys.argv[2]]; app()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=CHECKOUT)
+    done = subprocess.run([sys.executable, "-c", script, str(runs), str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode == 128 + signal.SIGTERM, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "terminated" in done.stderr
+    assert snapshot(out, lock=False) == before and not (out / ".staging").exists()
+
+
+def test_report_twice_gives_byte_identical_files(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        folder = report_run(runs, "gaal", seed, 0.5)
+        lines = [{"epoch": e, "train": {"loss_image": 1.0 / e + seed, "loss_tabular": 0.5 / e}} for e in (1, 2, 3)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    outputs = []
+    for name in ("a", "b"):
+        assert runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / name)]).exit_code == 0
+        outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir()) if p.name != ".lock"})
+    assert "fig4_curves.svg" in outputs[0] and "fig4_curves.pdf" in outputs[0]
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replace_with_swaps_a_finished_run_in_whole_with_or_without_an_atomic_exchange(tmp_path, monkeypatch, exchange):
+    from gaal_cli import results
+
+    if not exchange:  # a system or file system without renameat2: two renames
+        monkeypatch.setattr(results, "_exchange", lambda a, b: False)
+    old, new = RunFolder(tmp_path / "run"), RunFolder(tmp_path / "run").aside()
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.path.mkdir()
+        (folder.path / "report.json").write_text(text)
+    old.replace_with(new)
+    assert (tmp_path / "run" / "report.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_swap_cut_between_its_two_renames_is_undone(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    replaced = tmp_path / ".run.replaced"  # the old run, moved away just before the kill
+    replaced.mkdir()
+    (replaced / "DONE").write_text("")
+    run.recover()
+    assert (tmp_path / "run" / "DONE").exists() and not replaced.exists()
+
+
+def test_a_second_report_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    from gaal_cli.locks import folder_lock
+
+    report_run(tmp_path / "runs", "gaal", 1, 0.5)
+    out = tmp_path / "rep"
+    with folder_lock(out, "gaal report"):
+        result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out)])
+    assert_refused(result, "is being written by gaal report", f"pid {os.getpid()}")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

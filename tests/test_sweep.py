@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import gaal_cli
 from gaal_cli.cli import app
 from gaal_cli.errors import GaalError
+from gaal_cli.locks import read_holder
 from gaal_cli.sweep import (
     ablation_rows,
     changed_keys,
@@ -214,7 +215,7 @@ def test_killed_sweep_reruns_to_each_run_exactly_once(tmp_path, tiny):
     # 1. kill one run's process after its first epoch: the sweep reports it and finishes the rest
     sweep = sweep_process(args, tmp_path, "a.log")
     victim = wait_for(lambda: next((f for f in folders if epochs_logged(f) and not (f / "DONE").exists()), None))
-    os.kill(int((victim / ".lock").read_text()), signal.SIGKILL)
+    os.kill(read_holder(victim).pid, signal.SIGKILL)
     assert sweep.wait(timeout=900) == 1, (tmp_path / "a.log").read_text()
     assert "killed by signal 9" in (tmp_path / "a.log").read_text()
     others = [f for f in folders if f != victim]
@@ -301,7 +302,7 @@ def test_a_teacher_trains_first_and_kills_leave_every_run_finished_once(tmp_path
     sweep = sweep_process(args, tmp_path, "a.log")
     wait_for(lambda: epochs_logged(teacher))
     assert not student.exists(), "the student started before its teacher finished"
-    os.kill(int((teacher / ".lock").read_text()), signal.SIGKILL)
+    os.kill(read_holder(teacher).pid, signal.SIGKILL)
     assert sweep.wait(timeout=900) == 1
     log = (tmp_path / "a.log").read_text()
     assert "killed by signal 9" in log and "its dependency" in log and "failed" in log

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from torchvision.transforms import v2
 from gaal_cli.data.base import Batch
 from gaal_cli.data.table_prep import Problems
 from gaal_cli.display import CountProgress
+from gaal_cli.errors import GaalError
+from gaal_cli.files import make_folder, write_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,52 +118,68 @@ def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Proble
     Returns:
         The .npy file holding a (N, 3, size, size) uint8 array in the order of `paths`.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     file, meta_file = folder / f"images_{size}.npy", folder / f"images_{size}.json"
     key = cache_key(paths, size)
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     if meta.get("key") != key or not file.exists():
         meta = {"key": key, "count": len(paths), "size": size, "failed": _build(paths, size, file, num_workers)}
-        tmp = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_file)
+        write_file(meta_file, json.dumps(meta))
     for row, message in meta["failed"].items():
         problems.add(int(row), f"unreadable image: {message}", file=paths[int(row)], kind="unreadable image")
     return file
 
 
 def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dict[str, str]:
-    """Decode every image into `file`, via a temp file that no failure or Ctrl-C leaves behind."""
-    tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npy")  # runs in parallel may build the same cache
-    try:
-        failed = _decode_into(tmp, paths, size, num_workers)
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return failed
+    """Decode every image into `file` (gaal_cli.files.write_file: aside, renamed when complete,
+    the temporary file removed on any failure or Ctrl-C).
 
+    The pixels are written with ordinary writes, image after image, never through a memory
+    map: a full disk is then an error naming the folder, not a SIGBUS that kills the process.
 
-def _decode_into(tmp: Path, paths: Sequence[str], size: int, num_workers: int) -> dict[str, str]:
-    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+    Raises:
+        GaalError: the disk has too little room for the cache (checked first), or a write failed.
+    """
+    shape = (len(paths), 3, size, size)
+    check_room(file.parent, math.prod(shape) + 4096, f"the {size}px image cache of {len(paths):,} images")
     failed: dict[str, str] = {}
-    loader = DataLoader(
-        _Decoder(paths, size),
-        batch_size=None,
-        num_workers=num_workers,
-        collate_fn=lambda item: item,
-        generator=torch.Generator(),  # never draw the workers' seed from the global RNG
-    )
-    with CountProgress(f"image cache {size}px", len(paths)) as bar:
-        for i, image, error in loader:
-            if error is None:
-                pixels[i] = image
-            else:
-                pixels[i] = 0
-                failed[str(i)] = error
-            bar.advance()
-    pixels.flush()
-    del pixels
+
+    def write(fh) -> None:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        blank = bytes(3 * size * size)
+        loader = DataLoader(
+            _Decoder(paths, size),
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=lambda item: item,
+            generator=torch.Generator(),  # never draw the workers' seed from the global RNG
+        )
+        with CountProgress(f"image cache {size}px", len(paths)) as bar:
+            for i, image, error in loader:  # in order, workers or not
+                if error is None:
+                    fh.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+                else:
+                    fh.write(blank)
+                    failed[str(i)] = error
+                bar.advance()
+
+    write_file(file, write)
     return failed
+
+
+def check_room(folder: Path, needed: int, what: str) -> None:
+    """Refuse to start writing `needed` bytes where the disk has less room.
+
+    Raises:
+        GaalError: names the folder, the bytes needed and the bytes free.
+    """
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise GaalError(
+            f"has {free / 2**20:,.1f} MiB free, but {what} needs {needed / 2**20:,.1f} MiB; free some space, or set "
+            "data.cache=false to decode the images as they are read",
+            source=str(folder),
+        )
 
 
 def _as_is(item):
