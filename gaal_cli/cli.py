@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from gaal_cli.display import styled
 from gaal_cli.errors import GaalError
 
 app = typer.Typer(
@@ -16,8 +17,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-stdout = Console()
-stderr = Console(stderr=True)
+# no markup: user text (paths, keys, cells) prints as written (see gaal_cli.display)
+stdout = Console(markup=False)
+stderr = Console(stderr=True, markup=False)
 
 
 def _print_version(value: bool) -> None:
@@ -45,10 +47,10 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except GaalError as err:
-            stderr.print(f"[bold red]error:[/] {err.render()}", highlight=False, markup=True, soft_wrap=True)
+            stderr.print(styled("error:", "bold red", f" {err.render()}"), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            stderr.print("[yellow]interrupted: the run folder has no report; rerun the same command to resume.")
+            stderr.print(styled("interrupted: the run folder has no report; rerun the same command to resume.", "yellow"))
             raise typer.Exit(130) from None
 
     return wrapper
@@ -247,9 +249,9 @@ def _run_sweep(plan, workers: int, dry_run: bool) -> None:
         + (f", {len(outcome.not_started)} not started" if outcome.not_started else "")
     )
     for run, reason in outcome.failed:
-        stderr.print(f"[red]failed[/] {run.label}: {reason}", highlight=False, soft_wrap=True)
+        stderr.print(styled("failed", "red", f" {run.label}: {reason}"), highlight=False, soft_wrap=True)
     if outcome.stopped_because:
-        stderr.print(f"[red]stopped launching runs[/]: {outcome.stopped_because}", highlight=False, soft_wrap=True)
+        stderr.print(styled("stopped launching runs", "red", f": {outcome.stopped_because}"), highlight=False, soft_wrap=True)
     if outcome.failed or outcome.not_started:
         raise typer.Exit(1)
 
@@ -343,7 +345,7 @@ def list_methods() -> None:
     for name, spec in sorted(METHODS.items()):
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
         doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
-        stdout.print(f"[bold]{name}[/]  {doc.splitlines()[0] if doc else ''}")
+        stdout.print(styled(name, "bold", f"  {doc.splitlines()[0] if doc else ''}"))
         if fields:
             stdout.print(f"    {fields}", highlight=False)
 

@@ -1,10 +1,17 @@
-"""Terminal output: a progress bar per epoch with live metrics, and result tables (rich)."""
+"""Terminal output: a progress bar per epoch with live metrics, and result tables (rich).
+
+Every console here and in the CLI reads no markup: text from users and their files (a path, a
+CSV cell, a `--set` key, a folder name) is printed exactly as written, and `[/]` in it cannot
+turn a clean error into a MarkupError. Styling is asked for explicitly: `styled` for a console
+line, `escape` for the user's part of a progress-bar description (rich columns read markup).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,8 +21,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False)
 HEADS = ("multi", "image", "tabular")
 
 
@@ -51,8 +59,13 @@ class EpochProgress:
         fields = {"stats": format_stats(stats)} if stats is not None else {}
         self.progress.update(self.task, advance=advance, **fields)
 
-    def log(self, message: str) -> None:
+    def log(self, message: str | Text) -> None:
         self.progress.console.print(message)
+
+
+def styled(label: str, style: str, rest: str = "") -> Text:
+    """`label` in `style`, then `rest` as it is: a console line whose user text reads no markup."""
+    return Text.assemble((label, style), rest)
 
 
 def format_stats(stats: Mapping[str, float]) -> str:
@@ -171,7 +184,7 @@ class SweepProgress:
 
     def __enter__(self) -> SweepProgress:
         self.progress.__enter__()
-        title = f"[bold]sweep {self.name}"
+        title = f"[bold]sweep {escape(self.name)}"
         self.overall = self.progress.add_task(title, total=self.total, completed=self.done, info="")
         return self
 
@@ -179,7 +192,7 @@ class SweepProgress:
         self.progress.__exit__(*exc)
 
     def started(self, run) -> None:
-        self.rows[run.folder] = self.progress.add_task(f"  {run.label}", total=run.config.train.epochs, info="starting")
+        self.rows[run.folder] = self.progress.add_task(f"  {escape(run.label)}", total=run.config.train.epochs, info="starting")
 
     def update(self, active, left: int, eta: float | None) -> None:
         """`active`: runs in progress (with .run and .started); their epochs come from metrics.jsonl."""
@@ -190,14 +203,14 @@ class SweepProgress:
         info = f"{self.done} done · {len(active)} running · {left} left · {self.failed} failed · ETA {eta_text}"
         self.progress.update(self.overall, info=info)
 
-    def finished(self, run, message: str, kind: str = "done") -> None:
-        """`kind`: done, failed, or busy (left to another process)."""
+    def finished(self, run, status: Text, kind: str = "done") -> None:
+        """`status`: what became of the run (`styled`); `kind`: done, failed, or busy (left to another process)."""
         if run.folder in self.rows:
             self.progress.remove_task(self.rows.pop(run.folder))
         self.done += kind == "done"
         self.failed += kind == "failed"
         self.progress.advance(self.overall)
-        self.progress.console.print(f"{run.label}  {message}", highlight=False)
+        self.progress.console.print(Text(f"{run.label}  ") + status, highlight=False)
 
 
 def _count_lines(path) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.text import Text
 
 from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
@@ -28,7 +29,7 @@ from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle, SplitDataset
 from gaal_cli.data.recipes import TABLE_SUFFIXES
 from gaal_cli.dependencies import Dependency, init_encoders, load_dependencies, recorded_dependencies
-from gaal_cli.display import EpochProgress, console
+from gaal_cli.display import EpochProgress, console, styled
 from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment
 from gaal_cli.errors import GaalError
 from gaal_cli.methods import Method, build_method
@@ -222,7 +223,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     if state is not None and dependency_hashes(state.get("dependencies")) != dependency_hashes(
         provenance(s)["dependencies"]
     ):
-        console.print(f"[yellow]{run.path}: a dependency changed since the interrupted attempt; starting over")
+        console.print(styled(f"{run.path}: a dependency changed since the interrupted attempt; starting over", "yellow"))
         state = None
     first_epoch = restore(s, state, run.file(RunFolder.LAST)) if state is not None else 1
     s.comm.barrier()
@@ -235,7 +236,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     start_epoch, best = first_epoch, {"score": -1.0, "epoch": 0, "stale": 0}
     if state is not None:
         best = state["best"]
-        console.print(f"[yellow]resuming {run.path} after epoch {state['epoch']}")
+        console.print(styled(f"resuming {run.path} after epoch {state['epoch']}", "yellow"))
 
     epoch_seconds = fit(s, run, start_epoch, best, show_progress and s.comm.is_main)
     s.comm.barrier()
@@ -386,10 +387,8 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
             }
             if s.comm.is_main:
                 save_epoch(s, run, record, per_step, score, best)
-            bar.log(
-                f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {cfg.train.monitor} acc {score:.4f}"
-                + ("  [green]best" if improved else "")
-            )
+            line = f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {cfg.train.monitor} acc {score:.4f}"
+            bar.log(Text.assemble(line, ("  best", "green") if improved else ""))
     return epoch_seconds
 
 

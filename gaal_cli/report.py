@@ -86,14 +86,14 @@ def load_runs(root: Path) -> pd.DataFrame:
     Raises:
         GaalError: no readable finished run there.
     """
-    from gaal_cli.display import console
+    from gaal_cli.display import console, styled
 
     rows = []
     for run in finished_runs(root):
         try:
             rows.append(run_row(run))
         except GaalError as err:
-            message = f"[yellow]warning:[/] skipped a broken run folder: {err.render()}"
+            message = styled("warning:", "yellow", f" skipped a broken run folder: {err.render()}")
             console.print(message, highlight=False, soft_wrap=True)
     if not rows:
         raise GaalError("no finished runs (folders with DONE and report.json) under it", source=str(root))

@@ -712,7 +712,7 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
     Raises:
         GaalError: a stale finished run, or runs whose inputs are missing (nothing is launched).
     """
-    from gaal_cli.display import SweepProgress
+    from gaal_cli.display import SweepProgress, styled
 
     check_not_stale(sweep)
     outcome = Outcome()
@@ -735,16 +735,16 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
                     run, blocked = picked
                     if blocked:
                         outcome.failed.append((run, blocked))
-                        progress.finished(run, f"[red]not started[/]: {blocked}", "failed")
+                        progress.finished(run, styled("not started", "red", f": {blocked}"), "failed")
                         continue
                     started = launch(run, env)
                     if isinstance(started, Unwritable):
                         outcome.failed.append((run, str(started)))
-                        progress.finished(run, f"[red]failed[/]: {started}", "failed")
+                        progress.finished(run, styled("failed", "red", f": {started}"), "failed")
                         continue
                     if started == "running":
                         outcome.busy.append(run)
-                        progress.finished(run, "[yellow]skipped: running in another process", "busy")
+                        progress.finished(run, styled("skipped: running in another process", "yellow"), "busy")
                         continue
                     if started == "done":
                         outcome.skipped.append(run)
@@ -817,11 +817,11 @@ def _settle(active: Active, outcome: Outcome, durations: list[float], progress) 
             accs = "  ".join(f"{head} {m['acc']:.4f}" for head, m in report.items())
         except (GaalError, KeyError, TypeError, ValueError):
             accs = ""
-        progress.finished(active.run, f"[green]done[/] in {seconds:.0f} s  {accs}")
+        progress.finished(active.run, styled("done", "green", f" in {seconds:.0f} s  {accs}"))
     else:
         reason = failure_reason(active)
         outcome.failed.append((active.run, reason))
-        progress.finished(active.run, f"[red]failed[/]: {reason}", "failed")
+        progress.finished(active.run, styled("failed", "red", f": {reason}"), "failed")
 
 
 def _stop(active: list[Active]) -> None:
