@@ -29,6 +29,9 @@ YAML_MAX_BYTES = 1_000_000
 OVERRIDE_MAX_BYTES = 100_000
 EXPANSION = 2  # an alias-free document of N bytes expands to at most ~2N nodes and characters
 YAML_MAX_DEPTH = 64
+# images are decoded to a square of this side at most: the paper trains at 128 and ImageNet
+# backbones at 224-384, and the image cache holds size^2 x 3 bytes per image
+IMAGE_SIZE_MAX = 1024
 
 
 class Section(BaseModel):
@@ -78,7 +81,7 @@ class DataConfig(Section):
 
     name: str = "synthetic"
     dir: str | None = None
-    image_size: int = Field(64, ge=8)
+    image_size: int = Field(64, ge=8, le=IMAGE_SIZE_MAX)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -117,6 +120,10 @@ class ModelConfig(Section):
     image_backbone: str = "test_resnet"
     pretrained: bool = False
     weights: str | None = None
+    # `weights` is loaded strictly: every backbone tensor found by name and shape, every tensor of
+    # the file used (gaal_cli.models.encoders.load_strictly); these two loosen that explicitly
+    weights_prefix: str = Field("", description="removed from the weights file's names first (e.g. 'backbone.')")
+    weights_min_match: float = Field(1.0, gt=0, le=1, description="fraction of the backbone's tensors the file must cover")
     init_from: str | None = None
     init_encoders: list[Literal["image", "tabular"]] = Field(["image", "tabular"], min_length=1)
     feature_dim: int = Field(256, ge=1)

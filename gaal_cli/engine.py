@@ -36,6 +36,7 @@ from gaal_cli.methods import Method, build_method
 from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
 from gaal_cli.models import build_encoders
+from gaal_cli.models.encoders import ImageEncoder
 from gaal_cli.results import RESTART_HINT, RunFolder, atomic_write, load_checkpoint, load_state, to_json
 from gaal_cli.stages import WHOLE_RUN, PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
 
@@ -96,6 +97,8 @@ def build_run_method(
         tabular_hidden=m.tabular_hidden,
         pretrained=m.pretrained and initial_weights,
         weights=m.weights if initial_weights else None,
+        weights_prefix=m.weights_prefix,
+        weights_min_match=m.weights_min_match,
         dropout=m.dropout,
     )
     start = dependencies.get("model.init_from")
@@ -261,7 +264,7 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
         },
         "data": {"classes": s.data.num_classes, **s.data.info},
         "inputs_at_test": inputs_at_test(config, s.method.modalities),
-        "dependencies": {key: dep.summary() for key, dep in s.dependencies.items()},
+        "dependencies": {**{key: dep.summary() for key, dep in s.dependencies.items()}, **weights_records(s.method)},
         "device": str(s.device),
         "world_size": s.comm.world_size,
         "threads": torch.get_num_threads(),
@@ -622,6 +625,13 @@ def provenance(s: Session) -> dict[str, Any]:
         "data": {"classes": s.data.num_classes, "field_lengths": list(s.data.schema.field_lengths)},
         "dependencies": {key: dep.record() for key, dep in s.dependencies.items()},
     }
+
+
+def weights_records(method: Method) -> dict[str, Any]:
+    """The `model.weights` file the image backbone started from (path, sha256 of the bytes loaded,
+    what matched), recorded beside the dependencies: a sweep finds the run stale when it changes."""
+    records = [m.weights_record for m in method.modules() if isinstance(m, ImageEncoder) and m.weights_record]
+    return {"model.weights": records[0]} if records else {}
 
 
 def dependency_hashes(records: dict[str, Any] | None) -> dict[str, str]:

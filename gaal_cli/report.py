@@ -119,9 +119,8 @@ def run_diagnostics(run: RunFolder, report: dict[str, Any]) -> dict[str, float]:
     """Shapley values per split and modality, and the rate of negative gradient cosines."""
     values = run_shapley(report["metrics"], report.get("data", {}).get("classes"))
     out = {f"shapley_{m}_{split}": values.get(split, {}).get(m, np.nan) for split in SPLITS for m in MODALITIES}
-    steps = run.read_steps()
     for m in MODALITIES:
-        rate = negative_rate(steps, m)
+        rate = negative_rate(run.iter_steps(), m)  # streamed: steps.jsonl has a row per training step
         out[f"negcos_{m}"] = rate[0] if rate else np.nan
     return out
 
@@ -152,7 +151,10 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         GaalError: report.json or config.yaml unreadable, or missing what a table needs.
     """
     report = run.read_report()
-    config = flatten(read_yaml_file(run.file(RunFolder.CONFIG)))
+    tree = read_yaml_file(run.file(RunFolder.CONFIG))
+    if not isinstance(tree, dict):
+        raise GaalError(f"expected a mapping of settings, got {type(tree).__name__}", source=str(run.file(RunFolder.CONFIG)))
+    config = flatten(tree)
     try:
         test = dict(report["metrics"]["test"])
         inputs = report.get("inputs_at_test", ("image", "tabular"))
@@ -459,7 +461,8 @@ def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     values: dict[str, list[float]] = {}
     for row in runs[runs["method"] == "concat"].itertuples():
         # a NaN cosine is written as null (strict JSON): it is no step of the histogram
-        cosines = [s["cos_image"] for s in RunFolder(row.folder).read_steps() if s.get("cos_image") is not None]
+        steps = RunFolder(row.folder).iter_steps()
+        cosines = [s["cos_image"] for s in steps if isinstance(s.get("cos_image"), int | float)]
         values.setdefault(row.dataset, []).extend(cosines)
     values = {d: v for d, v in values.items() if v}
     if not values:
@@ -505,9 +508,9 @@ def curves_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     """Fig. 4: GAAL's per-modality training losses per epoch, mean ± std over seeds."""
     frames = []
     for row in runs[runs["method"] == "gaal"].itertuples():
-        for record in RunFolder(row.folder).read_metrics():
-            train = record["train"]
-            if "loss_image" in train:
+        for record in RunFolder(row.folder).iter_metrics():
+            train = record.get("train")
+            if isinstance(train, dict) and "loss_image" in train and "loss_tabular" in train:
                 frames.append((row.dataset, row.seed, record["epoch"], train["loss_image"], train["loss_tabular"]))
     if not frames:
         return None

@@ -348,7 +348,8 @@ def dependencies_first(runs: list[Run], source: Path) -> list[Run]:
     Raises:
         GaalError: runs that need each other (a cycle).
     """
-    by_folder = {run.folder: run for run in runs}
+    # keyed by resolved path: `x/../x` and an absolute --results name the same run
+    by_folder = {run.folder.resolve(): run for run in runs}
     ordered: list[Run] = []
     placed: set[Path] = set()
     visiting: set[Path] = set()
@@ -360,8 +361,8 @@ def dependencies_first(runs: list[Run], source: Path) -> list[Run]:
             raise GaalError(f"{run.label} depends on itself through its dependencies", source=str(source))
         visiting.add(run.folder)
         for need in run.needs:
-            if need in by_folder:
-                place(by_folder[need])
+            if need.resolve() in by_folder:
+                place(by_folder[need.resolve()])
         visiting.discard(run.folder)
         placed.add(run.folder)
         ordered.append(run)
@@ -786,16 +787,16 @@ def next_startable(todo: list[Run], active: list[Active], outcome: Outcome) -> t
         start because a dependency failed or is unfinished and not being trained; None when
         every run left waits for a dependency still training (here or in another process).
     """
-    pending = {run.folder for run in todo} | {a.run.folder for a in active}
-    failed = {run.folder for run, _ in outcome.failed}
+    pending = {run.folder.resolve() for run in todo} | {a.run.folder.resolve() for a in active}
+    failed = {run.folder.resolve() for run, _ in outcome.failed}
     for run in todo:
         why = ""
         for need in run.needs:
             if RunFolder(need).done:
                 continue
-            if need in failed:
+            if need.resolve() in failed:
                 why = f"its dependency {need} failed"
-            elif need in pending or locked(need):
+            elif need.resolve() in pending or locked(need):
                 why = "wait"
             else:
                 why = f"its dependency {need} is unfinished and not part of this sweep: train it first"
