@@ -50,7 +50,8 @@ def user_errors(command):
             stderr.print(styled("error:", "bold red", f" {err.render()}"), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            stderr.print(styled("interrupted: the run folder has no report; rerun the same command to resume.", "yellow"))
+            hint = "interrupted: the run folder has no report; rerun the same command to resume."
+            stderr.print(styled(hint, "yellow"))
             raise typer.Exit(130) from None
 
     return wrapper
@@ -251,7 +252,8 @@ def _run_sweep(plan, workers: int, dry_run: bool) -> None:
     for run, reason in outcome.failed:
         stderr.print(styled("failed", "red", f" {run.label}: {reason}"), highlight=False, soft_wrap=True)
     if outcome.stopped_because:
-        stderr.print(styled("stopped launching runs", "red", f": {outcome.stopped_because}"), highlight=False, soft_wrap=True)
+        why = styled("stopped launching runs", "red", f": {outcome.stopped_because}")
+        stderr.print(why, highlight=False, soft_wrap=True)
     if outcome.failed or outcome.not_started:
         raise typer.Exit(1)
 

@@ -123,7 +123,9 @@ class ModelConfig(Section):
     # `weights` is loaded strictly: every backbone tensor found by name and shape, every tensor of
     # the file used (gaal_cli.models.encoders.load_strictly); these two loosen that explicitly
     weights_prefix: str = Field("", description="removed from the weights file's names first (e.g. 'backbone.')")
-    weights_min_match: float = Field(1.0, gt=0, le=1, description="fraction of the backbone's tensors the file must cover")
+    weights_min_match: float = Field(
+        1.0, gt=0, le=1, description="fraction of the backbone's tensors the file must cover"
+    )
     init_from: str | None = None
     init_encoders: list[Literal["image", "tabular"]] = Field(["image", "tabular"], min_length=1)
     feature_dim: int = Field(256, ge=1)
@@ -176,7 +178,9 @@ class Config(Section):
         # runs go to <results>/<name>/...: a name must not lead out of --results
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if not parts or name.startswith(("/", "~")) or ".." in parts or re.search(r"[\x00-\x1f]|^[A-Za-z]:", name):
-            raise ValueError("the experiment name is a folder path under --results: relative, without '..' or control characters")
+            raise ValueError(
+                "the experiment name is a folder path under --results: relative, without '..' or control characters"
+            )
         return name
 
     @field_validator("method")
@@ -244,7 +248,9 @@ def apply_override(tree: dict, path: list[str], value: Any) -> None:
 
 _BOOL, _INT, _FLOAT, _TIMESTAMP = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "timestamp"))
 _INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
-_FLOAT_12 = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_FLOAT_12 = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
 
 
 class Yaml12Loader(yaml.SafeLoader):

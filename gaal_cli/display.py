@@ -192,7 +192,8 @@ class SweepProgress:
         self.progress.__exit__(*exc)
 
     def started(self, run) -> None:
-        self.rows[run.folder] = self.progress.add_task(f"  {escape(run.label)}", total=run.config.train.epochs, info="starting")
+        label = f"  {escape(run.label)}"
+        self.rows[run.folder] = self.progress.add_task(label, total=run.config.train.epochs, info="starting")
 
     def update(self, active, left: int, eta: float | None) -> None:
         """`active`: runs in progress (with .run and .started); their epochs come from metrics.jsonl."""

@@ -226,7 +226,8 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     if state is not None and dependency_hashes(state.get("dependencies")) != dependency_hashes(
         provenance(s)["dependencies"]
     ):
-        console.print(styled(f"{run.path}: a dependency changed since the interrupted attempt; starting over", "yellow"))
+        changed = f"{run.path}: a dependency changed since the interrupted attempt; starting over"
+        console.print(styled(changed, "yellow"))
         state = None
     first_epoch = restore(s, state, run.file(RunFolder.LAST)) if state is not None else 1
     s.comm.barrier()

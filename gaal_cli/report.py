@@ -153,7 +153,8 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     report = run.read_report()
     tree = read_yaml_file(run.file(RunFolder.CONFIG))
     if not isinstance(tree, dict):
-        raise GaalError(f"expected a mapping of settings, got {type(tree).__name__}", source=str(run.file(RunFolder.CONFIG)))
+        got = type(tree).__name__
+        raise GaalError(f"expected a mapping of settings, got {got}", source=str(run.file(RunFolder.CONFIG)))
     config = flatten(tree)
     try:
         test = dict(report["metrics"]["test"])

@@ -183,7 +183,9 @@ class RunFolder:
     CHECKPOINT = "checkpoint.pt"
     LAST = "last.pt"
     REPORT = "report.json"
-    PREPROCESSING = "preprocessing.json"  # a user table's fitted encoding (TableState), when there is one
+    # the data's fitted encoding, when there is one: a readable copy of the checkpoint's, which
+    # eval and predict read (so a checkpoint file alone suffices)
+    PREPROCESSING = "preprocessing.json"
     DONE = "DONE"
 
     def __init__(self, path: str | Path):

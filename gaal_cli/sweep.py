@@ -808,6 +808,8 @@ def next_startable(todo: list[Run], active: list[Active], outcome: Outcome) -> t
 
 
 def _settle(active: Active, outcome: Outcome, durations: list[float], progress) -> None:
+    from gaal_cli.display import styled
+
     release(active)
     seconds = time.monotonic() - active.started
     if active.process.returncode == 0 and RunFolder(active.run.folder).done:

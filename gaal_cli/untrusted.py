@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import torch
 
+from gaal_cli.config import IMAGE_SIZE_MAX
 from gaal_cli.errors import GaalError
 
 #: report.json is a few kilobytes; a larger one is not gaal's
@@ -28,6 +29,10 @@ JSON_MAX_BYTES = 10_000_000
 #: a line of steps.jsonl or metrics.jsonl is under a kilobyte; a longer one is skipped, not read whole
 JSONL_MAX_LINE = 1_000_000
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: a user table is read whole by pandas: bounded before it is opened. HAM10000's table is ~1 MB
+#: and DVM's ~30 MB; a table is a row per image with at most a few hundred feature columns
+TABLE_MAX_BYTES = 2_000_000_000
+TABLE_MAX_COLUMNS = 10_000
 
 
 class NotRegularFile(OSError):
@@ -122,6 +127,37 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(row, dict):
                 yield row
+
+
+def check_table_file(path: Path) -> None:
+    """A table's size, and a CSV's number of header columns, before pandas reads it whole
+    (a 10 MB CSV of 10^6 columns takes minutes and gigabytes to parse).
+
+    Raises:
+        GaalError: not a regular file, too large, or too many columns.
+    """
+    try:
+        with open_regular(path) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            header = b""
+            while path.suffix.lower() != ".parquet" and b"\n" not in header:
+                block = fh.read(1 << 16)
+                header += block
+                if not block or header.count(b",") >= TABLE_MAX_COLUMNS:
+                    break
+    except OSError as err:
+        raise GaalError(f"cannot be read ({err.strerror or err})", source=str(path), field="data.name") from None
+    if size > TABLE_MAX_BYTES:
+        raise GaalError(f"is {size:,} bytes; at most {TABLE_MAX_BYTES:,} are read", source=str(path), field="data.name")
+    columns = header.split(b"\n", 1)[0].count(b",") + 1
+    if columns > TABLE_MAX_COLUMNS:
+        over = "" if b"\n" in header else "over "
+        raise GaalError(
+            f"has {over}{columns:,} columns in its header; at most {TABLE_MAX_COLUMNS:,} "
+            "are read (a table is a row per image and its features)",
+            source=str(path),
+            field="data.name",
+        )
 
 
 # ---------------------------------------------------------------- structure of what is read
@@ -266,7 +302,8 @@ _SCALES = ("std", "scale", "stds")
 
 
 def check_statistics(node: Any, file: Path | str, field: str) -> None:
-    """Every number in a preprocessing record is finite, and every scale (`std`) positive.
+    """Every number in a preprocessing record is finite, every scale (`std`) positive, an image
+    `size` within what `data.image_size` allows and `field_lengths` positive.
 
     Raises:
         GaalError: names the file and the field (`preprocessing.mean[3]`).
@@ -278,6 +315,11 @@ def check_statistics(node: Any, file: Path | str, field: str) -> None:
     if isinstance(node, Mapping):
         for key, value in node.items():
             check_statistics(value, file, f"{field}.{key}")
+            if key == "size" and not (_is_int(value) and 8 <= value <= IMAGE_SIZE_MAX):
+                raise _refuse(file, f"{field}.{key}", f"an image size from 8 to {IMAGE_SIZE_MAX}", value)
+            lengths_ok = isinstance(value, list | tuple) and all(_is_int(n) and n >= 1 for n in value)
+            if key == "field_lengths" and not lengths_ok:
+                raise _refuse(file, f"{field}.{key}", "a list of positive integers", value)
             if str(key) in _SCALES:
                 values = value if isinstance(value, list | tuple) else [value]
                 for i, scale in enumerate(values):

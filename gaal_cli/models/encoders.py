@@ -108,7 +108,8 @@ def weights_state(data: bytes, path: Path) -> dict[str, torch.Tensor]:
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise GaalError(f"cannot be read as tensors and plain data ({reason})", **where) from None
     if isinstance(state, dict) and {"model", "config"} <= state.keys() and isinstance(state["model"], dict):
-        state = {k[len(GAAL_BACKBONE_PREFIX) :]: v for k, v in state["model"].items() if str(k).startswith(GAAL_BACKBONE_PREFIX)}
+        prefix = GAAL_BACKBONE_PREFIX
+        state = {k[len(prefix) :]: v for k, v in state["model"].items() if str(k).startswith(prefix)}
         if not state:
             raise GaalError("this gaal checkpoint holds no image backbone", **where)
     elif isinstance(state, dict):
@@ -149,7 +150,9 @@ def load_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     wanted = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     matched = [k for k, v in wanted.items() if k in state and tuple(state[k].shape) == tuple(v.shape)]
     head = _classifier_names(model)
-    unused = [k for k in state if k not in wanted and not k.endswith("num_batches_tracked") and k.split(".")[0] not in head]
+    unused = [
+        k for k in state if k not in wanted and not k.endswith("num_batches_tracked") and k.split(".")[0] not in head
+    ]
     wrong_shape = [k for k in wanted if k in state and k not in matched]
     fraction = len(matched) / max(len(wanted), 1)
     if fraction < min_match or (min_match >= 1.0 and unused):
@@ -164,7 +167,8 @@ def load_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path, 
         setting = "" if hint else (
             "; set model.weights_min_match to the fraction to accept to load a partial file" if matched else ""
         )
-        raise GaalError(f"does not fit '{model.default_cfg.get('architecture', '')}': {found}{more}{hint}{setting}", **where)
+        name = model.default_cfg.get("architecture", "")
+        raise GaalError(f"does not fit '{name}': {found}{more}{hint}{setting}", **where)
     model.load_state_dict({k: state[k] for k in matched}, strict=False)
     return f"{len(matched)} of {len(wanted)} tensors"
 
