@@ -270,22 +270,20 @@ class Yaml12Loader(yaml.SafeLoader):
     }
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
+        seen: dict[Any, str] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)
+            mark = key_node.start_mark
+            where = f"line {mark.line + 1}" + (f", column {mark.column + 1}" if node.flow_style else "")
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
+                first = seen.setdefault(key, where)
             except TypeError:  # an unhashable key: PyYAML refuses it itself
                 continue
-            if first != key_node.start_mark.line:
+            if first is not where:
                 raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key '{_shorten(str(key))}' (first at line {first + 1}, again at line "
-                    f"{key_node.start_mark.line + 1}); give each key once",
-                    key_node.start_mark,
+                    None, None, f"duplicate key '{_shorten(str(key))}' (first at {first}, again at {where})", mark
                 )
         return super().construct_mapping(node, deep)
 

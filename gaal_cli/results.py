@@ -262,9 +262,9 @@ class RunFolder:
         return [key for key in result_changes(saved, config) if not self.same_dependency(key, saved, config)]
 
     def same_dependency(self, key: str, saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
-        """Whether a dependency setting (`methods.kd.teacher`, `model.init_from`) spelled
-        differently names the run this one was trained from: the same folder once resolved, or
-        a checkpoint with the hash this run's report.json recorded.
+        """Whether a dependency setting spelled differently (`methods.kd.teacher`, `model.init_from`,
+        `model.weights`) names what this run was trained from: the same folder or file once
+        resolved, or a file with the hash this run's report.json recorded.
 
         A relative path is resolved from the current folder and, for the saved one, from each
         folder above this run (a sweep ran from one of them): `--results` given as an absolute
@@ -342,10 +342,11 @@ class RunFolder:
 
 
 def dependency_keys(config: dict[str, Any]) -> set[str]:
-    """The keys of a resolved config that name another run (see Config.dependencies)."""
+    """The keys of a resolved config that name a file a run is trained from: another run (see
+    Config.dependencies) or the starting weights (`model.weights`)."""
     from gaal_cli.methods import METHODS
 
-    keys = {"model.init_from"}
+    keys = {"model.init_from", "model.weights"}
     method = config.get("method")
     if isinstance(method, str) and method in METHODS:
         keys |= {f"methods.{method}.{field}" for field in METHODS[method].settings.dependency_fields}
