@@ -530,11 +530,11 @@ def test_a_name_that_leaves_results_is_refused(tmp_path, monkeypatch, name):
 # ---------------------------------------------------------------- sweeps: dependencies by resolved path and hash
 
 
-def student_sweep(tmp_path):
+def student_sweep(tmp_path, teacher="{results}/sw/concat/seed{seed}"):
     """A student (KD) listed before its teacher (concat), which its setting names through {results}."""
     return sweep_file(
         tmp_path,
-        "methods:\n  kd: {teacher: '{results}/sw/concat/seed{seed}'}\n"
+        f"methods:\n  kd: {{teacher: '{teacher}'}}\n"
         "sweep:\n  seeds: [1]\n  grid:\n    method: [kd, concat]\n  variant: '{method}'\n",
     )
 
@@ -573,7 +573,7 @@ def test_a_dependency_spelled_with_dotdot_is_part_of_the_sweep(tmp_path, monkeyp
     from gaal_cli.sweep import Outcome, load_sweep, next_startable
 
     monkeypatch.chdir(tmp_path)
-    plan = load_sweep(student_sweep(tmp_path), [], results=Path("r/../r"))
+    plan = load_sweep(student_sweep(tmp_path, "{results}/sw/kd/../concat/seed{seed}"), [], results=Path("r"))
     assert [run.variant for run in plan.runs] == ["concat", "kd"]  # the teacher first
     todo = list(plan.runs)
     assert next_startable(todo, [], Outcome()) == (plan.runs[0], "")
