@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from gaal_cli.display import styled
 from gaal_cli.errors import GaalError
 
 app = typer.Typer(
@@ -17,8 +18,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-stdout = Console()
-stderr = Console(stderr=True)
+# no markup: user text (paths, keys, cells) prints as written (see gaal_cli.display)
+stdout = Console(markup=False)
+stderr = Console(stderr=True, markup=False)
 
 
 def _print_version(value: bool) -> None:
@@ -56,13 +58,13 @@ def user_errors(command):
             with sigterm_raises():
                 return command(*args, **kwargs)
         except GaalError as err:
-            stderr.print(f"[bold red]error:[/] {err.render()}", highlight=False, markup=True, soft_wrap=True)
+            stderr.print(styled("error:", "bold red", f" {err.render()}"), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            stderr.print(f"[yellow]interrupted:[/] {INTERRUPTED}", highlight=False)
+            stderr.print(styled("interrupted:", "yellow", f" {INTERRUPTED}"), highlight=False)
             raise typer.Exit(130) from None
         except Terminated:
-            stderr.print(f"[yellow]terminated:[/] {INTERRUPTED}", highlight=False)
+            stderr.print(styled("terminated:", "yellow", f" {INTERRUPTED}"), highlight=False)
             raise typer.Exit(TERMINATED_EXIT) from None
 
     return wrapper
@@ -154,7 +156,7 @@ def evaluate(
     overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
     file, note = checkpoint_to_evaluate(run, last)
     if note:  # on stderr, so that --json output stays JSON
-        stderr.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        stderr.print(styled("note:", "yellow", f" {note}"), highlight=False, soft_wrap=True)
     metrics, config = evaluate_checkpoint(file, split, missing, overrides)
     if as_json:
         stdout.print_json(to_json(metrics))
@@ -290,9 +292,10 @@ def _run_sweep(plan, workers: int, dry_run: bool) -> None:
         + (f", {len(outcome.not_started)} not started" if outcome.not_started else "")
     )
     for run, reason in outcome.failed:
-        stderr.print(f"[red]failed[/] {run.label}: {reason}", highlight=False, soft_wrap=True)
+        stderr.print(styled("failed", "red", f" {run.label}: {reason}"), highlight=False, soft_wrap=True)
     if outcome.stopped_because:
-        stderr.print(f"[red]stopped launching runs[/]: {outcome.stopped_because}", highlight=False, soft_wrap=True)
+        why = styled("stopped launching runs", "red", f": {outcome.stopped_because}")
+        stderr.print(why, highlight=False, soft_wrap=True)
     if outcome.failed or outcome.not_started:
         raise typer.Exit(1)
 
@@ -391,7 +394,7 @@ def list_methods() -> None:
     for name, spec in sorted(METHODS.items()):
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
         doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
-        stdout.print(f"[bold]{name}[/]  {doc.splitlines()[0] if doc else ''}")
+        stdout.print(styled(name, "bold", f"  {doc.splitlines()[0] if doc else ''}"))
         if fields:
             stdout.print(f"    {fields}", highlight=False)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -29,6 +29,9 @@ YAML_MAX_BYTES = 1_000_000
 OVERRIDE_MAX_BYTES = 100_000
 EXPANSION = 2  # an alias-free document of N bytes expands to at most ~2N nodes and characters
 YAML_MAX_DEPTH = 64
+# images are decoded to a square of this side at most: the paper trains at 128 and ImageNet
+# backbones at 224-384, and the image cache holds size^2 x 3 bytes per image
+IMAGE_SIZE_MAX = 1024
 
 
 class Section(BaseModel):
@@ -78,7 +81,7 @@ class DataConfig(Section):
 
     name: str = "synthetic"
     dir: str | None = None
-    image_size: int = Field(64, ge=8)
+    image_size: int = Field(64, ge=8, le=IMAGE_SIZE_MAX)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -123,6 +126,12 @@ class ModelConfig(Section):
     image_backbone: str = "test_resnet"
     pretrained: bool = False
     weights: str | None = None
+    # `weights` is loaded strictly: every backbone tensor found by name and shape, every tensor of
+    # the file used (gaal_cli.models.encoders.load_strictly); these two loosen that explicitly
+    weights_prefix: str = Field("", description="removed from the weights file's names first (e.g. 'backbone.')")
+    weights_min_match: float = Field(
+        1.0, gt=0, le=1, description="fraction of the backbone's tensors the file must cover"
+    )
     init_from: str | None = None
     init_encoders: list[Literal["image", "tabular"]] = Field(["image", "tabular"], min_length=1)
     feature_dim: int = Field(256, ge=1)
@@ -168,6 +177,17 @@ class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _relative_name(cls, name: str) -> str:
+        # runs go to <results>/<name>/...: a name must not lead out of --results
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if not parts or name.startswith(("/", "~")) or ".." in parts or re.search(r"[\x00-\x1f]|^[A-Za-z]:", name):
+            raise ValueError(
+                "the experiment name is a folder path under --results: relative, without '..' or control characters"
+            )
+        return name
 
     @field_validator("method")
     @classmethod
@@ -232,9 +252,69 @@ def apply_override(tree: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+_BOOL, _INT, _FLOAT, _TIMESTAMP = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "timestamp"))
+_INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT_12 = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema for plain scalars, and duplicate keys refused.
+
+    PyYAML reads YAML 1.1, whose surprises are silent changes of a setting: `1:00` is 60
+    (sexagesimal), `010` is 8 (octal), `yes`/`no`/`on`/`off` are booleans, `2022-01-01` a date.
+    Here only `true`/`false` are booleans, `[-+]digits`, `0o17` and `0xff` integers (`010` is
+    10), the usual decimals, `.inf` and `.nan` floats; anything else stays a string, which the
+    config's types then refuse with the key's name. A key given twice in one mapping is an error
+    naming both lines (PyYAML lets the later one win); `<<` merge keys still override.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, str] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            mark = key_node.start_mark
+            where = f"line {mark.line + 1}" + (f", column {mark.column + 1}" if node.flow_style else "")
+            try:
+                first = seen.setdefault(key, where)
+            except TypeError:  # an unhashable key: PyYAML refuses it itself
+                continue
+            if first is not where:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{_shorten(str(key))}' (first at {first}, again at {where})", mark
+                )
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value = self.construct_scalar(node)
+        if value.startswith("0o"):
+            return int(value[2:], 8)
+        return int(value, 16) if value.startswith("0x") else int(value)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value = self.construct_scalar(node).lower()
+        return float(value.replace(".inf", "inf").replace(".nan", "nan"))
+
+
+Yaml12Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+Yaml12Loader.add_implicit_resolver(_INT, _INT_12, list("-+0123456789"))
+Yaml12Loader.add_implicit_resolver(_FLOAT, _FLOAT_12, list("-+0123456789."))
+Yaml12Loader.add_constructor(_INT, Yaml12Loader.construct_yaml_int)
+Yaml12Loader.add_constructor(_FLOAT, Yaml12Loader.construct_yaml_float)
+
+
 def parse_yaml(text: str, source: str, max_bytes: int = YAML_MAX_BYTES) -> Any:
-    """`yaml.safe_load` with bounded work: the text's size, and the document's size with every
-    alias expanded, counted on the composed node graph (each node once) before anything is built.
+    """A YAML 1.2 document (`Yaml12Loader`: no 1.1 surprises, no duplicate keys) with bounded
+    work: the text's size, and the document's size with every alias expanded, counted on the
+    composed node graph (each node once) before anything is built.
 
     Raises:
         GaalError: a document too large, too deeply nested, or with a recursive alias.
@@ -242,7 +322,7 @@ def parse_yaml(text: str, source: str, max_bytes: int = YAML_MAX_BYTES) -> Any:
     """
     if len(text.encode()) > max_bytes:
         raise GaalError(f"is {len(text.encode()):,} bytes; at most {max_bytes:,} are read", source=source)
-    loader = yaml.SafeLoader(text)
+    loader = Yaml12Loader(text)
     try:
         try:
             node = loader.get_single_node()

@@ -52,7 +52,10 @@ def run_shapley(metrics: Mapping[str, Mapping[str, Any]], classes: int | None) -
 def negative_rate(steps: Iterable[Mapping[str, Any]], modality: str) -> tuple[float, int] | None:
     """Fraction of logged steps whose `cos_<modality>` is below 0, and how many were logged;
     None when the run logged no such cosine."""
-    cosines = [s[f"cos_{modality}"] for s in steps if s.get(f"cos_{modality}") is not None]
-    if not cosines:
-        return None
-    return sum(c < 0 for c in cosines) / len(cosines), len(cosines)
+    negative = logged = 0  # counted as the rows stream past: a run logs a row per step
+    for step in steps:
+        cosine = step.get(f"cos_{modality}")
+        if cosine is not None:
+            logged += 1
+            negative += cosine < 0
+    return (negative / logged, logged) if logged else None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,12 @@ from pydantic import ValidationError
 from gaal_cli.config import Config
 from gaal_cli.errors import GaalError
 from gaal_cli.results import RunFolder
+from gaal_cli.untrusted import check_checkpoint, read_bytes
 
 #: keys a dependency's checkpoint must hold
 REQUIRED = ("model", "config")
+#: a checkpoint is read whole into memory once, hashed, then loaded from those bytes
+CHECKPOINT_MAX_BYTES = 8_000_000_000
 
 
 @dataclass
@@ -81,7 +85,14 @@ class Dependency:
     @classmethod
     def from_record(cls, key: str, record: dict[str, Any]) -> Dependency:
         """A dependency known only from a checkpoint's record (no weights)."""
-        config = Config.model_validate(record["config"])
+        try:
+            config = Config.model_validate(record["config"])
+        except (ValidationError, GaalError) as err:
+            raise GaalError(
+                f"the recorded config of this dependency does not validate ({str(err).splitlines()[0]})",
+                source=record.get("path"),
+                field=key,
+            ) from None
         return cls(key, Path(record["path"]), record["sha256"], config, data=record.get("data"))
 
 
@@ -130,8 +141,9 @@ def read_dependency(path: str | Path, key: str) -> Dependency:
             no longer validates.
     """
     file = checkpoint_file(path, key)
+    data = read_bytes(file, CHECKPOINT_MAX_BYTES, field=key)  # read once: the hash is of the bytes loaded
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt, foreign or code-carrying file
         raise GaalError(
             f"cannot read it as a checkpoint of plain data ({type(err).__name__}: {str(err).splitlines()[0]})",
@@ -143,13 +155,17 @@ def read_dependency(path: str | Path, key: str) -> Dependency:
             "not a gaal checkpoint (expected a dict with 'model' and 'config')", source=str(file), field=key
         )
     try:
+        check_checkpoint(state, file)
         config = Config.model_validate(state["config"])
-    except (ValidationError, GaalError) as err:
+    except ValidationError as err:
         raise GaalError(
             f"its config does not validate ({str(err).splitlines()[0]})", source=str(file), field=key
         ) from None
+    except GaalError as err:
+        raise GaalError(err.message, source=str(file), field=f"{key}: {err.field}" if err.field else key) from None
     records = state.get("dependencies") or {}
-    return Dependency(key, file, sha256_file(file), config, state["model"], state.get("data"), records)
+    sha256 = hashlib.sha256(data).hexdigest()
+    return Dependency(key, file, sha256, config, state["model"], state.get("data"), records)
 
 
 def check_matches_data(dep: Dependency, num_classes: int, field_lengths: tuple[int, ...]) -> None:

@@ -1,4 +1,10 @@
-"""Terminal output: a progress bar per epoch with live metrics, and result tables (rich)."""
+"""Terminal output: a progress bar per epoch with live metrics, and result tables (rich).
+
+Every console here and in the CLI reads no markup: text from users and their files (a path, a
+CSV cell, a `--set` key, a folder name) is printed exactly as written, and `[/]` in it cannot
+turn a clean error into a MarkupError. Styling is asked for explicitly: `styled` for a console
+line, `escape` for the user's part of a progress-bar description (rich columns read markup).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,8 +22,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False)
 HEADS = ("multi", "image", "tabular")
 
 
@@ -71,8 +79,13 @@ class EpochProgress:
         else:
             self.update(1)
 
-    def log(self, message: str) -> None:
+    def log(self, message: str | Text) -> None:
         self.progress.console.print(message)
+
+
+def styled(label: str, style: str, rest: str = "") -> Text:
+    """`label` in `style`, then `rest` as it is: a console line whose user text reads no markup."""
+    return Text.assemble((label, style), rest)
 
 
 def format_stats(stats: Mapping[str, float]) -> str:
@@ -211,7 +224,7 @@ class SweepProgress:
 
     def __enter__(self) -> SweepProgress:
         self.progress.__enter__()
-        title = f"[bold]sweep {self.name}"
+        title = f"[bold]sweep {escape(self.name)}"
         self.overall = self.progress.add_task(title, total=self.total, completed=self.done, info="")
         return self
 
@@ -219,7 +232,8 @@ class SweepProgress:
         self.progress.__exit__(*exc)
 
     def started(self, run) -> None:
-        self.rows[run.folder] = self.progress.add_task(f"  {run.label}", total=run.config.train.epochs, info="starting")
+        label = f"  {escape(run.label)}"
+        self.rows[run.folder] = self.progress.add_task(label, total=run.config.train.epochs, info="starting")
 
     def update(self, active, left: int, eta: float | None) -> None:
         """`active`: runs in progress (with .run and .started); their epochs come from metrics.jsonl."""
@@ -230,14 +244,14 @@ class SweepProgress:
         info = f"{self.done} done · {len(active)} running · {left} left · {self.failed} failed · ETA {eta_text}"
         self.progress.update(self.overall, info=info)
 
-    def finished(self, run, message: str, kind: str = "done") -> None:
-        """`kind`: done, failed, or busy (left to another process)."""
+    def finished(self, run, status: Text, kind: str = "done") -> None:
+        """`status`: what became of the run (`styled`); `kind`: done, failed, or busy (left to another process)."""
         if run.folder in self.rows:
             self.progress.remove_task(self.rows.pop(run.folder))
         self.done += kind == "done"
         self.failed += kind == "failed"
         self.progress.advance(self.overall)
-        self.progress.console.print(f"{run.label}  {message}", highlight=False)
+        self.progress.console.print(Text(f"{run.label}  ") + status, highlight=False)
 
 
 def _count_lines(path) -> int:

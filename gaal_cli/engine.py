@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.text import Text
 
 from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
@@ -34,7 +35,7 @@ from gaal_cli.dependencies import (
     load_dependencies,
     recorded_dependencies,
 )
-from gaal_cli.display import EpochProgress, console
+from gaal_cli.display import EpochProgress, console, styled
 from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment, is_main_process
 from gaal_cli.errors import GaalError
 from gaal_cli.health import GradientFlow, assess, class_counts, dependency_reports, feature_spread, trained_encoders
@@ -45,6 +46,7 @@ from gaal_cli.methods import Method, build_method
 from gaal_cli.methods.base import weighted_classes
 from gaal_cli.metrics import classification_metrics
 from gaal_cli.models import build_encoders
+from gaal_cli.models.encoders import ImageEncoder
 from gaal_cli.results import RESTART_HINT, RunFolder, load_checkpoint, load_state, to_json
 from gaal_cli.stages import WHOLE_RUN, PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
 
@@ -105,6 +107,8 @@ def build_run_method(
         tabular_hidden=m.tabular_hidden,
         pretrained=m.pretrained and initial_weights,
         weights=m.weights if initial_weights else None,
+        weights_prefix=m.weights_prefix,
+        weights_min_match=m.weights_min_match,
         dropout=m.dropout,
     )
     start = dependencies.get("model.init_from")
@@ -284,7 +288,8 @@ def train_in(
     if state is not None and dependency_hashes(state.get("dependencies")) != dependency_hashes(
         provenance(s)["dependencies"]
     ):
-        console.print(f"[yellow]{run.path}: a dependency changed since the interrupted attempt; starting over")
+        changed = f"{run.path}: a dependency changed since the interrupted attempt; starting over"
+        console.print(styled(changed, "yellow"))
         state = None
     first_epoch = restore(s, state, run.file(RunFolder.LAST)) if state is not None else 1
     s.comm.barrier()
@@ -297,7 +302,7 @@ def train_in(
     start_epoch, best = first_epoch, {"score": -1.0, "epoch": 0, "stale": 0}
     if state is not None:
         best = state["best"]
-        console.print(f"[yellow]resuming {run.path} after epoch {state['epoch']}")
+        console.print(styled(f"resuming {run.path} after epoch {state['epoch']}", "yellow"))
 
     epoch_seconds = fit(s, run, start_epoch, best, show_progress and s.comm.is_main)
     s.comm.barrier()
@@ -322,7 +327,7 @@ def train_in(
         },
         "data": {"classes": s.data.num_classes, **s.data.info},
         "inputs_at_test": inputs_at_test(config, s.method.modalities),
-        "dependencies": {key: dep.summary() for key, dep in s.dependencies.items()},
+        "dependencies": {**{key: dep.summary() for key, dep in s.dependencies.items()}, **weights_records(s.method)},
         "device": str(s.device),
         "world_size": s.comm.world_size,
         "threads": torch.get_num_threads(),
@@ -477,10 +482,8 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
             }
             if s.comm.is_main:
                 save_epoch(s, run, record, per_step, score, best)
-            bar.log(
-                f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {cfg.train.monitor} acc {score:.4f}"
-                + ("  [green]best" if improved else "")
-            )
+            line = f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {cfg.train.monitor} acc {score:.4f}"
+            bar.log(Text.assemble(line, ("  best", "green") if improved else ""))
     return epoch_seconds
 
 
@@ -721,6 +724,13 @@ def provenance(s: Session) -> dict[str, Any]:
         "data": {"classes": s.data.num_classes, "field_lengths": list(s.data.schema.field_lengths)},
         "dependencies": {key: dep.record() for key, dep in s.dependencies.items()},
     }
+
+
+def weights_records(method: Method) -> dict[str, Any]:
+    """The `model.weights` file the image backbone started from (path, sha256 of the bytes loaded,
+    what matched), recorded beside the dependencies: a sweep finds the run stale when it changes."""
+    records = [m.weights_record for m in method.modules() if isinstance(m, ImageEncoder) and m.weights_record]
+    return {"model.weights": records[0]} if records else {}
 
 
 def dependency_hashes(records: dict[str, Any] | None) -> dict[str, str]:

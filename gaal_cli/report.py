@@ -90,14 +90,14 @@ def load_runs(root: Path) -> pd.DataFrame:
     Raises:
         GaalError: no readable finished run there.
     """
-    from gaal_cli.display import console
+    from gaal_cli.display import console, styled
 
     rows = []
     for run in finished_runs(root):
         try:
             rows.append(run_row(run))
         except GaalError as err:
-            message = f"[yellow]warning:[/] skipped a broken run folder: {err.render()}"
+            message = styled("warning:", "yellow", f" skipped a broken run folder: {err.render()}")
             console.print(message, highlight=False, soft_wrap=True)
     if not rows:
         raise GaalError("no finished runs (folders with DONE and report.json) under it", source=str(root))
@@ -123,9 +123,8 @@ def run_diagnostics(run: RunFolder, report: dict[str, Any]) -> dict[str, float]:
     """Shapley values per split and modality, and the rate of negative gradient cosines."""
     values = run_shapley(report["metrics"], report.get("data", {}).get("classes"))
     out = {f"shapley_{m}_{split}": values.get(split, {}).get(m, np.nan) for split in SPLITS for m in MODALITIES}
-    steps = run.read_steps()
     for m in MODALITIES:
-        rate = negative_rate(steps, m)
+        rate = negative_rate(run.iter_steps(), m)  # streamed: steps.jsonl has a row per training step
         out[f"negcos_{m}"] = rate[0] if rate else np.nan
     return out
 
@@ -157,6 +156,9 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     """
     report = run.read_report()
     tree = read_yaml_file(run.file(RunFolder.CONFIG))
+    if not isinstance(tree, dict):
+        got = type(tree).__name__
+        raise GaalError(f"expected a mapping of settings, got {got}", source=str(run.file(RunFolder.CONFIG)))
     config = flatten(tree)
     if report.get("dataset") != "synthetic":  # the embedded set's knobs mean nothing for another dataset
         config = {k: (np.nan if k.startswith("data.synthetic.") else v) for k, v in config.items()}
@@ -552,7 +554,8 @@ def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     values: dict[str, list[float]] = {}
     for row in runs[runs["method"] == "concat"].itertuples():
         # a NaN cosine is written as null (strict JSON): it is no step of the histogram
-        cosines = [s["cos_image"] for s in RunFolder(row.folder).read_steps() if s.get("cos_image") is not None]
+        steps = RunFolder(row.folder).iter_steps()
+        cosines = [s["cos_image"] for s in steps if isinstance(s.get("cos_image"), int | float)]
         values.setdefault(row.dataset, []).extend(cosines)
     values = {d: v for d, v in values.items() if v}
     if not values:
@@ -598,9 +601,9 @@ def curves_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     """Fig. 4: GAAL's per-modality training losses per epoch, mean ± std over seeds."""
     frames = []
     for row in runs[runs["method"] == "gaal"].itertuples():
-        for record in RunFolder(row.folder).read_metrics():
-            train = record["train"]
-            if "loss_image" in train:
+        for record in RunFolder(row.folder).iter_metrics():
+            train = record.get("train")
+            if isinstance(train, dict) and "loss_image" in train and "loss_tabular" in train:
                 frames.append((row.dataset, row.seed, record["epoch"], train["loss_image"], train["loss_tabular"]))
     if not frames:
         return None

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import json
 import math
 import os
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from gaal_cli.config import read_yaml_file
 from gaal_cli.errors import GaalError
 from gaal_cli.files import make_folder, os_error, remove_tree, write_file
 from gaal_cli.locks import is_locked, read_holder
+from gaal_cli.untrusted import check_checkpoint, check_report, iter_jsonl, open_regular, read_json
 
 # settings of where and how fast a run trains, not of what it computes: a finished run that
 # differs from a config only in these is still a run of that config
@@ -179,7 +182,9 @@ class RunFolder:
     CHECKPOINT = "checkpoint.pt"
     LAST = "last.pt"
     REPORT = "report.json"
-    PREPROCESSING = "preprocessing.json"  # a user table's fitted encoding (TableState), when there is one
+    # the data's fitted encoding, when there is one: a readable copy of the checkpoint's, which
+    # eval and predict read (so a checkpoint file alone suffices)
+    PREPROCESSING = "preprocessing.json"
     DONE = "DONE"
     LOG = "train.log"
     #: the files of the layout: no command but the run's own training writes them
@@ -309,7 +314,34 @@ class RunFolder:
         if not self.done:
             return []
         saved = read_yaml_file(self.file(self.CONFIG))
-        return result_changes(saved, config) if isinstance(saved, dict) else ["config.yaml (not a mapping)"]
+        if not isinstance(saved, dict):
+            return ["config.yaml (not a mapping)"]
+        return [key for key in result_changes(saved, config) if not self.same_dependency(key, saved, config)]
+
+    def same_dependency(self, key: str, saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+        """Whether a dependency setting spelled differently (`methods.kd.teacher`, `model.init_from`,
+        `model.weights`) names what this run was trained from: the same folder or file once
+        resolved, or a file with the hash this run's report.json recorded.
+
+        A relative path is resolved from the current folder and, for the saved one, from each
+        folder above this run (a sweep ran from one of them): `--results` given as an absolute
+        path, a sweep started elsewhere and `x/../x` all name the same run.
+        """
+        if key not in dependency_keys(wanted):
+            return False
+        before, now = _lookup(saved, key), _lookup(wanted, key)
+        if not (isinstance(before, str) and isinstance(now, str)):
+            return False
+        target = _run_of(Path(now).resolve())
+        bases = [Path.cwd(), *self.path.resolve().parents]
+        if any(_run_of((base / before).resolve()) == target for base in bases):
+            return True
+        try:
+            recorded = self.read_report().get("dependencies", {}).get(key, {}).get("sha256")
+        except GaalError:
+            return False
+        checkpoint = target / self.CHECKPOINT if target.is_dir() else target
+        return recorded is not None and checkpoint.is_file() and sha256_of(checkpoint) == recorded
 
     def refuse_overwrite(self, config: dict[str, Any]) -> None:
         """A finished run of another config is never overwritten silently (the sweeps' rule).
@@ -353,16 +385,45 @@ class RunFolder:
         """The run's report.json.
 
         Raises:
-            GaalError: it cannot be read or is not a JSON object.
+            GaalError: it cannot be read (a FIFO, too large, nested too deep), is not a JSON
+            object, or a field a command uses has the wrong type (`untrusted.check_report`).
         """
         file = self.file(self.REPORT)
-        try:
-            report = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise GaalError(f"cannot be read as JSON ({err})", source=str(file)) from None
-        if not isinstance(report, dict):
-            raise GaalError("is not a JSON object", source=str(file))
-        return report
+        return check_report(read_json(file), file)
+
+    def iter_metrics(self) -> Iterator[dict[str, Any]]:
+        """metrics.jsonl's rows one at a time (a reader of many runs never holds a log whole)."""
+        return iter_jsonl(self.file(self.METRICS))
+
+    def iter_steps(self) -> Iterator[dict[str, Any]]:
+        """steps.jsonl's rows one at a time: it holds a row per training step."""
+        return iter_jsonl(self.file(self.STEPS))
+
+
+def dependency_keys(config: dict[str, Any]) -> set[str]:
+    """The keys of a resolved config that name a file a run is trained from: another run (see
+    Config.dependencies) or the starting weights (`model.weights`)."""
+    from gaal_cli.methods import METHODS
+
+    keys = {"model.init_from", "model.weights"}
+    method = config.get("method")
+    if isinstance(method, str) and method in METHODS:
+        keys |= {f"methods.{method}.{field}" for field in METHODS[method].settings.dependency_fields}
+    return keys
+
+
+def _run_of(path: Path) -> Path:
+    """The run folder a dependency names: a run's checkpoint.pt stands for its folder."""
+    return path.parent if path.name == RunFolder.CHECKPOINT else path
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a regular file, read in blocks."""
+    digest = hashlib.sha256()
+    with open_regular(path) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoint_to_evaluate(path: str | Path, last: bool = False) -> tuple[Path, str | None]:
@@ -469,15 +530,17 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:
     (a class, a function reference) could run code.
 
     Raises:
-        GaalError: no checkpoint there, one holding other objects, or not a gaal checkpoint.
+        GaalError: no checkpoint there, one holding other objects, not a gaal checkpoint, or a
+            field of the wrong type or with non-finite numbers (`untrusted.check_checkpoint`).
     """
     path = Path(path)
     file = path / RunFolder.CHECKPOINT if path.is_dir() else path
     if not file.is_file():
         raise GaalError("no checkpoint found (expected a run folder or a checkpoint.pt file)", source=str(path))
     state = load_state(file)
-    if not {"model", "config"} <= state.keys() or not all(isinstance(state[k], dict) for k in ("model", "config")):
+    if not {"model", "config"} <= state.keys():
         raise GaalError(
             "not a gaal checkpoint: expected a mapping under each of the keys 'model' and 'config'", source=str(file)
         )
+    check_checkpoint(state, file)
     return state, file

@@ -349,7 +349,8 @@ def dependencies_first(runs: list[Run], source: Path) -> list[Run]:
     Raises:
         GaalError: runs that need each other (a cycle).
     """
-    by_folder = {run.folder: run for run in runs}
+    # keyed by resolved path: `x/../x` and an absolute --results name the same run
+    by_folder = {run.folder.resolve(): run for run in runs}
     ordered: list[Run] = []
     placed: set[Path] = set()
     visiting: set[Path] = set()
@@ -361,8 +362,8 @@ def dependencies_first(runs: list[Run], source: Path) -> list[Run]:
             raise GaalError(f"{run.label} depends on itself through its dependencies", source=str(source))
         visiting.add(run.folder)
         for need in run.needs:
-            if need in by_folder:
-                place(by_folder[need])
+            if need.resolve() in by_folder:
+                place(by_folder[need.resolve()])
         visiting.discard(run.folder)
         placed.add(run.folder)
         ordered.append(run)
@@ -678,7 +679,7 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
     Raises:
         GaalError: a stale finished run, or runs whose inputs are missing (nothing is launched).
     """
-    from gaal_cli.display import SweepProgress
+    from gaal_cli.display import SweepProgress, styled
 
     check_not_stale(sweep)
     outcome = Outcome()
@@ -701,16 +702,16 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
                     run, blocked = picked
                     if blocked:
                         outcome.failed.append((run, blocked))
-                        progress.finished(run, f"[red]not started[/]: {blocked}", "failed")
+                        progress.finished(run, styled("not started", "red", f": {blocked}"), "failed")
                         continue
                     started = launch(run, env)
                     if isinstance(started, Unwritable):
                         outcome.failed.append((run, str(started)))
-                        progress.finished(run, f"[red]failed[/]: {started}", "failed")
+                        progress.finished(run, styled("failed", "red", f": {started}"), "failed")
                         continue
                     if started == "running":
                         outcome.busy.append(run)
-                        progress.finished(run, "[yellow]skipped: running in another process", "busy")
+                        progress.finished(run, styled("skipped: running in another process", "yellow"), "busy")
                         continue
                     if started == "done":
                         outcome.skipped.append(run)
@@ -752,16 +753,16 @@ def next_startable(todo: list[Run], active: list[Active], outcome: Outcome) -> t
         start because a dependency failed or is unfinished and not being trained; None when
         every run left waits for a dependency still training (here or in another process).
     """
-    pending = {run.folder for run in todo} | {a.run.folder for a in active}
-    failed = {run.folder for run, _ in outcome.failed}
+    pending = {run.folder.resolve() for run in todo} | {a.run.folder.resolve() for a in active}
+    failed = {run.folder.resolve() for run, _ in outcome.failed}
     for run in todo:
         why = ""
         for need in run.needs:
             if RunFolder(need).done:
                 continue
-            if need in failed:
+            if need.resolve() in failed:
                 why = f"its dependency {need} failed"
-            elif need in pending or locked(need):
+            elif need.resolve() in pending or locked(need):
                 why = "wait"
             else:
                 why = f"its dependency {need} is unfinished and not part of this sweep: train it first"
@@ -773,6 +774,8 @@ def next_startable(todo: list[Run], active: list[Active], outcome: Outcome) -> t
 
 
 def _settle(active: Active, outcome: Outcome, durations: list[float], progress) -> None:
+    from gaal_cli.display import styled
+
     release(active)
     seconds = time.monotonic() - active.started
     if active.process.returncode == 0 and RunFolder(active.run.folder).done:
@@ -783,11 +786,11 @@ def _settle(active: Active, outcome: Outcome, durations: list[float], progress) 
             accs = "  ".join(f"{head} {m['acc']:.4f}" for head, m in report.items())
         except (GaalError, KeyError, TypeError, ValueError):
             accs = ""
-        progress.finished(active.run, f"[green]done[/] in {seconds:.0f} s  {accs}")
+        progress.finished(active.run, styled("done", "green", f" in {seconds:.0f} s  {accs}"))
     else:
         reason = failure_reason(active)
         outcome.failed.append((active.run, reason))
-        progress.finished(active.run, f"[red]failed[/]: {reason}", "failed")
+        progress.finished(active.run, styled("failed", "red", f": {reason}"), "failed")
 
 
 def _stop(active: list[Active]) -> None:

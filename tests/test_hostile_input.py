@@ -4,16 +4,20 @@ out-of-range seeds, broken run folders, sweeps over missing data or unwritable f
 Each bad input must give exit code 2 (1 for a sweep that went on to its summary), one paragraph
 without a traceback, no planted code run and no half-written file."""
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from fake_runs import dependency_overrides
+from raw_datasets import make_table
 from typer.testing import CliRunner
 
 import gaal_cli
@@ -376,9 +380,10 @@ def test_dry_run_names_missing_inputs_and_the_sweep_launches_nothing(tmp_path):
 
 
 def test_a_sweep_stops_launching_when_the_same_input_error_repeats(tmp_path):
-    path = sweep_file(tmp_path, "model: {image_backbone: resnet_nope}\nsweep:\n  seeds: [1, 2, 3]\n")
+    path = sweep_file(tmp_path, "sweep:\n  seeds: [1, 2, 3]\n")
     env = dict(os.environ, PYTHONPATH=CHECKOUT)
     command = [sys.executable, "-m", "gaal_cli", "sweep", str(path), "--results", str(tmp_path / "r")]
+    command += ["--set", "model.image_backbone=resnet_nope"]  # not in the file: it has a model block
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     output = " ".join((done.stdout + done.stderr).split())  # lines wrapped by the console joined
     assert done.returncode == 1, output
@@ -683,3 +688,519 @@ def test_a_second_report_into_the_same_folder_is_refused_naming_the_first(tmp_pa
         result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out)])
     assert_refused(result, "is being written by gaal report", f"pid {os.getpid()}")
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+# ================================================================ issue 20: the third round of hostile input
+# console text, YAML 1.2, `name` under --results, dependencies by resolved path and hash, strict
+# and hashed model.weights, structure and finite checks of checkpoints and report.json, bounds,
+# FIFOs and symlinks. Each case: exit code 2, no traceback, nothing planted or half-written.
+
+
+def run_cli(args, timeout=120):
+    """The CLI in a fresh process, with a timeout: a FIFO that blocks fails the test, not the suite."""
+    env = dict(os.environ, PYTHONPATH=CHECKOUT)
+    done = subprocess.run(
+        [sys.executable, "-m", "gaal_cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+# ---------------------------------------------------------------- console text is printed as written
+
+
+@pytest.mark.parametrize("name", ["a[/]b", "x[red]y", "[bold]z[/bold]"])
+def test_user_text_in_a_path_prints_as_written(tmp_path, name):
+    result = runner.invoke(app, ["eval", str(tmp_path / name)])
+    assert_refused(result, f"{tmp_path / name}:", "no checkpoint found")
+
+
+@pytest.mark.parametrize("key", ["tr[/]ain.epochs", "[red]train.epochs"])
+def test_user_text_in_a_set_key_prints_as_written(tmp_path, key):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--set", f"{key}=2"])
+    assert_refused(result, f"--set {key}=2", key.split(".")[0])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_message_with_brackets_keeps_them(tmp_path):
+    """pydantic's '[and 1 more problem]' and a value like '[red]' are text, not markup."""
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", "train={epochs: '[red]', lr: x}"])
+    assert_refused(result, "'[red]'", "[and 1 more problem]")
+
+
+def test_a_csv_header_cell_with_markup_is_shown_as_written(tmp_path):
+    table = make_table(tmp_path / "user")
+    table.write_text(table.read_text().replace("colour", "c[/]o[red]", 1))
+    result = runner.invoke(app, ["data", "inspect", str(table), "--target", "species", "--image-column", "photo"])
+    assert result.exit_code == 0, result.output
+    assert "c[/]o[red]" in result.output and "Traceback" not in result.output
+
+
+def test_a_folder_name_with_markup_in_a_report_warning(tmp_path):
+    root = tmp_path / "results"
+    report_run(root, "gaal", 1, 0.8)
+    bad = report_run(root, "concat", 1, 0.6)
+    named = bad.parent / "seed[/]1[red]"  # "[/]" holds a "/": two folders, "seed[" and "]1[red]"
+    named.parent.mkdir()
+    bad.rename(named)
+    (named / "report.json").write_text("[1]")
+    result = runner.invoke(app, ["report", str(root), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert str(named) in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- YAML 1.2, duplicate keys, name
+
+
+def test_duplicate_keys_are_refused_naming_both_lines(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train:\n  epochs: 2\n  lr: 0.01\n  epochs: 50\n")
+    result = runner.invoke(app, ["train", str(exp), "--out", str(tmp_path / "run")])
+    assert_refused(result, str(exp), "duplicate key 'epochs'", "line 2", "line 4")
+    assert not (tmp_path / "run").exists()
+
+
+def test_duplicate_keys_in_a_set_value_are_refused(tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--set", "train={epochs: 2, epochs: 50}"])
+    assert_refused(result, "--set", "duplicate key 'epochs'")
+
+
+def test_merge_keys_still_override():
+    from gaal_cli.config import parse_yaml
+
+    assert parse_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\n", "t")["b"] == {"x": 3, "y": 2}
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1:00", "1:00"),  # YAML 1.1: 60 (sexagesimal)
+        ("010", 10),  # YAML 1.1: 8 (octal)
+        ("0o10", 8),
+        ("0x1f", 31),
+        ("yes", "yes"),  # YAML 1.1: True
+        ("off", "off"),  # YAML 1.1: False
+        ("2022-01-01", "2022-01-01"),  # YAML 1.1: a date
+        ("1_000", "1_000"),  # YAML 1.1: 1000
+        ("true", True),
+        ("1e-3", 0.001),
+        ("-.inf", float("-inf")),
+    ],
+)
+def test_yaml_12_scalars(text, value):
+    from gaal_cli.config import parse_yaml
+
+    assert parse_yaml(f"v: {text}\n", "t")["v"] == value
+
+
+def test_sexagesimal_epochs_are_refused(tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--set", "train.epochs=1:00"])
+    assert_refused(result, "train.epochs", "'1:00'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_12_in_an_experiment_file():
+    config = load_config(overrides=["name=no", "train.epochs=010"])
+    assert config.name == "no" and config.train.epochs == 10
+
+
+@pytest.mark.parametrize("name", ["/abs", "../..", "a/../../b", "~/x", "."])
+def test_a_name_that_leaves_results_is_refused(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    # train.epochs=0 as well: should the name pass, nothing is trained outside tmp_path either
+    result = runner.invoke(app, ["train", "-q", "--set", f"name={name}", "--set", "train.epochs=0"])
+    assert_refused(result, "field 'name'", "under --results")
+    result = runner.invoke(app, ["sweep", "synthetic/lambda", "--dry-run", "--results", "r", "--set", f"name={name}"])
+    assert_refused(result, "field 'name'")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- sweeps: dependencies by resolved path and hash
+
+
+def student_sweep(tmp_path, teacher="{results}/sw/concat/seed{seed}"):
+    """A student (KD) listed before its teacher (concat), which its setting names through {results}."""
+    return sweep_file(
+        tmp_path,
+        f"methods:\n  kd: {{teacher: '{teacher}'}}\n"
+        "sweep:\n  seeds: [1]\n  grid:\n    method: [kd, concat]\n  variant: '{method}'\n",
+    )
+
+
+def fake_done(run, checkpoint=None):
+    """Mark a planned run finished, as training would: its config, a report and DONE."""
+    run.folder.mkdir(parents=True)
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(run.config.resolved()))
+    report = {"dependencies": {}}
+    if checkpoint is not None:
+        report["dependencies"]["methods.kd.teacher"] = {
+            "path": str(checkpoint),
+            "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        }
+    (run.folder / "report.json").write_text(json.dumps(report))
+    (run.folder / "DONE").write_text("")
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "dotdot", "elsewhere"])
+def test_finished_runs_stay_done_whatever_the_results_spelling(tmp_path, monkeypatch, spelling, teacher_checkpoint):
+    from gaal_cli.sweep import load_sweep, statuses
+
+    path = student_sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for run in load_sweep(path, [], results=Path("r")).runs:
+        fake_done(run)
+    results = {"absolute": tmp_path / "r", "dotdot": Path("r/../r"), "elsewhere": tmp_path / "r"}[spelling]
+    if spelling == "elsewhere":
+        (tmp_path / "other").mkdir()
+        monkeypatch.chdir(tmp_path / "other")
+    plan = load_sweep(path, [], results=results)
+    assert [state for _, state in statuses(plan)] == ["done", "done"]
+
+
+def test_a_dependency_spelled_with_dotdot_is_part_of_the_sweep(tmp_path, monkeypatch):
+    from gaal_cli.sweep import Outcome, load_sweep, next_startable
+
+    monkeypatch.chdir(tmp_path)
+    plan = load_sweep(student_sweep(tmp_path, "{results}/sw/kd/../concat/seed{seed}"), [], results=Path("r"))
+    assert [run.variant for run in plan.runs] == ["concat", "kd"]  # the teacher first
+    todo = list(plan.runs)
+    assert next_startable(todo, [], Outcome()) == (plan.runs[0], "")
+    teacher_training = [SimpleNamespace(run=plan.runs[0])]
+    assert next_startable(todo, teacher_training, Outcome()) is None  # the student waits for its teacher
+
+
+def test_a_dependency_renamed_but_with_the_recorded_hash_is_the_same(tmp_path, monkeypatch, teacher_checkpoint):
+    from gaal_cli.results import RunFolder
+
+    monkeypatch.chdir(tmp_path)
+    teacher = tmp_path / "t1"
+    teacher.mkdir()
+    (teacher / "checkpoint.pt").write_bytes(teacher_checkpoint.read_bytes())
+    student = RunFolder(tmp_path / "s")
+    saved = {"method": "kd", "methods": {"kd": {"teacher": "t1"}}}
+    student.path.mkdir()
+    report = {"dependencies": {"methods.kd.teacher": {"path": "t1/checkpoint.pt", "sha256": "0" * 64}}}
+    copy = tmp_path / "t2"
+    shutil.copytree(teacher, copy)
+    wanted = {"method": "kd", "methods": {"kd": {"teacher": str(copy)}}}
+    (student.path / "report.json").write_text(json.dumps(report))
+    assert not student.same_dependency("methods.kd.teacher", saved, wanted)  # another hash
+    digest = hashlib.sha256(copy.joinpath("checkpoint.pt").read_bytes()).hexdigest()
+    report["dependencies"]["methods.kd.teacher"]["sha256"] = digest
+    (student.path / "report.json").write_text(json.dumps(report))
+    assert student.same_dependency("methods.kd.teacher", saved, wanted)
+
+
+def test_a_dependency_is_hashed_from_the_bytes_it_loads(tmp_path, teacher_checkpoint, monkeypatch):
+    """The file is read once: replaced after the read, the hash is still that of what was loaded."""
+    from gaal_cli import dependencies
+
+    file = tmp_path / "checkpoint.pt"
+    file.write_bytes(teacher_checkpoint.read_bytes())
+    original = dependencies.read_bytes
+
+    def read_then_replace(path, *args, **kwargs):
+        data = original(path, *args, **kwargs)
+        Path(path).write_bytes(b"replaced")
+        return data
+
+    monkeypatch.setattr(dependencies, "read_bytes", read_then_replace)
+    dep = dependencies.read_dependency(file, "methods.kd.teacher")
+    assert dep.sha256 == hashlib.sha256(teacher_checkpoint.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- model.weights: strict and hashed
+
+
+@pytest.fixture(scope="module")
+def backbone_state():
+    import timm
+
+    return timm.create_model("test_resnet", num_classes=10).state_dict()
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        ({}, ["0 of the model's"]),
+        ({"foo.weight": torch.zeros(3)}, ["0 of the model's", "foo.weight"]),
+        ("backbone", ["prefix 'backbone.'", "model.weights_prefix=backbone."]),
+        ("half", ["of the model's", "model.weights_min_match"]),
+        ([1, 2], ["expected a state dict", "list"]),
+        ("a string", ["expected a state dict", "str"]),
+        ("nan", ["non-finite"]),
+    ],
+)
+def test_weights_that_do_not_fit_are_refused(tmp_path, tiny, backbone_state, content, needles):
+    if content == "backbone":
+        content = {f"backbone.{k}": v for k, v in backbone_state.items()}
+    elif content == "half":
+        content = dict(list(backbone_state.items())[: len(backbone_state) // 2])
+    elif content == "nan":
+        content = {k: v.clone() for k, v in backbone_state.items()}
+        next(iter(content.values())).view(-1)[0] = float("nan")
+    weights, out = tmp_path / "w.pth", tmp_path / "run"
+    torch.save(content, weights)
+    result = runner.invoke(app, ["train", "--out", str(out), "-q", *sets([*tiny, f"model.weights={weights}"])])
+    assert_refused(result, str(weights), "model.weights", *needles)
+    assert not out.exists()
+
+
+def test_weights_are_recorded_and_a_changed_file_makes_the_run_stale(tmp_path, tiny, backbone_state):
+    from gaal_cli.results import RunFolder
+    from gaal_cli.sweep import changed_dependencies
+
+    weights, out = tmp_path / "w.pth", tmp_path / "run"
+    torch.save({f"backbone.{k}": v for k, v in backbone_state.items()}, weights)
+    overrides = [*tiny, "train.epochs=1", f"model.weights={weights}", "model.weights_prefix=backbone."]
+    result = runner.invoke(app, ["train", "-m", "concat", "--out", str(out), "-q", *sets(overrides)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "report.json").read_text())["dependencies"]["model.weights"]
+    assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    backbone = [k for k in backbone_state if not k.startswith("fc.") and "tracked" not in k]
+    assert record["matched"] == f"{len(backbone)} of {len(backbone)} tensors"
+    assert changed_dependencies(RunFolder(out)) == []
+    torch.save({f"backbone.{k}": v * 2 for k, v in backbone_state.items()}, weights)
+    assert changed_dependencies(RunFolder(out)) == [str(weights)]
+
+
+# ---------------------------------------------------------------- checkpoints: structure and finite numbers
+
+
+def crafted_checkpoint(path, base, **changes):
+    state = torch.load(base, weights_only=True)
+    state.update(changes)
+    torch.save(state, path)
+    return path
+
+
+def _nan_model(base):
+    model = dict(torch.load(base, weights_only=True)["model"])
+    name = next(k for k, v in model.items() if v.is_floating_point())
+    model[name] = torch.full_like(model[name], float("nan"))
+    return model
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"model": [1, 2]}, "model"),
+        ({"model": {"w": "text"}}, "model.w"),
+        ({"data": "x"}, "data"),
+        ({"data": {"classes": -3, "field_lengths": [1]}}, "data.classes"),
+        ({"dependencies": [1]}, "dependencies"),
+        ({"dependencies": {"methods.kd.teacher": "x"}}, "dependencies.methods.kd.teacher"),
+        ({"dependencies": {"m.kd.teacher": {"path": 1, "sha256": "0" * 64}}}, "dependencies.m.kd.teacher.path"),
+        ({"epoch": -1}, "epoch"),
+        ({"preprocessing": {"image": {"size": -5}}}, "preprocessing.image.size"),
+        ({"preprocessing": {"encoding": {"mean": [float("nan")], "std": [1.0]}}}, "preprocessing.encoding.mean[0]"),
+        ({"preprocessing": {"encoding": {"mean": [0.0], "std": [0.0]}}}, "preprocessing.encoding.std[0]"),
+        ({"preprocessing": {"field_lengths": [-2]}}, "preprocessing.field_lengths"),
+        ("nan-model", "model."),
+    ],
+)
+def test_crafted_checkpoint_fields_are_refused_by_name(tmp_path, teacher_checkpoint, changes, field):
+    if changes == "nan-model":
+        changes = {"model": _nan_model(teacher_checkpoint)}
+    file = crafted_checkpoint(tmp_path / "checkpoint.pt", teacher_checkpoint, **changes)
+    assert_refused(runner.invoke(app, ["eval", str(file)]), str(file), f"field '{field}")
+
+
+@pytest.mark.parametrize(
+    "config_change, field",
+    [
+        ({"data": {"image_size": -5}}, "data.image_size"),
+        ({"model": {"weights": [1]}}, "model.weights"),
+        ({"model": {"weights": 3}}, "model.weights"),
+    ],
+)
+def test_crafted_checkpoint_configs_are_refused_by_name(tmp_path, teacher_checkpoint, config_change, field):
+    config = torch.load(teacher_checkpoint, weights_only=True)["config"]
+    for section, values in config_change.items():
+        config[section] = {**config[section], **values}
+    file = crafted_checkpoint(tmp_path / "checkpoint.pt", teacher_checkpoint, config=config)
+    assert_refused(runner.invoke(app, ["eval", str(file)]), str(file), field)
+
+
+def test_a_teacher_with_nan_weights_is_refused_before_training(tmp_path, tiny, teacher_checkpoint):
+    teacher = crafted_checkpoint(tmp_path / "teacher.pt", teacher_checkpoint, model=_nan_model(teacher_checkpoint))
+    out = tmp_path / "run"
+    overrides = [*tiny, f"methods.kd.teacher={teacher}"]
+    result = runner.invoke(app, ["train", "-m", "kd", "--out", str(out), "-q", *sets(overrides)])
+    assert_refused(result, str(teacher), "non-finite", "methods.kd.teacher")
+    assert not out.exists()
+
+
+def test_a_recorded_dependency_config_that_does_not_validate(tmp_path, teacher_checkpoint):
+    record = {"path": "t.pt", "sha256": "0" * 64, "config": {"train": {"lr": -1}}, "data": None}
+    file = crafted_checkpoint(tmp_path / "c.pt", teacher_checkpoint, dependencies={"methods.kd.teacher": record})
+    assert_refused(runner.invoke(app, ["eval", str(file)]), "methods.kd.teacher", "does not validate")
+
+
+# ---------------------------------------------------------------- report.json and config.yaml: structure
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"seed": [1]}, "seed"),
+        ({"experiment": {"a": 1}}, "experiment"),
+        ({"metrics": {"test": "0.9"}}, "metrics.test"),
+        ({"metrics": {"test": {"multi": {"acc": "high"}}}}, "metrics.test.multi.acc"),
+        ({"timings": {"seconds_per_epoch": "fast"}}, "timings.seconds_per_epoch"),
+        ({"dependencies": {"m.kd.teacher": {"path": "x", "sha256": "no"}}}, "dependencies.m.kd.teacher.sha256"),
+    ],
+)
+def test_crafted_report_fields_are_named(tmp_path, change, field):
+    root = tmp_path / "results"
+    bad = report_run(root, "gaal", 2, 0.9)
+    report = json.loads((bad / "report.json").read_text())
+    (bad / "report.json").write_text(json.dumps({**report, **change}))
+    result = runner.invoke(app, ["report", str(root), "--out", str(tmp_path / "rep")])
+    assert_refused(result, "skipped a broken run folder", f"field '{field}'", "no finished runs")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_deeply_nested_report_json_is_one_paragraph(tmp_path):
+    root = tmp_path / "results"
+    report_run(root, "concat", 1, 0.6)
+    bad = report_run(root, "gaal", 2, 0.9)
+    (bad / "report.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = runner.invoke(app, ["report", str(root), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "nested too deeply" in result.output and "Traceback" not in result.output
+
+
+def test_a_config_yaml_that_is_a_list(tmp_path):
+    root = tmp_path / "results"
+    bad = report_run(root, "gaal", 2, 0.9)
+    (bad / "config.yaml").write_text("- 1\n- 2\n")
+    result = runner.invoke(app, ["report", str(root), "--out", str(tmp_path / "rep")])
+    assert_refused(result, str(bad / "config.yaml"), "expected a mapping")
+    result = runner.invoke(app, ["train", str(bad / "config.yaml"), "--out", str(tmp_path / "run")])
+    assert_refused(result, str(bad / "config.yaml"), "mapping")
+
+
+def test_a_crafted_report_stops_a_sweep_status_with_its_name(tmp_path, monkeypatch):
+    from gaal_cli.sweep import load_sweep
+
+    monkeypatch.chdir(tmp_path)
+    path = sweep_file(tmp_path, "sweep:\n  seeds: [1]\n")
+    (run,) = load_sweep(path, [], results=Path("r")).runs
+    fake_done(run)
+    (run.folder / "report.json").write_text(json.dumps({"dependencies": {"model.init_from": [1]}}))
+    result = runner.invoke(app, ["sweep", str(path), "--dry-run", "--results", "r"])
+    assert_refused(result, "report.json", "dependencies.model.init_from")
+
+
+# ---------------------------------------------------------------- bounds, FIFOs, symlinks, streaming
+
+
+def test_image_size_has_a_maximum(tmp_path):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--set", "data.image_size=100000"])
+    assert_refused(result, "data.image_size", "1024")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_table_with_too_many_columns_is_refused_before_parsing(tmp_path):
+    from gaal_cli.untrusted import TABLE_MAX_COLUMNS
+
+    table = tmp_path / "wide.csv"
+    header = ",".join(f"c{i}" for i in range(TABLE_MAX_COLUMNS + 5))
+    table.write_text(f"photo,species,{header}\n" + "p.jpg,cat," + ",".join("1" * (TABLE_MAX_COLUMNS + 5)) + "\n")
+    result = runner.invoke(app, ["data", "inspect", str(table), "--target", "species", "--image-column", "photo"])
+    assert_refused(result, str(table), "columns", f"{TABLE_MAX_COLUMNS:,}")
+
+
+def test_report_reads_logs_as_a_stream_and_skips_an_overlong_line(tmp_path):
+    from gaal_cli.results import RunFolder
+    from gaal_cli.untrusted import JSONL_MAX_LINE
+
+    run = RunFolder(tmp_path)
+    long = json.dumps({"cos_image": 0.1, "pad": "x" * JSONL_MAX_LINE})
+    lines = [json.dumps({"epoch": 1, "cos_image": -0.5}), long, json.dumps({"cos_image": 0.5})]
+    run.file("steps.jsonl").write_text("\n".join([*lines, "[1]", '{"cut']) + "\n")
+    steps = run.iter_steps()
+    assert iter(steps) is steps  # a generator: rows come one at a time
+    assert [s["cos_image"] for s in steps] == [-0.5, 0.5]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_as_report_json_is_refused_not_waited_on(tmp_path):
+    root = tmp_path / "results"
+    report_run(root, "concat", 1, 0.6)
+    bad = report_run(root, "gaal", 2, 0.9)
+    (bad / "report.json").unlink()
+    os.mkfifo(bad / "report.json")
+    code, output = run_cli(["report", root, "--out", tmp_path / "rep"], timeout=120)
+    assert code == 0, output
+    assert "FIFO" in output and str(bad / "report.json") in output and "Traceback" not in output
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """A tiny finished run on a user table (one epoch)."""
+    root = tmp_path_factory.mktemp("table_run")
+    table = make_table(root / "user", split=True)
+    run = root / "run"
+    args = ["train", "--dataset", str(table), "--target", "species", "--image-column", "photo", "-q", "--out", str(run)]
+    overrides = ["data.image_size=16", "data.batch_size=16", "model.feature_dim=16", "model.tabular_hidden=[16]"]
+    result = runner.invoke(app, [*args, *sets([*overrides, "train.epochs=1", "train.device=cpu", "method=concat"])])
+    assert result.exit_code == 0, result.output
+    return run, table
+
+
+def table_copy(table, folder):
+    shutil.copytree(table.parent, folder, ignore=shutil.ignore_patterns(".gaal_cache"))
+    return folder / "table.csv"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_as_an_image_in_predict_is_a_bad_row(table_run, tmp_path):
+    run, table = table_run
+    data = table_copy(table, tmp_path / "t")
+    (data.parent / "photos" / "p0.jpg").unlink()
+    os.mkfifo(data.parent / "photos" / "p0.jpg")
+    out = tmp_path / "p.csv"
+    code, output = run_cli(["predict", run, "--data", data, "--out", out], timeout=300)
+    assert code == 2, output
+    assert "FIFO" in output and "p0.jpg" in output and "Traceback" not in output and not out.exists()
+
+
+def test_a_symlink_leaving_the_image_folder_is_refused(table_run, tmp_path):
+    run, table = table_run
+    data = table_copy(table, tmp_path / "t")
+    outside = tmp_path / "outside.jpg"
+    (data.parent / "photos" / "p0.jpg").rename(outside)
+    (data.parent / "photos" / "p0.jpg").symlink_to(outside)
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(run), "--data", str(data), "--out", str(out)])
+    assert_refused(result, "leaves the table's folder", "symlink")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [("mean", float("nan"), "preprocessing.encoding.mean[0]"), ("std", 0.0, "preprocessing.encoding.std[0]")],
+)
+def test_predict_refuses_non_finite_preprocessing(table_run, tmp_path, field, value, needle):
+    run, table = table_run
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["preprocessing"]["encoding"][field][0] = value
+    file = tmp_path / "checkpoint.pt"
+    torch.save(state, file)
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(file), "--data", str(table), "--out", str(out)])
+    assert_refused(result, str(file), needle)
+    assert not out.exists()
+
+
+def test_predict_reads_the_preprocessing_from_the_checkpoint_not_the_folder(table_run, tmp_path):
+    """README: predict rebuilds everything from the checkpoint; preprocessing.json is a copy to read."""
+    run, table = table_run
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    (folder / "preprocessing.json").write_text("not json")
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", str(folder), "--data", str(table), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 49

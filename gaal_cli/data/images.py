@@ -32,6 +32,7 @@ from gaal_cli.data.table_prep import Problems
 from gaal_cli.display import CountProgress
 from gaal_cli.errors import GaalError
 from gaal_cli.files import make_folder, write_file
+from gaal_cli.untrusted import open_regular
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,7 +55,8 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
     """PIL's Image.open with its decompression-bomb warning (over MAX_IMAGE_PIXELS) made an error."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        # a FIFO or a device would block or never end: only a regular file is opened (an OSError, a bad row)
+        with open_regular(path) as fh, Image.open(fh) as img:
             yield img
 
 

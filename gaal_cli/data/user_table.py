@@ -53,6 +53,7 @@ from gaal_cli.data.table_prep import (
     stratified_split,
 )
 from gaal_cli.errors import GaalError, did_you_mean
+from gaal_cli.untrusted import check_table_file
 
 SPLIT_SEED = 2022
 TEST_FRACTION = 0.2
@@ -69,6 +70,7 @@ def read_table(path: Path) -> pd.DataFrame:
     """
     if not path.is_file():
         raise GaalError("no such table file", source=str(path), field="data.name")
+    check_table_file(path)
     if path.suffix.lower() == ".parquet":
         try:
             frame = pd.read_parquet(path)
@@ -309,10 +311,13 @@ def image_paths(values: pd.Series, folder: Path, allow_outside: bool, problems: 
             out.append("")
             continue
         path = os.path.normpath(os.path.join(root, text))  # an absolute `text` stays itself
-        if not allow_outside and os.path.commonpath([root, path]) != root:
+        # compared after resolving symlinks: a link inside the folder may point anywhere
+        real, real_root = os.path.realpath(path), os.path.realpath(root)
+        if not allow_outside and os.path.commonpath([real_root, real]) != real_root:
+            link = f" (a symlink to {real})" if real != path else ""
             problems.add(
                 row,
-                f"image path {text!r} leaves the table's folder (set data.allow_outside_paths=true to allow it)",
+                f"image path {text!r} leaves the table's folder{link} (set data.allow_outside_paths=true to allow it)",
                 column=str(values.name),
                 kind="an image path that leaves the table's folder",
             )

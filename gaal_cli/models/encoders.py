@@ -6,14 +6,19 @@ either modality (GAAL's shared head) or concatenate them (joint training).
 
 from __future__ import annotations
 
-import pickle
+import hashlib
+import io
+import sys
 from pathlib import Path
+from typing import Any
 
+import safetensors.torch
 import timm
 import torch
 from torch import nn
 
 from gaal_cli.errors import GaalError
+from gaal_cli.untrusted import check_tensors, read_bytes
 
 
 class ImageEncoder(nn.Module):
@@ -29,9 +34,19 @@ class ImageEncoder(nn.Module):
             .safetensors) or a gaal checkpoint (its image backbone is taken).
     """
 
-    def __init__(self, backbone: str, feature_dim: int, pretrained: bool = False, weights: str | None = None):
+    def __init__(
+        self,
+        backbone: str,
+        feature_dim: int,
+        pretrained: bool = False,
+        weights: str | None = None,
+        weights_prefix: str = "",
+        weights_min_match: float = 1.0,
+    ):
         super().__init__()
-        self.backbone = create_backbone(backbone, pretrained, weights)
+        self.backbone, self.weights_record = create_backbone(
+            backbone, pretrained, weights, weights_prefix, weights_min_match
+        )
         width = self.backbone.num_features
         self.project = nn.Identity() if width == feature_dim else nn.Linear(width, feature_dim)
         self.out_dim = feature_dim
@@ -42,62 +57,151 @@ class ImageEncoder(nn.Module):
 
 #: where a gaal checkpoint keeps the image backbone's weights
 GAAL_BACKBONE_PREFIX = "encoders.image.backbone."
+#: a weights file is read whole into memory once (hashed, then loaded from those bytes)
+WEIGHTS_MAX_BYTES = 4_000_000_000
+#: wrappers that training scripts put around a state dict, and the prefixes of wrapped modules
+#: (DDP, torch.compile) that timm strips too; any other prefix is the user's to name
+STATE_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def create_backbone(name: str, pretrained: bool, weights: str | None) -> nn.Module:
-    """A headless, pooled timm model, with weights from a local file, timm's hub, or random."""
+def create_backbone(
+    name: str, pretrained: bool, weights: str | None, prefix: str = "", min_match: float = 1.0
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """A headless, pooled timm model, with weights from a local file, timm's hub, or random.
+
+    Returns:
+        The model, and for a weights file what `weights_record` says (else None).
+    """
     # a name may carry timm's weight tag (resnet50.tv_in1k: torchvision's ImageNet weights)
     if name.split(".")[0] not in timm.list_models():
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise GaalError(f"'{name}' is not a timm model{hint}", field="model.image_backbone")
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise GaalError("no such weights file", source=str(path), field="model.weights")
-        gaal_state = gaal_backbone_state(path)
-        if gaal_state is None:
-            try:  # timm reads the file with weights_only=True: a pickle that builds objects is refused
-                return timm.create_model(
-                    name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)}
-                )
-            except (RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
-                reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-                raise GaalError(
-                    f"cannot load these weights into '{name}' (a state dict of tensors is expected): {reason}",
-                    source=str(path),
-                    field="model.weights",
-                ) from None
         model = timm.create_model(name, pretrained=False, num_classes=0)
-        try:
-            model.load_state_dict(gaal_state)
-        except RuntimeError as err:
-            raise GaalError(
-                f"the gaal checkpoint's image backbone is not a '{name}' ({str(err).splitlines()[0]})",
-                source=str(path),
-                field="model.weights",
-            ) from None
-        return model
+        path = Path(weights)
+        data = read_bytes(path, WEIGHTS_MAX_BYTES, field="model.weights")
+        state = weights_state(data, path)
+        matched = load_strictly(model, state, path, prefix, min_match)
+        return model, {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "matched": matched}
     if pretrained:
-        return hub_backbone(name)
-    return timm.create_model(name, pretrained=False, num_classes=0)
+        return hub_backbone(name), None
+    return timm.create_model(name, pretrained=False, num_classes=0), None
 
 
-def gaal_backbone_state(path: Path) -> dict[str, torch.Tensor] | None:
-    """The image backbone of a gaal checkpoint (read with weights_only=True), or None when the
-    file is not one (then it is left to timm as a plain state dict)."""
-    if path.suffix == ".safetensors":
-        return None
+def weights_state(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file's bytes: safetensors, or a torch file read with
+    weights_only=True (a pickle that builds objects is refused); a gaal checkpoint gives its
+    image backbone, a training checkpoint its `state_dict` (or EMA) entry.
+
+    Raises:
+        GaalError: not a state dict of finite tensors.
+    """
+    where = {"source": str(path), "field": "model.weights"}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a plain torch file: timm reads it, or reports why it cannot
-        return None
-    if not (isinstance(state, dict) and {"model", "config"} <= state.keys()):
-        return None
-    found = {k[len(GAAL_BACKBONE_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(GAAL_BACKBONE_PREFIX)}
-    if not found:
-        raise GaalError("this gaal checkpoint holds no image backbone", source=str(path), field="model.weights")
-    return found
+        if path.suffix == ".safetensors":
+            state = safetensors.torch.load(data)
+        else:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise many types for a foreign or code-carrying file
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise GaalError(f"cannot be read as tensors and plain data ({reason})", **where) from None
+    if isinstance(state, dict) and {"model", "config"} <= state.keys() and isinstance(state["model"], dict):
+        prefix = GAAL_BACKBONE_PREFIX
+        state = {k[len(prefix) :]: v for k, v in state["model"].items() if str(k).startswith(prefix)}
+        if not state:
+            raise GaalError("this gaal checkpoint holds no image backbone", **where)
+    elif isinstance(state, dict):
+        key = next((k for k in STATE_KEYS if isinstance(state.get(k), dict)), None)
+        state = state[key] if key else state
+    if not isinstance(state, dict):
+        raise GaalError(f"expected a state dict (names to tensors), got {type(state).__name__}", **where)
+    cleaned = {}
+    for key, value in state.items():
+        key = str(key)
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        cleaned[key] = value
+    check_tensors(cleaned, path, "model.weights")
+    return cleaned
+
+
+def load_strictly(model: nn.Module, state: dict[str, torch.Tensor], path: Path, prefix: str, min_match: float) -> str:
+    """Load `state` into `model`, refusing a file that does not fit it.
+
+    Every tensor of the model (buffers such as BatchNorm's batch counter aside) must be found
+    under its name with its shape, and every tensor of the file must be used, the classifier
+    timm removes aside; `min_match` below 1 accepts a file covering that fraction of the model.
+    `prefix` (model.weights_prefix) is removed from the file's names first, and names without
+    it are left out. timm's own conversion of the model family (`checkpoint_filter_fn`, e.g.
+    torchvision or original ViT weights) is applied when it has one.
+
+    Returns:
+        What matched, for the run's record ("161 of 161 tensors").
+
+    Raises:
+        GaalError: names the file, what matched and, for names under one prefix, the setting to use.
+    """
+    where = {"source": str(path), "field": "model.weights"}
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    state = _timm_converted(model, state)
+    wanted = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    matched = [k for k, v in wanted.items() if k in state and tuple(state[k].shape) == tuple(v.shape)]
+    head = _classifier_names(model)
+    unused = [
+        k for k in state if k not in wanted and not k.endswith("num_batches_tracked") and k.split(".")[0] not in head
+    ]
+    wrong_shape = [k for k in wanted if k in state and k not in matched]
+    fraction = len(matched) / max(len(wanted), 1)
+    if fraction < min_match or (min_match >= 1.0 and unused):
+        found = f"{len(matched)} of the model's {len(wanted)} tensors match by name and shape"
+        details = []
+        if wrong_shape:
+            details.append(f"{len(wrong_shape)} differ in shape (first: {wrong_shape[0]})")
+        if unused:
+            details.append(f"{len(unused)} of the file's names fit no tensor (first: {unused[0]})")
+        hint = _prefix_hint(state, wanted) if not matched else ""
+        more = f" ({'; '.join(details)})" if details else ""
+        setting = "" if hint else (
+            "; set model.weights_min_match to the fraction to accept to load a partial file" if matched else ""
+        )
+        name = model.default_cfg.get("architecture", "")
+        raise GaalError(f"does not fit '{name}': {found}{more}{hint}{setting}", **where)
+    model.load_state_dict({k: state[k] for k in matched}, strict=False)
+    return f"{len(matched)} of {len(wanted)} tensors"
+
+
+def _timm_converted(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    convert = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if convert is None:
+        return state
+    try:
+        return dict(convert(dict(state), model))
+    except Exception:  # a file the conversion does not know: matched as it is
+        return state
+
+
+def _classifier_names(model: nn.Module) -> set[str]:
+    """First name parts of the classifier a published weights file carries (removed here: num_classes=0)."""
+    names = model.default_cfg.get("classifier", ()) if hasattr(model, "default_cfg") else ()
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    return {str(n).split(".")[0] for n in names} | {"fc", "head", "classifier"}
+
+
+def _prefix_hint(state: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor]) -> str:
+    """'; its names start with 'backbone.' ...' when removing one leading part makes them match."""
+    starts = {k.split(".", 1)[0] + "." for k in state if "." in k}
+    for start in sorted(starts):
+        stripped = {k[len(start) :] for k in state if k.startswith(start)}
+        hits = len(stripped & wanted.keys())
+        if hits:
+            return (
+                f"; {hits} match once the prefix '{start}' is removed from the file's names: set "
+                f"model.weights_prefix={start} to load those"
+            )
+    return ""
 
 
 def hub_backbone(name: str) -> nn.Module:
@@ -176,9 +280,12 @@ def build_encoders(
     tabular_hidden: list[int],
     pretrained: bool = False,
     weights: str | None = None,
+    weights_prefix: str = "",
+    weights_min_match: float = 1.0,
     dropout: float = 0.0,
 ) -> Encoders:
+    image = ImageEncoder(image_backbone, feature_dim, pretrained, weights, weights_prefix, weights_min_match)
     return Encoders(
-        ImageEncoder(image_backbone, feature_dim, pretrained=pretrained, weights=weights),
+        image,
         TabularEncoder(field_lengths, tabular_hidden, feature_dim, dropout=dropout),
     )
