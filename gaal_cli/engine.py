@@ -229,7 +229,7 @@ def start_stage(s: Session, planned: PlannedStage) -> None:
     start_optimizer(s, planned)
     s.method.on_stage_start(planned)
     # the encoders the stage trains: run health checks that each receives a gradient
-    encoders = trained_encoders(s.method, s.optimizer, s.method.modalities)
+    encoders = trained_encoders(s.method, s.optimizer, s.method.modalities) if planned.stage.steps else []
     s.stages_run.append({**describe(planned, s.optimizer), "encoders": encoders})
     if len(s.plan) > 1 and s.comm.is_main:
         lr = s.optimizer.param_groups[0]["lr"]

@@ -448,9 +448,9 @@ def _declared_encoders(
         return stages
     out = []
     for entry, stage in zip(stages, declared):
-        covers = [m for m in sorted(logged) if not stage.trains or any(
+        covers = [m for m in sorted(logged) if stage.steps and (not stage.trains or any(
             f"encoders.{m}.".startswith(p) or p.startswith(f"encoders.{m}.") for p in stage.trains
-        )]  # fmt: skip
+        ))]  # fmt: skip
         out.append({**entry, "encoders": covers})
     return out
 

@@ -111,6 +111,8 @@ class Stage:
         selects: whether the stage's epochs are candidates for the best checkpoint.
         labels: False for a label-free stage: train_step gets batches with `label=None`.
         patience: the stage's own early-stopping patience (the official code's); None: train.patience.
+        steps: False for a stage that only measures and steps no optimiser (MFH's overlap tag): run
+            health then expects no encoder to receive a gradient there.
     """
 
     name: str
@@ -121,6 +123,7 @@ class Stage:
     selects: bool = True
     labels: bool = True
     patience: int | None = None
+    steps: bool = True
 
     def __post_init__(self) -> None:
         if not self.labels and self.selects:

@@ -123,6 +123,9 @@ def test_mfh_run_through_both_stages(tiny, tmp_path):
     config = load_config(overrides=[*tiny, "train.epochs=3", "method=mfh", *fields])
     report = train(config, tmp_path / "mfh", show_progress=False)
     assert [s["name"] for s in report["stages"]] == ["overlap_tag", "distil"]
+    # the tag stage measures and trains nothing: run health expects no gradient there
+    assert [s["encoders"] for s in report["stages"]] == [[], ["image"]]
+    assert not [f for f in report["health"] if f["name"] == "encoder_not_training"]
     assert set(report["dependencies"]) == {"methods.mfh.teacher", "methods.mfh.reference"}
     assert report["best_epoch"] >= 2  # the tag epoch is never the best checkpoint
     assert json.loads((tmp_path / "mfh" / "report.json").read_text())["inputs_at_test"] == ["image"]

@@ -228,7 +228,7 @@ class Mfh(Method):
 
     @classmethod
     def stages(cls, settings: MfhSettings, epochs: int) -> Sequence[Stage]:
-        tag = (Stage("overlap_tag", 1, selects=False, labels=False), Stage("distil", settings.distil_epochs))
+        tag = (Stage("overlap_tag", 1, selects=False, labels=False, steps=False), Stage("distil", settings.distil_epochs))
         if settings.reference is not None:
             return tag
         return (Stage("reference", settings.reference_epochs, ("reference_net.",), selects=False), *tag)
