@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import TINY
 from fake_runs import dependency_overrides
 from raw_datasets import make_table
 from typer.testing import CliRunner
@@ -421,18 +422,7 @@ def train_tiny(out, *extra):
     return result
 
 
-TINY_RUN = [
-    "data.synthetic.n_train=96",
-    "data.synthetic.n_val=48",
-    "data.synthetic.n_test=48",
-    "data.image_size=16",
-    "data.batch_size=32",
-    "model.feature_dim=16",
-    "model.tabular_hidden=[16]",
-    "train.epochs=2",
-    "train.device=cpu",
-    "train.threads=1",
-]
+TINY_RUN = [*TINY, "train.threads=1"]
 
 
 def test_the_same_command_over_a_finished_run_leaves_it_byte_identical(tmp_path):

@@ -258,17 +258,10 @@ class Mmcl(Method):
         return {"loss": loss, "acc": accuracy(logits.detach(), target)}
 
     def check_normalization(self, image: torch.Tensor) -> None:
-        """Images in [0, 1] are never negative: a negative pixel means the data normalised them."""
-        if self.normalize_checked:
-            return
-        self.normalize_checked = True
-        if self.settings.image_normalize == "none" and bool((image < 0).any()):
-            raise GaalError(
-                "the training images are mean/std-normalised (they have negative pixels), but "
-                "methods.mmcl.image_normalize is 'none'; set it to 'imagenet' so the colour "
-                "augmentations of pretraining work on the pixel scale",
-                field="methods.mmcl.image_normalize",
-            )
+        """Once per run (a host read of the batch): see `refuse_normalised_images`."""
+        if not self.normalize_checked:
+            self.normalize_checked = True
+            refuse_normalised_images(image, self.settings.image_normalize, "mmcl", "the colour augmentations of pretraining")
 
     def probe_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Stage 2: cross-entropy of the image classifier (the encoder fixed when frozen) on images
@@ -288,3 +281,19 @@ class Mmcl(Method):
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
         logits = self.head(self.encoders.image(image)) if image is not None else None
         return Predictions(logits, logits, None)
+
+
+def refuse_normalised_images(image: torch.Tensor, normalize: str, method: str, purpose: str) -> None:
+    """Images in [0, 1] are never negative: a negative pixel means the data normalised them, and a
+    method whose own augmentations assume the pixel scale must be told (`image_normalize`).
+
+    Raises:
+        GaalError: negative pixels while `methods.<method>.image_normalize` is 'none'.
+    """
+    if normalize == "none" and bool((image < 0).any()):
+        raise GaalError(
+            "the training images are mean/std-normalised (they have negative pixels), but "
+            f"methods.{method}.image_normalize is 'none'; set it to 'imagenet' so that {purpose} "
+            "work on the pixel scale",
+            field=f"methods.{method}.image_normalize",
+        )

@@ -103,6 +103,7 @@ from gaal_cli.methods.mmcl import (  # TIP builds on MMCL: the same ITC loss, co
     PretrainAugmentation,
     augment_view,
     clip_loss,
+    refuse_normalised_images,
     scarf_corrupt,
 )
 from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
@@ -366,6 +367,7 @@ class Tip(Method):
 
     def __init__(self, encoders, num_classes, settings: TipSettings):
         super().__init__(encoders, num_classes, settings)
+        self.normalize_checked = False
         s = settings
         encoders.tabular.requires_grad_(False)  # TIP's transformer takes the tabular encoder's role
         self.layout = TableLayout(tuple(encoders.tabular.field_lengths))
@@ -472,14 +474,10 @@ class Tip(Method):
         return F.cross_entropy(logits.float(), matched), accuracy(logits.detach(), matched)
 
     def check_normalization(self, image: torch.Tensor) -> None:
-        """Images in [0, 1] are never negative: a negative pixel means the data normalised them."""
-        if self.settings.image_normalize == "none" and bool((image < 0).any()):
-            raise GaalError(
-                "the training images are mean/std-normalised (they have negative pixels), but "
-                "methods.tip.image_normalize is 'none'; set it to 'imagenet' so that TIP's colour "
-                "augmentations work on the pixel scale",
-                field="methods.tip.image_normalize",
-            )
+        """Once per run (a host read of the batch, not one per step): see `refuse_normalised_images`."""
+        if not self.normalize_checked:
+            self.normalize_checked = True
+            refuse_normalised_images(image, self.settings.image_normalize, "tip", "TIP's colour augmentations")
 
     def finetune_view(self, image: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The official fine-tuning sample: with probability finetune_augmentation_rate the image
