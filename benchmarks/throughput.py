@@ -178,6 +178,8 @@ def measure(
         "image_size": config.data.image_size,
         "backbone": config.model.image_backbone,
         "bf16": config.train.bf16,
+        "channels_last": config.train.channels_last and session.device.type == "cuda",
+        "compile": config.train.compile,
         "augment_on_device": session.finish_images is not None,
         "steps": steps,
         **timing,
@@ -305,6 +307,8 @@ def print_table(rows: list[dict]) -> None:
             f" on {first['device']} ({first['threads']} threads), {first['backbone']}, "
             f"{first['image_size']}px, batch {first['batch_size']}, {first['steps']} timed steps"
             + (", bf16" if first["bf16"] else "")
+            + (", channels_last" if first.get("channels_last") else "")
+            + (", torch.compile" if first.get("compile") else "")
             + (", augmentation on the device" if first["augment_on_device"] else "")
         )
         if first["bf16_peak_tflops"]:
