@@ -185,9 +185,9 @@ def measure(
         **timing,
         "seconds_per_step": round(timing["seconds"] / steps, 4),
         "gflop_per_step": round(flops / 1e9, 3) if flops else None,
-        "step_tflops": round(tflops, 4) if tflops else None,
+        "step_tflops": float(f"{tflops:.4g}") if tflops else None,  # 4 significant digits: a slow CPU step stays > 0
         "bf16_peak_tflops": peak_tflops,
-        "peak_share": round(tflops / peak_tflops, 4) if tflops and peak_tflops else None,
+        "peak_share": float(f"{tflops / peak_tflops:.4g}") if tflops and peak_tflops else None,
         "memory_mib": round(memory, 1),
         "memory_kind": memory_kind,
         "rss_start_mib": round(rss_start, 1),
