@@ -147,14 +147,14 @@ def evaluate(
     """Evaluate a finished run's best checkpoint on one split (a table encoded with the run's saved preprocessing).
 
     An unfinished run is refused, naming its state; --last evaluates its last saved epoch."""
-    from gaal_cli.display import metrics_table
-    from gaal_cli.trained_run import evaluate_checkpoint
-    from gaal_cli.results import checkpoint_to_evaluate, to_json
-
     if split not in ("train", "val", "test"):
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
     if missing not in (None, "tabular", "image"):
         raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
+    from gaal_cli.display import metrics_table
+    from gaal_cli.results import checkpoint_to_evaluate, to_json
+    from gaal_cli.trained_run import evaluate_checkpoint
+
     overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
     file, note = checkpoint_to_evaluate(run, last)
     if note:  # on stderr, so that --json output stays JSON

@@ -152,6 +152,7 @@ def run_cli(*args: str) -> tuple[int, str, set[str]]:
         (["train", "no_such_experiment.yaml"], "no such experiment file"),
         (["train", "--set", "methods.nope.x=1"], "unknown method"),
         (["train", "--epochs", "two"], "Invalid value"),
+        (["eval", "some_run", "--split", "tset"], "unknown split"),
     ],
 )
 def test_the_cli_answers_a_mistake_without_loading_torch(args, says):
