@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
-# the config validates `method` and `methods.<name>` against the method registry, which hands
-# itself over when imported; it imports no method module (nor torch) until one is asked for
-from gaal_cli.methods import registry as _registry  # noqa: E402, F401
+# the config validates `method` and `methods.<name>` against the method registry, handed over
+# here, before any config is built; the registry imports no method module (nor torch) until
+# one is asked for
+from gaal_cli.catalog import use_method_catalog  # noqa: E402
+from gaal_cli.methods.registry import CATALOG  # noqa: E402
+
+use_method_catalog(CATALOG)

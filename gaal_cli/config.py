@@ -5,9 +5,9 @@ Every section refuses unknown keys and wrong types, and an error names the key a
 (or the `--set` option) it came from. Each training method owns a settings model, registered
 beside the method; `methods.<name>` in the YAML is validated against it.
 
-The config knows no method: it asks a `MethodCatalog` for the valid names and for one method's
-settings class. The method registry (gaal_cli.methods.registry) is that catalog and hands it
-over when imported (`use_method_catalog`), which the package's `__init__` does first.
+The config knows no method: it asks the method catalog (gaal_cli.catalog) for the valid names
+and for one method's settings class. The method registry (gaal_cli.methods.registry) registers
+itself there when imported, which the package's `__init__` does first.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from gaal_cli.catalog import method_catalog
 from gaal_cli.errors import GaalError, did_you_mean
 from gaal_cli.limits import IMAGE_SIZE_MAX  # noqa: F401  (data.image_size's bound, read here too)
 
@@ -36,35 +37,12 @@ EXPANSION = 2  # an alias-free document of N bytes expands to at most ~2N nodes 
 YAML_MAX_DEPTH = 64
 
 
-class MethodCatalog(Protocol):
-    """What the config needs of the methods: their names (without importing any), and the
-    settings class of one (which may import that method's module)."""
-
-    def names(self) -> list[str]: ...
-
-    def settings(self, name: str) -> type[BaseModel]: ...
-
-
-_catalog: list[MethodCatalog] = []
-
-
-def use_method_catalog(catalog: MethodCatalog) -> None:
-    """Validate `method` and `methods.<name>` against `catalog` (the method registry)."""
-    _catalog[:] = [catalog]
-
-
-def _methods() -> MethodCatalog:
-    if not _catalog:
-        raise RuntimeError("no method catalog: import gaal_cli.methods.registry first (gaal_cli/__init__.py does)")
-    return _catalog[0]
-
-
 def method_dependency_fields(method: str) -> tuple[str, ...]:
     """The settings of `method` that name another run (a teacher, a fixed model); () when the
     method is unknown. Each settings class lists them in its `dependency_fields`."""
-    if method not in _methods().names():
+    if method not in method_catalog().names():
         return ()
-    return tuple(_methods().settings(method).dependency_fields)
+    return tuple(method_catalog().settings(method).dependency_fields)
 
 
 class Section(BaseModel):
@@ -225,7 +203,7 @@ class Config(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        names = _methods().names()
+        names = method_catalog().names()
         if name not in names:
             hint = did_you_mean(name, names)
             raise ValueError(f"unknown method '{name}'{hint}; expected one of: {', '.join(sorted(names))}")
@@ -240,7 +218,7 @@ class Config(Section):
     def method_settings(self, name: str | None = None) -> BaseModel:
         """The typed settings of `name` (default: the active method), defaults filled in."""
         name = name or self.method
-        return self.methods.get(name) or _methods().settings(name)()
+        return self.methods.get(name) or method_catalog().settings(name)()
 
     def dependencies(self) -> dict[str, str]:
         """Other runs this one needs, by dotted key: `model.init_from` and the active method's
@@ -491,13 +469,13 @@ def _validate_methods(raw: Any, source: str, origin: dict[tuple[str, ...], str])
         raise GaalError("expected a mapping from method name to its settings", source=source, field="methods")
     typed = {}
     for name, settings in raw.items():
-        names = _methods().names()
+        names = method_catalog().names()
         if name not in names:
             src = next((o for k, o in origin.items() if k[:2] == ("methods", name)), source)
             valid = ", ".join(sorted(names))
             hint = did_you_mean(name, names)
             raise GaalError(f"unknown method{hint}; expected one of: {valid}", source=src, field=f"methods.{name}")
-        spec = _methods().settings(name)
+        spec = method_catalog().settings(name)
         if isinstance(settings, spec):
             typed[name] = settings
             continue

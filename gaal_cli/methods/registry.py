@@ -6,10 +6,10 @@ is what `method_spec(name)` does the first time that method is needed, which reg
 (`@register_method`). Checking a `methods.<name>` block needs its settings class, so it imports
 that one method's module (and torch with it), no other.
 
-This module imports nothing of the package but the config and the errors: every method module
-imports it (through `gaal_cli.methods.base`), so it must sit below all of them. It gives the
-config its method catalog (`gaal_cli.config.use_method_catalog`) when imported, which
-`gaal_cli/__init__.py` does first: a config never validates without it.
+This module imports nothing of the package but the errors (no pydantic, no torch): every method
+module imports it (through `gaal_cli.methods.base`), so it sits below all of them. It is the
+config's method catalog (`CATALOG`, gaal_cli.catalog), handed over by `gaal_cli/__init__.py`
+before anything else runs: a config never validates without it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gaal_cli.config import use_method_catalog
 from gaal_cli.errors import did_you_mean
 
 #: built-in methods: name -> the module that registers it
@@ -103,7 +102,7 @@ def all_methods() -> dict[str, MethodSpec]:
 
 
 class _Catalog:
-    """What the config asks of the methods: their names, and one method's settings class."""
+    """What the config asks of the methods (gaal_cli.catalog): their names, one's settings class."""
 
     names = staticmethod(method_names)
 
@@ -112,4 +111,5 @@ class _Catalog:
         return method_spec(name).settings
 
 
-use_method_catalog(_Catalog())
+#: the registry as the config's method catalog (gaal_cli/__init__.py hands it over)
+CATALOG = _Catalog()
