@@ -6,8 +6,8 @@ Every section refuses unknown keys and wrong types, and an error names the key a
 beside the method; `methods.<name>` in the YAML is validated against it.
 
 The config knows no method: it asks the method catalog (gaal_cli.catalog) for the valid names
-and for one method's settings class. The method registry (gaal_cli.methods.registry) registers
-itself there when imported, which the package's `__init__` does first.
+and for one method's settings class; the package's `__init__` hands the method registry
+(gaal_cli.methods.registry) over to it before any config is built.
 """
 
 from __future__ import annotations

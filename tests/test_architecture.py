@@ -163,6 +163,15 @@ def test_every_module_imports_only_its_own_layer_or_below():
     assert not upward, "imports up the layers: " + "; ".join(sorted(upward))
 
 
+def test_the_registry_names_each_builtin_where_its_module_registers_it():
+    from gaal_cli.methods import registry
+
+    for name, module in registry.BUILTIN_METHODS.items():
+        assert registry.method_spec(name).cls.__module__ == module, name
+    registering = {p.stem for p in (PACKAGE / "methods").glob("*.py") if "@register_method(" in p.read_text()}
+    assert registering == {module.rsplit(".", 1)[1] for module in registry.BUILTIN_METHODS.values()}
+
+
 def run_cli(*args: str) -> tuple[int, str, set[str]]:
     """Run `gaal ARGS` in a fresh interpreter: exit code, stderr, and which of torch, timm and
     the method modules were imported by then."""
