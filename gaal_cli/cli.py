@@ -101,10 +101,6 @@ def train(
 
     A finished run of the same config is shown, not trained again (--restart retrains it)."""
     from gaal_cli.config import load_config
-    from gaal_cli.display import metrics_table
-    from gaal_cli.distributed import is_main_process
-    from gaal_cli.engine import train as run_training
-    from gaal_cli.results import default_run_folder
 
     flags = {
         "data.name": dataset,
@@ -119,6 +115,12 @@ def train(
         "data.skip_bad": skip_bad,
     }
     config = load_config(experiment, overrides, flags)
+    # the config is checked: only now torch, timm and the method's module are loaded
+    from gaal_cli.display import metrics_table
+    from gaal_cli.distributed import is_main_process
+    from gaal_cli.engine import train as run_training
+    from gaal_cli.results import default_run_folder
+
     run_dir = out or default_run_folder(config)
     report = run_training(config, run_dir, show_progress=not quiet, restart=restart)
     if not is_main_process():
@@ -145,14 +147,14 @@ def evaluate(
     """Evaluate a finished run's best checkpoint on one split (a table encoded with the run's saved preprocessing).
 
     An unfinished run is refused, naming its state; --last evaluates its last saved epoch."""
-    from gaal_cli.display import metrics_table
-    from gaal_cli.engine import evaluate_checkpoint
-    from gaal_cli.results import checkpoint_to_evaluate, to_json
-
     if split not in ("train", "val", "test"):
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
     if missing not in (None, "tabular", "image"):
         raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
+    from gaal_cli.display import metrics_table
+    from gaal_cli.results import checkpoint_to_evaluate, to_json
+    from gaal_cli.trained_run import evaluate_checkpoint
+
     overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
     file, note = checkpoint_to_evaluate(run, last)
     if note:  # on stderr, so that --json output stays JSON
@@ -279,10 +281,12 @@ def ablate(
 
 def _run_sweep(plan, workers: int, dry_run: bool) -> None:
     from gaal_cli.display import plan_table
+    from gaal_cli.results import RunFolder
     from gaal_cli.sweep import check_inputs, run_sweep, statuses
 
     if dry_run:
-        stdout.print(plan_table(f"{plan.name}: {len(plan.runs)} runs from {plan.source}", statuses(plan)))
+        title = f"{plan.name}: {len(plan.runs)} runs from {plan.source}"
+        stdout.print(plan_table(title, statuses(plan), lambda need: RunFolder(need).done))
         check_inputs(plan)
         return
     outcome = run_sweep(plan, workers)
@@ -389,9 +393,9 @@ def inspect_data(
 @app.command("methods")
 def list_methods() -> None:
     """List the registered training methods and their settings."""
-    from gaal_cli.methods import METHODS
+    from gaal_cli.methods.registry import all_methods
 
-    for name, spec in sorted(METHODS.items()):
+    for name, spec in all_methods().items():
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
         doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
         stdout.print(styled(name, "bold", f"  {doc.splitlines()[0] if doc else ''}"))

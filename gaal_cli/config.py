@@ -4,6 +4,10 @@ Precedence: code defaults < experiment YAML < command-line flags < `--set key.su
 Every section refuses unknown keys and wrong types, and an error names the key and the file
 (or the `--set` option) it came from. Each training method owns a settings model, registered
 beside the method; `methods.<name>` in the YAML is validated against it.
+
+The config knows no method: it asks the method catalog (gaal_cli.catalog) for the valid names
+and for one method's settings class; the package's `__init__` hands the method registry
+(gaal_cli.methods.registry) over to it before any config is built.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from gaal_cli.catalog import method_catalog
 from gaal_cli.errors import GaalError, did_you_mean
+from gaal_cli.limits import IMAGE_SIZE_MAX  # noqa: F401  (data.image_size's bound, read here too)
 
 # seeds every generator the project seeds accepts (numpy's legacy seed is 32-bit), so a bad
 # seed is a config error before anything is written, not an overflow deep in a run
@@ -29,9 +35,14 @@ YAML_MAX_BYTES = 1_000_000
 OVERRIDE_MAX_BYTES = 100_000
 EXPANSION = 2  # an alias-free document of N bytes expands to at most ~2N nodes and characters
 YAML_MAX_DEPTH = 64
-# images are decoded to a square of this side at most: the paper trains at 128 and ImageNet
-# backbones at 224-384, and the image cache holds size^2 x 3 bytes per image
-IMAGE_SIZE_MAX = 1024
+
+
+def method_dependency_fields(method: str) -> tuple[str, ...]:
+    """The settings of `method` that name another run (a teacher, a fixed model); () when the
+    method is unknown. Each settings class lists them in its `dependency_fields`."""
+    if method not in method_catalog().names():
+        return ()
+    return tuple(method_catalog().settings(method).dependency_fields)
 
 
 class Section(BaseModel):
@@ -192,11 +203,10 @@ class Config(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from gaal_cli.methods import METHODS
-
-        if name not in METHODS:
-            hint = did_you_mean(name, METHODS)
-            raise ValueError(f"unknown method '{name}'{hint}; expected one of: {', '.join(sorted(METHODS))}")
+        names = method_catalog().names()
+        if name not in names:
+            hint = did_you_mean(name, names)
+            raise ValueError(f"unknown method '{name}'{hint}; expected one of: {', '.join(sorted(names))}")
         return name
 
     @field_validator("methods", mode="before")
@@ -207,10 +217,8 @@ class Config(Section):
 
     def method_settings(self, name: str | None = None) -> BaseModel:
         """The typed settings of `name` (default: the active method), defaults filled in."""
-        from gaal_cli.methods import METHODS
-
         name = name or self.method
-        return self.methods.get(name) or METHODS[name].settings()
+        return self.methods.get(name) or method_catalog().settings(name)()
 
     def dependencies(self) -> dict[str, str]:
         """Other runs this one needs, by dotted key: `model.init_from` and the active method's
@@ -443,29 +451,31 @@ def config_from_mapping(
         keys, value = parse_override(text)
         apply_override(tree, keys, value)
         origin[tuple(keys)] = f"--set {_shorten(text)}"
-    tree["methods"] = _validate_methods(tree.get("methods"), source, origin)
+    # everything but the method blocks first: checking a block imports its method (and torch)
+    methods = tree.pop("methods", None)
     try:
-        return Config.model_validate(tree)
+        config = Config.model_validate(tree)
     except ValidationError as err:
         raise _explain(err, source, origin) from None
+    config.methods = _validate_methods(methods, source, origin)
+    return config
 
 
 def _validate_methods(raw: Any, source: str, origin: dict[tuple[str, ...], str]) -> dict[str, BaseModel]:
     """Validate each `methods.<name>` block against that method's own settings model."""
-    from gaal_cli.methods import METHODS
-
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise GaalError("expected a mapping from method name to its settings", source=source, field="methods")
     typed = {}
     for name, settings in raw.items():
-        if name not in METHODS:
+        names = method_catalog().names()
+        if name not in names:
             src = next((o for k, o in origin.items() if k[:2] == ("methods", name)), source)
-            valid = ", ".join(sorted(METHODS))
-            hint = did_you_mean(name, METHODS)
+            valid = ", ".join(sorted(names))
+            hint = did_you_mean(name, names)
             raise GaalError(f"unknown method{hint}; expected one of: {valid}", source=src, field=f"methods.{name}")
-        spec = METHODS[name].settings
+        spec = method_catalog().settings(name)
         if isinstance(settings, spec):
             typed[name] = settings
             continue

@@ -18,7 +18,9 @@ Here it is
 A method receives its dependencies already loaded (`dependencies={field: Dependency}`); a frozen
 model (`Dependency.model`) is built only where its weights are present, i.e. for training, not
 when a finished run is evaluated (its checkpoint keeps each dependency's config, enough to
-rebuild the method's shapes).
+rebuild the method's shapes). Building it is the trained run's job
+(gaal_cli.trained_run.load_dependencies): this module reads and checks files, and builds no
+method, so the methods can import it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class Dependency:
         state: its model state dict; None when rebuilt from a record (evaluation only).
         data: the classes and field lengths it was trained on, if its checkpoint says.
         records: its own dependencies, as its checkpoint recorded them (a teacher's teacher).
-        model: the frozen model (eval mode, no gradients), when built by `load_dependencies`.
+        model: the frozen model (eval mode, no gradients), when built by
+            `trained_run.load_dependencies`.
     """
 
     key: str
@@ -194,44 +197,6 @@ def architecture_only(config: Config) -> Config:
     """The config that rebuilds a dependency's modules without reading any file again."""
     model = config.model.model_copy(update={"pretrained": False, "weights": None, "init_from": None})
     return config.model_copy(update={"model": model})
-
-
-def build_frozen(dep: Dependency, data, device: torch.device):
-    """The dependency's model in eval mode with its weights, no parameter requiring a gradient.
-
-    Raises:
-        GaalError: its weights do not fit the model its config builds on this data.
-    """
-    from gaal_cli.engine import create_method  # the engine imports this module
-
-    config = architecture_only(dep.config)
-    with torch.random.fork_rng(devices=[]):  # building it must not move this run's random streams
-        model = create_method(config, data, recorded_dependencies(dep.records))
-    try:
-        model.load_state_dict(dep.state)
-    except RuntimeError as err:
-        raise GaalError(
-            f"its weights do not fit the model its config builds on this data ({str(err).splitlines()[0]})",
-            source=str(dep.file),
-            field=dep.key,
-        ) from None
-    model.requires_grad_(False)
-    return model.eval().to(device)
-
-
-def load_dependencies(config: Config, data, device: torch.device) -> dict[str, Dependency]:
-    """Every dependency of `config`, read, checked against `data` and frozen on `device`.
-
-    Raises:
-        GaalError: see `read_dependency`, `check_matches_data`, `build_frozen`.
-    """
-    loaded = {}
-    for key, path in config.dependencies().items():
-        dep = read_dependency(path, key)
-        check_matches_data(dep, data.num_classes, data.schema.field_lengths)
-        dep.model = build_frozen(dep, data, device)
-        loaded[key] = dep
-    return loaded
 
 
 def recorded_dependencies(records: dict[str, dict[str, Any]] | None) -> dict[str, Dependency]:

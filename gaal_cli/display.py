@@ -268,15 +268,14 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def plan_table(title: str, rows) -> Table:
+def plan_table(title: str, rows, finished: Callable[[object], bool]) -> Table:
     """A sweep's runs before it starts: folder, status (done, partial, new, running, stale) and
-    the dependencies (teachers, fixed models) that must finish before it can start."""
-    from gaal_cli.results import RunFolder
-
+    the dependencies (teachers, fixed models) that must finish before it can start, i.e. those
+    not `finished` (the caller knows run folders; this module only draws)."""
     table = Table(title=title)
     for column in ("variant", "seed", "status", "folder", "waits for"):
         table.add_column(column)
     for run, state in rows:
-        waits = "\n".join(str(need) for need in run.needs if not RunFolder(need).done)
+        waits = "\n".join(str(need) for need in run.needs if not finished(need))
         table.add_row(run.variant, str(run.seed), state, str(run.folder), waits)
     return table

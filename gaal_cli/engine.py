@@ -13,7 +13,7 @@ import platform
 import random
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,8 @@ from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
 from gaal_cli.contributions import run_shapley
 from gaal_cli.data import build_data, images_on_device, make_loader
-from gaal_cli.data.base import Batch, DataBundle, SplitDataset
-from gaal_cli.data.recipes import TABLE_SUFFIXES
-from gaal_cli.dependencies import (
-    Dependency,
-    changed_dependencies,
-    init_encoders,
-    load_dependencies,
-    recorded_dependencies,
-)
+from gaal_cli.data.base import Batch, DataBundle
+from gaal_cli.dependencies import Dependency, changed_dependencies
 from gaal_cli.display import EpochProgress, console, styled
 from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment, is_main_process
 from gaal_cli.errors import GaalError
@@ -42,30 +35,16 @@ from gaal_cli.health import GradientFlow, assess, class_counts, dependency_repor
 from gaal_cli.health import warning_text as health_warning
 from gaal_cli.files import remove_tree
 from gaal_cli.locks import folder_lock
-from gaal_cli.methods import Method, build_method
-from gaal_cli.methods.base import weighted_classes
-from gaal_cli.metrics import classification_metrics
-from gaal_cli.models import build_encoders
+from gaal_cli.evaluation import autocast, evaluate, resolve_device
+from gaal_cli.methods.base import Method, weighted_classes
+from gaal_cli.methods.build import create_method
+from gaal_cli.methods.registry import method_spec
 from gaal_cli.models.encoders import ImageEncoder
-from gaal_cli.results import RESTART_HINT, RunFolder, load_checkpoint, load_state, to_json
+from gaal_cli.results import RESTART_HINT, RunFolder, load_state, to_json
+from gaal_cli.trained_run import load_dependencies
 from gaal_cli.stages import WHOLE_RUN, PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
 
 LOG_EVERY = 10
-
-
-def resolve_device(spec: str) -> torch.device:
-    """'auto' picks CUDA when present, else the CPU; anything else is taken as given."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise GaalError(
-            f"'{spec}' is not a device (expected auto, cpu, cuda or cuda:N)", field="train.device"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GaalError("CUDA was asked for but no CUDA device is available", field="train.device")
-    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -77,79 +56,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def create_method(config: Config, data: DataBundle, dependencies: dict[str, Dependency] | None = None) -> Method:
-    return build_run_method(config, data.schema.field_lengths, data.num_classes, dependencies=dependencies)
-
-
-def build_run_method(
-    config: Config,
-    field_lengths: tuple[int, ...],
-    num_classes: int,
-    *,
-    initial_weights: bool = True,
-    dependencies: dict[str, Dependency] | None = None,
-) -> Method:
-    """The method `config` trains, for a table of `field_lengths` and `num_classes` classes.
-
-    Args:
-        initial_weights: load the pretrained or `model.weights` image weights; a method about to
-            receive a checkpoint's weights skips them (no download, no file from the training host).
-        dependencies: its loaded dependencies (gaal_cli.dependencies), keyed by config key:
-            `model.init_from` starts the encoders, the method's own (`methods.<name>.<field>`) go
-            to the method by field name.
-    """
-    m = config.model
-    dependencies = dependencies or {}
-    encoders = build_encoders(
-        tuple(field_lengths),
-        image_backbone=m.image_backbone,
-        feature_dim=m.feature_dim,
-        tabular_hidden=m.tabular_hidden,
-        pretrained=m.pretrained and initial_weights,
-        weights=m.weights if initial_weights else None,
-        weights_prefix=m.weights_prefix,
-        weights_min_match=m.weights_min_match,
-        dropout=m.dropout,
-    )
-    start = dependencies.get("model.init_from")
-    if start is not None and start.state is not None:
-        init_encoders(encoders, start, m.init_encoders)
-    own = {key.rsplit(".", 1)[-1]: dep for key, dep in dependencies.items() if key.startswith("methods.")}
-    return build_method(config.method, config.method_settings(), encoders, num_classes, own)
-
-
 def build_optimizer(method: Method, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     """The run's optimiser and schedule over every trainable parameter: the one stage of a
     method that declares none (gaal_cli/stages.py builds every stage's optimiser)."""
     whole = PlannedStage(0, WHOLE_RUN[0], 1, cfg.epochs, None, True)
     return build_stage_optimizer(method, whole, cfg)
-
-
-@contextmanager
-def _onednn_off():
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on `device`, or nothing.
-
-    On the CPU, oneDNN is switched off inside the context: its AMX bf16 kernels (Intel Xeon of
-    the Sapphire Rapids generation and later) give a NaN loss within three steps on the tiny test
-    config (torch 2.14.1, measured on such a host; with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, or
-    oneDNN off, the same run trains), while ATen's own bf16 kernels train. Float32 runs keep oneDNN.
-    """
-    if not bf16:
-        return nullcontext()
-    stack = ExitStack()
-    if device.type == "cpu":
-        stack.enter_context(_onednn_off())
-    stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-    return stack
 
 
 @dataclass
@@ -209,9 +120,7 @@ def setup(config: Config) -> Session:
 
 def plan_method_stages(config: Config) -> list[PlannedStage]:
     """The stages of `config`'s method placed in its run (raises GaalError when they cannot fit)."""
-    from gaal_cli.methods import METHODS
-
-    declared = METHODS[config.method].cls.stages(config.method_settings(), config.train.epochs)
+    declared = method_spec(config.method).cls.stages(config.method_settings(), config.train.epochs)
     return plan_stages(declared, config.train.epochs, config.train.stage_fit, config.method)
 
 
@@ -666,58 +575,6 @@ def check_finite_loss(losses: list[torch.Tensor], step: int, epoch: int) -> None
     )
 
 
-@torch.no_grad()
-def evaluate(
-    method: Method,
-    split: SplitDataset,
-    device: torch.device,
-    batch_size: int,
-    *,
-    missing: str | None = None,
-    bf16: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Metrics of each head (multi / image / tabular) on a split.
-
-    Args:
-        missing: 'tabular' or 'image' to evaluate with that modality absent at test time.
-    """
-    logits, y = predict_split(method, split, device, batch_size, missing=missing, bf16=bf16)
-    return {head: classification_metrics(out, y) for head, out in logits.items()}
-
-
-@torch.no_grad()
-def predict_split(
-    method: Method,
-    split: SplitDataset,
-    device: torch.device,
-    batch_size: int,
-    *,
-    missing: str | None = None,
-    bf16: bool = False,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Logits of each head the method defines (float32, on the CPU, in row order) and the labels.
-
-    `evaluate` and `gaal predict` both go through here, so a prediction is what evaluation scored.
-
-    Args:
-        missing: 'tabular' or 'image' to predict with that modality absent.
-    """
-    method.eval()
-    collected: dict[str, list[torch.Tensor]] = {}
-    labels = []
-    for batch in make_loader(split, batch_size, shuffle=False):
-        batch = batch.to(device)
-        image = None if missing == "image" or "image" not in method.modalities else batch.image
-        table = None if missing == "tabular" or "tabular" not in method.modalities else batch.tabular
-        with autocast(device, bf16):
-            preds = method.predict(image, table)
-        for head, logits in preds._asdict().items():
-            if logits is not None:
-                collected.setdefault(head, []).append(logits.float().cpu())
-        labels.append(batch.label.cpu())
-    return {head: torch.cat(chunks) for head, chunks in collected.items()}, torch.cat(labels)
-
-
 def monitored(metrics: dict[str, dict[str, float]], head: str) -> float:
     """The validation accuracy that selects the best epoch (a unimodal method has one head)."""
     if head in metrics:
@@ -771,75 +628,3 @@ def versions() -> dict[str, str]:
         "timm": timm.__version__,
         "numpy": np.__version__,
     }
-
-
-def load_run(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], Config, Path]:
-    """A run's best checkpoint (plain data and tensors only) and the config it was trained with.
-
-    Args:
-        overrides: dotted config keys to change (e.g. data.dir on another host).
-
-    Raises:
-        GaalError: no checkpoint, one holding anything but tensors and plain data, or a bad config.
-    """
-    from gaal_cli.config import apply_override, config_from_mapping
-
-    state, file = load_checkpoint(path)
-    tree = state["config"]
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            apply_override(tree, key.split("."), value)
-    return state, config_from_mapping(tree, f"{file} (its config)"), file
-
-
-def restore_method(
-    state: dict[str, Any], config: Config, file: Path, field_lengths: tuple[int, ...], num_classes: int
-) -> Method:
-    """The checkpoint's method, its weights loaded.
-
-    Raises:
-        GaalError: the weights do not fit the model the config and the data build.
-    """
-    # the dependencies' records suffice to rebuild the model: a teacher is not needed at test time
-    method = build_run_method(
-        config,
-        field_lengths,
-        num_classes,
-        initial_weights=False,
-        dependencies=recorded_dependencies(state.get("dependencies")),
-    )
-    try:
-        method.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise GaalError(
-            f"the checkpoint does not match the model its config builds ({err})", source=str(file)
-        ) from None
-    return method
-
-
-def evaluate_checkpoint(
-    path: str | Path,
-    split: str = "test",
-    missing: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> tuple[dict[str, dict[str, float]], Config]:
-    """Rebuild data and model from a checkpoint and evaluate one split.
-
-    The data is encoded with the preprocessing the run saved, not refitted: a user table
-    moved elsewhere or reread later gives exactly the inputs the run was scored on.
-
-    Args:
-        overrides: dotted config keys to change before rebuilding (e.g. data.dir on another host).
-    """
-    state, config, file = load_run(path, overrides)
-    device = resolve_device(config.train.device)
-    table = Path(config.data.name)
-    if config.data.name.lower().endswith(TABLE_SUFFIXES) and not table.is_file():
-        raise GaalError(
-            "the run's table is not there (a relative path is read from the current folder); name it with --data FILE",
-            source=str(table),
-            field="data.name",
-        )
-    data = build_data(config.data, config.seed, preprocessing=state.get("preprocessing"))
-    method = restore_method(state, config, file, data.schema.field_lengths, data.num_classes).to(device)
-    return evaluate(method, data.split(split), device, config.data.eval_batch_size, missing=missing), config

@@ -32,7 +32,7 @@ import torch
 
 from gaal_cli.config import config_from_mapping
 from gaal_cli.errors import GaalError
-from gaal_cli.methods import METHODS
+from gaal_cli.methods.registry import method_spec
 from gaal_cli.results import RunFolder
 
 MODALITIES = ("image", "tabular")
@@ -438,7 +438,7 @@ def _declared_encoders(
     validates or the stages do not line up)."""
     try:
         cfg = config_from_mapping(config, "config.yaml")
-        declared = METHODS[cfg.method].cls.stages(cfg.method_settings(), cfg.train.epochs)
+        declared = method_spec(cfg.method).cls.stages(cfg.method_settings(), cfg.train.epochs)
     except (GaalError, KeyError, ValueError, TypeError):
         return stages
     if len(declared) != len(stages):

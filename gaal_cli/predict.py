@@ -29,10 +29,11 @@ import torch
 
 from gaal_cli.data.prediction_rows import PredictionRows, embedded_rows, is_embedded, prediction_rows
 from gaal_cli.data.table_prep import SPLITS
-from gaal_cli.engine import load_run, predict_split, resolve_device, restore_method
 from gaal_cli.errors import GaalError
+from gaal_cli.evaluation import resolve_device
 from gaal_cli.files import refuse_protected, write_file
 from gaal_cli.results import RunFolder
+from gaal_cli.trained_run import TrainedRun
 
 HEADS = ("multi", "image", "tabular")
 PROB_PREFIX = "prob_"
@@ -83,7 +84,8 @@ def predict_table(
         raise GaalError("is the data file itself; the predictions need another file", source=str(out), field="--out")
     if out.is_dir():
         raise GaalError("is a folder; expected the name of the CSV file to write", source=str(out), field="--out")
-    state, config, file = load_run(run)
+    trained = TrainedRun.load(run)
+    config, file = trained.config, trained.file
     # never over the table, the checkpoint or any run's own files (refused before any work)
     protected = [data, file, *RunFolder(file.parent).own_files(), *RunFolder(out.parent).own_files()]
     refuse_protected(out, protected, "--out")
@@ -93,7 +95,7 @@ def predict_table(
             rows = embedded_rows(config.data, config.seed, str(data))
         else:
             rows = prediction_rows(
-                state.get("preprocessing"),
+                trained.preprocessing,
                 data,
                 split_column=config.data.split_column,
                 skip_bad=skip_bad,
@@ -102,8 +104,8 @@ def predict_table(
                 num_workers=config.data.num_workers,
                 source=str(file),
             )
-        method = restore_method(state, config, file, rows.field_lengths, len(rows.class_names)).to(where)
-        logits, _ = predict_split(method, rows.split, where, config.data.eval_batch_size, missing=missing)
+        method = trained.method(rows.field_lengths, len(rows.class_names)).to(where)
+        logits = trained.predict(rows.split, method, where, missing=missing)
     if head not in logits:
         raise GaalError(
             f"the {config.method} method has no {head} prediction"

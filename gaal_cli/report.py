@@ -34,6 +34,7 @@ from gaal_cli.errors import GaalError
 from gaal_cli.files import make_folder, os_error, remove_tree, signals_held, write_file
 from gaal_cli.health import CHECKS, folder_health
 from gaal_cli.locks import folder_lock
+from gaal_cli.methods.registry import all_methods, method_names, method_spec
 from gaal_cli.results import RunFolder, finished_runs
 from gaal_cli.sweep import WHERE_KEYS, format_value
 
@@ -225,10 +226,8 @@ def method_label(method: str, config: dict[str, Any]) -> str:
     """The row name: a method that reads a modality tested without it (`data.test_missing`, the
     paper's GAAL*) is starred, so it gets a row of its own beside the method tested on both.
     A method that never reads it (KD, FMR: image students) keeps its name."""
-    from gaal_cli.methods import METHODS
-
     absent = config.get("data.test_missing", "none")
-    reads = METHODS[method].cls.modalities if method in METHODS else ()
+    reads = method_spec(method).cls.modalities if method in method_names() else ()
     return f"{method}*" if isinstance(absent, str) and absent in reads else method
 
 
@@ -248,10 +247,8 @@ def row_keys(runs: pd.DataFrame) -> list[str]:
 
 def dependency_keys() -> set[str]:
     """Settings that name another run (a teacher, a fixed model): they differ per seed, not per row."""
-    from gaal_cli.methods import METHODS
-
     keys = {"model.init_from"}
-    for name, spec in METHODS.items():
+    for name, spec in all_methods().items():
         keys |= {f"methods.{name}.{field}" for field in spec.settings.dependency_fields}
     return keys
 

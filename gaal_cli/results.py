@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import yaml
 
-from gaal_cli.config import read_yaml_file
+from gaal_cli.config import Config, method_dependency_fields, read_yaml_file
 from gaal_cli.errors import GaalError
 from gaal_cli.files import make_folder, os_error, remove_tree, write_file
 from gaal_cli.locks import is_locked, read_holder
@@ -160,8 +160,6 @@ def _lookup(tree: Any, dotted: str) -> Any:
 def _default_tree(method: Any) -> dict | None:
     """Every key's default for a run of `method` (None when the method is unknown); computed once
     per method, as a sweep's status check asks for every run (callers only read it)."""
-    from gaal_cli.config import Config
-
     try:
         return Config(method=method).resolved()
     except Exception:  # an unknown or malformed method: no defaults to excuse anything
@@ -403,12 +401,10 @@ class RunFolder:
 def dependency_keys(config: dict[str, Any]) -> set[str]:
     """The keys of a resolved config that name a file a run is trained from: another run (see
     Config.dependencies) or the starting weights (`model.weights`)."""
-    from gaal_cli.methods import METHODS
-
     keys = {"model.init_from", "model.weights"}
     method = config.get("method")
-    if isinstance(method, str) and method in METHODS:
-        keys |= {f"methods.{method}.{field}" for field in METHODS[method].settings.dependency_fields}
+    if isinstance(method, str):
+        keys |= {f"methods.{method}.{field}" for field in method_dependency_fields(method)}
     return keys
 
 

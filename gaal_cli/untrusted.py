@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import torch
 
-from gaal_cli.config import IMAGE_SIZE_MAX
+from gaal_cli.limits import IMAGE_SIZE_MAX
 from gaal_cli.errors import GaalError
 
 #: report.json is a few kilobytes; a larger one is not gaal's

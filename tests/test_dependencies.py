@@ -12,8 +12,9 @@ from fake_runs import fake_checkpoint
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.dependencies import load_dependencies, read_dependency, required_dependency
-from gaal_cli.engine import create_method, evaluate_checkpoint, train
+from gaal_cli.dependencies import read_dependency, required_dependency
+from gaal_cli.trained_run import evaluate_checkpoint, load_dependencies
+from gaal_cli.engine import create_method, train
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.fmr import fmr_loss, fmr_target
 from gaal_cli.methods.kd import kd_loss

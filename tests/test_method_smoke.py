@@ -9,7 +9,7 @@ from fake_runs import dependency_overrides
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.dependencies import load_dependencies
+from gaal_cli.trained_run import load_dependencies
 from gaal_cli.engine import build_optimizer, create_method
 from gaal_cli.methods import METHODS
 

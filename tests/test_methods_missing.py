@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.dependencies import load_dependencies
+from gaal_cli.trained_run import load_dependencies
 from gaal_cli.engine import create_method
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.dmrnet import combination_variances, gaussian_kl, hard_combination_loss

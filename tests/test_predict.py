@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from gaal_cli.cli import app
 from gaal_cli.data import build_data
-from gaal_cli.engine import load_run, predict_split, restore_method
+from gaal_cli.evaluation import predict_split
+from gaal_cli.trained_run import TrainedRun
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -65,9 +66,10 @@ def predict(run, data, out, *extra):
 
 def eval_path_probabilities(run, table):
     """Softmax of the fused head on the test split, as `gaal eval` computes it (saved preprocessing)."""
-    state, config, file = load_run(run, {"data.name": str(table)})
+    trained = TrainedRun.load(run, {"data.name": str(table)})
+    config, state = trained.config, trained.state
     data = build_data(config.data, config.seed, preprocessing=state["preprocessing"])
-    method = restore_method(state, config, file, data.schema.field_lengths, data.num_classes)
+    method = trained.method(data.schema.field_lengths, data.num_classes)
     logits, labels = predict_split(method, data.test, torch.device("cpu"), 64)
     return torch.softmax(logits["multi"].double(), 1).numpy(), labels.numpy()
 
@@ -191,7 +193,8 @@ def test_eval_encodes_with_the_saved_preprocessing(trained, moved):
     train = frame["split"] == "train"
     frame.loc[train, "weight"] = frame.loc[train, "weight"] * 10  # a refit would move the mean and std
     frame.to_csv(moved, index=False)
-    state, config, _ = load_run(run, {"data.name": str(moved)})
+    trained = TrainedRun.load(run, {"data.name": str(moved)})
+    state, config = trained.state, trained.config
     data = build_data(config.data, config.seed, preprocessing=state["preprocessing"])
     refit = build_data(config.data, config.seed)
     assert data.preprocessing["encoding"] == state["preprocessing"]["encoding"]

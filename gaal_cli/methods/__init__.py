@@ -1,40 +1,83 @@
-"""Training methods, registered by name (`--method NAME`).
+"""Training methods, registered by name (`--method NAME`): the interface a method module imports.
 
-Each module defines a `Method` subclass and its settings model and registers both with
-`register_method`. Import a new module here to make it available.
+A method module defines a `Method` subclass and its `MethodSettings` and registers both with
+`@register_method` (README, "Add a method"). The names below are that public interface; they
+load on first use, so `import gaal_cli.methods` costs nothing (no torch) until one is asked for,
+and a built-in method's module is imported only when that method is (gaal_cli.methods.registry).
 """
 
-from gaal_cli.methods import (  # noqa: F401  (registration side effects)
-    arl,
-    charms,
-    concat,
-    daft,
-    dgl,
-    di_mml,
-    dmrnet,
-    fmr,
-    gaal,
-    igm,
-    kd,
-    lfm,
-    max_fusion,
-    mfh,
-    mla,
-    mmanet,
-    mmcl,
-    mmpareto,
-    ogm_ge,
-    reconboost,
-    tip,
-    unimodal,
-)
-from gaal_cli.methods.base import (
-    METHODS,
-    Method,
-    MethodSettings,
-    Predictions,
-    build_method,
-    register_method,
-)
+from __future__ import annotations
 
-__all__ = ["METHODS", "Method", "MethodSettings", "Predictions", "build_method", "register_method"]
+import importlib
+from typing import Any
+
+__all__ = [
+    "METHODS",
+    "MODALITIES",
+    "Batch",
+    "Dependency",
+    "Encoders",
+    "GaalError",
+    "Method",
+    "MethodSettings",
+    "MethodSpec",
+    "PlannedStage",
+    "Predictions",
+    "Stage",
+    "StageOptimizer",
+    "StagedSettings",
+    "accuracy",
+    "all_methods",
+    "build_method",
+    "create_method",
+    "cross_entropy",
+    "fuse_missing",
+    "load_plugins",
+    "method_names",
+    "method_spec",
+    "register_method",
+    "required_dependency",
+]
+
+# public name -> the module that defines it (each a layer below the methods, or the registry)
+_HOMES = {
+    "MODALITIES": "gaal_cli.methods.base",
+    "Method": "gaal_cli.methods.base",
+    "MethodSettings": "gaal_cli.methods.base",
+    "Predictions": "gaal_cli.methods.base",
+    "accuracy": "gaal_cli.methods.base",
+    "cross_entropy": "gaal_cli.methods.base",
+    "fuse_missing": "gaal_cli.methods.base",
+    "build_method": "gaal_cli.methods.build",
+    "create_method": "gaal_cli.methods.build",
+    "MethodSpec": "gaal_cli.methods.registry",
+    "register_method": "gaal_cli.methods.registry",
+    "method_names": "gaal_cli.methods.registry",
+    "method_spec": "gaal_cli.methods.registry",
+    "all_methods": "gaal_cli.methods.registry",
+    "load_plugins": "gaal_cli.methods.registry",
+    "Batch": "gaal_cli.data.base",
+    "Encoders": "gaal_cli.models.encoders",
+    "Dependency": "gaal_cli.dependencies",
+    "required_dependency": "gaal_cli.dependencies",
+    "Stage": "gaal_cli.stages",
+    "StagedSettings": "gaal_cli.stages",
+    "StageOptimizer": "gaal_cli.stages",
+    "PlannedStage": "gaal_cli.stages",
+    "GaalError": "gaal_cli.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":  # every method, each module imported (for listing them all)
+        from gaal_cli.methods.registry import METHODS, all_methods
+
+        all_methods()
+        return METHODS
+    if name not in _HOMES:
+        raise AttributeError(f"module 'gaal_cli.methods' has no attribute '{name}'")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,4 @@
-"""The interface every training method implements, and the registry that names them.
+"""The interface every training method implements (the registry that names them: registry.py).
 
 A method owns the two encoders and whatever heads it needs. The engine hands it one batch and
 the optimiser; the method runs its own forward/backward passes and optimiser steps (an
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.distributed import Comm
+from gaal_cli.methods.registry import register_method  # noqa: F401  (methods import it from here)
 from gaal_cli.metrics import accuracy  # noqa: F401  (methods import it from here)
 from gaal_cli.models.encoders import Encoders
 from gaal_cli.stages import WHOLE_RUN, PlannedStage, Stage
@@ -122,36 +122,6 @@ class Method(nn.Module):
         the smoke test can check that every other trainable parameter receives a gradient.
         """
         return set()
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    cls: type[Method]
-    settings: type[MethodSettings]
-
-
-METHODS: dict[str, MethodSpec] = {}
-
-
-def register_method(name: str, settings: type[MethodSettings]) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make a method available as `--method NAME`."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        METHODS[name] = MethodSpec(cls, settings)
-        return cls
-
-    return wrap
-
-
-def build_method(
-    name: str, settings: MethodSettings, encoders: Encoders, num_classes: int, dependencies: dict | None = None
-) -> Method:
-    """Build a registered method; one with dependency fields also gets the loaded dependencies."""
-    if name not in METHODS:
-        raise KeyError(f"unknown method '{name}'; expected one of: {', '.join(sorted(METHODS))}")
-    if type(settings).dependency_fields:
-        return METHODS[name].cls(encoders, num_classes, settings, dependencies=dependencies or {})
-    return METHODS[name].cls(encoders, num_classes, settings)
 
 
 # per-class loss weights (train.class_weights) for the training steps the engine runs inside

@@ -1,0 +1,178 @@
+"""A trained run as one object: its checkpoint's config, weights, fitted preprocessing and
+recorded dependencies, and the method they rebuild, ready to evaluate or predict.
+
+`gaal eval` (`evaluate_checkpoint`), `gaal predict` (gaal_cli.predict) and a run that needs
+another's checkpoint (`load_dependencies`: a teacher, a fixed model, `model.init_from`) all
+load a run through here, so a model is rebuilt one way. Every file is read as untrusted: the
+checkpoint with `weights_only=True` and `untrusted.check_checkpoint` (results.load_checkpoint,
+dependencies.read_dependency), its config validated as an experiment file is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gaal_cli.config import Config, apply_override, config_from_mapping
+from gaal_cli.data import build_data
+from gaal_cli.data.base import DataBundle, SplitDataset
+from gaal_cli.data.recipes import TABLE_SUFFIXES
+from gaal_cli.dependencies import (
+    Dependency,
+    architecture_only,
+    check_matches_data,
+    read_dependency,
+    recorded_dependencies,
+)
+from gaal_cli.errors import GaalError
+from gaal_cli.evaluation import evaluate, predict_split, resolve_device
+from gaal_cli.methods.base import Method
+from gaal_cli.methods.build import build_run_method
+from gaal_cli.results import load_checkpoint
+
+
+@dataclass
+class TrainedRun:
+    """A finished run's checkpoint, as plain data and tensors.
+
+    Attributes:
+        config: the config it was trained with (with any overrides, e.g. data.dir on another host).
+        file: its checkpoint file.
+        state: the checkpoint: `model` (the weights), `preprocessing` (the table's fitted
+            encoding, None for a prepared or embedded dataset), `dependencies` (records of the
+            runs it was trained from), `data` (its classes and field lengths).
+        key: the config key naming it when it is another run's dependency (in its errors).
+    """
+
+    config: Config
+    file: Path
+    state: dict[str, Any]
+    key: str | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainedRun:
+        """A run folder's best checkpoint (or a checkpoint file) and the config it was trained with.
+
+        Args:
+            overrides: dotted config keys to change (e.g. data.dir on another host).
+
+        Raises:
+            GaalError: no checkpoint, one holding anything but tensors and plain data, or a bad config.
+        """
+        state, file = load_checkpoint(path)
+        tree = state["config"]
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                apply_override(tree, key.split("."), value)
+        return cls(config_from_mapping(tree, f"{file} (its config)"), file, state)
+
+    @classmethod
+    def of_dependency(cls, dep: Dependency) -> TrainedRun:
+        """The run another one depends on, as `read_dependency` read and checked it."""
+        state = {"model": dep.state, "dependencies": dep.records, "data": dep.data}
+        return cls(dep.config, dep.file, state, key=dep.key)
+
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        """The table's encoding fitted on its training split (None: nothing fitted)."""
+        return self.state.get("preprocessing")
+
+    def dependencies(self) -> dict[str, Dependency]:
+        """Its dependencies as its checkpoint recorded them: configs and hashes, no weights (they
+        suffice to rebuild the model: a teacher is not needed at test time)."""
+        return recorded_dependencies(self.state.get("dependencies"))
+
+    def method(self, field_lengths: tuple[int, ...], num_classes: int) -> Method:
+        """Its method with its weights loaded, for a table of `field_lengths` and `num_classes`.
+
+        Raises:
+            GaalError: the weights do not fit the model its config builds on this data.
+        """
+        with torch.random.fork_rng(devices=[]):  # building it must not move the caller's random streams
+            method = build_run_method(
+                architecture_only(self.config),
+                field_lengths,
+                num_classes,
+                initial_weights=False,
+                dependencies=self.dependencies(),
+            )
+        try:
+            method.load_state_dict(self.state["model"])
+        except (RuntimeError, TypeError, AttributeError) as err:
+            if self.key:
+                raise GaalError(
+                    f"its weights do not fit the model its config builds on this data ({str(err).splitlines()[0]})",
+                    source=str(self.file),
+                    field=self.key,
+                ) from None
+            raise GaalError(
+                f"the checkpoint does not match the model its config builds ({err})", source=str(self.file)
+            ) from None
+        return method
+
+    def data(self) -> DataBundle:
+        """Its dataset, encoded with the preprocessing it saved (not refitted): a user table moved
+        elsewhere or reread later gives exactly the inputs the run was scored on.
+
+        Raises:
+            GaalError: its table is not there, or the data does not load.
+        """
+        table = Path(self.config.data.name)
+        if self.config.data.name.lower().endswith(TABLE_SUFFIXES) and not table.is_file():
+            raise GaalError(
+                "the run's table is not there (a relative path is read from the current folder); "
+                "name it with --data FILE",
+                source=str(table),
+                field="data.name",
+            )
+        return build_data(self.config.data, self.config.seed, preprocessing=self.preprocessing)
+
+    def predict(
+        self, split: SplitDataset, method: Method, device: torch.device, *, missing: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Logits of each head of `method` (this run's, from `method`) on `split`, in row order."""
+        logits, _ = predict_split(method, split, device, self.config.data.eval_batch_size, missing=missing)
+        return logits
+
+    def evaluate(self, split: str = "test", missing: str | None = None) -> dict[str, dict[str, float]]:
+        """Metrics of each head on one split of its own data, on `train.device`."""
+        device = resolve_device(self.config.train.device)
+        data = self.data()
+        method = self.method(data.schema.field_lengths, data.num_classes).to(device)
+        return evaluate(method, data.split(split), device, self.config.data.eval_batch_size, missing=missing)
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str = "test",
+    missing: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, dict[str, float]], Config]:
+    """`gaal eval`: rebuild data and model from a checkpoint and evaluate one split.
+
+    Args:
+        overrides: dotted config keys to change before rebuilding (e.g. data.dir on another host).
+    """
+    run = TrainedRun.load(path, overrides)
+    return run.evaluate(split, missing), run.config
+
+
+def load_dependencies(config: Config, data: DataBundle, device: torch.device) -> dict[str, Dependency]:
+    """Every dependency of `config`, read, checked against `data` and frozen on `device` (eval
+    mode, no parameter requiring a gradient).
+
+    Raises:
+        GaalError: see `dependencies.read_dependency`, `check_matches_data`, `TrainedRun.method`.
+    """
+    loaded = {}
+    for key, path in config.dependencies().items():
+        dep = read_dependency(path, key)
+        check_matches_data(dep, data.num_classes, data.schema.field_lengths)
+        model = TrainedRun.of_dependency(dep).method(data.schema.field_lengths, data.num_classes)
+        model.requires_grad_(False)
+        dep.model = model.eval().to(device)
+        loaded[key] = dep
+    return loaded

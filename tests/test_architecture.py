@@ -1,0 +1,258 @@
+"""The package's shape: one-way layers without an import circle, a CLI that answers a mistake
+before loading torch, and the README's "Add a method" example, which must train as written.
+
+Imports are read from the sources with `ast`, anywhere in a file: an import inside a function
+that dodges a circle at load time still ties the two modules together.
+"""
+
+import ast
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "gaal_cli"
+
+
+def module_files() -> dict[str, Path]:
+    files = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        files[name.removesuffix(".__init__")] = path
+    return files
+
+
+def imported(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules `name` imports: `import a.b`, `from a import b` (b a module or a
+    name in a), relative imports, at module level or inside functions."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return {module for module in found if module in known and module != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {name: imported(name, path, set(files)) for name, path in files.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_reader_sees_every_kind_of_import(tmp_path, monkeypatch):
+    pkg = tmp_path / "gaal_cli"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from gaal_cli import b\n")
+    (pkg / "b.py").write_text("from .sub import c\n")
+    (pkg / "sub" / "__init__.py").write_text("from . import c\n")
+    (pkg / "sub" / "c.py").write_text("import gaal_cli.a\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    graph = import_graph()
+    assert graph["gaal_cli.a"] == {"gaal_cli", "gaal_cli.b"}
+    assert graph["gaal_cli.b"] == {"gaal_cli.sub", "gaal_cli.sub.c"}
+    assert graph["gaal_cli.sub"] == {"gaal_cli.sub.c"}
+    assert circles(graph) == [["gaal_cli.a", "gaal_cli.b", "gaal_cli.sub", "gaal_cli.sub.c"]]
+
+
+def test_no_import_circle_among_the_package_modules():
+    found = circles(import_graph())
+    assert not found, "import circles (counting imports inside functions): " + "; ".join(map(" <-> ".join, found))
+
+
+# what a layer must not import (a module name or a package prefix)
+FORBIDDEN = {
+    "gaal_cli.config": ("gaal_cli.methods", "gaal_cli.data", "gaal_cli.models", "gaal_cli.untrusted"),
+    "gaal_cli.untrusted": ("gaal_cli.config",),
+    "gaal_cli.display": ("gaal_cli.",),
+    "gaal_cli.catalog": ("gaal_cli.",),
+    "gaal_cli.methods.registry": ("gaal_cli.methods.", "gaal_cli.models", "gaal_cli.data", "gaal_cli.config"),
+    "gaal_cli.dependencies": ("gaal_cli.methods", "gaal_cli.engine", "gaal_cli.trained_run"),
+    "gaal_cli.results": ("gaal_cli.methods", "gaal_cli.engine", "gaal_cli.trained_run", "gaal_cli.display"),
+    "gaal_cli.trained_run": ("gaal_cli.engine", "gaal_cli.predict", "gaal_cli.report", "gaal_cli.sweep"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_a_layer_does_not_import_the_layers_above(module):
+    graph = import_graph()
+    wrong = sorted(t for t in graph[module] if t.startswith(FORBIDDEN[module]) and t != module)
+    assert not wrong, f"{module} imports {wrong}"
+
+
+# the layers, lowest first, as README's "Layers" names them: a module imports its own layer or
+# those below (no circle within a layer: the test above); `data`, `methods`, `models` and `sweep`
+# hold their packages' modules too
+LAYERS = [
+    "errors limits catalog files locks untrusted display metrics surgery contributions distributed launchers",
+    "methods.registry",
+    "gaal_cli",  # the package's __init__ hands the registry to the config (gaal_cli.catalog)
+    "config",
+    "data",
+    "models stages",
+    "results",
+    "dependencies",
+    "methods",
+    "evaluation",
+    "trained_run",
+    "health engine",
+    "predict report sweep",
+    "cli __main__",
+]
+
+
+def layer_of(module: str) -> int:
+    short = module.removeprefix("gaal_cli.") if module != "gaal_cli" else module
+    for level, names in enumerate(LAYERS):
+        for name in names.split():
+            if short == name or (name in ("data", "methods", "models", "sweep") and short.startswith(name + ".")):
+                if not (name == "methods" and short == "methods.registry"):
+                    return level
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to README's Layers)")
+
+
+def test_every_module_imports_only_its_own_layer_or_below():
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    ]
+    assert not upward, "imports up the layers: " + "; ".join(sorted(upward))
+
+
+def test_the_registry_names_each_builtin_where_its_module_registers_it():
+    from gaal_cli.methods import registry
+
+    for name, module in registry.BUILTIN_METHODS.items():
+        assert registry.method_spec(name).cls.__module__ == module, name
+    registering = {p.stem for p in (PACKAGE / "methods").glob("*.py") if "@register_method(" in p.read_text()}
+    assert registering == {module.rsplit(".", 1)[1] for module in registry.BUILTIN_METHODS.values()}
+
+
+def run_cli(*args: str) -> tuple[int, str, set[str]]:
+    """Run `gaal ARGS` in a fresh interpreter: exit code, stderr, and which of torch, timm and
+    the method modules were imported by then."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from gaal_cli.cli import app
+        try:
+            app({list(args)!r})
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+        heavy = [m for m in sys.modules if m in ("torch", "timm") or m.startswith("gaal_cli.methods.")]
+        print(json.dumps([code, heavy]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    code, heavy = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    return code, done.stderr, set(heavy)
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["train", "--set", "train.nope=1"], "unknown key"),
+        (["train", "--set", "train.epochs=many"], "train.epochs"),
+        (["train", "--method", "gal"], "did you mean 'gaal'"),
+        (["train", "no_such_experiment.yaml"], "no such experiment file"),
+        (["train", "--set", "methods.nope.x=1"], "unknown method"),
+        (["train", "--epochs", "two"], "Invalid value"),
+        (["eval", "some_run", "--split", "tset"], "unknown split"),
+    ],
+)
+def test_the_cli_answers_a_mistake_without_loading_torch(args, says):
+    code, stderr, heavy = run_cli(*args)
+    assert code == 2
+    assert says in stderr
+    assert not heavy & {"torch", "timm"}, f"loaded before answering: {sorted(heavy)}"
+    assert heavy <= {"gaal_cli.methods.registry"}
+
+
+def test_a_method_block_is_checked_importing_only_that_method():
+    code, stderr, heavy = run_cli("train", "--set", "methods.concat.nope=1")
+    assert code == 2 and "methods.concat.nope" in stderr and "unknown key" in stderr
+    methods = {m.rsplit(".", 1)[-1] for m in heavy if m.startswith("gaal_cli.methods.")}
+    # concat and what it imports itself; no other method
+    assert methods == {"registry", "base", "concat", "concat_head", "diagnostics"}
+
+
+def readme_example() -> str:
+    """The Python block of the README's "Add a method" section."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## Add a method\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_method_example_registers_trains_and_predicts(tmp_path, tiny, monkeypatch):
+    import json
+
+    from gaal_cli.config import load_config
+    from gaal_cli.data import build_data, make_loader
+    from gaal_cli.engine import build_optimizer, create_method, train
+    from gaal_cli.methods import registry
+    from gaal_cli.trained_run import TrainedRun
+
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))  # the example's registration ends here
+    namespace = {"__name__": "readme_example"}
+    exec(compile(readme_example(), "README.md (Add a method)", "exec"), namespace)
+    assert "mean_logits" in registry.method_names()
+
+    config = load_config(overrides=[*tiny, "method=mean_logits", "methods.mean_logits.image_weight=0.7"])
+    assert config.resolved()["methods"] == {"mean_logits": {"grad_cosine": False, "image_weight": 0.7}}
+    data = build_data(config.data, config.seed)
+    method = create_method(config, data).train()
+    optimizer, _ = build_optimizer(method, config.train)
+    method.train_step(next(iter(make_loader(data.train, 32, shuffle=True, seed=0))), optimizer)
+    silent = [name for name, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    assert not silent, f"no gradient reached {silent}"
+    report = train(config, tmp_path / "run", show_progress=False)
+    assert set(report["metrics"]["test"]) == {"multi", "image", "tabular"}
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["method"] == "mean_logits"
+    metrics = TrainedRun.load(tmp_path / "run").evaluate("test")
+    assert metrics == report["metrics"]["test"]
