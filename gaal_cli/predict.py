@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 
 from gaal_cli.data.prediction_rows import PredictionRows, embedded_rows, is_embedded, prediction_rows
-from gaal_cli.data.table_prep import SPLITS
+from gaal_cli.data.problems import SPLITS
+from gaal_cli.display import CountProgress
 from gaal_cli.engine import load_run, predict_split, resolve_device, restore_method
 from gaal_cli.errors import GaalError
 from gaal_cli.files import refuse_protected, write_file
@@ -101,6 +102,7 @@ def predict_table(
                 cache_folder=Path(images),
                 num_workers=config.data.num_workers,
                 source=str(file),
+                progress=CountProgress,
             )
         method = restore_method(state, config, file, rows.field_lengths, len(rows.class_names)).to(where)
         logits, _ = predict_split(method, rows.split, where, config.data.eval_batch_size, missing=missing)

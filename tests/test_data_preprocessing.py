@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from gaal_cli.data.column_roles import check_named_columns, infer_roles
-from gaal_cli.data.table_prep import Problems, encode, fit_encoding, stratified_split
+from gaal_cli.data.preprocessing import encode, fit_encoding
+from gaal_cli.data.problems import Problems
+from gaal_cli.data.splits import stratified_split
 from gaal_cli.errors import GaalError
 
 
