@@ -151,7 +151,8 @@ def ensure_cache(
     key = cache_key(paths, size)
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     if meta.get("key") != key or not file.exists():
-        meta = {"key": key, "count": len(paths), "size": size, "failed": _build(paths, size, file, num_workers, progress or no_progress)}
+        failed = _build(paths, size, file, num_workers, progress or no_progress)
+        meta = {"key": key, "count": len(paths), "size": size, "failed": failed}
         write_file(meta_file, json.dumps(meta))
     for row, message in meta["failed"].items():
         problems.add(int(row), f"unreadable image: {message}", file=paths[int(row)], kind="unreadable image")

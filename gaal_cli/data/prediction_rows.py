@@ -30,7 +30,14 @@ from gaal_cli.data.base import Batch, SplitDataset
 from gaal_cli.data.images import ImageTableSplit, ImageTransform, Progress, check_files, ensure_cache
 from gaal_cli.data.prepared import FORMAT as MANIFEST_FORMAT
 from gaal_cli.data.prepared import MANIFEST
-from gaal_cli.data.preprocessing import EncodedTable, PreparedRecord, TableState, apply_prepared, apply_state, read_record
+from gaal_cli.data.preprocessing import (
+    EncodedTable,
+    PreparedRecord,
+    TableState,
+    apply_prepared,
+    apply_state,
+    read_record,
+)
 from gaal_cli.data.problems import SPLIT_ALIASES, SPLITS
 from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
 from gaal_cli.data.user_table import read_table

@@ -269,7 +269,9 @@ def bundle(
     if not files_checked:
         check_files(rows.paths, problems, headers=not cfg.cache)  # the cache build decodes every file anyway
     problems.raise_or_keep()
-    cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers, progress) if cfg.cache else None
+    cache = None
+    if cfg.cache:
+        cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers, progress)
     kept, dropped = drop_bad(rows, problems, label_column, drop_rare=drop_rare, train_only=train_only)
     dropped = {**(dropped_before or {}), **dropped}
     splits = []

@@ -40,6 +40,7 @@ LABEL_COLUMN = "label"  # the prepared format's class-index column
 
 # ---------------------------------------------------------------- fit and apply an encoding
 
+
 MISSING, UNKNOWN = "<missing>", "<unknown>"
 
 
@@ -252,7 +253,6 @@ def encode_split_table(
     train = features[(split == "train") & ~np.isin(np.arange(len(features)), list(problems.bad))]
     enc = fit_encoding(train, continuous, categorical, vocabulary, impute=impute)
     return encode(features, enc, problems, notes), enc
-
 
 
 # ---------------------------------------------------------------- a user's table: TableState
