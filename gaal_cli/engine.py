@@ -28,7 +28,7 @@ from gaal_cli.contributions import run_shapley
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle
 from gaal_cli.dependencies import Dependency, changed_dependencies
-from gaal_cli.display import EpochProgress, console, styled
+from gaal_cli.display import CountProgress, EpochProgress, console, report_data_notes, styled
 from gaal_cli.distributed import Comm, attach, attach_optimizer, check_batch, init_from_environment, is_main_process
 from gaal_cli.errors import GaalError
 from gaal_cli.health import GradientFlow, assess, class_counts, dependency_reports, feature_spread, trained_encoders
@@ -99,7 +99,8 @@ def setup(config: Config) -> Session:
     device = resolve_device(device_spec)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    data = build_data(config.data, config.seed)
+    data = build_data(config.data, config.seed, progress=CountProgress)
+    report_data_notes(data.info)
     dependencies = load_dependencies(config, data, device)
     # seeded after the data is built, so that nothing the data build does (a cache build,
     # a new dataset's preprocessing) can move the global streams the model and training draw from

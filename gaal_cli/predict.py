@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 
 from gaal_cli.data.prediction_rows import PredictionRows, embedded_rows, is_embedded, prediction_rows
-from gaal_cli.data.table_prep import SPLITS
+from gaal_cli.data.problems import SPLITS
+from gaal_cli.display import CountProgress
 from gaal_cli.errors import GaalError
 from gaal_cli.evaluation import resolve_device
 from gaal_cli.files import refuse_protected, write_file
@@ -103,6 +104,7 @@ def predict_table(
                 cache_folder=Path(images),
                 num_workers=config.data.num_workers,
                 source=str(file),
+                progress=CountProgress,
             )
         method = trained.method(rows.field_lengths, len(rows.class_names)).to(where)
         logits = trained.predict(rows.split, method, where, missing=missing)

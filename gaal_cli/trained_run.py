@@ -27,6 +27,7 @@ from gaal_cli.dependencies import (
     read_dependency,
     recorded_dependencies,
 )
+from gaal_cli.display import CountProgress, report_data_notes
 from gaal_cli.errors import GaalError
 from gaal_cli.evaluation import evaluate, predict_split, resolve_device
 from gaal_cli.methods.base import Method
@@ -128,7 +129,9 @@ class TrainedRun:
                 source=str(table),
                 field="data.name",
             )
-        return build_data(self.config.data, self.config.seed, preprocessing=self.preprocessing)
+        data = build_data(self.config.data, self.config.seed, preprocessing=self.preprocessing, progress=CountProgress)
+        report_data_notes(data.info)
+        return data
 
     def predict(
         self, split: SplitDataset, method: Method, device: torch.device, *, missing: str | None = None

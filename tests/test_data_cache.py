@@ -21,7 +21,7 @@ from gaal_cli.data.images import (
     gaussian_blur,
     resized_crop,
 )
-from gaal_cli.data.table_prep import Problems
+from gaal_cli.data.problems import Problems
 
 
 def photos(tmp_path, n=6):

@@ -16,8 +16,9 @@ from gaal_cli.cli import app
 from gaal_cli.config import DataConfig
 from gaal_cli.data import build_data
 from gaal_cli.data.column_roles import derive, fit_origins, infer_roles
-from gaal_cli.data.table_prep import Problems
-from gaal_cli.data.user_table import TableState, apply_state, read_table
+from gaal_cli.data.preprocessing import TableState, apply_state
+from gaal_cli.data.problems import Problems
+from gaal_cli.data.user_table import read_table
 from gaal_cli.display import EpochProgress
 from gaal_cli.errors import GaalError
 from gaal_cli.report import load_runs

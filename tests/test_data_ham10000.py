@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from gaal_cli.cli import app
 from gaal_cli.data.ham10000 import read_metadata
-from gaal_cli.data.table_prep import grouped_split
+from gaal_cli.data.splits import grouped_split
 
 runner = CliRunner()
 HAM_BAD_ROWS_REASONS = [  # one row each in the miniature made with bad=True

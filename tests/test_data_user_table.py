@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import DataConfig
 from gaal_cli.data import build_data
-from gaal_cli.data.table_prep import MISSING, UNKNOWN, Problems, encode, fit_encoding, grouped_split
-from gaal_cli.data.user_table import TableState, apply_state, read_table
+from gaal_cli.data.preprocessing import MISSING, UNKNOWN, TableState, apply_state, encode, fit_encoding
+from gaal_cli.data.problems import Problems
+from gaal_cli.data.splits import grouped_split
+from gaal_cli.data.user_table import read_table
 
 runner = CliRunner()
 

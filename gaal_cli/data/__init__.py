@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, images_on_device, make_loader
+from gaal_cli.data.images import Progress
 from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES, require_prepared
 from gaal_cli.errors import GaalError, did_you_mean
 
-DatasetBuilder = Callable[[DataConfig, int], DataBundle]
+# (config, seed, progress of the image-cache build) -> the dataset
+DatasetBuilder = Callable[[DataConfig, int, Progress | None], DataBundle]
 DATASETS: dict[str, DatasetBuilder] = {}
 
 
@@ -22,46 +24,53 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     return wrap
 
 
-def build_data(cfg: DataConfig, seed: int, preprocessing: dict | None = None) -> DataBundle:
+def build_data(
+    cfg: DataConfig, seed: int, preprocessing: dict | None = None, *, progress: Progress | None = None
+) -> DataBundle:
     """Build the dataset named by `cfg.name`.
+
+    What loading dropped, imputed or coded `unknown` is in the bundle's `info`; showing it is
+    the caller's (gaal_cli.display.report_data_notes), as is any progress bar.
 
     Args:
         preprocessing: a run's saved preprocessing record: a user table is encoded with it
             instead of refitting (prepared datasets carry theirs in the PREP folder).
+        progress: shows the image-cache build (gaal_cli.data.images.Progress); default none.
 
     Raises:
         GaalError: unknown dataset name (the message lists the known ones).
     """
     _load_builtin()
     if cfg.name.lower().endswith(TABLE_SUFFIXES):
-        from gaal_cli.data.user_table import TableState, build_table
+        from gaal_cli.data.preprocessing import TableState
+        from gaal_cli.data.user_table import build_table
 
         state = None if preprocessing is None else TableState.from_json(preprocessing, "the checkpoint's preprocessing")
-        return build_table(cfg, seed, state)
+        return build_table(cfg, seed, state, progress)
     if cfg.name not in DATASETS:
         raise GaalError(
             f"unknown dataset '{cfg.name}'{did_you_mean(cfg.name, DATASETS)}; expected one of: "
             f"{', '.join(sorted(DATASETS))}, or a .csv/.parquet table",
             field="data.name",
         )
-    return DATASETS[cfg.name](cfg, seed)
+    return DATASETS[cfg.name](cfg, seed, progress)
 
 
 def _load_builtin() -> None:
     if "synthetic" not in DATASETS:
         from gaal_cli.data import synthetic
 
-        register_dataset("synthetic")(synthetic.build)
+        register_dataset("synthetic")(lambda cfg, seed, progress: synthetic.build(cfg, seed))
         for recipe in RECIPES:
             register_dataset(recipe)(functools.partial(_prepared, recipe=recipe))
 
 
-def _prepared(cfg: DataConfig, seed: int, recipe: str) -> DataBundle:
+def _prepared(cfg: DataConfig, seed: int, progress: Progress | None, recipe: str) -> DataBundle:
     """A dataset made by `gaal data prepare <recipe>`: its splits are fixed in the PREP folder."""
     from gaal_cli.data.prepared import build_prepared
 
     require_prepared(recipe, cfg.dir)
-    return build_prepared(cfg, recipe)
+    return build_prepared(cfg, recipe, progress)
 
 
 __all__ = [

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gaal_cli.data.prepared import prepare_rows
-from gaal_cli.data.table_prep import Problems
+from gaal_cli.data.problems import Problems
 from gaal_cli.errors import GaalError
 
 VERSION = 1

@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gaal_cli.data.table_prep import FEW_DISTINCT
 from gaal_cli.errors import GaalError, did_you_mean
 
+# Numeric columns with at most this many distinct values are flags (0/1, yes/no) and become
+# categorical; integer counts such as doors or seats stay continuous, since their order matters
+FEW_DISTINCT = 2
 ROLES = ("id", "text", "datetime", "number", "boolean", "categorical", "continuous", "excluded")
 LEFT_OUT = ("id", "text", "excluded")
 # a column with fewer non-missing values says too little to call it an id or free text

@@ -16,9 +16,9 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,8 +28,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from gaal_cli.data.base import Batch
-from gaal_cli.data.table_prep import Problems
-from gaal_cli.display import CountProgress
+from gaal_cli.data.problems import Problems
 from gaal_cli.errors import GaalError
 from gaal_cli.files import make_folder, write_file
 from gaal_cli.untrusted import open_regular
@@ -111,11 +110,38 @@ class _Decoder(torch.utils.data.Dataset):
             return i, None, str(err) or type(err).__name__
 
 
-def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Problems, num_workers: int = 0) -> Path:
+class Bar(Protocol):
+    def advance(self, n: int = 1) -> None: ...
+
+
+# what shows a long job's progress: made with a description and a total, entered as a context,
+# advanced once per item (gaal_cli.display.CountProgress is one); the data layer draws nothing itself
+Progress = Callable[[str, int], AbstractContextManager[Bar]]
+
+
+class _Silent:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+def no_progress(description: str, total: int) -> AbstractContextManager[Bar]:
+    """The default `Progress`: nothing on the screen."""
+    return nullcontext(_Silent())
+
+
+def ensure_cache(
+    paths: Sequence[str],
+    size: int,
+    folder: Path,
+    problems: Problems,
+    num_workers: int = 0,
+    progress: Progress | None = None,
+) -> Path:
     """The cache file for `paths` at `size`, built (or rebuilt) when its key is stale.
 
     Images that fail to decode are recorded in `problems` (and remembered in the metadata, so
-    a reused cache reports them again); their pixels are left black.
+    a reused cache reports them again); their pixels are left black. `progress` shows the
+    build (default: nothing shown).
 
     Returns:
         The .npy file holding a (N, 3, size, size) uint8 array in the order of `paths`.
@@ -125,14 +151,15 @@ def ensure_cache(paths: Sequence[str], size: int, folder: Path, problems: Proble
     key = cache_key(paths, size)
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     if meta.get("key") != key or not file.exists():
-        meta = {"key": key, "count": len(paths), "size": size, "failed": _build(paths, size, file, num_workers)}
+        failed = _build(paths, size, file, num_workers, progress or no_progress)
+        meta = {"key": key, "count": len(paths), "size": size, "failed": failed}
         write_file(meta_file, json.dumps(meta))
     for row, message in meta["failed"].items():
         problems.add(int(row), f"unreadable image: {message}", file=paths[int(row)], kind="unreadable image")
     return file
 
 
-def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dict[str, str]:
+def _build(paths: Sequence[str], size: int, file: Path, num_workers: int, progress: Progress) -> dict[str, str]:
     """Decode every image into `file` (gaal_cli.files.write_file: aside, renamed when complete,
     the temporary file removed on any failure or Ctrl-C).
 
@@ -156,7 +183,7 @@ def _build(paths: Sequence[str], size: int, file: Path, num_workers: int) -> dic
             collate_fn=lambda item: item,
             generator=torch.Generator(),  # never draw the workers' seed from the global RNG
         )
-        with CountProgress(f"image cache {size}px", len(paths)) as bar:
+        with progress(f"image cache {size}px", len(paths)) as bar:
             for i, image, error in loader:  # in order, workers or not
                 if error is None:
                     fh.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from gaal_cli.data.prepared import prepare_rows
-from gaal_cli.data.table_prep import SPLITS, Problems
+from gaal_cli.data.problems import SPLITS, Problems
 from gaal_cli.errors import GaalError
 
 VERSION = 1

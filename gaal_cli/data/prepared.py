@@ -22,20 +22,10 @@ import torch
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import DataBundle, TabularSchema
-from gaal_cli.data.images import ImageTableSplit, ImageTransform, check_files, ensure_cache
-from gaal_cli.data.table_prep import (
-    SPLITS,
-    Encoding,
-    Notes,
-    Problems,
-    check_classes_in_splits,
-    check_splits_filled,
-    check_trainable,
-    encode,
-    find_missing,
-    fit_encoding,
-)
-from gaal_cli.display import report_data_notes
+from gaal_cli.data.images import ImageTableSplit, ImageTransform, Progress, check_files, ensure_cache
+from gaal_cli.data.preprocessing import encode_split_table, find_missing, prepared_record
+from gaal_cli.data.problems import SPLITS, Notes, Problems
+from gaal_cli.data.splits import check_classes_in_splits, check_splits_filled, check_trainable
 from gaal_cli.errors import GaalError
 
 FORMAT = "gaal-prepared"
@@ -61,28 +51,6 @@ class Rows:
     def take(self, keep: np.ndarray) -> Rows:
         paths = [p for p, k in zip(self.paths, keep) if k]
         return Rows(paths, self.tabular[keep], self.labels[keep], self.split[keep], self.class_names, self.origin[keep])
-
-
-def encode_split_table(
-    features: pd.DataFrame,
-    continuous: Sequence[str],
-    categorical: Sequence[str],
-    split: np.ndarray,
-    problems: Problems,
-    vocabulary: pd.DataFrame | None = None,
-    *,
-    impute: bool = False,
-    notes: Notes | None = None,
-) -> tuple[np.ndarray, Encoding]:
-    """Fit the encoding on the training rows (those not already bad) and encode every row.
-
-    Args:
-        impute: fill missing values and map unseen categories to `unknown` (see `fit_encoding`);
-            what was filled is recorded in `notes`.
-    """
-    train = features[(split == "train") & ~np.isin(np.arange(len(features)), list(problems.bad))]
-    enc = fit_encoding(train, continuous, categorical, vocabulary, impute=impute)
-    return encode(features, enc, problems, notes), enc
 
 
 def drop_bad(
@@ -231,8 +199,9 @@ def read_prepared(folder: Path, expected_recipe: str) -> tuple[dict, pd.DataFram
     return manifest, table
 
 
-def build_prepared(cfg: DataConfig, recipe: str) -> DataBundle:
-    """The DataBundle of a PREP folder (`data.dir`) made by `recipe`."""
+def build_prepared(cfg: DataConfig, recipe: str, progress: Progress | None = None) -> DataBundle:
+    """The DataBundle of a PREP folder (`data.dir`) made by `recipe`; `progress` shows the
+    image-cache build (gaal_cli.data.images.Progress), default none."""
     if not cfg.dir:
         raise GaalError(f"the {recipe} dataset needs the prepared folder: --data-dir PREP", field="data.dir")
     folder = Path(cfg.dir)
@@ -257,14 +226,10 @@ def build_prepared(cfg: DataConfig, recipe: str) -> DataBundle:
     schema = TabularSchema(tuple(manifest["columns"]), tuple(manifest["field_lengths"]))
     info = {"recipe": manifest["recipe"], "prepared_dropped": manifest.get("dropped", {})}
     normalize = manifest["normalize"] if cfg.normalize == "auto" else cfg.normalize
-    preprocessing = {
-        "format": "gaal-prepared-preprocessing",
-        "format_version": 1,
-        **{k: manifest.get(k) for k in ("recipe", "target", "columns", "field_lengths", "encoding")},
-        "class_names": list(manifest["class_names"]),
-        "image": {"size": cfg.image_size, "normalize": normalize},
-    }
-    return bundle(rows, schema, cfg, folder / "cache", normalize, problems, info, preprocessing=preprocessing)
+    preprocessing = prepared_record(manifest, cfg.image_size, normalize)
+    return bundle(
+        rows, schema, cfg, folder / "cache", normalize, problems, info, preprocessing=preprocessing, progress=progress
+    )
 
 
 def bundle(
@@ -283,12 +248,14 @@ def bundle(
     files_checked: bool = False,
     drop_rare: bool = False,
     train_only: Sequence[str] = (),
+    progress: Progress | None = None,
 ) -> DataBundle:
     """Check the images, build the cache, drop or report bad rows, and make the three splits.
 
     Cheap checks (missing files, problems already recorded) fail before the cache is built, so
     a bad table costs seconds, not a decoding pass; files that do not decode fail after it.
-    What was dropped, imputed or mapped to `unknown` is counted in `info` and on the console.
+    What was dropped, imputed or mapped to `unknown` is counted in `info` (the caller shows it:
+    gaal_cli.display.report_data_notes).
 
     Args:
         notes: what encoding filled in, per row (counted over the rows kept).
@@ -297,11 +264,14 @@ def bundle(
         files_checked: the caller already checked the image files (a user table's `check_table`).
         drop_rare: drop classes too small for the split (`data.rare_classes=drop`).
         train_only: classes kept in the train split only (`data.rare_classes=train`).
+        progress: shows the image-cache build (gaal_cli.data.images.Progress); default none.
     """
     if not files_checked:
         check_files(rows.paths, problems, headers=not cfg.cache)  # the cache build decodes every file anyway
     problems.raise_or_keep()
-    cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers) if cfg.cache else None
+    cache = None
+    if cfg.cache:
+        cache = ensure_cache(rows.paths, cfg.image_size, cache_folder, problems, cfg.num_workers, progress)
     kept, dropped = drop_bad(rows, problems, label_column, drop_rare=drop_rare, train_only=train_only)
     dropped = {**(dropped_before or {}), **dropped}
     splits = []
@@ -327,7 +297,6 @@ def bundle(
     }
     if notes is not None:
         info.update(_note_counts(notes, rows, kept))
-    report_data_notes(info)
     if preprocessing is not None:  # --skip-bad may have dropped a whole class
         preprocessing = {**preprocessing, "class_names": list(kept.class_names)}
     return DataBundle(*splits, schema=schema, class_names=kept.class_names, info=info, preprocessing=preprocessing)

@@ -16,9 +16,9 @@ split with seed `SPLIT_SEED` (the same for every run seed, as the paper's splits
 `data.group_column` group (a patient, a lesion) in one split. Class labels may be text; they
 are sorted, numbered from 0 and recorded in the report.
 
-Everything fitted on the training split is a `TableState`: `fit_state` makes it, `to_json`
-saves it with the run (preprocessing.json, the checkpoint), `TableState.from_json` and
-`apply_state` encode any later table of the same columns exactly as training did.
+This module reads the file and assembles the rows; what is fitted on the training split and
+how every table is encoded with it is gaal_cli/data/preprocessing.py (`fit_state`,
+`apply_state`), which this module calls and which never calls back.
 
 `check_table` is the one path of reading, roles, checks and split that `gaal train` (through
 `build_table`) and `gaal data inspect` (through `inspect_table`) share: inspect reports what
@@ -27,7 +27,6 @@ training would do and fails with the error training would raise.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,30 +35,18 @@ import pandas as pd
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data.base import DataBundle, TabularSchema
-from gaal_cli.data.column_roles import ColumnRole, ColumnRoles, check_named_columns, derive, fit_origins, infer_roles
-from gaal_cli.data.images import check_files
+from gaal_cli.data.column_roles import ColumnRoles, check_named_columns, infer_roles
+from gaal_cli.data.images import Progress, check_files
 from gaal_cli.data.prepared import Rows, bundle, drop_bad, rare_classes
-from gaal_cli.data.table_prep import (
-    SPLITS,
-    Encoding,
-    Notes,
-    Problems,
-    category_text,
-    encode,
-    find_missing,
-    fit_encoding,
-    grouped_split,
-    is_missing,
-    stratified_split,
-)
+from gaal_cli.data.preprocessing import TableState, apply_state, find_missing, fit_state, image_paths
+from gaal_cli.data.problems import SPLIT_ALIASES, SPLITS, Notes, Problems, category_text, is_missing, row_names
+from gaal_cli.data.splits import grouped_split, stratified_split
 from gaal_cli.errors import GaalError, did_you_mean
 from gaal_cli.untrusted import check_table_file
 
 SPLIT_SEED = 2022
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
-SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-STATE_FORMAT, STATE_VERSION = "gaal-table-preprocessing", 2  # 2: column roles; 1 (no roles) still reads
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -108,222 +95,6 @@ def _check_header(header: list[str], path: Path) -> None:
                 field=name,
             )
         seen[name] = position
-
-
-@dataclass
-class TableState:
-    """What a run fitted on a user table: enough to encode new rows of the same columns.
-
-    Plain data once `to_json` is called (saved as preprocessing.json and in the checkpoint).
-    `features` are the table's columns the run reads; `roles` say how each becomes the encoded
-    fields (a date expands to five), `encoding` how those are coded.
-    """
-
-    target: str
-    image_column: str
-    id_column: str | None
-    features: list[str]
-    class_names: list[str]
-    encoding: Encoding
-    image_size: int
-    normalize: str
-    allow_outside_paths: bool
-    roles: ColumnRoles
-
-    def to_json(self) -> dict:
-        return {
-            "format": STATE_FORMAT,
-            "format_version": STATE_VERSION,
-            "target": self.target,
-            "image_column": self.image_column,
-            "id_column": self.id_column,
-            "features": list(self.features),
-            "class_names": list(self.class_names),
-            "encoding": self.encoding.to_json(),
-            "image": {"size": self.image_size, "normalize": self.normalize},
-            "allow_outside_paths": self.allow_outside_paths,
-            "roles": self.roles.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict, source: str) -> TableState:
-        """Rebuild a state saved by `to_json` (from preprocessing.json or a checkpoint).
-
-        Raises:
-            GaalError: not a table preprocessing record of this version, or a malformed one.
-        """
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-            raise GaalError(f"not a {STATE_FORMAT} record", source=source)
-        version = data.get("format_version")
-        if version not in (1, STATE_VERSION):
-            raise GaalError(f"format_version {version!r}, expected {STATE_VERSION} (or 1)", source=source)
-        try:
-            encoding = Encoding.from_json(data["encoding"], source)
-            if version == 1:  # before roles: every feature was read as it is
-                kinds = {c: "continuous" for c in encoding.continuous}
-                kinds.update({c: "categorical" for c in encoding.categorical})
-                roles = ColumnRoles({str(c): ColumnRole(kinds[str(c)], "format_version 1") for c in data["features"]})
-            else:
-                roles = ColumnRoles.from_json(data["roles"], source)
-            return cls(
-                target=str(data["target"]),
-                image_column=str(data["image_column"]),
-                id_column=None if data["id_column"] is None else str(data["id_column"]),
-                features=[str(c) for c in data["features"]],
-                class_names=[str(c) for c in data["class_names"]],
-                encoding=encoding,
-                image_size=int(data["image"]["size"]),
-                normalize=str(data["image"]["normalize"]),
-                allow_outside_paths=bool(data["allow_outside_paths"]),
-                roles=roles,
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise GaalError(f"malformed {STATE_FORMAT} record ({type(err).__name__}: {err})", source=source) from None
-
-
-@dataclass
-class EncodedTable:
-    """A table encoded by a `TableState`: one entry per input row, bad rows recorded in `problems`.
-
-    `labels` is None when the table has no target column; a row without a label gets -1.
-    `ids` names each row in an output: its id-column value, else its row number from 0.
-    """
-
-    ids: list[str]
-    paths: list[str]
-    tabular: np.ndarray
-    labels: np.ndarray | None
-    problems: Problems
-    notes: Notes
-
-
-def fit_state(
-    train: pd.DataFrame, cfg: DataConfig, roles: ColumnRoles, class_names: list[str], id_column: str | None = None
-) -> TableState:
-    """Fit the date origins and the encoding on the training rows (bad rows already left out).
-
-    Args:
-        roles: the columns' roles, from `infer_roles` on the whole table (typing sees no label,
-            and a flag column may show one value in train only); its date origins are set here.
-        id_column: the column naming the rows (`data.id_column`, else the first inferred id).
-    """
-    fit_origins(train, roles)
-    continuous, categorical = roles.types()
-    # always imputing: with data.missing=error or drop no kept row has a gap, so this only adds
-    # the `unknown` code for categories that first appear in val, test or at predict time
-    encoding = fit_encoding(derive(train, roles), continuous, categorical, impute=True)
-    return TableState(
-        target=str(cfg.target),
-        image_column=str(cfg.image_column),
-        id_column=id_column,
-        features=roles.sources,
-        class_names=list(class_names),
-        encoding=encoding,
-        image_size=cfg.image_size,
-        normalize="none" if cfg.normalize == "auto" else cfg.normalize,
-        allow_outside_paths=cfg.allow_outside_paths,
-        roles=roles,
-    )
-
-
-def apply_state(
-    state: TableState,
-    frame: pd.DataFrame,
-    table: Path,
-    *,
-    skip_bad: bool = False,
-    allow_outside_paths: bool | None = None,
-    problems: Problems | None = None,
-    modalities: tuple[str, ...] = ("image", "tabular"),
-    label_problems: bool = True,
-) -> EncodedTable:
-    """Encode `frame` (read from the file `table`) exactly as the run that fitted `state` did.
-
-    Missing values are filled, unseen categories coded `unknown` (both counted in `notes`);
-    empty image cells, paths outside the table's folder and unknown labels are bad rows.
-
-    Args:
-        skip_bad: bad rows are to be dropped (`problems.raise_or_keep()` then returns the mask).
-        allow_outside_paths: overrides the run's own setting (the new table may live elsewhere).
-        problems: record into these (training shares them with its earlier checks).
-        modalities: the modalities to read; the other's columns need not be there (a prediction
-            with the table or the image missing) and come back as "" paths or zero features.
-        label_problems: a label that is not one of the run's classes is a bad row; without it
-            (`gaal predict`, which ignores the target) the row keeps label -1.
-
-    Raises:
-        GaalError: a feature or the image column is absent from the table.
-    """
-    needed = [state.image_column] * ("image" in modalities) + state.features * ("tabular" in modalities)
-    absent = [c for c in needed if c not in frame.columns]
-    if absent:
-        raise GaalError(f"the table lacks column(s) the run was trained with: {', '.join(absent)}", source=str(table))
-    if problems is None:
-        problems = Problems(str(table), row_names(table, len(frame)), skip_bad)
-    outside = state.allow_outside_paths if allow_outside_paths is None else allow_outside_paths
-    paths = [""] * len(frame)
-    if "image" in modalities:
-        paths = image_paths(frame[state.image_column], table.parent, outside, problems)
-    notes = Notes()
-    tabular = np.zeros((len(frame), len(state.encoding.names)), dtype=np.float32)
-    if "tabular" in modalities:
-        tabular = encode(derive(frame, state.roles), state.encoding, problems, notes)
-    labels = None
-    if state.target in frame.columns:
-        labels = _run_labels(frame[state.target], state.class_names, problems if label_problems else None)
-    has_ids = state.id_column is not None and state.id_column in frame.columns
-    ids = [str(v) for v in frame[state.id_column]] if has_ids else [str(i) for i in range(len(frame))]
-    return EncodedTable(ids, paths, tabular, labels, problems, notes)
-
-
-def _run_labels(values: pd.Series, class_names: list[str], problems: Problems | None) -> np.ndarray:
-    """Class indices in the run's classes; -1 for an empty cell or (recorded in `problems`) another label."""
-    lookup = {name: i for i, name in enumerate(class_names)}
-    text = category_text(values)
-    labels = np.array(text.map(lookup).fillna(-1), dtype=np.int64)
-    labels[values.isna().to_numpy()] = -1
-    if problems is not None:
-        for row in np.flatnonzero((labels < 0) & values.notna().to_numpy()):
-            problems.add(
-                row,
-                f"label {text.iloc[row]!r} is not one of the run's classes",
-                column=str(values.name),
-                kind="a label that is not one of the run's classes",
-            )
-    return labels
-
-
-def row_names(table: Path, n: int) -> list[str]:
-    return [f"line {i + 2}" if table.suffix.lower() == ".csv" else f"row {i + 1}" for i in range(n)]
-
-
-def image_paths(values: pd.Series, folder: Path, allow_outside: bool, problems: Problems) -> list[str]:
-    """Absolute image paths; empty cells and (unless allowed) paths leaving `folder` are bad rows.
-
-    A refused path becomes "" so that nothing, not even a --skip-bad cache build, reads it.
-    """
-    root = os.path.abspath(folder)
-    out = []
-    for row, value in enumerate(values):
-        text = "" if pd.isna(value) else str(value).strip()
-        if not text:
-            problems.add(row, "empty image cell", column=str(values.name))
-            out.append("")
-            continue
-        path = os.path.normpath(os.path.join(root, text))  # an absolute `text` stays itself
-        # compared after resolving symlinks: a link inside the folder may point anywhere
-        real, real_root = os.path.realpath(path), os.path.realpath(root)
-        if not allow_outside and os.path.commonpath([real_root, real]) != real_root:
-            link = f" (a symlink to {real})" if real != path else ""
-            problems.add(
-                row,
-                f"image path {text!r} leaves the table's folder{link} (set data.allow_outside_paths=true to allow it)",
-                column=str(values.name),
-                kind="an image path that leaves the table's folder",
-            )
-            path = ""
-        out.append(path)
-    return out
 
 
 @dataclass
@@ -449,7 +220,9 @@ def check_table(cfg: DataConfig, state: TableState | None = None, *, headers: bo
     return CheckedTable(t, state, encoded.notes, rows)
 
 
-def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> DataBundle:
+def build_table(
+    cfg: DataConfig, seed: int, state: TableState | None = None, progress: Progress | None = None
+) -> DataBundle:
     """The DataBundle of a user table named by `data.name`.
 
     The run seed is not used: without a split column the split seed is `SPLIT_SEED`, so every
@@ -457,6 +230,7 @@ def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> 
 
     Args:
         state: a trained run's fitted preprocessing (`gaal eval`): encode with it, fit nothing.
+        progress: shows the image-cache build (gaal_cli.data.images.Progress); default none.
     """
     saved = state
     c = check_table(cfg, state, headers=not cfg.cache)
@@ -486,6 +260,7 @@ def build_table(cfg: DataConfig, seed: int, state: TableState | None = None) -> 
         files_checked=True,
         drop_rare=cfg.rare_classes == "drop",
         train_only=list(t.train_only),
+        progress=progress,
     )
     if saved is not None and data.class_names != saved.class_names:
         raise GaalError(

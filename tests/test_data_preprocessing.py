@@ -1,11 +1,18 @@
-"""Column typing, encoding with training statistics, and the seeded stratified split."""
+"""Column typing, encoding with training statistics, the preprocessing record (versions 1 and 2),
+and the seeded stratified split."""
 
 import numpy as np
 import pandas as pd
 import pytest
+from raw_datasets import make_table
 
+from gaal_cli.config import DataConfig
+from gaal_cli.data import build_data
 from gaal_cli.data.column_roles import check_named_columns, infer_roles
-from gaal_cli.data.table_prep import Problems, encode, fit_encoding, stratified_split
+from gaal_cli.data.preprocessing import STATE_FORMAT, TableState, apply_state, encode, fit_encoding, read_record
+from gaal_cli.data.problems import Problems
+from gaal_cli.data.splits import stratified_split
+from gaal_cli.data.user_table import read_table
 from gaal_cli.errors import GaalError
 
 
@@ -71,3 +78,25 @@ def test_text_in_a_continuous_column_is_a_named_bad_row():
     problems = Problems("t.csv", ["line 2", "line 3"])
     encode(pd.DataFrame({"x": ["2.5", "heavy"]}), enc, problems)
     assert problems.bad == {1: ("'heavy' is not a number", "x", None)}
+
+
+def test_a_version_1_record_still_reads_and_encodes_as_version_2(tmp_path):
+    """Runs saved before column roles (format_version 1) keep predicting: every feature is read
+    as it is, which is what version 2 records for a table of plain numbers and categories."""
+    table = make_table(tmp_path / "user", split=True)
+    cfg = DataConfig(name=str(table), target="species", image_column="photo", image_size=16, cache=False)
+    saved = build_data(cfg, 0).preprocessing
+    assert saved["format"] == STATE_FORMAT and saved["format_version"] == 2
+    old = {k: v for k, v in saved.items() if k != "roles"} | {"format_version": 1}
+    v1, v2 = read_record(old, "old"), read_record(saved, "new")
+    assert isinstance(v1, TableState) and {r.reason for r in v1.roles.columns.values()} == {"format_version 1"}
+    assert v1.roles.types() == v2.roles.types() and v1.field_lengths == v2.field_lengths
+    frame = read_table(table)
+    assert np.array_equal(apply_state(v1, frame, table).tabular, apply_state(v2, frame, table).tabular)
+    assert v1.to_json()["format_version"] == 2  # saved again, a record is of the current version
+
+
+@pytest.mark.parametrize("record", [None, {}, {"format": "gaal-table-preprocessing", "format_version": 3}])
+def test_no_usable_record_is_a_named_error(record):
+    with pytest.raises(GaalError, match="preprocessing|format_version"):
+        read_record(record, "run/checkpoint.pt")
