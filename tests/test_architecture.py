@@ -139,7 +139,7 @@ LAYERS = [
     "evaluation",
     "trained_run",
     "health engine",
-    "predict report sweep",
+    "predict report sweep sweep_files sweep_order staleness scheduler",
     "cli __main__",
 ]
 
