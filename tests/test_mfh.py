@@ -10,10 +10,10 @@ from staging import enter_epoch, plan_for
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.trained_run import load_dependencies
 from gaal_cli.engine import create_method, train
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.mfh import freeze_channels, kept_channels, min_max, permuted_channel_distances
+from gaal_cli.trained_run import evaluate_checkpoint, load_dependencies
 
 CPU = torch.device("cpu")
 
@@ -133,20 +133,60 @@ def test_mfh_run_through_both_stages(tiny, tmp_path):
     assert int(saved["keep"].sum()) == 4 and float(saved["overlap_tag"].max()) == 1.0
 
 
-def test_without_a_reference_run_mfh_first_trains_its_own_reference_to_agree_with_the_teacher(tiny, tmp_path):
-    """RAVDESS's path: the reference network learns CE + MSE to the teacher's logits; the student
-    and the teacher do not move; the tag then compares the teacher with that reference."""
+def build_own_reference(tiny, tmp_path, *extra):
     teacher = fake_checkpoint(tmp_path / "teacher.pt", "tabular")
-    config = load_config(overrides=[*tiny, "method=mfh", f"methods.mfh.teacher={teacher}", "methods.mfh.permutations=1"])
+    fields = [f"methods.mfh.teacher={teacher}", "methods.mfh.permutations=1", *extra]
+    config = load_config(overrides=[*tiny, "method=mfh", *fields])
     torch.manual_seed(0)
     data = build_data(config.data, 0)
     method = create_method(config, data, load_dependencies(config, data, CPU))
-    plan = plan_for(method, 7)
+    return method, data, plan_for(method, 7)
+
+
+def test_without_a_reference_run_mfh_trains_teacher_and_reference_together_and_distils_that_teacher(tiny, tmp_path):
+    """RAVDESS's path (ravdess/utils/helper.py train_network_for_overlap_tag, main_overlap_tag.py
+    eval_overlap_tag): teacher and reference learn CE + CE + MSE between their logits, and the
+    teacher the tag ranks and the student learns from is that jointly trained one, not the run
+    it started from (which stays as it was)."""
+    method, data, plan = build_own_reference(tiny, tmp_path)
     assert [(p.name, p.epochs, p.stage.labels, p.stage.selects) for p in plan] == [
         ("reference", 5, True, False),
         ("overlap_tag", 1, False, False),
         ("distil", 1, True, True),
     ]
+    assert plan[0].stage.trains == ("reference_net.", "joint_teacher.")
+    enter_epoch(method, plan, 1)
+    trainable = {n for n, p in method.named_parameters() if p.requires_grad}
+    assert {n.split(".")[0] for n in trainable - method.idle_parameters()} == {"reference_net", "joint_teacher"}
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    run_before = {k: v.clone() for k, v in method.teacher.model.state_dict().items()}
+    optimizer = torch.optim.SGD([p for n, p in method.named_parameters() if n in trainable], lr=0.1)
+    batches = list(make_loader(data.train, 32, shuffle=True, seed=0))
+    stats = method.train_step(batches[0], optimizer)
+    assert {"reference_ce", "teacher_ce", "agreement_mse"} <= set(stats)
+    moved = {k.split(".")[0] for k, v in method.state_dict().items() if not torch.equal(before[k], v)}
+    assert moved == {"reference_net", "joint_teacher"}
+    assert all(torch.equal(method.teacher.model.state_dict()[k], v) for k, v in run_before.items())
+
+    enter_epoch(method, plan, 6)
+    for batch in batches:
+        method.train_step(batch._replace(label=None), optimizer)
+    enter_epoch(method, plan, 7)
+    batch, keep, joint = batches[0], method.keep, method.joint_teacher
+    with torch.no_grad():
+        features = joint.encoders.tabular(batch.tabular)
+        expected = joint.head(torch.where(keep, features, features.mean(dim=0)))
+        run_features = method.teacher.model.encoders.tabular(batch.tabular)
+        from_run = method.teacher.model.head(torch.where(keep, run_features, run_features.mean(dim=0)))
+        target = method.teacher_logits(batch.tabular)
+    assert torch.allclose(target, expected)
+    assert not torch.allclose(target, from_run)  # the old path distilled the run it started from
+
+
+def test_a_frozen_teacher_leaves_only_the_reference_learning(tiny, tmp_path):
+    """`joint_teacher: false`: the reference learns CE + MSE to the frozen teacher's logits."""
+    method, data, plan = build_own_reference(tiny, tmp_path, "methods.mfh.joint_teacher=false")
+    assert method.joint_teacher is None and plan[0].stage.trains == ("reference_net.",)
     enter_epoch(method, plan, 1)
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}
     assert all(n.startswith("reference_net.") for n in trainable - method.idle_parameters())
@@ -154,7 +194,7 @@ def test_without_a_reference_run_mfh_first_trains_its_own_reference_to_agree_wit
     optimizer = torch.optim.SGD([p for n, p in method.named_parameters() if n.startswith("reference_net.")], lr=0.1)
     batch = next(iter(make_loader(data.train, 32, shuffle=True, seed=0)))
     stats = method.train_step(batch, optimizer)
-    assert {"reference_ce", "agreement_mse"} <= set(stats)
+    assert {"reference_ce", "agreement_mse"} <= set(stats) and "teacher_ce" not in stats
     moved = {k for k, v in method.state_dict().items() if not torch.equal(before[k], v)}
     assert moved and all(k.startswith("reference_net.") for k in moved)
     with torch.no_grad():
@@ -163,3 +203,18 @@ def test_without_a_reference_run_mfh_first_trains_its_own_reference_to_agree_wit
     enter_epoch(method, plan, 6)
     method.train_step(batch._replace(label=None), optimizer)
     assert float(method.tag_terms) == 1
+
+
+def test_a_joint_teacher_run_is_saved_with_its_copy_and_evaluates_without_the_teacher_weights(tiny, tmp_path):
+    teacher = fake_checkpoint(tmp_path / "teacher.pt", "tabular")
+    fields = [f"methods.mfh.teacher={teacher}", "methods.mfh.permutations=1", "methods.mfh.reference_epochs=1"]
+    config = load_config(overrides=[*tiny, "train.epochs=3", "method=mfh", *fields])
+    report = train(config, tmp_path / "mfh", show_progress=False)
+    assert [s["name"] for s in report["stages"]] == ["reference", "overlap_tag", "distil"]
+    saved = torch.load(tmp_path / "mfh" / "checkpoint.pt", weights_only=True)["model"]
+    original = torch.load(teacher, weights_only=True)["model"]
+    copy = {k[len("joint_teacher.") :]: v for k, v in saved.items() if k.startswith("joint_teacher.")}
+    assert copy.keys() == original.keys()
+    assert any(not torch.equal(copy[k], original[k]) for k in copy)  # the copy learnt in stage `reference`
+    metrics, _ = evaluate_checkpoint(tmp_path / "mfh")  # rebuilt from records: no teacher weights, no copy
+    assert 0.0 <= metrics["image"]["acc"] <= 1.0
