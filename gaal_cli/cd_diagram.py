@@ -58,7 +58,8 @@ def cd_diagram(
     import matplotlib
 
     if len(names) != len(ranks) or len(names) < 2:
-        raise ValueError(f"expected one rank per method and at least two methods, got {len(names)} names and {len(ranks)} ranks")
+        got = f"got {len(names)} names and {len(ranks)} ranks"
+        raise ValueError(f"expected one rank per method and at least two methods, {got}")
     groups = cliques(ranks, cd)
     path = Path(path)
     with matplotlib.rc_context(STYLE):
@@ -112,7 +113,8 @@ def _draw(names: list[str], ranks: list[float], cd: float, groups: list[tuple[in
             edge = text - 0.1 if side == "left" else text + _AXIS_WIDTH + 0.1
             ax.plot([x(ranks[i]), x(ranks[i]), edge], [axis_y, y, y], **line)
             label = f"{names[i]} ({ranks[i]:.2f})"
-            ax.text(edge + (-0.05 if side == "left" else 0.05), y, label, ha="right" if side == "left" else "left", va="center")
+            shift, align = (-0.05, "right") if side == "left" else (0.05, "left")
+            ax.text(edge + shift, y, label, ha=align, va="center")
     # the groups not significantly different: thick bars just below the axis
     for row, group in enumerate(groups):
         y = axis_y + 0.2 + _BAR_ROW * row
@@ -126,5 +128,5 @@ def _save(fig, path: Path) -> Path:
     for suffix in FORMATS:
         metadata = {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None
         options = {"format": suffix[1:], "dpi": 200, "metadata": metadata}
-        write_file(path.with_suffix(suffix), lambda fh: fig.savefig(fh, **options), sync=False)
+        write_file(path.with_suffix(suffix), lambda fh, options=options: fig.savefig(fh, **options), sync=False)
     return path.with_suffix(".png")

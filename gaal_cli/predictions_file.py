@@ -81,9 +81,13 @@ def write_predictions(
     for head, logits in logits_by_head.items():
         logits = np.asarray(logits, dtype=np.float32)
         if logits.shape != (len(ids), n_classes):
-            raise GaalError(f"logits of shape {logits.shape}; expected ({len(ids)}, {n_classes})", source=str(path), field=f"logits.{head}")
+            expected = f"({len(ids)}, {n_classes})"
+            raise GaalError(
+                f"logits of shape {logits.shape}; expected {expected}", source=str(path), field=f"logits.{head}"
+            )
         if not np.isfinite(logits).all() or np.abs(logits).max(initial=0.0) > FLOAT16_MAX:
-            raise GaalError(f"logits not finite or beyond float16's range (|x| > {FLOAT16_MAX:g})", source=str(path), field=f"logits.{head}")
+            problem = f"logits not finite or beyond float16's range (|x| > {FLOAT16_MAX:g})"
+            raise GaalError(problem, source=str(path), field=f"logits.{head}")
         tensors[f"predicted.{head}"] = logits.argmax(1).astype(np.int16)
         tensors[f"logits.{head}"] = logits.astype(np.float16)
     header = {
@@ -135,21 +139,24 @@ class Predictions:
 
     def _head(self, head: str) -> str:
         if head not in self.heads:
-            raise GaalError(f"no head '{head}'; this file has {', '.join(self.heads)}", source=str(self.path), field="heads")
+            problem = f"no head '{head}'; this file has {', '.join(self.heads)}"
+            raise GaalError(problem, source=str(self.path), field="heads")
         return head
 
     def logits(self, head: str) -> np.ndarray:
         """The (n, n_classes) float32 logits of `head`, checked finite."""
         values = self._tensor(f"logits.{self._head(head)}").astype(np.float32)
         if not np.isfinite(values).all():
-            raise GaalError("holds NaN or infinite values; expected finite logits", source=str(self.path), field=f"logits.{head}")
+            problem = "holds NaN or infinite values; expected finite logits"
+            raise GaalError(problem, source=str(self.path), field=f"logits.{head}")
         return values
 
     def predicted(self, head: str) -> np.ndarray:
         """The predicted class of each sample (arg-max of the full-precision logits)."""
         values = self._tensor(f"predicted.{self._head(head)}").astype(np.int64)
         if values.size and (values.min() < 0 or values.max() >= self.n_classes):
-            raise GaalError(f"holds a class outside [0, {self.n_classes})", source=str(self.path), field=f"predicted.{head}")
+            problem = f"holds a class outside [0, {self.n_classes})"
+            raise GaalError(problem, source=str(self.path), field=f"predicted.{head}")
         return values
 
     def correct(self, head: str) -> np.ndarray:
@@ -188,7 +195,8 @@ def read_predictions(path: str | Path) -> Predictions:
             _check_tensors(fh, expected, source)
             labels = fh.get_tensor("labels").astype(np.int64)
     except safetensors.SafetensorError as err:
-        raise GaalError(f"is not a readable safetensors file ({err}); expected a gaal predictions file", source=source) from None
+        problem = f"is not a readable safetensors file ({err}); expected a gaal predictions file"
+        raise GaalError(problem, source=source) from None
     except OSError as err:
         raise GaalError(f"cannot be read ({err.strerror or type(err).__name__})", source=source) from None
     _check_labels(labels, n_classes, source)
@@ -244,7 +252,8 @@ def _check_tensors(fh, expected: Mapping[str, tuple[str, list[int]]], source: st
 
 def _check_labels(labels: np.ndarray, n_classes: int, source: str) -> None:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise GaalError(f"expected a vector of integer classes, got {labels.dtype} {labels.shape}", source=source, field="labels")
+        got = f"{labels.dtype} {labels.shape}"
+        raise GaalError(f"expected a vector of integer classes, got {got}", source=source, field="labels")
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
         raise GaalError(f"holds a class outside [0, {n_classes})", source=source, field="labels")
 
@@ -269,16 +278,18 @@ def align(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray]:
         raise GaalError(
             f"runs on split '{a.split}' with {a.n_classes} classes and split '{b.split}' with {b.n_classes} "
             "classes cannot be paired; expected runs on the same split of the same dataset",
-            source=where, field="split",
+            source=where,
+            field="split",
         )
     position = {sample: i for i, sample in enumerate(b.ids)}
     only_a = [sample for sample in a.ids if sample not in position]
     if only_a or len(a.ids) != len(b.ids):
-        example = only_a[0] if only_a else next(s for s in b.ids if s not in set(a.ids))
+        example, holder = (only_a[0], a.path) if only_a else (next(s for s in b.ids if s not in set(a.ids)), b.path)
         raise GaalError(
             f"the runs were tested on different samples ({len(a.ids)} and {len(b.ids)} samples; e.g. '{example}' "
-            "is in one only); expected the same test samples (same split, same seed's split)",
-            source=where, field="ids",
+            f"is only in {holder}); expected the same test samples (same split, same seed's split)",
+            source=where,
+            field="ids",
         )
     ia = np.arange(len(a.ids))
     ib = np.array([position[sample] for sample in a.ids], dtype=np.int64)
@@ -287,6 +298,7 @@ def align(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray]:
         raise GaalError(
             f"{differ.size} samples have different labels in the two runs (e.g. '{a.ids[differ[0]]}'); "
             "expected the same test samples with the same labels",
-            source=where, field="labels",
+            source=where,
+            field="labels",
         )
     return ia, ib

@@ -158,12 +158,14 @@ def paired_bootstrap(
     if metric not in METRICS:
         raise GaalError(f"unknown metric '{metric}'; expected one of {', '.join(METRICS)}", field="metric")
     if not len(a_correct) or not len(a_correct) == len(r_correct) == len(labels):
-        raise GaalError(f"expected the same number (> 0) of seeds for A, R and the labels, got {len(a_correct)}, {len(r_correct)}, {len(labels)}", field="seeds")
+        counts = f"{len(a_correct)}, {len(r_correct)}, {len(labels)}"
+        raise GaalError(f"expected the same number (> 0) of seeds for A, R and the labels, got {counts}", field="seeds")
     seeds = []
     for s, (a, r, y) in enumerate(zip(a_correct, r_correct, labels)):
         a, r, y = np.asarray(a, dtype=bool), np.asarray(r, dtype=bool), np.asarray(y)
         if not (a.ndim == r.ndim == y.ndim == 1) or not a.size == r.size == y.size > 0:
-            raise GaalError(f"seed {s}: expected three vectors of one length (> 0), got {a.shape}, {r.shape}, {y.shape}", field="seeds")
+            shapes = f"{a.shape}, {r.shape}, {y.shape}"
+            raise GaalError(f"seed {s}: expected three vectors of one length (> 0), got {shapes}", field="seeds")
         seeds.append((a.astype(np.int8) - r.astype(np.int8), np.unique(y, return_inverse=True)[1]))
     score = METRICS[metric]
     per_seed = np.array([score(a, y) - score(r, y) for a, r, y in zip(a_correct, r_correct, labels)])
@@ -196,7 +198,9 @@ def paired_bootstrap(
     )
 
 
-def _resampled_differences(rng: np.random.Generator, d: np.ndarray, y: np.ndarray, count: int, metric: str) -> np.ndarray:
+def _resampled_differences(
+    rng: np.random.Generator, d: np.ndarray, y: np.ndarray, count: int, metric: str
+) -> np.ndarray:
     """`count` replicates of metric(A) - metric(R) on one seed's test samples drawn with replacement.
 
     `d` is correct(A) - correct(R) per sample (-1, 0, 1) and `y` the class index per sample: a
@@ -313,7 +317,8 @@ def friedman(scores: np.ndarray) -> Friedman:
     scores = _score_table(scores)
     n, k = scores.shape
     if k < 3 or n < 2:
-        raise GaalError(f"Friedman's test needs at least 3 methods and 2 conditions, got {k} methods and {n} conditions", field="methods")
+        got = f"got {k} methods and {n} conditions"
+        raise GaalError(f"Friedman's test needs at least 3 methods and 2 conditions, {got}", field="methods")
     ranks = average_ranks(scores)
     if np.ptp(scores, axis=1).max() == 0:  # every condition a full tie: no evidence of any difference
         return Friedman(tuple(float(r) for r in ranks), 0.0, 1.0, 0.0, 1.0, n, k)
@@ -366,5 +371,6 @@ def cliques(ranks: Sequence[float], cd: float) -> list[tuple[int, ...]]:
 def _score_table(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 2 or not scores.size or not np.isfinite(scores).all():
-        raise GaalError(f"expected a conditions x methods table of finite scores, got shape {scores.shape}", field="scores")
+        expected = "expected a conditions x methods table of finite scores"
+        raise GaalError(f"{expected}, got shape {scores.shape}", field="scores")
     return scores
