@@ -40,10 +40,12 @@ FILE_NAME = "predictions.safetensors"
 #: bounds on what a reader accepts: far above any test split gaal runs (DVM: ~18k x 286 x 3 heads
 #: in float16 is ~30 MB), far below what would exhaust memory
 MAX_BYTES = 512_000_000
-MAX_SAMPLES = 5_000_000
+MAX_SAMPLES = 1_000_000
 MAX_CLASSES = 32_767  # int16 labels
 MAX_HEADS = 16
 MAX_ID_CHARS = 1_000
+#: safetensors refuses headers over 100 MB; the ids live there
+MAX_HEADER_CHARS = 50_000_000
 HEAD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: the largest finite float16; logits beyond it would be stored as infinity
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -77,6 +79,8 @@ def write_predictions(
         raise GaalError("no heads to write; expected at least one head's logits", source=str(path), field="logits")
     n_classes = int(meta.pop("n_classes", next(iter(logits_by_head.values())).shape[-1]))
     split = str(meta.pop("split", "test"))
+    if labels.shape != (len(ids),):
+        raise GaalError(f"labels of shape {labels.shape}; expected ({len(ids)},)", source=str(path), field="labels")
     tensors = {"labels": labels.astype(np.int16)}
     for head, logits in logits_by_head.items():
         logits = np.asarray(logits, dtype=np.float32)
@@ -101,6 +105,8 @@ def write_predictions(
     }
     # the writer's input goes through the reader's checks, so a file written is a file readable
     _check_header(header, str(path))
+    if sum(map(len, header.values())) > MAX_HEADER_CHARS:
+        raise GaalError(f"the ids and meta take over {MAX_HEADER_CHARS} characters", source=str(path), field="ids")
     _check_labels(labels, n_classes, str(path))
     import safetensors.numpy
 
@@ -128,14 +134,17 @@ class Predictions:
         self.meta = json.loads(header["meta"])
         self.labels = labels
 
-    def _tensor(self, name: str) -> np.ndarray:
+    def _tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         import safetensors
 
         try:
             with safetensors.safe_open(str(self.path), framework="np") as fh:
-                return fh.get_tensor(name)
+                values = fh.get_tensor(name)
         except (OSError, safetensors.SafetensorError) as err:
             raise GaalError(f"cannot be read ({err})", source=str(self.path), field=name) from None
+        if values.shape != shape:  # the file was replaced since it was opened
+            raise GaalError(f"is {values.shape}; expected {shape}", source=str(self.path), field=name)
+        return values
 
     def _head(self, head: str) -> str:
         if head not in self.heads:
@@ -145,7 +154,7 @@ class Predictions:
 
     def logits(self, head: str) -> np.ndarray:
         """The (n, n_classes) float32 logits of `head`, checked finite."""
-        values = self._tensor(f"logits.{self._head(head)}").astype(np.float32)
+        values = self._tensor(f"logits.{self._head(head)}", (len(self.ids), self.n_classes)).astype(np.float32)
         if not np.isfinite(values).all():
             problem = "holds NaN or infinite values; expected finite logits"
             raise GaalError(problem, source=str(self.path), field=f"logits.{head}")
@@ -153,7 +162,7 @@ class Predictions:
 
     def predicted(self, head: str) -> np.ndarray:
         """The predicted class of each sample (arg-max of the full-precision logits)."""
-        values = self._tensor(f"predicted.{self._head(head)}").astype(np.int64)
+        values = self._tensor(f"predicted.{self._head(head)}", (len(self.ids),)).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() >= self.n_classes):
             problem = f"holds a class outside [0, {self.n_classes})"
             raise GaalError(problem, source=str(self.path), field=f"predicted.{head}")

@@ -92,6 +92,7 @@ class PairedDifference:
         low, high: the percentile bootstrap interval of that mean.
         p_value: two-sided bootstrap p-value for "no difference" (before any multiplicity correction).
         per_seed: the observed difference of each seed.
+        resamples: B of the bootstrap; 0 for the seeds-only paired t test (`paired_t`).
         seeds_needed: where the interval holds 0, the seeds a difference of the observed size
             would need (see `seeds_needed`); None where it does not, or where it cannot be said.
     """
@@ -198,6 +199,44 @@ def paired_bootstrap(
     )
 
 
+def paired_t(a_values: Sequence[float], r_values: Sequence[float], metric: str, *, confidence: float = 0.95):
+    """Paired difference from per-seed metric values only: the paired t test and interval.
+
+    For runs without a predictions file (older runs keep only their report.json): the mean of
+    the per-seed differences, its Student-t interval (`mean_interval`) and the two-sided p-value
+    of scipy.stats.ttest_rel. It sees the seeds' spread but not the test set's finiteness, and
+    with 2 or 3 seeds its interval is wide; the report should say which of the two was used.
+    Returns a `PairedDifference` with resamples=0; with one seed the interval and p are NaN.
+    """
+    from scipy import stats
+
+    a, r = np.asarray(a_values, dtype=float), np.asarray(r_values, dtype=float)
+    if a.ndim != 1 or a.shape != r.shape or a.size == 0:
+        raise GaalError(
+            f"expected per-seed values of A and R paired by seed, got {a.shape} and {r.shape}", field="seeds"
+        )
+    d = a - r
+    cell = mean_interval(d, confidence)
+    if d.size < 2:
+        p_value = math.nan
+    elif np.ptp(d) == 0:  # no spread, where ttest_rel gives NaN: the limit of its p as the spread vanishes
+        p_value = 1.0 if d[0] == 0 else 0.0
+    else:
+        p_value = float(stats.ttest_rel(a, r).pvalue)
+    holds_zero = not (cell.low > 0 or cell.high < 0)
+    return PairedDifference(
+        metric=metric,
+        difference=cell.mean,
+        low=cell.low,
+        high=cell.high,
+        p_value=p_value,
+        per_seed=tuple(float(x) for x in d),
+        resamples=0,
+        confidence=confidence,
+        seeds_needed=seeds_needed(d, alpha=1 - confidence) if holds_zero else None,
+    )
+
+
 def _resampled_differences(
     rng: np.random.Generator, d: np.ndarray, y: np.ndarray, count: int, metric: str
 ) -> np.ndarray:
@@ -271,6 +310,50 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
     adjusted[order] = np.maximum.accumulate(scaled)
     return adjusted
+
+
+#: the rule the report prints under a table that `mark_rows` marked
+RULE = (
+    "Each row is compared with the reference row on the same seeds and test samples: the difference is the mean "
+    "over seeds, its 95 % interval a bootstrap over seeds and test samples, and its p-value is corrected with "
+    "Holm's method across the rows of the table. A row is marked better (or worse) only where the corrected "
+    "p-value is at most {alpha:g}; otherwise it ties with the reference, and the table gives the seeds a "
+    "difference of the observed size would need."
+)
+
+
+@dataclass(frozen=True)
+class RowVerdict:
+    """One row of a table against the reference: its difference, Holm-corrected p and the word for it.
+
+    Attributes:
+        verdict: "better", "worse" or "tie".
+        note: for a tie, why it may not be one (the seeds needed, or a single seed); else "".
+    """
+
+    difference: PairedDifference
+    adjusted_p: float
+    verdict: str
+    note: str
+
+
+def mark_rows(differences: dict[str, PairedDifference], alpha: float = 0.05) -> dict[str, RowVerdict]:
+    """Holm's correction across a table's rows (`holm`) and the verdict of each row under `RULE`."""
+    names = list(differences)
+    adjusted = holm([differences[n].p_value for n in names])
+    verdicts = {}
+    for name, p in zip(names, adjusted):
+        d = differences[name]
+        if p <= alpha:
+            verdict, note = ("better" if d.difference > 0 else "worse"), ""
+        elif d.n_seeds < 2:
+            verdict, note = "tie", "one seed: no seed-to-seed spread to judge by"
+        elif d.seeds_needed is not None:
+            verdict, note = "tie", f"~{d.seeds_needed} seeds would separate a difference of this size"
+        else:
+            verdict, note = "tie", ""
+        verdicts[name] = RowVerdict(d, float(p), verdict, note)
+    return verdicts
 
 
 # ---------------------------------------------------------------- many conditions: ranks, Friedman, Nemenyi

@@ -131,6 +131,43 @@ def test_seeds_needed_is_undefined_without_spread_or_difference():
     assert stats.seeds_needed([0.02, 0.02]) == 2
 
 
+def test_paired_t_from_per_seed_values():
+    d = stats.paired_t([0.80, 0.82, 0.79], [0.78, 0.80, 0.79], "accuracy")
+    # differences 0.02, 0.02, 0: t = 2 on 2 degrees of freedom, whose two-sided p is 1 - 2 / sqrt(6)
+    assert d.difference == pytest.approx(0.02 * 2 / 3) and d.resamples == 0
+    assert d.p_value == pytest.approx(1 - 2 / math.sqrt(6))
+    cell = stats.mean_interval([0.02, 0.02, 0.0])
+    assert (d.low, d.high) == pytest.approx((cell.low, cell.high))
+    # ((z_0.975 + z_0.8) · sd / d)^2 = (2.80158 · 0.011547 / 0.013333)^2 = 5.89
+    assert d.seeds_needed == 6
+    assert math.isnan(stats.paired_t([0.8], [0.7], "accuracy").p_value)
+    assert stats.paired_t([0.75, 0.5], [0.5, 0.25], "accuracy").p_value == 0.0
+    assert stats.paired_t([0.8, 0.9], [0.8, 0.9], "accuracy").p_value == 1.0
+
+
+def _difference(value, p, seeds=3, needed=None):
+    return stats.PairedDifference(
+        "accuracy", value, value - 0.01, value + 0.01, p, (value,) * seeds, 1000, 0.95, needed
+    )
+
+
+def test_mark_rows_applies_holm_then_the_rule():
+    rows = {
+        "gaal": _difference(0.02, 0.001),
+        "mla": _difference(0.01, 0.04, needed=12),
+        "daft": _difference(-0.03, 0.002),
+        "one_seed": _difference(0.01, 0.5, seeds=1),
+    }
+    marked = stats.mark_rows(rows)
+    # Holm over 4: 0.001 x4 = 0.004, 0.002 x3 = 0.006, 0.04 x2 = 0.08, 0.5 x1 -> 0.5
+    assert {name: round(v.adjusted_p, 6) for name, v in marked.items()} == {
+        "gaal": 0.004, "mla": 0.08, "daft": 0.006, "one_seed": 0.5,
+    }  # fmt: skip
+    assert [marked[n].verdict for n in rows] == ["better", "tie", "worse", "tie"]
+    assert "12 seeds" in marked["mla"].note and "one seed" in marked["one_seed"].note
+    assert "Holm" in stats.RULE.format(alpha=0.05)
+
+
 # ---------------------------------------------------------------- Holm
 
 
@@ -328,6 +365,8 @@ def test_writer_refuses_what_the_reader_would(tmp_path):
         pf.write_predictions(path, "abc", np.zeros(3, int), {"multi": np.zeros((3, 2)), "image": np.zeros((3, 3))})
     with pytest.raises(GaalError, match="not finite"):
         pf.write_predictions(path, "abc", np.zeros(3, int), {"multi": np.array([[0, np.nan]] * 3)})
+    with pytest.raises(GaalError, match=r"labels of shape \(2,\); expected \(3,\)"):
+        pf.write_predictions(path, "abc", np.zeros(2, int), good)
     with pytest.raises(GaalError, match=r"outside \[0, 2\)"):
         pf.write_predictions(path, "abc", np.array([0, 1, 2]), good)
     assert not list(tmp_path.iterdir())
