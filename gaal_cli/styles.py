@@ -70,6 +70,8 @@ GAAL_LINEWIDTH = 2.6
 LINESTYLES = {"gaal": "-", "unimodal": "--", "other": "-."}
 # drawn above the other methods, so GAAL is never hidden under a tie
 GAAL_ZORDER = 5
+#: inches between the data area and a legend outside it (the gap at bbox_to_anchor x = 1.02)
+LEGEND_PAD = 0.15
 
 
 def family(method: str) -> str:
@@ -110,7 +112,9 @@ def style(method: str) -> dict[str, Any]:
     }
 
 
-def legend_outside(target, *, axes: Sequence | None = None, order: Iterable[str] | None = None, **kwargs):
+def legend_outside(
+    target, *, axes: Sequence | None = None, order: Iterable[str] | None = None, grow: bool = True, **kwargs
+):
     """A legend to the right of the data area, never over it; returns the Legend.
 
     Args:
@@ -118,6 +122,8 @@ def legend_outside(target, *, axes: Sequence | None = None, order: Iterable[str]
             right edge of its top-right Axes, gathering the entries of all its Axes).
         axes: the Axes whose entries the legend lists (default: the target's), each label once.
         order: labels to list first, in this order (e.g. the report's method order).
+        grow: widen the figure by the legend's width, so the panels keep their size rather
+            than being squeezed to make room.
         kwargs: passed to `legend` (title, ncol, ...).
 
     `fig.tight_layout()` (as the report's `_save` calls) counts an Axes' legend in its extent,
@@ -135,4 +141,9 @@ def legend_outside(target, *, axes: Sequence | None = None, order: Iterable[str]
     first = [label for label in (order or ()) if label in entries]
     labels = first + [label for label in entries if label not in first]
     options = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0, **kwargs}
-    return host.legend([entries[label] for label in labels], labels, **options)
+    legend = host.legend([entries[label] for label in labels], labels, **options)
+    if grow:
+        fig = host.get_figure()
+        fig.draw_without_rendering()  # a legend's size is known only once drawn
+        fig.set_figwidth(fig.get_figwidth() + legend.get_window_extent().width / fig.dpi + LEGEND_PAD)
+    return legend

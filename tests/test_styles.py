@@ -100,7 +100,10 @@ def test_legend_outside_keeps_the_legend_off_the_data_and_inside_the_saved_figur
     axes = list(axes[0])
     for i, m in enumerate(["concat", "gaal", "mla", "image"]):
         axes[i % 2].plot([0, 1, 2], [0.5, 0.6 + 0.01 * i, 0.7], label=m, **style(m))
-    legend = legend_outside(fig, order=["gaal"], title="methods")
+    fig.tight_layout()
+    fig.canvas.draw()
+    width_without_legend = axes[0].get_window_extent().width
+    legend = legend_outside(fig, order=["gaal"], title="error bars: mean ± std over 3 seeds")
     fig.tight_layout()
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -110,6 +113,8 @@ def test_legend_outside_keeps_the_legend_off_the_data_and_inside_the_saved_figur
         assert not bbox_overlap(box, ax.get_window_extent(renderer))
     figure_box = fig.bbox
     assert box.x0 >= figure_box.x0 and box.x1 <= figure_box.x1 + 1
+    # the figure grew by the legend's width: the panels keep (nearly) their size
+    assert axes[0].get_window_extent().width > 0.9 * width_without_legend
     plt.close(fig)
 
 
