@@ -50,13 +50,16 @@ class TensorBoardLog:
     Args:
         run_dir: the run folder; the event files (`events.out.tfevents.*`) go straight into it,
             so `tensorboard --logdir results/` shows every run under its folder's name.
+        first_step: the epoch this attempt starts at. TensorBoard discards what earlier event
+            files hold from this step on, so a resumed run (which re-trains the epochs after its
+            last checkpoint) or a restarted one (1) shows each epoch once, as metrics.jsonl does.
         source: where the request came from, for the error (e.g. the config key).
 
     Raises:
         GaalError: the `tensorboard` package is not installed.
     """
 
-    def __init__(self, run_dir: str | Path, *, source: str = "train.tensorboard"):
+    def __init__(self, run_dir: str | Path, *, first_step: int = 1, source: str = "train.tensorboard"):
         if not available():
             raise GaalError(
                 "TensorBoard logging was asked for but the 'tensorboard' package is not installed; "
@@ -66,7 +69,7 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=first_step)
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         """Every scalar of `record` (one line of metrics.jsonl) at `step` (its epoch)."""

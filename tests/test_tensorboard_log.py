@@ -77,3 +77,20 @@ def test_event_files_read_back_with_the_same_scalars_as_the_records(tmp_path):
         assert [s for s, _ in read] == [s for s, _ in points], tag
         # the event files store float32
         assert [v for _, v in read] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
+def test_a_resumed_run_shows_each_epoch_once_with_the_values_of_the_attempt_that_kept_it(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with TensorBoardLog(tmp_path) as first_attempt:  # killed after epoch 2, resumed from epoch 1's checkpoint
+        for epoch, loss in ((1, 0.9), (2, 0.8)):
+            first_attempt.log({"epoch": epoch, "train": {"loss": loss}}, step=epoch)
+    with TensorBoardLog(tmp_path, first_step=2) as resumed:
+        for epoch, loss in ((2, 0.7), (3, 0.6)):
+            resumed.log({"epoch": epoch, "train": {"loss": loss}}, step=epoch)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    read = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in read] == [1, 2, 3]
+    assert [v for _, v in read] == pytest.approx([0.9, 0.7, 0.6], rel=1e-6)
