@@ -78,7 +78,8 @@ def plugin_run(tmp_path_factory):
     target = tmp / "site"
     install_example(target, tmp)
     install_broken_plugin(target)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(target), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     overrides = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.threads=1"]
     run_dir = tmp / "run"
     done = subprocess.run(
@@ -128,3 +129,29 @@ def test_the_example_method_trains_one_epoch_through_gaal_train(plugin_run):
     # the fused head and both unimodal heads are scored on the test split
     for head in ("multi", "image", "tabular"):
         assert 0.0 <= report["metrics"]["test"][head]["acc"] <= 1.0
+
+
+def declare(site: Path, distribution: str, version: str, entries: str) -> None:
+    """Installed-package metadata declaring `entries` in the gaal.methods group (no code)."""
+    info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[gaal.methods]\n{entries}\n")
+
+
+def test_a_name_two_packages_declare_is_loaded_from_neither(tmp_path, monkeypatch):
+    from gaal_cli.errors import GaalError
+    from gaal_cli.plugins import discover, load_plugins
+
+    declare(tmp_path, "gaal-twin-a", "1.0", "twin = gaal_twin_a_never_imported")
+    declare(tmp_path, "gaal-twin-b", "2.0", "twin = gaal_twin_b_never_imported")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    twins = [p for p in discover() if p.name == "twin"]
+    assert [p.origin for p in twins] == ["gaal-twin-a 1.0", "gaal-twin-b 2.0"]
+    failures = [f for f in load_plugins().failures if f.plugin.name == "twin"]
+    assert len(failures) == 2
+    assert all("gaal-twin-a 1.0" in f.error and "gaal-twin-b 2.0" in f.error for f in failures)
+    with pytest.raises(GaalError, match="declared by more than one package"):
+        load_plugins(only="twin")
+    # a method no package declares is no plugin's business: the registry's lookup reports it
+    assert load_plugins(only="no_such_method").plugins == []
