@@ -129,7 +129,9 @@ def legend_outside(
     `fig.tight_layout()` (as the report's `_save` calls) counts an Axes' legend in its extent,
     so the saved figure makes room for it instead of cutting it off.
     """
-    if hasattr(target, "get_axes") and not hasattr(target, "get_legend_handles_labels"):  # a Figure
+    from matplotlib.figure import Figure  # imported here: the CLI loads matplotlib only to draw
+
+    if isinstance(target, Figure):
         sources = list(axes if axes is not None else target.get_axes())
         host = max(sources, key=lambda ax: (ax.get_position().x1, ax.get_position().y1))
     else:
