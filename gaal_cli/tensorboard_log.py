@@ -44,6 +44,20 @@ def scalars(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
             yield tag, float(value)
 
 
+def require(source: str = "train.tensorboard") -> None:
+    """Refuse, before a run writes anything, to log to TensorBoard without the package.
+
+    Raises:
+        GaalError: the `tensorboard` package is not installed; `source` is where it was asked for.
+    """
+    if not available():
+        raise GaalError(
+            "TensorBoard logging was asked for but the 'tensorboard' package is not installed; "
+            "install it with pip install 'gaal[tensorboard]' (or pip install tensorboard), or turn it off",
+            source=source,
+        )
+
+
 class TensorBoardLog:
     """Writes TensorBoard event files into `run_dir` (beside metrics.jsonl).
 
@@ -60,12 +74,7 @@ class TensorBoardLog:
     """
 
     def __init__(self, run_dir: str | Path, *, first_step: int = 1, source: str = "train.tensorboard"):
-        if not available():
-            raise GaalError(
-                "TensorBoard logging was asked for but the 'tensorboard' package is not installed; "
-                "install it with pip install 'gaal[tensorboard]' (or pip install tensorboard), or turn it off",
-                source=source,
-            )
+        require(source)
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
