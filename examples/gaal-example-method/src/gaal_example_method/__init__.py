@@ -1,0 +1,1 @@
+"""An example gaal method plugin; the method lives in `late_sum` (see the package README)."""

@@ -1,0 +1,96 @@
+"""TensorBoard event files carry the scalars of metrics.jsonl records under the same names.
+
+The round trip through tensorboard's own reader is skipped where the optional `tensorboard`
+package is not installed (`pip install 'gaal[tensorboard]'`); the rest runs everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gaal_cli import tensorboard_log
+from gaal_cli.errors import GaalError
+from gaal_cli.tensorboard_log import TensorBoardLog, scalars
+
+# two epoch records as the engine writes them to metrics.jsonl (values from a real run's first
+# epochs, with the bookkeeping keys it always has)
+RECORDS = [
+    {
+        "epoch": 1, "lr": 0.001, "stage": "train", "seconds": 0.543,
+        "train": {"loss": 0.977728, "acc": 0.680637, "grad_tabular": 0.697843},
+        "val": {"multi": {"acc": 0.6868372, "bal_acc": 0.2049727, "f1": 0.2017653},
+                "tabular": {"acc": 0.6868372, "bal_acc": 0.2049727, "f1": 0.2017653}},
+        "best": True,
+    },
+    {
+        "epoch": 2, "lr": 0.0005, "stage": "train", "seconds": 0.459,
+        "train": {"loss": 0.902556, "acc": 0.698499, "grad_tabular": 0.536218},
+        "val": {"multi": {"acc": 0.6899563, "bal_acc": 0.2076335, "f1": 0.2040715},
+                "tabular": {"acc": 0.6899563, "bal_acc": 0.2076335, "f1": 0.2040715}},
+        "best": False,
+    },
+]  # fmt: skip
+
+
+def test_scalars_are_the_numeric_leaves_tagged_by_their_path():
+    tags = dict(scalars(RECORDS[0]))
+    assert tags["train/loss"] == 0.977728
+    assert tags["val/tabular/f1"] == 0.2017653
+    assert tags["lr"] == 0.001 and tags["seconds"] == 0.543
+    # the step, the stage name and the best flag are bookkeeping, not curves
+    assert not {"epoch", "stage", "best"} & set(tags)
+    assert len(tags) == 2 + 3 + 6
+
+
+def test_a_null_or_nan_value_is_no_scalar():
+    record = {"epoch": 3, "train": {"loss": None, "acc": math.nan, "grad_image": 0.5}, "note": "x", "flag": True}
+    assert dict(scalars(record)) == {"train/grad_image": 0.5}
+
+
+def test_asking_for_tensorboard_without_the_package_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(tensorboard_log, "available", lambda: False)
+    with pytest.raises(GaalError) as err:
+        TensorBoardLog(tmp_path, source="experiment.yaml")
+    message = err.value.render()
+    assert message.startswith("experiment.yaml: ") and "gaal[tensorboard]" in message
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_event_files_read_back_with_the_same_scalars_as_the_records(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with TensorBoardLog(tmp_path) as log:
+        for record in RECORDS:
+            log.log(record, step=record["epoch"])
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    expected = {}
+    for record in RECORDS:
+        for tag, value in scalars(record):
+            expected.setdefault(tag, []).append((record["epoch"], value))
+    assert set(events.Tags()["scalars"]) == set(expected)
+    for tag, points in expected.items():
+        read = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in read] == [s for s, _ in points], tag
+        # the event files store float32
+        assert [v for _, v in read] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
+def test_a_resumed_run_shows_each_epoch_once_with_the_values_of_the_attempt_that_kept_it(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with TensorBoardLog(tmp_path) as first_attempt:  # killed after epoch 2, resumed from epoch 1's checkpoint
+        for epoch, loss in ((1, 0.9), (2, 0.8)):
+            first_attempt.log({"epoch": epoch, "train": {"loss": loss}}, step=epoch)
+    with TensorBoardLog(tmp_path, first_step=2) as resumed:
+        for epoch, loss in ((2, 0.7), (3, 0.6)):
+            resumed.log({"epoch": epoch, "train": {"loss": loss}}, step=epoch)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    read = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in read] == [1, 2, 3]
+    assert [v for _, v in read] == pytest.approx([0.9, 0.7, 0.6], rel=1e-6)
