@@ -143,10 +143,29 @@ def evaluate(
     last: bool = typer.Option(
         False, "--last", help="Evaluate an unfinished run's last saved epoch (last.pt) instead of refusing."
     ),
+    write_predictions: bool = typer.Option(
+        False,
+        "--write-predictions",
+        help="Write the finished run's predictions.safetensors (an older run lacks it) and nothing else; "
+        "refused when the recomputed test accuracy is not report.json's.",
+    ),
 ) -> None:
     """Evaluate a finished run's best checkpoint on one split (a table encoded with the run's saved preprocessing).
 
     An unfinished run is refused, naming its state; --last evaluates its last saved epoch."""
+    overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
+    if write_predictions:
+        if split != "test" or missing or last or as_json:
+            raise GaalError(
+                "--write-predictions writes the test predictions as the run computed them; "
+                "it takes no --split, --missing, --last or --json",
+                source="--write-predictions",
+            )
+        from gaal_cli.trained_run import write_run_predictions
+
+        file, written = write_run_predictions(run, overrides)
+        stdout.print(f"{'wrote' if written else 'already there, untouched:'} {file}", highlight=False)
+        return
     if split not in ("train", "val", "test"):
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
     if missing not in (None, "tabular", "image"):
@@ -155,7 +174,6 @@ def evaluate(
     from gaal_cli.results import checkpoint_to_evaluate, to_json
     from gaal_cli.trained_run import evaluate_checkpoint
 
-    overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
     file, note = checkpoint_to_evaluate(run, last)
     if note:  # on stderr, so that --json output stays JSON
         stderr.print(styled("note:", "yellow", f" {note}"), highlight=False, soft_wrap=True)
@@ -315,6 +333,32 @@ def report(
 
     for path in write_report(folder, out or folder / "report"):
         stdout.print(str(path), highlight=False)
+
+
+@app.command()
+@user_errors
+def compare(
+    a: Path = typer.Argument(..., help="A run folder, or a folder of seed folders (e.g. results/.../table1/gaal)."),
+    b: Path = typer.Argument(..., help="The run or run group to compare with (same seeds, same test samples)."),
+    metric: list[str] = typer.Option(["acc"], "--metric", help="acc or bal_acc; repeat for both."),
+    resamples: int = typer.Option(5000, "--resamples", help="Bootstrap resamples (fixed seed: same runs, same numbers)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Is A better than B? The paired difference per head and metric, its 95 % interval and p-value.
+
+    Runs are paired by seed and test sample (their predictions.safetensors); a run without one is refused,
+    naming `gaal eval RUN --write-predictions`."""
+    if not 100 <= resamples <= 1_000_000:
+        raise GaalError(f"{resamples} resamples; expected 100 to 1000000", source="--resamples")
+    from gaal_cli.compare import comparison_lines, compare_runs
+    from gaal_cli.results import to_json
+
+    rows = compare_runs(a, b, metrics=metric, resamples=resamples)
+    if as_json:
+        stdout.print_json(to_json({"a": str(a), "b": str(b), "comparisons": [r.to_json() for r in rows]}))
+        return
+    for line in comparison_lines(rows, str(a), str(b)):
+        stdout.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 data_app = typer.Typer(help="Prepare real datasets from their raw downloads.", no_args_is_help=True)

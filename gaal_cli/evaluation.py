@@ -11,10 +11,11 @@ from contextlib import ExitStack, contextmanager, nullcontext
 import torch
 
 from gaal_cli.data import make_loader
-from gaal_cli.data.base import SplitDataset
+from gaal_cli.data.base import SplitDataset, sample_ids
 from gaal_cli.errors import GaalError
 from gaal_cli.methods.base import Method
 from gaal_cli.metrics import classification_metrics
+from gaal_cli.predictions_file import write_predictions
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -75,7 +76,26 @@ def evaluate(
         missing: 'tabular' or 'image' to evaluate with that modality absent at test time.
     """
     logits, y = predict_split(method, split, device, batch_size, missing=missing, bf16=bf16)
-    return {head: classification_metrics(out, y) for head, out in logits.items()}
+    return score_heads(logits, y)
+
+
+def score_heads(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, dict[str, float]]:
+    """The metrics of each head's logits (`predict_split`'s output) against `labels`."""
+    return {head: classification_metrics(out, labels) for head, out in logits.items()}
+
+
+def save_predictions(
+    path, split: SplitDataset, logits: dict[str, torch.Tensor], labels: torch.Tensor, meta: dict
+) -> None:
+    """Write `predict_split`'s output on `split` as a predictions file (gaal_cli.predictions_file),
+    each sample named by `sample_ids`: the same logits the metrics were computed from, so the
+    file's accuracy per head is the reported one.
+
+    Raises:
+        GaalError: logits not finite or beyond float16's range (see `write_predictions`).
+    """
+    heads = {head: out.numpy() for head, out in logits.items()}
+    write_predictions(path, sample_ids(split), labels.numpy(), heads, meta)
 
 
 @torch.no_grad()

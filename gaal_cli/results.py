@@ -7,6 +7,7 @@
     <run>/checkpoint.pt   best epoch so far (plain dict: model, epoch, score, config)
     <run>/last.pt         latest epoch with optimiser state, for resuming; removed when done
     <run>/report.json     final metrics; present only when the run finished
+    <run>/predictions.safetensors  the test predictions per sample and head (gaal_cli.predictions_file)
     <run>/DONE            marker written last; reruns skip a folder that has it
     <run>/train.log       output of the run when a sweep launched it (gaal_cli.sweep)
     <run>/.lock           held by the process writing the run (gaal_cli.locks), naming it
@@ -44,6 +45,7 @@ from gaal_cli.config import Config, method_dependency_fields, read_yaml_file
 from gaal_cli.errors import GaalError
 from gaal_cli.files import make_folder, os_error, remove_tree, write_file
 from gaal_cli.locks import is_locked, read_holder
+from gaal_cli.predictions_file import FILE_NAME as PREDICTIONS_FILE
 from gaal_cli.untrusted import check_checkpoint, check_report, iter_jsonl, open_regular, read_json
 
 # settings of where and how fast a run trains, not of what it computes: a finished run that
@@ -185,8 +187,11 @@ class RunFolder:
     PREPROCESSING = "preprocessing.json"
     DONE = "DONE"
     LOG = "train.log"
+    #: the test predictions (gaal_cli.predictions_file), written before DONE; `gaal eval
+    #: --write-predictions` writes it for an older finished run that lacks it
+    PREDICTIONS = PREDICTIONS_FILE
     #: the files of the layout: no command but the run's own training writes them
-    OWN_FILES = (CONFIG, METRICS, STEPS, CHECKPOINT, LAST, REPORT, PREPROCESSING, DONE, LOG, ".lock")
+    OWN_FILES = (CONFIG, METRICS, STEPS, CHECKPOINT, LAST, REPORT, PREPROCESSING, PREDICTIONS, DONE, LOG, ".lock")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -270,6 +275,7 @@ class RunFolder:
         make_folder(self.path)
         self.file(self.REPORT).unlink(missing_ok=True)
         self.file(self.DONE).unlink(missing_ok=True)
+        self.file(self.PREDICTIONS).unlink(missing_ok=True)
         for name in (self.METRICS, self.STEPS):
             if resume_epoch is None:
                 self.file(name).unlink(missing_ok=True)

@@ -29,10 +29,11 @@ from gaal_cli.dependencies import (
 )
 from gaal_cli.display import CountProgress, report_data_notes
 from gaal_cli.errors import GaalError
-from gaal_cli.evaluation import evaluate, predict_split, resolve_device
+from gaal_cli.evaluation import evaluate, predict_split, resolve_device, save_predictions, score_heads
+from gaal_cli.locks import folder_lock
 from gaal_cli.methods.base import Method
 from gaal_cli.methods.build import build_run_method
-from gaal_cli.results import load_checkpoint
+from gaal_cli.results import RunFolder, load_checkpoint
 
 
 @dataclass
@@ -161,6 +162,71 @@ def evaluate_checkpoint(
     """
     run = TrainedRun.load(path, overrides)
     return run.evaluate(split, missing), run.config
+
+
+def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Path, bool]:
+    """`gaal eval RUN --write-predictions`: the predictions file of a finished run that lacks it
+    (one trained before runs kept their predictions), recomputed from its best checkpoint as
+    training computed its test metrics (`data.test_missing` applied, bf16 if it trained so).
+
+    Only that file is written, under the run folder's lock, and only when each head's recomputed
+    test accuracy is report.json's (the same number of test samples right): otherwise the
+    checkpoint is not the run's result (or its data changed), and a comparison from it would
+    not be the run's.
+
+    Returns:
+        The file, and whether it was written now (False: the run already had one; untouched).
+
+    Raises:
+        GaalError: not a finished run folder, another process holds its lock, or the accuracies differ.
+    """
+    run = RunFolder(folder)
+    if not run.done:
+        raise GaalError(
+            "is not a finished run folder (no DONE and report.json); --write-predictions needs one",
+            source=str(run.path),
+        )
+    target = run.file(RunFolder.PREDICTIONS)
+    if target.exists():
+        return target, False
+    with folder_lock(run.path, "gaal eval --write-predictions"):
+        report = run.read_report()
+        trained = TrainedRun.load(run.path, overrides)
+        config = trained.config
+        data = trained.data()
+        device = resolve_device(config.train.device)
+        method = trained.method(data.schema.field_lengths, data.num_classes).to(device)
+        absent = config.data.test_missing
+        logits, labels = predict_split(
+            method,
+            data.test,
+            device,
+            config.data.eval_batch_size,
+            missing=absent if absent != "none" else None,
+            bf16=config.train.bf16,
+        )
+        check_same_accuracy(score_heads(logits, labels), report, len(labels), run.file(RunFolder.REPORT))
+        meta = {"method": config.method, "seed": config.seed, "dataset": config.data.name, "test_missing": absent}
+        save_predictions(target, data.test, logits, labels, meta)
+    return target, True
+
+
+def check_same_accuracy(metrics: dict[str, dict[str, float]], report: dict[str, Any], n: int, source: Path) -> None:
+    """Each head's recomputed test accuracy against report.json's, to the sample.
+
+    Raises:
+        GaalError: a head whose count of correct test samples differs (or that the report lacks).
+    """
+    reported = report.get("metrics", {}).get("test", {}) if isinstance(report.get("metrics"), dict) else {}
+    for head, values in metrics.items():
+        saved = reported.get(head, {}).get("acc") if isinstance(reported.get(head), dict) else None
+        if not isinstance(saved, int | float) or round(saved * n) != round(values["acc"] * n):
+            raise GaalError(
+                f"the checkpoint's recomputed test accuracy of the {head} head is {values['acc']:.4f}, the run "
+                f"reported {saved}: the checkpoint is not this run's result (or its data changed); nothing written",
+                source=str(source),
+                field=f"metrics.test.{head}.acc",
+            )
 
 
 def load_dependencies(config: Config, data: DataBundle, device: torch.device) -> dict[str, Dependency]:

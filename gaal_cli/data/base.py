@@ -83,13 +83,26 @@ class DataBundle:
         return getattr(self, name)
 
 
-class TensorSplit:
-    """An in-memory split: uint8 images, float table, long labels, sliced a batch at a time."""
+def sample_ids(split: SplitDataset) -> list[str]:
+    """A stable name for each row of `split`, the same in every run on the same data and split:
+    the split's own `ids` (the embedded set: the row's index in the whole generated set; a
+    prepared table: its image cell; a user table: its id column, else its row in the table),
+    else the row's position in the split. A run's predictions file keys its samples by them."""
+    ids = getattr(split, "ids", None)
+    return [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(split))]
 
-    def __init__(self, images: torch.Tensor, tabular: torch.Tensor, labels: torch.Tensor):
-        if not (len(images) == len(tabular) == len(labels)):
-            raise ValueError("images, tabular and labels differ in length")
+
+class TensorSplit:
+    """An in-memory split: uint8 images, float table, long labels, sliced a batch at a time;
+    `ids` optionally names each row (`sample_ids`)."""
+
+    def __init__(
+        self, images: torch.Tensor, tabular: torch.Tensor, labels: torch.Tensor, ids: Sequence[str] | None = None
+    ):
+        if not (len(images) == len(tabular) == len(labels)) or (ids is not None and len(ids) != len(labels)):
+            raise ValueError("images, tabular, labels and ids differ in length")
         self.images, self.tabular, self.labels = images, tabular, labels
+        self.ids = None if ids is None else list(ids)
         self.deferred = False
 
     def __len__(self) -> int:

@@ -416,6 +416,7 @@ class ImageTableSplit:
         transform: uint8 to float, with or without augmentation.
         cache: the cache file, or None to decode the files on every access.
         cache_rows: row of the cache array holding each row's image.
+        ids: a stable name per row (see `gaal_cli.data.base.sample_ids`); None: none given.
     """
 
     def __init__(
@@ -426,10 +427,12 @@ class ImageTableSplit:
         transform: ImageTransform,
         cache: Path | None = None,
         cache_rows: np.ndarray | None = None,
+        ids: Sequence[str] | None = None,
     ):
-        if not (len(paths) == len(tabular) == len(labels)):
-            raise ValueError("paths, tabular and labels differ in length")
+        if not (len(paths) == len(tabular) == len(labels)) or (ids is not None and len(ids) != len(paths)):
+            raise ValueError("paths, tabular, labels and ids differ in length")
         self.paths, self.tabular, self.labels = list(paths), tabular, labels
+        self.ids = None if ids is None else list(ids)
         self.transform, self.cache = transform, cache
         self.cache_rows = np.arange(len(paths)) if cache_rows is None else np.asarray(cache_rows)
         self._pixels: np.ndarray | None = None

@@ -39,6 +39,9 @@ class Rows:
     """A table ready to train on: absolute image paths, encoded features, labels, split names.
 
     `origin` is each row's index in the table it came from (its cache row and its name in errors).
+    `ids` names each row as `gaal predict` names it (a prepared table's image cell, a user table's
+    id column); None: its row number in the table (`origin`). A run's predictions file keys its
+    test samples by them.
     """
 
     paths: list[str]
@@ -47,10 +50,18 @@ class Rows:
     split: np.ndarray
     class_names: list[str]
     origin: np.ndarray
+    ids: list[str] | None = None
 
     def take(self, keep: np.ndarray) -> Rows:
         paths = [p for p, k in zip(self.paths, keep) if k]
-        return Rows(paths, self.tabular[keep], self.labels[keep], self.split[keep], self.class_names, self.origin[keep])
+        ids = None if self.ids is None else [i for i, k in zip(self.ids, keep) if k]
+        return Rows(
+            paths, self.tabular[keep], self.labels[keep], self.split[keep], self.class_names, self.origin[keep], ids
+        )
+
+    def row_ids(self) -> list[str]:
+        """Each row's id (see the class's docstring)."""
+        return list(self.ids) if self.ids is not None else [str(int(o)) for o in self.origin]
 
 
 def drop_bad(
@@ -92,7 +103,7 @@ def drop_bad(
         relabel = np.full(len(kept.class_names), -1)
         relabel[present] = np.arange(len(present))
         names = [kept.class_names[i] for i in present]
-        kept = Rows(kept.paths, kept.tabular, relabel[kept.labels], kept.split, names, kept.origin)
+        kept = Rows(kept.paths, kept.tabular, relabel[kept.labels], kept.split, names, kept.origin, kept.ids)
     check_trainable(kept.labels, kept.split, kept.class_names, problems.source)
     return kept, {**problems.counts(), **absent.counts()}
 
@@ -220,6 +231,7 @@ def build_prepared(cfg: DataConfig, recipe: str, progress: Progress | None = Non
         split=table["split"].to_numpy(dtype=object),
         class_names=list(manifest["class_names"]),
         origin=np.arange(len(table)),
+        ids=[str(p) for p in table["image"]],
     )
     names = [f"line {i + 2}" for i in range(len(table))]
     problems = Problems(str(folder / TABLE), names, cfg.skip_bad)
@@ -275,6 +287,7 @@ def bundle(
     kept, dropped = drop_bad(rows, problems, label_column, drop_rare=drop_rare, train_only=train_only)
     dropped = {**(dropped_before or {}), **dropped}
     splits = []
+    ids = np.array(kept.row_ids(), dtype=object)
     for name in SPLITS:
         mask = kept.split == name
         transform = ImageTransform(cfg.image_size, augment=cfg.augment and name == "train", normalize=normalize)
@@ -286,6 +299,7 @@ def bundle(
                 transform,
                 cache=cache,
                 cache_rows=kept.origin[mask],
+                ids=list(ids[mask]),
             )
         )
     info = {

@@ -90,7 +90,10 @@ def build(cfg: DataConfig, seed: int) -> DataBundle:
     tabular[:, :n_cont] = (tabular[:, :n_cont] - mean) / std
 
     bounds = [0, s.n_train, s.n_train + s.n_val, n_total]
-    splits = [TensorSplit(images[a:b], tabular[a:b], labels[a:b]) for a, b in zip(bounds, bounds[1:])]
+    splits = [
+        TensorSplit(images[a:b], tabular[a:b], labels[a:b], ids=[str(i) for i in range(a, b)])
+        for a, b in zip(bounds, bounds[1:])
+    ]
     cat_sizes = world["category_sizes"]
     schema = TabularSchema(
         names=tuple(f"num_{j}" for j in range(n_cont)) + tuple(f"cat_{j}" for j in range(len(cat_sizes))),

@@ -216,7 +216,9 @@ def check_table(cfg: DataConfig, state: TableState | None = None, *, headers: bo
         state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, t.roles, t.class_names, t.id_column)
     encoded = apply_state(state, t.frame, t.path, problems=t.problems)
     check_files(encoded.paths, t.problems, headers=headers)
-    rows = Rows(encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)))
+    rows = Rows(
+        encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)), encoded.ids
+    )
     return CheckedTable(t, state, encoded.notes, rows)
 
 
