@@ -325,13 +325,25 @@ def _run_sweep(plan, workers: int, dry_run: bool) -> None:
 @app.command()
 @user_errors
 def report(
-    folder: Path = typer.Argument(..., help="Folder holding finished runs, e.g. results/synthetic."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Where tables and figures go (default: FOLDER/report)."),
+    folders: list[Path] = typer.Argument(
+        ..., help="Folder(s) holding finished runs, e.g. results/synthetic (several: one report across them)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where tables and figures go (default: FOLDER/report; needed for several folders)."
+    ),
+    reference: str = typer.Option("concat", "--reference", help="The method each row is compared with (paired)."),
+    resamples: int = typer.Option(5000, "--resamples", help="Paired bootstrap resamples (fixed seed)."),
 ) -> None:
-    """Tables (Markdown, CSV: mean ± std over seeds) and figures (PNG) from the finished runs under FOLDER."""
+    """Tables (Markdown, CSV: mean ± std and 95 % interval over seeds; paired differences against a reference
+    row) and figures (PNG) from the finished runs under FOLDER; with several folders, ranks and a CD diagram
+    across their datasets."""
+    if len(folders) > 1 and out is None:
+        raise GaalError("several folders make one report: name where it goes with --out DIR", source="--out")
+    if not 100 <= resamples <= 1_000_000:
+        raise GaalError(f"{resamples} resamples; expected 100 to 1000000", source="--resamples")
     from gaal_cli.report import write_report
 
-    for path in write_report(folder, out or folder / "report"):
+    for path in write_report(folders, out or folders[0] / "report", reference=reference, resamples=resamples):
         stdout.print(str(path), highlight=False)
 
 

@@ -22,12 +22,14 @@ readable on its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from gaal_cli import compare, stats
 from gaal_cli.config import read_yaml_file
 from gaal_cli.contributions import MODALITIES, negative_rate, run_shapley
 from gaal_cli.errors import GaalError
@@ -316,15 +318,27 @@ def check_once(runs: pd.DataFrame, rows: list[str]) -> None:
 
 
 def summarize(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
-    """Mean, std and count over seeds of each head's test metrics and of seconds per epoch."""
+    """Mean, std and count over seeds of each head's test metrics and of seconds per epoch, and
+    each metric's 95 % interval over seeds (`<col>_low`, `<col>_high`: stats.mean_interval)."""
     grouped = runs.groupby([*rows, "dataset"], dropna=False)
     metrics = [column(h, m) for h in HEADS for m in METRICS if column(h, m) in runs.columns]
-    stats = grouped[[*metrics, "sec_per_epoch"]].agg(["mean", "std"])
-    stats.columns = [f"{col}_{stat}" for col, stat in stats.columns]
-    stats["n"] = grouped.size()
+    table = grouped[[*metrics, "sec_per_epoch"]].agg(["mean", "std", _interval_low, _interval_high])
+    table.columns = [f"{col}_{stat.removeprefix('_interval_')}" for col, stat in table.columns]
+    table = table.drop(columns=["sec_per_epoch_low", "sec_per_epoch_high"])
+    table["n"] = grouped.size()
     if "health" in runs.columns:  # runs with a run-health finding, per cell
-        stats["flagged"] = grouped["health"].agg(lambda names: int((names.fillna("") != "").sum()))
-    return stats.reset_index()
+        table["flagged"] = grouped["health"].agg(lambda names: int((names.fillna("") != "").sum()))
+    return table.reset_index()
+
+
+def _interval_low(values: pd.Series) -> float:
+    values = values.dropna()
+    return stats.mean_interval(values.to_numpy()).low if len(values) else np.nan
+
+
+def _interval_high(values: pd.Series) -> float:
+    values = values.dropna()
+    return stats.mean_interval(values.to_numpy()).high if len(values) else np.nan
 
 
 def row_order(summary: pd.DataFrame, rows: list[str]) -> list[tuple]:
@@ -384,6 +398,16 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def with_interval(text: str, low: float, high: float, digits: int = 4) -> str:
+    """`mean ± std` followed by the 95 % interval over seeds, where there is one (two seeds or more)."""
+    if text == "-" or pd.isna(low) or pd.isna(high):
+        return text
+    return f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+INTERVAL_RULE = "Cells: mean ± std over seeds [95 % interval of the mean, Student t over seeds]."
+
+
 def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str:
     """Rows by setting, columns Multi / Image / Tabular (test `metric`) / s per epoch / n per
     dataset; the best mean bold where it stands apart (`BOLD_RULE`, stated under the table)."""
@@ -414,12 +438,166 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
             for h in HEADS:
                 c = column(h, metric)
                 text = mean_std(cell[f"{c}_mean"], cell[f"{c}_std"])
+                text = with_interval(text, cell.get(f"{c}_low", np.nan), cell.get(f"{c}_high", np.nan))
                 text = f"**{text}**" if (summary.index[i], h) in bold else text
                 cells.append(text + health_mark(cell) if text != "-" else text)
             sec = cell["sec_per_epoch_mean"]
             cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{BOLD_RULE}\n" + health_rule(summary)
+    return "\n".join(lines) + f"\n\n{INTERVAL_RULE} {BOLD_RULE}\n" + health_rule(summary)
+
+
+# ---------------------------------------------------------------- is a difference real?
+
+#: the row every other row of a table is compared with, unless `gaal report --reference` names another
+REFERENCE = "concat"
+ALPHA = 0.05
+VERDICT_MARKS = {"better": "▲", "worse": "▼", "tie": "="}
+
+
+def paired_markdown(
+    runs: pd.DataFrame, rows: list[str], metric: str, reference: str, resamples: int = stats.RESAMPLES
+) -> str:
+    """Each row against the reference row (the same settings, method `reference`) on the same
+    datasets and seeds: the paired difference of each head's test `metric` with its 95 % interval,
+    Holm's correction across the table's rows per column, and the verdict of stats.RULE (printed
+    under the table). The bootstrap over seeds and test samples where both runs of every seed kept
+    their predictions file; else the paired t test on the per-seed values, marked ᵗ."""
+    if "method" not in rows:
+        return "No paired differences: the rows of this table do not vary the method, so it has no reference row.\n"
+    if reference not in set(runs["method"]):
+        return f"No paired differences: no '{reference}' row to compare with (gaal report --reference NAME).\n"
+    datasets = dataset_order(runs["dataset"].unique())
+    cells: dict[tuple, dict[tuple, tuple[stats.PairedDifference, bool]]] = {}
+    loaded: dict[str, Any] = {}
+    for key, part in runs.groupby(rows, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        if dict(zip(rows, key))["method"] == reference:
+            continue
+        ref_key = tuple(reference if r == "method" else v for r, v in zip(rows, key))
+        ref = runs[_matches(runs, rows, ref_key)]
+        for d in datasets:
+            for h in HEADS:
+                found = paired_cell(part[part["dataset"] == d], ref[ref["dataset"] == d], h, metric, resamples, loaded)
+                if found is not None:
+                    cells.setdefault((d, h), {})[key] = found
+    verdicts = {col: stats.mark_rows({k: v[0] for k, v in found.items()}, ALPHA) for col, found in cells.items()}
+    header = [r.split(".")[-1] for r in rows]
+    for d in datasets:
+        header += [f"{dataset_label(d)} {HEAD_LABELS[h]}" for h in HEADS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    row_keys_in_order = [k for k in row_order(runs, rows) if any(k in found for found in cells.values())]
+    for key in row_keys_in_order:
+        text = [format_value(v) for v in key]
+        for d in datasets:
+            for h in HEADS:
+                verdict = verdicts.get((d, h), {}).get(key)
+                text.append("-" if verdict is None else paired_text(verdict, cells[(d, h)][key][1]))
+        lines.append("| " + " | ".join(text) + " |")
+    if not row_keys_in_order:
+        return f"No paired differences: no row shares seeds with a '{reference}' row.\n"
+    fallback = any(not boot for found in cells.values() for _, boot in found.values())
+    legend = (
+        f"Each cell: {METRICS[metric]} of the row minus the '{reference}' row's (same settings, same seeds), "
+        f"[95 % interval], Holm-corrected p, then ▲ better, ▼ worse, = tie. {stats.RULE.format(alpha=ALPHA)}"
+    )
+    if fallback:
+        legend += (
+            " ᵗ: a run of the pair kept no predictions file (or the files cannot be paired), so the difference is "
+            "the paired t test on the per-seed values (seeds only, not the test samples); "
+            "`gaal eval RUN --write-predictions` writes the file for an older run."
+        )
+    return "\n".join(lines) + f"\n\n{legend}\n"
+
+
+def _matches(runs: pd.DataFrame, rows: list[str], key: tuple) -> pd.Series:
+    mask = pd.Series(True, index=runs.index)
+    for r, v in zip(rows, key):
+        mask &= runs[r].isna() if pd.isna(v) else runs[r] == v
+    return mask
+
+
+def paired_cell(
+    a: pd.DataFrame, r: pd.DataFrame, head: str, metric: str, resamples: int, loaded: dict[str, Any]
+) -> tuple[stats.PairedDifference, bool] | None:
+    """A's runs minus R's on one dataset and head, paired by seed: (difference, bootstrapped?), or
+    None where the two share no seed with that head reported."""
+    c = column(head, metric)
+    a_seeds = {int(x.seed): x for x in a.itertuples() if not pd.isna(getattr(x, c))}
+    r_seeds = {int(x.seed): x for x in r.itertuples() if not pd.isna(getattr(x, c))}
+    seeds = sorted(set(a_seeds) & set(r_seeds))
+    if not seeds:
+        return None
+    folders = [(a_seeds[s].folder, r_seeds[s].folder) for s in seeds]
+    if all(compare.has_predictions(f) for pair in folders for f in pair):
+        try:
+            pairs = [(_predictions(fa, loaded), _predictions(fr, loaded)) for fa, fr in folders]
+            return compare.bootstrap_difference(pairs, head, metric, resamples=resamples), True
+        except GaalError:
+            pass  # files that cannot be paired: the seeds-only test below, marked as such
+    values_a = [float(getattr(a_seeds[s], c)) for s in seeds]
+    values_r = [float(getattr(r_seeds[s], c)) for s in seeds]
+    return compare.t_difference(values_a, values_r, metric), False
+
+
+def _predictions(folder: str, loaded: dict[str, Any]):
+    if folder not in loaded:
+        loaded[folder] = compare.predictions_of(folder)
+    return loaded[folder]
+
+
+def paired_text(verdict: stats.RowVerdict, bootstrapped: bool) -> str:
+    """`+0.0120 [-0.0040, +0.0290] p 0.21 =, ~14 seeds` (ᵗ after the difference for the t fallback)."""
+    d = verdict.difference
+    mark = "" if bootstrapped else "ᵗ"
+    interval = "" if pd.isna(d.low) else f" [{d.low:+.4f}, {d.high:+.4f}]"
+    p = compare.format_p(verdict.adjusted_p)
+    text = f"{d.difference:+.4f}{mark}{interval} p {p} {VERDICT_MARKS[verdict.verdict]}"
+    if verdict.verdict == "tie" and d.seeds_needed is not None:
+        text += f", ~{d.seeds_needed} seeds"
+    elif verdict.verdict == "tie" and d.n_seeds < 2:
+        text += ", 1 seed"
+    return text
+
+
+def ranks_markdown(summary: pd.DataFrame, rows: list[str], kind: str, out: Path) -> tuple[str, list[Path]]:
+    """Across conditions (a regime sweep's datasets x dominance levels, or Table I's datasets):
+    each fused method's average rank on the Multi test accuracy, Friedman's test with Iman and
+    Davenport's F, Nemenyi's critical difference and its diagram (`cd_<kind>`, PNG/PDF/SVG).
+    Methods missing from a condition are left out (named); nothing when fewer than 3 methods or 2
+    conditions remain."""
+    if set(rows) == {"method", DOMINANCE_KEY}:
+        condition, what = ["dataset", DOMINANCE_KEY], "regime and dominance level"
+    elif rows == ["method"] and summary["dataset"].nunique() >= 2:
+        condition, what = ["dataset"], "dataset"
+    else:
+        return "", []
+    scores = summary.pivot_table(index=condition, columns="method", values="multi_mean", dropna=False)
+    fused = [m for m in scores.columns if scores[m].notna().any()]
+    complete = [m for m in fused if scores[m].notna().all()]
+    methods = [m for m in METHOD_ORDER if m in complete] + sorted(set(complete) - set(METHOD_ORDER))
+    n = len(scores.index)
+    if len(methods) < 3 or n < 2:
+        return "", []
+    table = scores[methods].to_numpy(dtype=float)
+    result = stats.friedman(table)
+    cd = stats.nemenyi_cd(len(methods), n, ALPHA)
+    from gaal_cli.cd_diagram import cd_diagram
+
+    title = f"{kind}: Multi test accuracy over {n} conditions, Friedman p = {result.p_value:.3g}"
+    drawn = cd_diagram(methods, result.average_ranks, cd, out / f"cd_{kind}.png", title=title)
+    ranked = sorted(zip(methods, result.average_ranks), key=lambda x: (x[1], x[0]))
+    left_out = sorted(set(fused) - set(complete))
+    text = (
+        f"Average rank of each method's mean Multi test accuracy over {n} conditions (each {what}; 1 = best): "
+        + ", ".join(f"{m} {r:.2f}" for m, r in ranked)
+        + f". Friedman χ² = {result.chi2:.2f} (p = {result.p_value:.3g}); Iman-Davenport F = {result.f:.2f} "
+        f"(p = {result.f_p_value:.3g}); Nemenyi critical difference {cd:.2f} at α = {ALPHA:g}: methods whose average "
+        "ranks differ by less are not told apart (joined by a bar in the diagram)."
+        + (f" Left out (not run in every condition): {', '.join(left_out)}." if left_out else "")
+        + "\n"
+    )
+    return text, [drawn.png.with_suffix(s) for s in FORMATS]
 
 
 def health_mark(cell: pd.Series) -> str:
@@ -697,9 +875,17 @@ def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
 STAGING = ".staging"
 
 
-def write_report(root: Path, out: Path) -> list[Path]:
-    """Write runs.csv, one Markdown + CSV table per table kind with its modality diagnostics,
-    the figures (PNG, PDF, SVG) and report.md.
+def write_report(
+    root: Path | Sequence[Path], out: Path, *, reference: str = REFERENCE, resamples: int = stats.RESAMPLES
+) -> list[Path]:
+    """Write runs.csv, one Markdown + CSV table per table kind with its modality diagnostics and
+    paired differences, the figures (PNG, PDF, SVG) and report.md.
+
+    Args:
+        root: a folder of finished runs, or several (e.g. results/synthetic and results/ham10000:
+            their Table I runs form one table, and the ranks across its datasets a CD diagram).
+        reference: the method every row is compared with (`paired_markdown`).
+        resamples: the paired bootstrap's resamples.
 
     Every file is built first in `out/.staging`, then all are renamed into `out` at once with
     SIGTERM and Ctrl-C held back, so a stopped report leaves the old files all in place, never
@@ -712,13 +898,16 @@ def write_report(root: Path, out: Path) -> list[Path]:
         GaalError: no finished runs, two runs filling the same table cell, another process
             writing `out`, or a file that cannot be written (names it and why).
     """
-    runs = load_runs(root)
+    roots = [Path(root)] if isinstance(root, str | Path) else [Path(r) for r in root]
+    runs = pd.concat([load_runs(r) for r in roots], ignore_index=True) if len(roots) > 1 else load_runs(roots[0])
     with folder_lock(out, "gaal report"):
         staging = out / STAGING
         remove_tree(staging)  # what a killed report left
         try:
             try:
-                built = build_report(runs, root, make_folder(staging))
+                built = build_report(
+                    runs, roots, make_folder(staging), reference=reference, resamples=resamples
+                )
             except GaalError as err:  # name the file the user asked for, not its staging copy
                 source = (err.source or "").replace(str(staging), str(out))
                 raise GaalError(err.message, source=source or None, field=err.field) from None
@@ -733,19 +922,32 @@ def write_report(root: Path, out: Path) -> list[Path]:
     return [out / file.name for file in built]
 
 
-def build_report(runs: pd.DataFrame, root: Path, out: Path) -> list[Path]:
+def build_report(
+    runs: pd.DataFrame,
+    root: Path | Sequence[Path],
+    out: Path,
+    *,
+    reference: str = REFERENCE,
+    resamples: int = stats.RESAMPLES,
+) -> list[Path]:
     """Write every file of the report on `runs` into the folder `out`; returns them."""
     written = [out / "runs.csv"]
     write_file(written[0], runs.sort_values(["experiment", "folder"]).to_csv(index=False), sync=False)
-    sections = [f"# Results under {root}\n\n{len(runs)} finished runs; test metrics, mean ± std over seeds.\n"]
+    where = str(root) if isinstance(root, str | Path) else ", ".join(map(str, root))
+    sections = [
+        f"# Results under {where}\n\n{len(runs)} finished runs; test metrics, mean ± std over seeds "
+        f"[95 % interval]; each row against the '{reference}' row as a paired difference.\n"
+    ]
     for kind, (part, rows) in tables(runs).items():
         summary = summarize(part, rows)
         write_file(out / f"{kind}.csv", summary.to_csv(index=False), sync=False)
-        table = markdown(summary, rows)
+        table = markdown(summary, rows) + "\n" + paired_markdown(part, rows, "acc", reference, resamples)
         write_file(out / f"{kind}.md", table, sync=False)
         others = []
         for metric, name in list(METRICS.items())[1:]:
             other = markdown(summary, rows, metric)
+            if metric in compare.PAIRED_METRICS:
+                other += "\n" + paired_markdown(part, rows, metric, reference, resamples)
             write_file(out / f"{kind}_{metric}.md", other, sync=False)
             written.append(out / f"{kind}_{metric}.md")
             others.append(f"### Test {name}\n\n{other}")
@@ -758,6 +960,10 @@ def build_report(runs: pd.DataFrame, root: Path, out: Path) -> list[Path]:
             + "\n".join(others)
             + f"\n### Modality diagnostics\n\n{diagnostics}"
         )
+        ranks, cd_files = ranks_markdown(summary, rows, kind, out)
+        if ranks:
+            written += cd_files
+            sections.append(f"### Across conditions\n\n{ranks}\n![cd_{kind}](cd_{kind}.png)\n")
         figure = None
         if set(rows) == set(LAMBDA_KEYS):
             figure = lambda_figure(summary, out / f"fig3_{kind}.png")

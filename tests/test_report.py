@@ -93,8 +93,9 @@ def test_tables_mean_std_bold_and_figures(results, tmp_path):
     md = (out / "table1.md").read_text().splitlines()
     assert md[0].startswith("| method | synthetic Multi | synthetic Image | synthetic Tabular | synthetic s/epoch")
     concat_row, gaal_row = md[2], md[3]  # the paper's order: baselines first, GAAL last
-    assert concat_row.startswith("| concat | 0.5500 ± 0.0707 |")
-    assert "**0.8500 ± 0.0707**" in gaal_row and "**" not in concat_row.split("|")[2]
+    # 95 % interval of two seeds: mean ± t_{0.975, 1} · s / sqrt(2) = 0.55 ± 12.7062 · 0.05
+    assert concat_row.startswith("| concat | 0.5500 ± 0.0707 [-0.0853, 1.1853] |")
+    assert "**0.8500 ± 0.0707 [0.2147, 1.4853]**" in gaal_row and "**" not in concat_row.split("|")[2]
 
     table2 = pd.read_csv(out / "table2.csv")
     assert len(table2) == 3 and table2["multi_mean"].tolist() == pytest.approx([0.615, 0.715, 0.765])
@@ -116,7 +117,8 @@ def test_a_one_method_variant_of_a_table1_row_gets_its_own_table(results, tmp_pa
     fake_run(results, "t0_official", "gaal", 1, ["methods.gaal.projection=gem"], (0.1, 0.1, 0.1))
     written = {p.name for p in write_report(results, tmp_path / "out")}
     assert {"table1.md", "t0_official.md"} <= written
-    assert "0.1000" not in (tmp_path / "out" / "table1.md").read_text()
+    main_table = (tmp_path / "out" / "table1.md").read_text().split("\n\n")[0]  # not the paired differences
+    assert "0.1000" not in main_table
 
 
 def test_no_finished_runs_is_an_error(tmp_path):
@@ -153,9 +155,10 @@ def test_ties_are_never_bold(tmp_path):
         fake_run(root, "t1", "concat", seed, ["method=concat"], (acc, 0.1, acc))
     write_report(root, tmp_path / "out")
     rows = (tmp_path / "out" / "table1.md").read_text().splitlines()[2:4]
-    assert all(row.split("|")[2].strip() == "0.8500 ± 0.0707" for row in rows)  # Multi: a tie, plain
-    assert all(row.split("|")[4].strip() == "0.8500 ± 0.0707" for row in rows)  # Tabular: a tie, plain
-    assert "**0.5000 ± 0.0000**" in rows[1]  # Image: 0.5 vs 0.1 with no spread at all stands apart
+    tie = "0.8500 ± 0.0707 [0.2147, 1.4853]"
+    assert all(row.split("|")[2].strip() == tie for row in rows)  # Multi: a tie, plain
+    assert all(row.split("|")[4].strip() == tie for row in rows)  # Tabular: a tie, plain
+    assert "**0.5000 ± 0.0000 [0.5000, 0.5000]**" in rows[1]  # Image: 0.5 vs 0.1 with no spread at all stands apart
 
 
 def test_a_lead_inside_the_seeds_spread_is_not_bold(tmp_path):
