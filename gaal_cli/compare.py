@@ -10,6 +10,7 @@ sides kept their predictions, the paired t test on per-seed metrics where one di
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,7 +95,10 @@ def bootstrap_difference(
 
 def t_difference(a_values: Sequence[float], r_values: Sequence[float], metric: str) -> PairedDifference:
     """The paired t fallback on per-seed metric values (runs without a predictions file)."""
-    return paired_t(a_values, r_values, PAIRED_METRICS[metric])
+    with warnings.catch_warnings():
+        # differences equal to float precision (e.g. 0.1 + 1e-17): scipy warns, its p is still the limit's
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        return paired_t(a_values, r_values, PAIRED_METRICS[metric])
 
 
 def has_predictions(folder: str | Path) -> bool:
