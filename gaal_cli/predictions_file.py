@@ -110,7 +110,19 @@ def write_predictions(
     _check_labels(labels, n_classes, str(path))
     import safetensors.numpy
 
-    return write_file(path, safetensors.numpy.save(tensors, metadata=header))
+    return write_file(path, _sorted_header(safetensors.numpy.save(tensors, metadata=header)))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the
+    metadata in hash order, which changes from process to process, so without this the same
+    predictions would not be the same bytes. Tensor offsets are relative to the header's end,
+    so the header may change length (padded with spaces to 8 bytes, as safetensors pads it)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 class Predictions:

@@ -77,11 +77,8 @@ def test_eval_writes_the_predictions_of_an_older_run_and_nothing_else(groups, tm
     result = runner.invoke(app, ["eval", str(run), "--write-predictions"])
     assert result.exit_code == 0, result.output
     assert files() == before
-    new, original = read_predictions(run / FILE_NAME), read_predictions(groups / "gaal" / "seed1" / FILE_NAME)
-    assert new.ids == original.ids and new.heads == original.heads
-    for head in new.heads:
-        assert (new.predicted(head) == original.predicted(head)).all()
-        np.testing.assert_array_equal(new.logits(head), original.logits(head))
+    # recomputed from the checkpoint in another process: the very bytes training wrote
+    assert (run / FILE_NAME).read_bytes() == (groups / "gaal" / "seed1" / FILE_NAME).read_bytes()
     again = runner.invoke(app, ["eval", str(run), "--write-predictions"])
     assert again.exit_code == 0 and "already there" in again.output
 
