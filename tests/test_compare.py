@@ -77,7 +77,7 @@ def test_eval_writes_the_predictions_of_an_older_run_and_nothing_else(groups, tm
     result = runner.invoke(app, ["eval", str(run), "--write-predictions"])
     assert result.exit_code == 0, result.output
     assert files() == before
-    # recomputed from the checkpoint in another process: the very bytes training wrote
+    # recomputed from the checkpoint: the very bytes training wrote
     assert (run / FILE_NAME).read_bytes() == (groups / "gaal" / "seed1" / FILE_NAME).read_bytes()
     again = runner.invoke(app, ["eval", str(run), "--write-predictions"])
     assert again.exit_code == 0 and "already there" in again.output
