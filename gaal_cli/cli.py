@@ -350,8 +350,12 @@ def report(
 @app.command()
 @user_errors
 def compare(
-    a: Path = typer.Argument(..., help="A run folder, or a folder of seed folders (e.g. results/.../table1/gaal)."),
-    b: Path = typer.Argument(..., help="The run or run group to compare with (same seeds, same test samples)."),
+    a: Path = typer.Argument(
+        ..., metavar="A", help="A run folder, or a folder of seed folders (e.g. results/.../table1/gaal)."
+    ),
+    b: Path = typer.Argument(
+        ..., metavar="B", help="The run or run group to compare with (same seeds, same test samples)."
+    ),
     metric: list[str] = typer.Option(["acc"], "--metric", help="acc or bal_acc; repeat for both."),
     resamples: int = typer.Option(5000, "--resamples", help="Bootstrap resamples (fixed seed: same runs, same numbers)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
