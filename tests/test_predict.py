@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.data import build_data
 from gaal_cli.evaluation import predict_split
+from gaal_cli.predictions_file import FILE_NAME, read_predictions
 from gaal_cli.trained_run import TrainedRun
 
 runner = CliRunner()
@@ -96,6 +97,8 @@ def test_predict_round_trip_in_a_fresh_process_from_another_directory(trained, m
         assert f"on the {int((source['split'] == name).sum())} labelled {name} rows" in done.stdout
     expected, labels = eval_path_probabilities(run, moved)
     assert np.allclose(probs[test], expected, atol=1e-6)
+    kept = read_predictions(run / FILE_NAME)  # the run's own test predictions: named as predict names rows
+    assert list(kept.ids) == source["uid"][test].tolist() and kept.labels.tolist() == labels.tolist()
     result = runner.invoke(app, ["eval", str(run), "--data", str(moved), "--json"])
     assert result.exit_code == 0, result.output
     accuracy = float(np.mean(probs[test].argmax(1) == labels))
@@ -223,6 +226,9 @@ def test_prepared_dataset_run_predicts_on_its_table(tmp_path):
     accuracy = float(np.mean(predicted.filter(like="prob_").to_numpy()[test].argmax(1) == table["label"][test]))
     report = json.loads((run / "report.json").read_text())
     assert report["metrics"]["test"]["multi"]["acc"] == pytest.approx(accuracy)
+    kept = read_predictions(run / FILE_NAME)  # a prepared table's test rows, named by their image cell
+    assert list(kept.ids) == table["image"][test].tolist()
+    assert kept.correct("multi").mean() == pytest.approx(accuracy)
     output = " ".join(result.output.split())
     assert f"accuracy {accuracy:.4f} on the {int(test.sum())} labelled test rows" in output
     assert "labelled train rows (the run trained on these rows)" in output
