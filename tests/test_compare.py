@@ -212,3 +212,18 @@ def test_report_draws_the_critical_difference_diagram_over_regime_levels(tmp_pat
     svg = (tmp_path / "out" / "cd_regime.svg").read_bytes()
     write_report(root, tmp_path / "again")
     assert (tmp_path / "again" / "cd_regime.svg").read_bytes() == svg
+
+
+def test_report_over_several_folders_ranks_table1_across_their_datasets(tmp_path):
+    skill = {"concat": 0.70, "max": 0.72, "mla": 0.80, "gaal": 0.78}
+    for root, extra in ((tmp_path / "a", []), (tmp_path / "b", ["data.name=ham10000", "data.dir=prep"])):
+        for method, acc in skill.items():
+            fake_run(root, "t1", method, 1, [f"method={method}", *extra], (acc, 0.5, 0.6))
+    alone = runner.invoke(app, ["report", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert alone.exit_code == 2 and "--out" in alone.output
+    result = runner.invoke(app, ["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "over 2 conditions (each dataset; 1 = best): mla 1.00, gaal 2.00, max 3.00, concat 4.00" in report
+    assert (tmp_path / "out" / "cd_table1.pdf").read_bytes()[:4] == b"%PDF"
+    assert "synthetic Multi" in report and "ham10000 Multi" in report
