@@ -357,7 +357,9 @@ def compare(
         ..., metavar="B", help="The run or run group to compare with (same seeds, same test samples)."
     ),
     metric: list[str] = typer.Option(["acc"], "--metric", help="acc or bal_acc; repeat for both."),
-    resamples: int = typer.Option(5000, "--resamples", help="Bootstrap resamples (fixed seed: same runs, same numbers)."),
+    resamples: int = typer.Option(
+        5000, "--resamples", help="Bootstrap resamples (fixed seed: same runs, same numbers)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Is A better than B? The paired difference per head and metric, its 95 % interval and p-value.
