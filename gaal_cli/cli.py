@@ -392,13 +392,15 @@ def inspect_data(
 
 @app.command("methods")
 def list_methods() -> None:
-    """List the registered training methods and their settings."""
-    from gaal_cli.methods.registry import all_methods
+    """List the training methods (built-in or from a plugin package), their origin and settings."""
+    from gaal_cli.methods.registry import all_methods, load_plugins, method_origin
 
+    for warning in load_plugins():  # a plugin that fails to import is named and skipped
+        stderr.print(styled("warning:", "yellow", f" {warning}"), highlight=False, soft_wrap=True)
     for name, spec in all_methods().items():
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
         doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
-        stdout.print(styled(name, "bold", f"  {doc.splitlines()[0] if doc else ''}"))
+        stdout.print(styled(name, "bold", f"  [{method_origin(name)}]  {doc.splitlines()[0] if doc else ''}"))
         if fields:
             stdout.print(f"    {fields}", highlight=False)
 
