@@ -151,3 +151,12 @@ def test_a_name_two_packages_declare_is_loaded_from_neither(tmp_path, monkeypatc
         load_plugins(only="twin")
     # a method no package declares is no plugin's business: the registry's lookup reports it
     assert load_plugins(only="no_such_method").plugins == []
+
+
+def test_the_example_method_passes_check_method_like_a_builtin(plugin_site):
+    env, tmp = plugin_site
+    done = gaal(env, tmp, "check-method", "late_sum", "--quick", "--set", "train.threads=1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 6 and all(line.startswith("PASS") for line in lines), done.stdout
+    assert "late_sum: 6 of 6 checks passed" in done.stdout

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gaal_cli import plugins
+from gaal_cli.plugins import GROUP, Plugin, discover
+from gaal_cli.plugins import load_plugins as import_plugins
 from gaal_cli.errors import GaalError, did_you_mean
 
 #: built-in methods: name -> the module that registers it
@@ -101,18 +102,18 @@ def _qualified(cls: type) -> str:
 
 
 #: method plugins found by `declared_plugins`; the warnings of those `load_plugins` skipped
-_plugins: dict[str, plugins.Plugin] | None = None
+_plugins: dict[str, Plugin] | None = None
 _warnings: list[str] = []
 _all_loaded = False
 
 
-def declared_plugins() -> dict[str, plugins.Plugin]:
+def declared_plugins() -> dict[str, Plugin]:
     """The method plugins installed packages declare (name -> Plugin), read once per process
     from package metadata (no plugin imported). One declaring a built-in's name is left out
     (`load_plugins` says so)."""
     global _plugins
     if _plugins is None:
-        _plugins = {p.name: p for p in plugins.discover() if p.name not in BUILTIN_METHODS}
+        _plugins = {p.name: p for p in discover() if p.name not in BUILTIN_METHODS}
     return _plugins
 
 
@@ -129,7 +130,7 @@ def load_plugins() -> list[str]:
     declared = declared_plugins()
     if not _all_loaded:
         _all_loaded = True
-        for failure in plugins.load_plugins(reserved=BUILTIN_METHODS).failures:
+        for failure in import_plugins(reserved=BUILTIN_METHODS).failures:
             declared.pop(failure.plugin.name, None)
             _warnings.append(failure.warning())
     return list(_warnings)
@@ -161,13 +162,13 @@ def method_spec(name: str) -> MethodSpec:
     if name not in METHODS and name in BUILTIN_METHODS:
         importlib.import_module(BUILTIN_METHODS[name])
     elif name not in METHODS and name in declared_plugins():
-        plugins.load_plugins(only=name)
+        import_plugins(only=name)
         if name not in METHODS:
             plugin = declared_plugins()[name]
             raise GaalError(
                 f"method '{name}' is declared by the plugin package {plugin.origin} (entry point "
-                f"{plugins.GROUP}: {name} = {plugin.module}), but importing {plugin.module} registered no "
-                f"method of that name (it should call @register_method(\"{name}\", ...))",
+                f"{GROUP}: {name} = {plugin.module}), but importing {plugin.module} registered no "
+                f"method of that name (its module should decorate the method class with register_method('{name}', ...))",
                 source=f"plugin {plugin.origin}",
             )
     if name not in METHODS:
