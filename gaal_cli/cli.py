@@ -410,11 +410,9 @@ def check_method(
     import tempfile
 
     from gaal_cli.config import load_config
-    from gaal_cli.methods.registry import method_names
 
-    if name not in method_names():
-        load_config(overrides=[f"method={name}"])  # the config's own "unknown method" error (exit 2)
-    load_config(overrides=[f"method={name}", *overrides])  # bad overrides: exit 2 before training
+    # an unknown method or a bad override: the config's own error (exit 2), before any training
+    load_config(overrides=[f"method={name}", *overrides])
     from gaal_cli.method_checks import check_method as run_checks
 
     with tempfile.TemporaryDirectory(prefix="gaal-check-") if out is None else contextlib.nullcontext(out) as folder:
