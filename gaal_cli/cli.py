@@ -416,8 +416,8 @@ def check_method(
     from gaal_cli.method_checks import check_method as run_checks
 
     with tempfile.TemporaryDirectory(prefix="gaal-check-") if out is None else contextlib.nullcontext(out) as folder:
-        if out is not None and Path(folder).exists() and any(Path(folder).iterdir()):
-            raise GaalError("is not empty; the check trains its runs from scratch into an empty folder", source=str(out))
+        if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise GaalError("is not an empty folder; the check trains its runs into a new one", source=str(out))
         checks = run_checks(name, folder, quick=quick, overrides=overrides)
     for check in checks:
         label, style = ("PASS", "bold green") if check.passed else ("FAIL", "bold red")

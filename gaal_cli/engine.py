@@ -193,7 +193,13 @@ def train(
         if target is not run and writer:
             remove_tree(target.path)  # what a killed --restart left
         report = train_in(
-            config, target, resolved, t_start, show_progress=show_progress, restart=restart, interrupt_after=interrupt_after
+            config,
+            target,
+            resolved,
+            t_start,
+            show_progress=show_progress,
+            restart=restart,
+            interrupt_after=interrupt_after,
         )
         if target is not run and writer:
             run.replace_with(target)

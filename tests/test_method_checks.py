@@ -100,7 +100,7 @@ def test_check_method_refuses_bad_input_with_exit_2(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "something").write_text("x")
     result = runner.invoke(app, ["check-method", "concat", "--out", str(tmp_path / "full")])
-    assert result.exit_code == 2 and "not empty" in result.output
+    assert result.exit_code == 2 and "not an empty folder" in result.output
 
 
 def test_difference_names_the_first_leaf_that_differs():

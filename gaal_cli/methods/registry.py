@@ -13,9 +13,8 @@ is listed (`all_methods`). A plugin cannot take a built-in's name.
 
 This module imports nothing of the package but the errors and the plugin finder (no pydantic, no
 torch): every method module imports it (through `gaal_cli.methods.base`), so it sits below all of
-them. It is the
-config's method catalog (`CATALOG`, gaal_cli.catalog), handed over by `gaal_cli/__init__.py`
-before anything else runs: a config never validates without it.
+them. It is the config's method catalog (`CATALOG`, gaal_cli.catalog), handed over by
+`gaal_cli/__init__.py` before anything else runs: a config never validates without it.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gaal_cli.errors import GaalError, did_you_mean
 from gaal_cli.plugins import GROUP, Plugin, discover
 from gaal_cli.plugins import load_plugins as import_plugins
-from gaal_cli.errors import GaalError, did_you_mean
 
 #: built-in methods: name -> the module that registers it
 BUILTIN_METHODS = {
@@ -167,8 +166,8 @@ def method_spec(name: str) -> MethodSpec:
             plugin = declared_plugins()[name]
             raise GaalError(
                 f"method '{name}' is declared by the plugin package {plugin.origin} (entry point "
-                f"{GROUP}: {name} = {plugin.module}), but importing {plugin.module} registered no "
-                f"method of that name (its module should decorate the method class with register_method('{name}', ...))",
+                f"{GROUP}: {name} = {plugin.module}), but importing {plugin.module} registered no method "
+                f"of that name (its module should decorate the method class with register_method('{name}', ...))",
                 source=f"plugin {plugin.origin}",
             )
     if name not in METHODS:
