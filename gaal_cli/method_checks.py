@@ -154,7 +154,8 @@ def attempt(step: Callable[[], Any]) -> str | None:
     try:
         step()
     except Exception as err:  # the method under check is third-party code: its failure is a verdict
-        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        text = str(err).strip()
+        return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
     return None
 
 
@@ -312,8 +313,10 @@ def missing_modality(method: Any, batch: Any, num_classes: int) -> Check:
         with torch.no_grad():
             full = method.predict(*(getattr(batch, m) if m in uses else None for m in MODALITIES))
             problem = shape_problem(full, n, num_classes, "with every input")
-            if problem or len(uses) == 1:
-                return unimodal_verdict(full, uses) if not problem else Check("missing modality", False, problem)
+            if problem:
+                return Check("missing modality", False, problem)
+            if len(uses) == 1:
+                return unimodal_verdict(full, uses)
             claims = []
             for missing in MODALITIES:
                 kept = "tabular" if missing == "image" else "image"
