@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from pathlib import Path
@@ -452,15 +453,54 @@ def inspect_data(
         raise error
 
 
+@app.command("check-method")
+@user_errors
+def check_method(
+    name: str = typer.Argument(..., help="A method name (built-in or from a plugin package)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Smaller data; determinism compared over epoch 1; learning not judged."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Keep the check's runs in this folder (default: a temporary one, removed)."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set methods.NAME.x=1"),
+) -> None:
+    """Run on one method the checks every built-in passes: it trains, resumes identically, repeats
+    bit for bit, reaches every stage, predicts with a modality missing, and its run is healthy.
+
+    Exit 1 if any check fails."""
+    import tempfile
+
+    from gaal_cli.config import load_config
+
+    # an unknown method or a bad override: the config's own error (exit 2), before any training
+    load_config(overrides=[f"method={name}", *overrides])
+    from gaal_cli.method_checks import check_method as run_checks
+
+    with tempfile.TemporaryDirectory(prefix="gaal-check-") if out is None else contextlib.nullcontext(out) as folder:
+        if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise GaalError("is not an empty folder; the check trains its runs into a new one", source=str(out))
+        checks = run_checks(name, folder, quick=quick, overrides=overrides)
+    for check in checks:
+        label, style = ("PASS", "bold green") if check.passed else ("FAIL", "bold red")
+        stdout.print(styled(label, style, f"  {check.name}: {check.reason}"), highlight=False, soft_wrap=True)
+    failed = [c.name for c in checks if not c.passed]
+    stdout.print(f"{name}: {len(checks) - len(failed)} of {len(checks)} checks passed", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("methods")
 def list_methods() -> None:
-    """List the registered training methods and their settings."""
-    from gaal_cli.methods.registry import all_methods
+    """List the training methods (built-in or from a plugin package), their origin and settings."""
+    from gaal_cli.methods.registry import all_methods, load_plugins, method_origin
 
+    for warning in load_plugins():  # a plugin that fails to import is named and skipped
+        stderr.print(styled("warning:", "yellow", f" {warning}"), highlight=False, soft_wrap=True)
     for name, spec in all_methods().items():
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
         doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
-        stdout.print(styled(name, "bold", f"  {doc.splitlines()[0] if doc else ''}"))
+        stdout.print(styled(name, "bold", f"  [{method_origin(name)}]  {doc.splitlines()[0] if doc else ''}"))
         if fields:
             stdout.print(f"    {fields}", highlight=False)
 

@@ -175,6 +175,11 @@ class TrainConfig(Section):
     compile: bool = False
     deterministic: bool = True
     threads: int | None = Field(None, ge=1)
+    tensorboard: bool = Field(
+        False,
+        description="also write TensorBoard event files beside metrics.jsonl, with the same scalars "
+        "(needs the optional extra: pip install 'gaal[tensorboard]')",
+    )
     class_weights: Literal["none", "balanced"] = "none"
 
 

@@ -43,6 +43,7 @@ from gaal_cli.models.encoders import ImageEncoder
 from gaal_cli.results import RESTART_HINT, RunFolder, load_state, to_json
 from gaal_cli.trained_run import load_dependencies
 from gaal_cli.stages import WHOLE_RUN, PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
+from gaal_cli.tensorboard_log import TensorBoardLog, require as require_tensorboard
 
 LOG_EVERY = 10
 
@@ -150,7 +151,14 @@ def start_stage(s: Session, planned: PlannedStage) -> None:
             console.print(f"  (declared {planned.declared} epochs, shrunk to fit train.epochs)")
 
 
-def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, restart: bool = False) -> dict[str, Any]:
+def train(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    show_progress: bool = True,
+    restart: bool = False,
+    interrupt_after: int | None = None,
+) -> dict[str, Any]:
     """Train `config` into the run folder `out_dir` and return its report.
 
     A finished run is final: one of the same config is returned as it is, without touching a
@@ -160,7 +168,9 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
     another config's run); over a finished run it trains aside and swaps the new run in only
     once it has finished (RunFolder.aside, RunFolder.replace_with), so a kill keeps the old one.
     The writing process holds the folder's lock (gaal_cli.locks) from start to end; under
-    torchrun only rank 0 writes and locks.
+    torchrun only rank 0 writes and locks. `interrupt_after` (an epoch) raises KeyboardInterrupt
+    once that epoch's files are written, as Ctrl-C between epochs would: the folder is left to
+    resume from (tests and `gaal check-method` compare such a resume with an uninterrupted run).
 
     Raises:
         GaalError: bad input found while setting up (nothing is written in that case), another
@@ -182,7 +192,15 @@ def train(config: Config, out_dir: str | Path, *, show_progress: bool = True, re
         target = run.aside() if run.done else run
         if target is not run and writer:
             remove_tree(target.path)  # what a killed --restart left
-        report = train_in(config, target, resolved, t_start, show_progress=show_progress, restart=restart)
+        report = train_in(
+            config,
+            target,
+            resolved,
+            t_start,
+            show_progress=show_progress,
+            restart=restart,
+            interrupt_after=interrupt_after,
+        )
         if target is not run and writer:
             run.replace_with(target)
     return report
@@ -212,9 +230,18 @@ def finished_report(run: RunFolder, resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_in(
-    config: Config, run: RunFolder, resolved: dict[str, Any], t_start: float, *, show_progress: bool, restart: bool
+    config: Config,
+    run: RunFolder,
+    resolved: dict[str, Any],
+    t_start: float,
+    *,
+    show_progress: bool,
+    restart: bool,
+    interrupt_after: int | None = None,
 ) -> dict[str, Any]:
     """Train `config` in `run` (resuming an interrupted attempt unless `restart`); see `train`."""
+    if config.train.tensorboard:
+        require_tensorboard("train.tensorboard")  # refused before anything is built or written
     s = setup(config)
     inputs_at_test(config, s.method.modalities)  # refused before anything is written
     state = None if restart else run.resumable(resolved)
@@ -237,7 +264,13 @@ def train_in(
         best = state["best"]
         console.print(styled(f"resuming {run.path} after epoch {state['epoch']}", "yellow"))
 
-    epoch_seconds = fit(s, run, start_epoch, best, show_progress and s.comm.is_main)
+    # the same scalars as metrics.jsonl, as TensorBoard events beside it (the writing process only)
+    board = TensorBoardLog(run.path, first_step=first_epoch) if config.train.tensorboard and s.comm.is_main else None
+    try:
+        epoch_seconds = fit(s, run, start_epoch, best, show_progress and s.comm.is_main, board, interrupt_after)
+    finally:
+        if board is not None:
+            board.close()
     s.comm.barrier()
     best_state = load_state(run.file(RunFolder.CHECKPOINT), map_location=s.device)
     s.method.load_state_dict(best_state["model"])
@@ -373,7 +406,15 @@ def _plain(state: tuple) -> list:
     return [version, list(internal), gauss]
 
 
-def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show_progress: bool) -> list[float]:
+def fit(
+    s: Session,
+    run: RunFolder,
+    start_epoch: int,
+    best: dict[str, Any],
+    show_progress: bool,
+    board: TensorBoardLog | None = None,
+    interrupt_after: int | None = None,
+) -> list[float]:
     """The epoch loop: train, validate, keep the best checkpoint, stop early. Returns epoch times.
 
     Each stage starts with a fresh optimiser and its own patience; early stopping ends the run
@@ -417,8 +458,12 @@ def fit(s: Session, run: RunFolder, start_epoch: int, best: dict[str, Any], show
             }
             if s.comm.is_main:
                 save_epoch(s, run, record, per_step, score, best)
+            if board is not None:
+                board.log(record, step=epoch)
             line = f"epoch {epoch:>3}  loss {train_stats['loss']:.4f}  val {cfg.train.monitor} acc {score:.4f}"
             bar.log(Text.assemble(line, ("  best", "green") if improved else ""))
+            if epoch == interrupt_after:
+                raise KeyboardInterrupt  # as Ctrl-C here would: the epoch's files are written
     return epoch_seconds
 
 

@@ -19,6 +19,7 @@ See examples/gaal-example-method for a complete, installable plugin.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
@@ -99,12 +100,14 @@ def _import(plugin: Plugin) -> str | None:
     return None
 
 
-def load_plugins(only: str | None = None) -> Loaded:
+def load_plugins(only: str | None = None, reserved: Collection[str] = ()) -> Loaded:
     """Import the modules of the installed method plugins; each registers its method on import.
 
     Args:
         only: a method name: import only the plugin of that name (none if no package declares
             it), and raise rather than skip when it fails. None imports every plugin.
+        reserved: names no plugin may take (the built-in methods'): a plugin declaring one is
+            not imported, and is skipped as a failure naming why.
 
     Returns:
         The plugins imported and those skipped with their error, for the caller to warn about.
@@ -119,7 +122,9 @@ def load_plugins(only: str | None = None) -> Loaded:
     for plugin in found:
         if only is not None and plugin.name != only:
             continue
-        if plugin.name in clashes:
+        if plugin.name in reserved:
+            error = f"'{plugin.name}' is the name of a built-in method; a plugin needs a name of its own"
+        elif plugin.name in clashes:
             others = " and ".join(p.origin for p in clashes[plugin.name])
             error = f"the method name '{plugin.name}' is declared by more than one package ({others})"
         else:

@@ -38,6 +38,7 @@ from gaal_cli.health import CHECKS, folder_health
 from gaal_cli.locks import folder_lock
 from gaal_cli.methods.registry import all_methods, method_names, method_spec
 from gaal_cli.results import RunFolder, finished_runs
+from gaal_cli.styles import legend_outside, style
 from gaal_cli.sweep import WHERE_KEYS, format_value
 
 HEADS = ("multi", "image", "tabular")
@@ -785,18 +786,32 @@ def curves_figure(runs: pd.DataFrame, path: Path) -> Path | None:
     curves = pd.DataFrame(frames, columns=["dataset", "seed", "epoch", "loss_image", "loss_tabular"])
     datasets = dataset_order(curves["dataset"].unique())
     fig, axes = _figure(len(datasets))
+    captions = []
     for ax, d in zip(axes, datasets):
         part = curves[curves["dataset"] == d]
         stats = part.groupby("epoch")[["loss_image", "loss_tabular"]].agg(["mean", "std"])
-        for loss, colour in (("loss_image", "tab:orange"), ("loss_tabular", "tab:green")):
-            mean, std = stats[(loss, "mean")], stats[(loss, "std")].fillna(0)
-            ax.plot(stats.index, mean, color=colour, marker="o", ms=3, label=loss.replace("loss_", ""))
-            ax.fill_between(stats.index, mean - std, mean + std, color=colour, alpha=0.2)
+        for modality in MODALITIES:  # each in the colour and marker of its unimodal method
+            look = style(modality)
+            mean, std = stats[(f"loss_{modality}", "mean")], stats[(f"loss_{modality}", "std")].fillna(0)
+            ax.plot(stats.index, mean, ms=3, label=modality, **look)
+            ax.fill_between(stats.index, mean - std, mean + std, color=look["color"], alpha=0.2)
         ax.set_xlabel("epoch")
         ax.set_ylabel("training cross-entropy")
         ax.set_title(f"{dataset_label(d)}: GAAL training loss per modality")
-        ax.legend(title=seeds_caption(part.groupby("epoch")["seed"].nunique(), bars="band"))
+        captions.append(seeds_caption(part.groupby("epoch")["seed"].nunique(), bars="band"))
+    legend_beside(fig, axes, captions)
     return _save(fig, path)
+
+
+def legend_beside(fig, axes, captions: list[str], order: list[str] | None = None) -> None:
+    """One legend for side-by-side panels, right of the last one (a legend beside each panel
+    would sit on its neighbour), titled with the seeds caption when the panels share it, else
+    each panel's caption under its title."""
+    shared = len(set(captions)) == 1
+    if not shared:
+        for ax, caption in zip(axes, captions):
+            ax.set_title(f"{ax.get_title()}\n{caption}")
+    legend_outside(fig, axes=list(axes), order=order, title=captions[0] if shared else None)
 
 
 def _epsilon_axis(ax, eps: np.ndarray) -> None:
@@ -818,53 +833,50 @@ def epsilon_figure(summary: pd.DataFrame, path: Path) -> Path:
     """Fig. 5: test accuracy of each head against ε, mean ± std over seeds."""
     datasets = dataset_order(summary["dataset"].unique())
     fig, axes = _figure(len(datasets))
+    captions = []
     for ax, d in zip(axes, datasets):
         part = summary[summary["dataset"] == d].sort_values(EPSILON_KEY)
-        for head in HEADS:
+        for head in HEADS:  # GAAL's fused head in GAAL's style, each unimodal head in its modality's
             ax.errorbar(
-                part[EPSILON_KEY], part[f"{head}_mean"], yerr=part[f"{head}_std"].fillna(0), marker="o", capsize=3,
-                label=HEAD_LABELS[head],
+                part[EPSILON_KEY], part[f"{head}_mean"], yerr=part[f"{head}_std"].fillna(0), capsize=3,
+                label=HEAD_LABELS[head], **style("gaal" if head == "multi" else head),
             )  # fmt: skip
         _epsilon_axis(ax, part[EPSILON_KEY].to_numpy(dtype=float))
         ax.set_xlabel(r"alignment margin $\varepsilon$")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{dataset_label(d)}: GAAL test accuracy vs " + r"$\varepsilon$")
-        ax.legend(title=seeds_caption(part["n"]))
+        captions.append(seeds_caption(part["n"]))
+    legend_beside(fig, axes, captions)
     return _save(fig, path)
 
 
 def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
     """Each method's Multi and Image test accuracy against the dominance knob, one row of two
     panels per dataset (regime), mean ± std over seeds; unimodal methods appear in the panel
-    of the head they have."""
-    import matplotlib.pyplot as plt
-
+    of the head they have. Each method in its own style (gaal_cli/styles.py), as in every figure."""
     datasets = dataset_order(summary["dataset"].unique())
     methods = [m for m in METHOD_ORDER if m in set(summary["method"])]
     methods += sorted(set(summary["method"]) - set(methods))
-    colours, markers = plt.get_cmap("tab10").colors, "osD^v"
     fig, axes = _figure(2 * len(datasets), width=5.5, height=3.8)
     grid = [axes[i : i + 2] for i in range(0, len(axes), 2)]
+    captions = []
     for row, d in zip(grid, datasets):
         part = summary[summary["dataset"] == d]
         for ax, head in zip(row, ("multi", "image")):
-            for i, method in enumerate(methods):
+            for method in methods:
                 line = part[part["method"] == method].sort_values(DOMINANCE_KEY)
                 if line[f"{head}_mean"].isna().all():
                     continue
-                style = "--" if method in ("image", "tabular") else "-"
                 ax.errorbar(
                     line[DOMINANCE_KEY], line[f"{head}_mean"], yerr=line[f"{head}_std"].fillna(0),
-                    ms=4, capsize=2, ls=style, color=colours[i % 10], marker=markers[i // 10 % 5], label=method,
+                    ms=4, capsize=2, label=method, **style(method),
                 )  # fmt: skip
             ax.set_xlabel("dominance (0: balanced, 1: calibrated to DVM)")
             ax.set_ylabel(f"test {HEAD_LABELS[head]} accuracy")
             ax.set_title(f"{dataset_label(d)}\ntest {HEAD_LABELS[head]} accuracy vs dominance")
-        # one legend for both panels: the tabular-only model has no Image accuracy to draw
-        labelled = {label: h for ax in row for h, label in zip(*ax.get_legend_handles_labels())}
-        handles = [labelled[m] for m in methods if m in labelled]
-        row[1].legend(handles, [m for m in methods if m in labelled], title=seeds_caption(part["n"]),
-                      loc="center left", bbox_to_anchor=(1.02, 0.5))  # fmt: skip
+        captions += [seeds_caption(part["n"])] * len(row)
+    # one legend for every panel: the tabular-only model has no Image accuracy to draw
+    legend_beside(fig, axes, captions, order=methods)
     return _save(fig, path)
 
 

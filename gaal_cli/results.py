@@ -58,6 +58,7 @@ WHERE_KEYS = {
     "data.eval_batch_size",
     "train.device",
     "train.threads",
+    "train.tensorboard",  # a second view of metrics.jsonl's scalars
 }
 # what last.pt holds beyond a checkpoint (see engine.save_epoch)
 RESUME_KEYS = {"model", "config", "epoch", "optimizer", "scheduler", "rng", "best"}

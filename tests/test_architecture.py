@@ -140,7 +140,7 @@ LAYERS = [
     "evaluation",
     "trained_run",
     "health engine",
-    "predict compare report sweep sweep_files sweep_order staleness scheduler",
+    "predict compare report sweep sweep_files sweep_order staleness scheduler method_checks",
     "cli __main__",
 ]
 

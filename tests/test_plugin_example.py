@@ -1,9 +1,10 @@
-"""Method plugins: the package under examples/ installed with pip, found through its entry point
-and trained for one epoch; a plugin whose module fails to import is reported and skipped.
+"""Method plugins: the package under examples/ installed with pip, listed by `gaal methods` with
+its package and version and trained for one epoch by `gaal train`; a plugin whose module fails to
+import is reported and skipped, and one cannot take a built-in's name.
 
 pip installs into a temporary target (offline: no index, no build isolation, no dependencies)
-and the checks run in a subprocess whose PYTHONPATH starts with that target, so neither the
-shared environment nor this process's registry sees the plugins.
+and the commands run in a subprocess (`python -m gaal_cli`) whose PYTHONPATH starts with that
+target, so neither the shared environment nor this process's registry sees the plugins.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -35,92 +35,88 @@ def install_example(target: Path, scratch: Path) -> None:
 def install_broken_plugin(target: Path) -> None:
     """An installed package whose `gaal.methods` entry point names a module that raises ImportError,
     written as pip would leave it (a .dist-info folder with METADATA and entry_points.txt)."""
-    info = target / "gaal_broken_plugin-0.2.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gaal-broken-plugin\nVersion: 0.2.0\n")
-    (info / "entry_points.txt").write_text("[gaal.methods]\nbroken = gaal_broken_plugin\n")
+    declare(target, "gaal-broken-plugin", "0.2.0", "broken = gaal_broken_plugin")
     (target / "gaal_broken_plugin.py").write_text('raise ImportError("needs the package frobnicate")\n')
 
 
-# runs in the subprocess: discover, load (the broken plugin is skipped), ask for the broken one
-# by name (refused), then `gaal train --method late_sum` for one epoch through the CLI
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from gaal_cli.errors import GaalError
-    from gaal_cli.plugins import discover, load_plugins
+def install_usurper(target: Path) -> None:
+    """A package declaring the built-in name `concat`; importing its module would say so."""
+    declare(target, "gaal-usurper", "1.0", "concat = gaal_usurper")
+    (target / "gaal_usurper.py").write_text('raise RuntimeError("the usurper was imported")\n')
 
-    out, overrides = sys.argv[1], sys.argv[2:]
-    result = {"discovered": [vars(p) for p in discover()]}
-    loaded = load_plugins()
-    result["loaded"] = [p.name for p in loaded.plugins]
-    result["warnings"] = [f.warning() for f in loaded.failures]
-    try:
-        load_plugins(only="broken")
-    except GaalError as err:
-        result["asked_for_broken"] = err.render()
-    from gaal_cli.cli import app
-    from gaal_cli.methods import METHODS
 
-    result["registered"] = "late_sum" in METHODS
-    args = ["train", "--method", "late_sum", "--out", out, "--quiet"]
-    for o in overrides:
-        args += ["--set", o]
-    result["exit"] = app(args, standalone_mode=False)
-    print(json.dumps(result))
-    """
-)
+def gaal(env: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m gaal_cli ARGS` in a fresh interpreter that sees the plugins' site folder."""
+    return subprocess.run([sys.executable, "-m", "gaal_cli", *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
-def plugin_run(tmp_path_factory):
+def plugin_site(tmp_path_factory):
+    """The example installed with pip beside a broken plugin and one taking a built-in's name;
+    the environment a subprocess needs to see them, and a scratch folder."""
     tmp = tmp_path_factory.mktemp("plugins")
     target = tmp / "site"
     install_example(target, tmp)
     install_broken_plugin(target)
+    install_usurper(target)
     paths = [str(target), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    overrides = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.threads=1"]
-    run_dir = tmp / "run"
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(run_dir), *overrides], capture_output=True, text=True, env=env, cwd=tmp
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1]), run_dir
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}, tmp
 
 
-def test_discover_lists_the_installed_example_with_its_package_and_version(plugin_run):
-    result, _ = plugin_run
-    example = [p for p in result["discovered"] if p["name"] == "late_sum"]
-    assert example == [
-        {
-            "name": "late_sum",
-            "module": "gaal_example_method.late_sum",
-            "distribution": "gaal-example-method",
-            "version": "0.1.0",
-        }
-    ]
-    assert result["loaded"] == ["late_sum"] and result["registered"]
+@pytest.fixture(scope="module")
+def listed(plugin_site):
+    env, tmp = plugin_site
+    return gaal(env, tmp, "methods")
 
 
-def test_a_plugin_that_fails_to_import_is_skipped_with_its_package_and_error(plugin_run):
-    result, _ = plugin_run
-    assert len(result["warnings"]) == 1
-    warning = result["warnings"][0]
-    for part in ("'broken'", "gaal-broken-plugin 0.2.0", "ImportError", "needs the package frobnicate"):
-        assert part in warning
+def test_gaal_methods_lists_the_installed_example_with_its_package_and_version(listed):
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith("late_sum "))
+    assert "[gaal-example-method 0.1.0]" in line
+    concat = next(line for line in listed.stdout.splitlines() if line.startswith("concat "))
+    assert "[built-in]" in concat
 
 
-def test_asking_for_the_broken_plugin_is_an_error_naming_it(plugin_run):
-    result, _ = plugin_run
-    message = result.get("asked_for_broken", "")
+def test_a_plugin_that_fails_to_import_is_skipped_with_its_package_and_error(listed):
+    warnings = [line for line in listed.stderr.splitlines() if "'broken'" in line]
+    assert len(warnings) == 1
+    for part in ("gaal-broken-plugin 0.2.0", "ImportError", "needs the package frobnicate"):
+        assert part in warnings[0]
+    assert not any(line.startswith("broken ") for line in listed.stdout.splitlines())
+
+
+def test_a_plugin_cannot_take_a_builtin_name(listed):
+    refused = [line for line in " ".join(listed.stderr.split()).split("warning:") if "gaal-usurper 1.0" in line]
+    assert len(refused) == 1 and "built-in method" in refused[0]
+    assert "usurper was imported" not in listed.stderr
+
+
+def test_asking_for_the_broken_plugin_is_an_error_naming_it(plugin_site):
+    env, tmp = plugin_site
+    done = gaal(env, tmp, "train", "--method", "broken", "--out", str(tmp / "never"))
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr
     for part in ("method 'broken'", "gaal-broken-plugin 0.2.0", "ImportError: needs the package frobnicate"):
         assert part in message
+    assert "Traceback" not in done.stderr and not (tmp / "never").exists()
 
 
-def test_the_example_method_trains_one_epoch_through_gaal_train(plugin_run):
-    result, run_dir = plugin_run
-    assert result["exit"] in (None, 0)
+def test_a_builtin_name_registered_by_another_class_is_refused():
+    from gaal_cli.errors import GaalError
+    from gaal_cli.methods import register_method
+    from gaal_cli.methods.concat import ConcatSettings
+
+    with pytest.raises(GaalError, match="built-in method"):
+        register_method("concat", ConcatSettings)(type("Impostor", (), {}))
+
+
+def test_the_example_method_trains_one_epoch_through_gaal_train(plugin_site):
+    env, tmp = plugin_site
+    run_dir = tmp / "run"
+    overrides = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.threads=1"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    done = gaal(env, tmp, "train", "--method", "late_sum", "--out", str(run_dir), "--quiet", *sets)
+    assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1]
     assert {"loss", "loss_image", "loss_tabular", "acc"} <= set(records[0]["train"])
@@ -155,3 +151,12 @@ def test_a_name_two_packages_declare_is_loaded_from_neither(tmp_path, monkeypatc
         load_plugins(only="twin")
     # a method no package declares is no plugin's business: the registry's lookup reports it
     assert load_plugins(only="no_such_method").plugins == []
+
+
+def test_the_example_method_passes_check_method_like_a_builtin(plugin_site):
+    env, tmp = plugin_site
+    done = gaal(env, tmp, "check-method", "late_sum", "--quick", "--set", "train.threads=1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 6 and all(line.startswith("PASS") for line in lines), done.stdout
+    assert "late_sum: 6 of 6 checks passed" in done.stdout

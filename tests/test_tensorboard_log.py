@@ -94,3 +94,55 @@ def test_a_resumed_run_shows_each_epoch_once_with_the_values_of_the_attempt_that
     read = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert [s for s, _ in read] == [1, 2, 3]
     assert [v for _, v in read] == pytest.approx([0.9, 0.7, 0.6], rel=1e-6)
+
+
+# ---------------------------------------------------------------- the engine's hook
+
+
+def test_train_tensorboard_writes_the_runs_metrics_jsonl_as_events_resumed_included(tmp_path, tiny):
+    pytest.importorskip("tensorboard")
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gaal_cli.config import load_config
+    from gaal_cli.engine import train
+
+    config = load_config(overrides=[*tiny, "method=concat", "train.epochs=3", "train.tensorboard=true"])
+    folder = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, folder, show_progress=False, interrupt_after=2)
+    train(config, folder, show_progress=False)  # resumes after epoch 2
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    expected = {}
+    for record in records:
+        for tag, value in scalars(record):
+            expected.setdefault(tag, []).append((record["epoch"], value))
+    assert set(events.Tags()["scalars"]) == set(expected) and "val/multi/acc" in expected
+    for tag, points in expected.items():
+        read = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in read] == [1, 2, 3], tag
+        assert [v for _, v in read] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
+def test_train_tensorboard_without_the_package_is_refused_before_anything_is_written(tmp_path, tiny, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gaal_cli.cli import app
+
+    monkeypatch.setattr(tensorboard_log, "available", lambda: False)
+    out = tmp_path / "run"
+    sets = [a for o in [*tiny, "method=concat", "train.tensorboard=true"] for a in ("--set", o)]
+    result = CliRunner().invoke(app, ["train", "--out", str(out), "-q", *sets])
+    assert result.exit_code == 2 and "gaal[tensorboard]" in result.output and "train.tensorboard" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_train_writes_no_event_file_by_default(tmp_path, tiny):
+    from gaal_cli.config import load_config
+    from gaal_cli.engine import train
+
+    train(load_config(overrides=[*tiny, "method=concat", "train.epochs=1"]), tmp_path / "run", show_progress=False)
+    assert not list((tmp_path / "run").glob("events.out.tfevents.*"))

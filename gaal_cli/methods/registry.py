@@ -6,10 +6,15 @@ is what `method_spec(name)` does the first time that method is needed, which reg
 (`@register_method`). Checking a `methods.<name>` block needs its settings class, so it imports
 that one method's module (and torch with it), no other.
 
-This module imports nothing of the package but the errors (no pydantic, no torch): every method
-module imports it (through `gaal_cli.methods.base`), so it sits below all of them. It is the
-config's method catalog (`CATALOG`, gaal_cli.catalog), handed over by `gaal_cli/__init__.py`
-before anything else runs: a config never validates without it.
+Methods from other packages (gaal_cli.plugins: the `gaal.methods` entry-point group) are named
+to `--method` from their packages' metadata, which costs no import; a plugin's module is
+imported, and registers its method, when that method is needed (`method_spec`) or every method
+is listed (`all_methods`). A plugin cannot take a built-in's name.
+
+This module imports nothing of the package but the errors and the plugin finder (no pydantic, no
+torch): every method module imports it (through `gaal_cli.methods.base`), so it sits below all of
+them. It is the config's method catalog (`CATALOG`, gaal_cli.catalog), handed over by
+`gaal_cli/__init__.py` before anything else runs: a config never validates without it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gaal_cli.errors import did_you_mean
+from gaal_cli.errors import GaalError, did_you_mean
+from gaal_cli.plugins import GROUP, Plugin, discover
+from gaal_cli.plugins import load_plugins as import_plugins
 
 #: built-in methods: name -> the module that registers it
 BUILTIN_METHODS = {
@@ -62,34 +69,107 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, settings: type) -> Callable[[type], type]:
-    """Class decorator: make a method available as `--method NAME`, with its settings class."""
+    """Class decorator: make a method available as `--method NAME`, with its settings class.
+
+    Raises:
+        GaalError: `name` is a built-in's and `cls` is not that built-in, or another class
+            already registered it (a plugin cannot silently replace a method).
+    """
 
     def wrap(cls: type) -> type:
+        owner = BUILTIN_METHODS.get(name)
+        if owner is not None and cls.__module__ != owner:
+            raise GaalError(
+                f"{cls.__module__}.{cls.__qualname__} registers the method name '{name}', which is gaal's "
+                f"built-in method ({owner}); a method from another package needs a name of its own"
+            )
+        current = METHODS.get(name)
+        if current is not None and _qualified(current.cls) != _qualified(cls):
+            raise GaalError(
+                f"{cls.__module__}.{cls.__qualname__} registers the method name '{name}', already registered "
+                f"by {_qualified(current.cls)}"
+            )
         METHODS[name] = MethodSpec(cls, settings)
         return cls
 
     return wrap
 
 
-def load_plugins() -> None:
-    """Methods from other packages would be imported here (issue 22: entry points), so that they
-    register like the built-ins. There are none yet."""
+def _qualified(cls: type) -> str:
+    # by name, so a module imported again (importlib.reload) registers its own class again
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+#: method plugins found by `declared_plugins`; the warnings of those `load_plugins` skipped
+_plugins: dict[str, Plugin] | None = None
+_warnings: list[str] = []
+_all_loaded = False
+
+
+def declared_plugins() -> dict[str, Plugin]:
+    """The method plugins installed packages declare (name -> Plugin), read once per process
+    from package metadata (no plugin imported). One declaring a built-in's name is left out
+    (`load_plugins` says so)."""
+    global _plugins
+    if _plugins is None:
+        _plugins = {p.name: p for p in discover() if p.name not in BUILTIN_METHODS}
+    return _plugins
+
+
+def load_plugins() -> list[str]:
+    """Import every declared plugin's module (once per process), registering their methods.
+
+    A plugin that fails to import, or declares a built-in's name, is skipped and no longer named
+    to `--method`.
+
+    Returns:
+        One warning line per plugin refused or skipped, naming it, its package and the error.
+    """
+    global _all_loaded
+    declared = declared_plugins()
+    if not _all_loaded:
+        _all_loaded = True
+        for failure in import_plugins(reserved=BUILTIN_METHODS).failures:
+            declared.pop(failure.plugin.name, None)
+            _warnings.append(failure.warning())
+    return list(_warnings)
+
+
+def method_origin(name: str) -> str:
+    """Where method `name` comes from: "built-in", a plugin's "package version", or the module
+    that registered it (a method registered from Python, not through an entry point)."""
+    if name in BUILTIN_METHODS:
+        return "built-in"
+    if name in declared_plugins():
+        return declared_plugins()[name].origin
+    return METHODS[name].cls.__module__ if name in METHODS else "unknown"
 
 
 def method_names() -> list[str]:
-    """Every method that `--method` accepts, sorted; no method module is imported."""
-    load_plugins()
-    return sorted(set(BUILTIN_METHODS) | set(METHODS))
+    """Every method that `--method` accepts, sorted; no method module is imported (a plugin's
+    name comes from its package's metadata)."""
+    return sorted(set(BUILTIN_METHODS) | set(declared_plugins()) | set(METHODS))
 
 
 def method_spec(name: str) -> MethodSpec:
-    """The registered method `name`, importing its module the first time.
+    """The registered method `name`, importing its module (a built-in's or a plugin's) the first time.
 
     Raises:
         KeyError: an unknown name (the message lists the valid ones).
+        GaalError: `name` is a plugin's whose module fails to import, or which it does not register.
     """
     if name not in METHODS and name in BUILTIN_METHODS:
         importlib.import_module(BUILTIN_METHODS[name])
+    elif name not in METHODS and name in declared_plugins():
+        import_plugins(only=name)
+        if name not in METHODS:
+            plugin = declared_plugins()[name]
+            raise GaalError(
+                f"method '{name}' is declared by the plugin package {plugin.origin} (entry point "
+                f"{GROUP}: {name} = {plugin.module}), but importing {plugin.module} registered no method "
+                f"of that name (its module should decorate the method class with register_method('{name}', ...))",
+                source=f"plugin {plugin.origin}",
+            )
     if name not in METHODS:
         names = method_names()
         raise KeyError(f"unknown method '{name}'{did_you_mean(name, names)}; expected one of: {', '.join(names)}")
@@ -97,7 +177,9 @@ def method_spec(name: str) -> MethodSpec:
 
 
 def all_methods() -> dict[str, MethodSpec]:
-    """Every method, each module imported (for listing them all: `gaal methods`, the tests)."""
+    """Every method, each module imported (for listing them all: `gaal methods`, the tests); a
+    plugin that fails to import is left out (`load_plugins` returns why)."""
+    load_plugins()
     return {name: method_spec(name) for name in method_names()}
 
 

@@ -20,12 +20,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from gaal_cli.methods import Method, MethodSettings, Predictions, register_method
-
-# Not yet exported by gaal_cli.methods (issue 21 exports them there): the batch the engine hands
-# `train_step`, and the helpers every built-in uses (cross_entropy honours train.class_weights).
-from gaal_cli.data.base import Batch  # noqa: I001
-from gaal_cli.methods.base import accuracy, cross_entropy, fuse_missing
+# gaal's public interface for methods: everything a method module needs (cross_entropy honours
+# train.class_weights; fuse_missing falls back to the present modality's head)
+from gaal_cli.methods import Batch, Method, MethodSettings, Predictions, accuracy, cross_entropy, fuse_missing
+from gaal_cli.methods import register_method
 
 
 class LateSumSettings(MethodSettings):
