@@ -35,7 +35,15 @@ from gaal_cli.health import GradientFlow, assess, class_counts, dependency_repor
 from gaal_cli.health import warning_text as health_warning
 from gaal_cli.files import remove_tree
 from gaal_cli.locks import folder_lock
-from gaal_cli.evaluation import autocast, evaluate, predict_split, resolve_device, save_predictions, score_heads
+from gaal_cli.evaluation import (
+    autocast,
+    evaluate,
+    predict_test,
+    predictions_meta,
+    resolve_device,
+    save_predictions,
+    score_heads,
+)
 from gaal_cli.methods.base import Method, weighted_classes
 from gaal_cli.methods.build import create_method
 from gaal_cli.methods.registry import method_spec
@@ -275,7 +283,7 @@ def train_in(
     best_state = load_state(run.file(RunFolder.CHECKPOINT), map_location=s.device)
     s.method.load_state_dict(best_state["model"])
     t_test = time.perf_counter()
-    test_logits, test_labels = predict_test(s)
+    test_logits, test_labels = predict_test(s.method, s.data.test, s.device, s.config)
     metrics = {"val": evaluate_session(s, "val"), "test": score_heads(test_logits, test_labels)}
     report = {
         "experiment": config.name,
@@ -514,26 +522,11 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
     )
 
 
-def predict_test(s: Session) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Each head's test logits and the labels, without the modality `data.test_missing` names:
-    the report's test metrics and the predictions file both come from these."""
-    absent = s.config.data.test_missing
-    missing = absent if absent != "none" else None
-    batch = s.config.data.eval_batch_size
-    return predict_split(s.method, s.data.test, s.device, batch, missing=missing, bf16=s.config.train.bf16)
-
-
 def keep_predictions(s: Session, run: RunFolder, logits: dict[str, torch.Tensor], labels: torch.Tensor) -> str | None:
     """Write the run's predictions file (before DONE); returns its name, or None, with a warning,
     when the logits cannot be kept (non-finite or beyond float16: a diverged model)."""
-    meta = {
-        "method": s.config.method,
-        "seed": s.config.seed,
-        "dataset": s.config.data.name,
-        "test_missing": s.config.data.test_missing,
-    }
     try:
-        save_predictions(run.file(RunFolder.PREDICTIONS), s.data.test, logits, labels, meta)
+        save_predictions(run.file(RunFolder.PREDICTIONS), s.data.test, logits, labels, predictions_meta(s.config))
     except GaalError as err:
         console.print(styled(f"{run.path}: no predictions file kept: {err}", "yellow"), markup=False)
         return None

@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 
+from gaal_cli.config import Config
 from gaal_cli.data import make_loader
 from gaal_cli.data.base import SplitDataset, sample_ids
 from gaal_cli.errors import GaalError
@@ -82,6 +83,27 @@ def evaluate(
 def score_heads(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, dict[str, float]]:
     """The metrics of each head's logits (`predict_split`'s output) against `labels`."""
     return {head: classification_metrics(out, labels) for head, out in logits.items()}
+
+
+def predict_test(
+    method: Method, split: SplitDataset, device: torch.device, config: Config
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each head's test logits and the labels, without the modality `data.test_missing` names, as
+    the run's config evaluates them: a run's test metrics and its predictions file (written at the
+    end of training or later by `gaal eval --write-predictions`) both come from these."""
+    absent = config.data.test_missing
+    missing = absent if absent != "none" else None
+    return predict_split(method, split, device, config.data.eval_batch_size, missing=missing, bf16=config.train.bf16)
+
+
+def predictions_meta(config: Config) -> dict:
+    """What a predictions file records of the run that wrote it."""
+    return {
+        "method": config.method,
+        "seed": config.seed,
+        "dataset": config.data.name,
+        "test_missing": config.data.test_missing,
+    }
 
 
 def save_predictions(

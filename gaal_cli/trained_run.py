@@ -29,7 +29,15 @@ from gaal_cli.dependencies import (
 )
 from gaal_cli.display import CountProgress, report_data_notes
 from gaal_cli.errors import GaalError
-from gaal_cli.evaluation import evaluate, predict_split, resolve_device, save_predictions, score_heads
+from gaal_cli.evaluation import (
+    evaluate,
+    predict_split,
+    predict_test,
+    predictions_meta,
+    resolve_device,
+    save_predictions,
+    score_heads,
+)
 from gaal_cli.locks import folder_lock
 from gaal_cli.methods.base import Method
 from gaal_cli.methods.build import build_run_method
@@ -196,18 +204,9 @@ def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None =
         data = trained.data()
         device = resolve_device(config.train.device)
         method = trained.method(data.schema.field_lengths, data.num_classes).to(device)
-        absent = config.data.test_missing
-        logits, labels = predict_split(
-            method,
-            data.test,
-            device,
-            config.data.eval_batch_size,
-            missing=absent if absent != "none" else None,
-            bf16=config.train.bf16,
-        )
+        logits, labels = predict_test(method, data.test, device, config)
         check_same_accuracy(score_heads(logits, labels), report, len(labels), run.file(RunFolder.REPORT))
-        meta = {"method": config.method, "seed": config.seed, "dataset": config.data.name, "test_missing": absent}
-        save_predictions(target, data.test, logits, labels, meta)
+        save_predictions(target, data.test, logits, labels, predictions_meta(config))
     return target, True
 
 
