@@ -5,7 +5,7 @@ Imports are read from the sources with `ast`, anywhere in a file: an import insi
 that dodges a circle at load time still ties the two modules together.
 """
 
-import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -18,36 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "gaal_cli"
 
 
-def module_files() -> dict[str, Path]:
-    files = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
-        files[name.removesuffix(".__init__")] = path
-    return files
+def _load_module_map():
+    """tools/module_map.py, the script that prints the module map: the test reads the imports the
+    way the map does."""
+    spec = importlib.util.spec_from_file_location("module_map", REPO / "tools" / "module_map.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def imported(name: str, path: Path, known: set[str]) -> set[str]:
-    """The package's modules `name` imports: `import a.b`, `from a import b` (b a module or a
-    name in a), relative imports, at module level or inside functions."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}
-    return {module for module in found if module in known and module != name}
+module_map = _load_module_map()
+# `imported(name, path, known)`: the package's modules `name` imports: `import a.b`, `from a
+# import b` (b a module or a name in a), relative imports, at module level or inside functions.
+imported = module_map.imported_modules
 
 
 def import_graph() -> dict[str, set[str]]:
-    files = module_files()
-    return {name: imported(name, path, set(files)) for name, path in files.items()}
+    return module_map.import_graph(REPO)
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
