@@ -434,25 +434,15 @@ def test_the_same_command_over_a_finished_run_leaves_it_byte_identical(tmp_path)
     assert snapshot(out) == before
 
 
-def test_a_restart_interrupted_midway_keeps_the_old_result(tmp_path, monkeypatch):
+def test_a_restart_interrupted_midway_keeps_the_old_result(tmp_path):
     from gaal_cli import engine
 
     out = tmp_path / "run"
     train_tiny(out)
     before = snapshot(out, lock=False)  # the lock's record names the restart: it held the folder
-    original, calls = engine.evaluate, {"n": 0}
-
-    def interrupted_in_epoch_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "evaluate", interrupted_in_epoch_2)
     config = load_config(overrides=TINY_RUN)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(config, out, show_progress=False, restart=True)
-    monkeypatch.setattr(engine, "evaluate", original)
+    with pytest.raises(KeyboardInterrupt):  # the restart killed after its first epoch
+        engine.train(config, out, show_progress=False, restart=True, interrupt_after=1)
     assert snapshot(out, lock=False) == before and RunFolder(out).done
     assert "nothing trained" in train_tiny(out).output  # the next command still sees it finished
     assert runner.invoke(app, ["eval", str(out)]).exit_code == 0
@@ -492,23 +482,13 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder_and_allowed
     assert RunFolder(out).done and [r["epoch"] for r in RunFolder(out).read_metrics()] == [1, 2]
 
 
-def test_eval_refuses_an_unfinished_run_naming_its_state_and_last_says_what_it_evaluates(tmp_path, monkeypatch):
+def test_eval_refuses_an_unfinished_run_naming_its_state_and_last_says_what_it_evaluates(tmp_path):
     from gaal_cli import engine
 
     out = tmp_path / "run"
     config = load_config(overrides=[*TINY_RUN, "train.epochs=3"])
-    original, calls = engine.evaluate, {"n": 0}
-
-    def interrupted_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "evaluate", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(config, out, show_progress=False)
-    monkeypatch.setattr(engine, "evaluate", original)
+        engine.train(config, out, show_progress=False, interrupt_after=2)
     assert_refused(runner.invoke(app, ["eval", str(out)]), "unfinished", "after epoch 2", "--last")
     result = runner.invoke(app, ["eval", str(out), "--last"])
     assert result.exit_code == 0, result.output
