@@ -11,7 +11,7 @@ module does). This module only finds and imports those modules; it knows nothing
 registry, so the registry can call it without importing itself back.
 
 A plugin that fails to import (a missing dependency, a syntax error, an incompatible gaal) must
-not break the commands that do not need it: `load_plugins` records the failure for the caller
+not break the commands that do not need it: `import_plugins` records the failure for the caller
 to warn about and goes on, unless the failing plugin is the method asked for.
 See examples/gaal-example-method for a complete, installable plugin.
 """
@@ -61,7 +61,7 @@ class PluginFailure:
 
 @dataclass
 class Loaded:
-    """What `load_plugins` imported, and what it skipped."""
+    """What `import_plugins` imported, and what it skipped."""
 
     plugins: list[Plugin] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
@@ -100,7 +100,7 @@ def _import(plugin: Plugin) -> str | None:
     return None
 
 
-def load_plugins(only: str | None = None, reserved: Collection[str] = ()) -> Loaded:
+def import_plugins(only: str | None = None, reserved: Collection[str] = ()) -> Loaded:
     """Import the modules of the installed method plugins; each registers its method on import.
 
     Args:

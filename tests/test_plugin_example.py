@@ -137,20 +137,20 @@ def declare(site: Path, distribution: str, version: str, entries: str) -> None:
 
 def test_a_name_two_packages_declare_is_loaded_from_neither(tmp_path, monkeypatch):
     from gaal_cli.errors import GaalError
-    from gaal_cli.plugins import discover, load_plugins
+    from gaal_cli.plugins import discover, import_plugins
 
     declare(tmp_path, "gaal-twin-a", "1.0", "twin = gaal_twin_a_never_imported")
     declare(tmp_path, "gaal-twin-b", "2.0", "twin = gaal_twin_b_never_imported")
     monkeypatch.syspath_prepend(str(tmp_path))
     twins = [p for p in discover() if p.name == "twin"]
     assert [p.origin for p in twins] == ["gaal-twin-a 1.0", "gaal-twin-b 2.0"]
-    failures = [f for f in load_plugins().failures if f.plugin.name == "twin"]
+    failures = [f for f in import_plugins().failures if f.plugin.name == "twin"]
     assert len(failures) == 2
     assert all("gaal-twin-a 1.0" in f.error and "gaal-twin-b 2.0" in f.error for f in failures)
     with pytest.raises(GaalError, match="declared by more than one package"):
-        load_plugins(only="twin")
+        import_plugins(only="twin")
     # a method no package declares is no plugin's business: the registry's lookup reports it
-    assert load_plugins(only="no_such_method").plugins == []
+    assert import_plugins(only="no_such_method").plugins == []
 
 
 def test_the_example_method_passes_check_method_like_a_builtin(plugin_site):

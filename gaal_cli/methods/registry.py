@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gaal_cli.errors import GaalError, did_you_mean
-from gaal_cli.plugins import GROUP, Plugin, discover
-from gaal_cli.plugins import load_plugins as import_plugins
+from gaal_cli.plugins import GROUP, Plugin, discover, import_plugins
 
 #: built-in methods: name -> the module that registers it
 BUILTIN_METHODS = {
