@@ -35,7 +35,7 @@ from PIL import Image
 
 from gaal_cli.config import DataConfig
 from gaal_cli.data import build_data, images_on_device, make_loader
-from gaal_cli.engine import resolve_device
+from gaal_cli.training.engine import resolve_device
 
 
 def write_folder(root: Path, n: int, side: int) -> Path:

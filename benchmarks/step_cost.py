@@ -25,11 +25,11 @@ import time
 
 import torch
 
-from gaal_cli import surgery
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import build_optimizer, create_method
+from gaal_cli.methods import surgery
 from gaal_cli.methods.base import cross_entropy
+from gaal_cli.training.engine import build_optimizer, create_method
 
 
 def official_pattern_step(method, batch, optimizer):

@@ -11,7 +11,7 @@ runs `--warmup` steps, then takes three timings of `--steps` steps each:
 - loader: batches from the training loader brought to the device as the engine brings them
   (copy, and the images' augmentation/scaling there when data.augment_on defers them), no model;
 - step: the method's training step alone, over and over on one batch already on the device;
-- loop: `gaal_cli.engine.train_epoch`, the engine's own epoch loop, over a loader cut to that
+- loop: `gaal_cli.training.engine.train_epoch`, the engine's own epoch loop, over a loader cut to that
   many batches (it wraps around the training split when it is shorter). Its data wait is the
   share of the loop's wall time spent blocked on the loader for the next batch.
 On CUDA the step's achieved TFLOP/s (FLOPs counted by torch.utils.flop_counter, the matrix
@@ -140,7 +140,7 @@ def measure(
 
     from gaal_cli.config import load_config
     from gaal_cli.data import make_loader
-    from gaal_cli.engine import resolve_device, setup
+    from gaal_cli.training.engine import resolve_device, setup
 
     config = load_config(experiment, overrides, {"method": method_name})
     device = resolve_device(config.train.device)
@@ -203,7 +203,7 @@ def step_flops(session, batch) -> float | None:
     it updates the model, like a warm-up step. None where the counter cannot follow the step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gaal_cli.engine import autocast, device_batch
+    from gaal_cli.training.engine import autocast, device_batch
 
     session.method.train()
     session.method.on_epoch_start(1)
@@ -227,8 +227,8 @@ def time_steps(session, loader, steps: int, warmup: int) -> dict:
     """
     import torch
 
-    from gaal_cli.display import EpochProgress
-    from gaal_cli.engine import autocast, device_batch, train_epoch
+    from gaal_cli.foundation.display import EpochProgress
+    from gaal_cli.training.engine import autocast, device_batch, train_epoch
 
     device = session.device
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    from gaal_cli.results import to_json  # strict JSON: a NaN measurement is written as null
+    from gaal_cli.runs.folder import to_json  # strict JSON: a NaN measurement is written as null
 
     if args.child:
         print(to_json(measure(args.child, args.experiment, args.set, args.steps, args.warmup, args.peak_tflops)))

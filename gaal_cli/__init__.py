@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # the config validates `method` and `methods.<name>` against the method registry, handed over
 # here, before any config is built; the registry imports no method module (nor torch) until
 # one is asked for
-from gaal_cli.catalog import use_method_catalog  # noqa: E402
+from gaal_cli.foundation.catalog import use_method_catalog  # noqa: E402
 from gaal_cli.methods.registry import CATALOG  # noqa: E402
 
 use_method_catalog(CATALOG)

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from gaal_cli.display import styled
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.display import styled
+from gaal_cli.foundation.errors import GaalError
 
 app = typer.Typer(
     help="Tabular-image fusion experiments: GAAL (ICME 2026) and the methods it is compared with.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# no markup: user text (paths, keys, cells) prints as written (see gaal_cli.display)
+# no markup: user text (paths, keys, cells) prints as written (see gaal_cli.foundation.display)
 stdout = Console(markup=False)
 stderr = Console(stderr=True, markup=False)
 
@@ -49,11 +48,11 @@ INTERRUPTED = (
 
 def user_errors(command):
     """Report GaalError as one paragraph with exit code 2; Ctrl-C and SIGTERM as an interruption
-    (SIGTERM raises while the command runs, so temporary files are removed: gaal_cli.files)."""
+    (SIGTERM raises while the command runs, so temporary files are removed: gaal_cli.foundation.files)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from gaal_cli.files import TERMINATED_EXIT, Terminated, sigterm_raises
+        from gaal_cli.foundation.files import TERMINATED_EXIT, Terminated, sigterm_raises
 
         try:
             with sigterm_raises():
@@ -117,10 +116,10 @@ def train(
     }
     config = load_config(experiment, overrides, flags)
     # the config is checked: only now torch, timm and the method's module are loaded
-    from gaal_cli.display import metrics_table
-    from gaal_cli.distributed import is_main_process
-    from gaal_cli.engine import train as run_training
-    from gaal_cli.results import default_run_folder
+    from gaal_cli.foundation.display import metrics_table
+    from gaal_cli.foundation.distributed import is_main_process
+    from gaal_cli.runs.folder import default_run_folder
+    from gaal_cli.training.engine import train as run_training
 
     run_dir = out or default_run_folder(config)
     report = run_training(config, run_dir, show_progress=not quiet, restart=restart)
@@ -162,7 +161,7 @@ def evaluate(
                 "it takes no --split, --missing, --last or --json",
                 source="--write-predictions",
             )
-        from gaal_cli.trained_run import write_run_predictions
+        from gaal_cli.training.trained_run import write_run_predictions
 
         file, written = write_run_predictions(run, overrides)
         stdout.print(f"{'wrote' if written else 'already there, untouched:'} {file}", highlight=False)
@@ -171,9 +170,9 @@ def evaluate(
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
     if missing not in (None, "tabular", "image"):
         raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
-    from gaal_cli.display import metrics_table
-    from gaal_cli.results import checkpoint_to_evaluate, to_json
-    from gaal_cli.trained_run import evaluate_checkpoint
+    from gaal_cli.foundation.display import metrics_table
+    from gaal_cli.runs.folder import checkpoint_to_evaluate, to_json
+    from gaal_cli.training.trained_run import evaluate_checkpoint
 
     file, note = checkpoint_to_evaluate(run, last)
     if note:  # on stderr, so that --json output stays JSON
@@ -208,7 +207,7 @@ def predict(
 
     With labels, accuracy is printed per split the table names (its split column), else once over all labelled rows.
     """
-    from gaal_cli.predict import predict_table
+    from gaal_cli.training.predict import predict_table
 
     summary = predict_table(run, data, out, missing=missing, head=head, skip_bad=skip_bad, device=device)
     if summary.skipped:
@@ -254,14 +253,14 @@ def sweep(
     slurm_folder: Path = typer.Option(Path("results/slurm"), "--slurm-folder", help="Job scripts and logs."),
 ) -> None:
     """Train every run of an experiment's grid x seeds; finished runs are skipped, killed ones resumed."""
-    from gaal_cli.sweep import load_sweep, parse_seeds, resolve_experiment
+    from gaal_cli.sweeps.runner import load_sweep, parse_seeds, resolve_experiment
 
     if launcher not in ("local", "slurm"):
         raise GaalError(f"unknown launcher '{launcher}'; expected local or slurm", source="--launcher")
     plan = load_sweep(resolve_experiment(experiment), overrides, seeds=parse_seeds(seeds), results=results)
     if launcher == "slurm" and not dry_run:
-        from gaal_cli.launchers import SlurmOptions
-        from gaal_cli.sweep import submit_sweep
+        from gaal_cli.sweeps.launchers import SlurmOptions
+        from gaal_cli.sweeps.runner import submit_sweep
 
         options = SlurmOptions(slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_mem)
         runs, jobs = submit_sweep(plan, slurm_folder, options)
@@ -292,16 +291,16 @@ def ablate(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs with their status; train none."),
 ) -> None:
     """Table II: GAAL with every listed switch off, then each switched on in turn (a sweep)."""
-    from gaal_cli.sweep import load_ablation, parse_seeds
+    from gaal_cli.sweeps.runner import load_ablation, parse_seeds
 
     plan = load_ablation(components, dataset, experiment, overrides, seeds=parse_seeds(seeds), results=results)
     _run_sweep(plan, workers, dry_run)
 
 
 def _run_sweep(plan, workers: int, dry_run: bool) -> None:
-    from gaal_cli.display import plan_table
-    from gaal_cli.results import RunFolder
-    from gaal_cli.sweep import check_inputs, run_sweep, statuses
+    from gaal_cli.foundation.display import plan_table
+    from gaal_cli.runs.folder import RunFolder
+    from gaal_cli.sweeps.runner import check_inputs, run_sweep, statuses
 
     if dry_run:
         title = f"{plan.name}: {len(plan.runs)} runs from {plan.source}"
@@ -342,7 +341,7 @@ def report(
         raise GaalError("several folders make one report: name where it goes with --out DIR", source="--out")
     if not 100 <= resamples <= 1_000_000:
         raise GaalError(f"{resamples} resamples; expected 100 to 1000000", source="--resamples")
-    from gaal_cli.report import write_report
+    from gaal_cli.analysis.report import write_report
 
     for path in write_report(folders, out or folders[0] / "report", reference=reference, resamples=resamples):
         stdout.print(str(path), highlight=False)
@@ -369,8 +368,8 @@ def compare(
     naming `gaal eval RUN --write-predictions`."""
     if not 100 <= resamples <= 1_000_000:
         raise GaalError(f"{resamples} resamples; expected 100 to 1000000", source="--resamples")
-    from gaal_cli.compare import comparison_lines, compare_runs
-    from gaal_cli.results import to_json
+    from gaal_cli.analysis.compare import compare_runs, comparison_lines
+    from gaal_cli.runs.folder import to_json
 
     rows = compare_runs(a, b, metrics=metric, resamples=resamples)
     if as_json:
@@ -438,8 +437,8 @@ def inspect_data(
     """
     from gaal_cli.config import load_config
     from gaal_cli.data.user_table import inspect_table
-    from gaal_cli.display import inspection_tables
-    from gaal_cli.results import to_json
+    from gaal_cli.foundation.display import inspection_tables
+    from gaal_cli.runs.folder import to_json
 
     flags = {"data.name": str(table), "data.target": target, "data.image_column": image_column}
     config = load_config(None, overrides, {**flags, "data.group_column": group_column, "data.skip_bad": skip_bad})
@@ -475,7 +474,7 @@ def check_method(
 
     # an unknown method or a bad override: the config's own error (exit 2), before any training
     load_config(overrides=[f"method={name}", *overrides])
-    from gaal_cli.method_checks import check_method as run_checks
+    from gaal_cli.training.method_checks import check_method as run_checks
 
     with tempfile.TemporaryDirectory(prefix="gaal-check-") if out is None else contextlib.nullcontext(out) as folder:
         if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -5,7 +5,7 @@ Every section refuses unknown keys and wrong types, and an error names the key a
 (or the `--set` option) it came from. Each training method owns a settings model, registered
 beside the method; `methods.<name>` in the YAML is validated against it.
 
-The config knows no method: it asks the method catalog (gaal_cli.catalog) for the valid names
+The config knows no method: it asks the method catalog (gaal_cli.foundation.catalog) for the valid names
 and for one method's settings class; the package's `__init__` hands the method registry
 (gaal_cli.methods.registry) over to it before any config is built.
 """
@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from gaal_cli.catalog import method_catalog
-from gaal_cli.errors import GaalError, did_you_mean
-from gaal_cli.limits import IMAGE_SIZE_MAX  # noqa: F401  (data.image_size's bound, read here too)
+from gaal_cli.foundation.catalog import method_catalog
+from gaal_cli.foundation.errors import GaalError, did_you_mean
+from gaal_cli.foundation.limits import IMAGE_SIZE_MAX  # noqa: F401  (data.image_size's bound, read here too)
 
 # seeds every generator the project seeds accepts (numpy's legacy seed is 32-bit), so a bad
 # seed is a config error before anything is written, not an overflow deep in a run
@@ -131,7 +131,7 @@ class ModelConfig(Section):
     torchvision state dict, or a gaal checkpoint's image backbone), else `pretrained` (timm's
     hub, when the host reaches it), else random. `init_from` names another run (its folder or
     checkpoint) whose encoders (those listed in `init_encoders`) start this run, replacing those
-    starting weights: a dependency, like a teacher (gaal_cli.dependencies).
+    starting weights: a dependency, like a teacher (gaal_cli.runs.dependencies).
     """
 
     image_backbone: str = "test_resnet"

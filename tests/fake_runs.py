@@ -5,8 +5,8 @@ from conftest import TINY
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.engine import checkpoint, create_method
 from gaal_cli.methods import METHODS
+from gaal_cli.training.engine import checkpoint, create_method
 
 
 def fake_checkpoint(path, method, overrides=()):

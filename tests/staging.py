@@ -1,6 +1,6 @@
 """Drive a method through its planned stages as the engine's epoch loop does (for unit tests)."""
 
-from gaal_cli.stages import PlannedStage, plan_stages, stage_at
+from gaal_cli.methods.stages import PlannedStage, plan_stages, stage_at
 
 
 def plan_for(method, epochs: int) -> list[PlannedStage]:

@@ -90,66 +90,97 @@ def test_no_import_circle_among_the_package_modules():
     assert not found, "import circles (counting imports inside functions): " + "; ".join(map(" <-> ".join, found))
 
 
-# what a layer must not import (a module name or a package prefix)
+# the packages, lowest first, as README's "Layers" shows them: a module imports only modules of its
+# own package or of the packages before it (no circle within a package: the test above)
+LAYERS = [
+    "foundation",  # errors, limits, files, locks, untrusted input, display, the method catalog, processes
+    "config",
+    "data",
+    "models",
+    "runs",
+    "methods",
+    "gaal_cli",  # the package's __init__: the version; hands the method registry to the config's catalog
+    "training",
+    "sweeps",
+    "analysis",
+    "cli",  # and __main__
+]
+
+
+def package_of(module: str) -> str:
+    """The layer a module belongs to: its package under gaal_cli, or the top-level module's name."""
+    if module == "gaal_cli":
+        return module
+    first = module.split(".")[1]
+    return "cli" if first == "__main__" else first
+
+
+def level(module: str) -> int:
+    package = package_of(module)
+    assert package in LAYERS, f"{module} is in no layer: add {package} to LAYERS (and to README's Layers)"
+    return LAYERS.index(package)
+
+
+def test_every_package_and_top_level_module_has_a_layer():
+    on_disk = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    on_disk |= {p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    assert on_disk == set(LAYERS) - {"gaal_cli"}
+
+
+def test_a_package_imports_only_its_own_and_the_packages_below():
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if level(target) > level(module)
+    ]
+    assert not upward, "imports up the layers: " + "; ".join(sorted(upward))
+
+
+def test_the_layer_check_refuses_an_import_up_the_layers(tmp_path, monkeypatch):
+    pkg = tmp_path / "gaal_cli"
+    for folder in ("foundation", "training"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "foundation" / "files.py").write_text("def f():\n    from gaal_cli.training import engine\n")
+    (pkg / "training" / "engine.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    with pytest.raises(AssertionError, match="foundation.files -> gaal_cli.training.engine"):
+        test_a_package_imports_only_its_own_and_the_packages_below()
+
+
+# within a package: what a module must not import (a module name or a prefix), beyond the layers
 FORBIDDEN = {
-    "gaal_cli.config": ("gaal_cli.methods", "gaal_cli.data", "gaal_cli.models", "gaal_cli.untrusted"),
-    "gaal_cli.untrusted": ("gaal_cli.config",),
-    "gaal_cli.display": ("gaal_cli.",),
-    "gaal_cli.catalog": ("gaal_cli.",),
-    "gaal_cli.methods.registry": ("gaal_cli.methods.", "gaal_cli.models", "gaal_cli.data", "gaal_cli.config"),
-    "gaal_cli.dependencies": ("gaal_cli.methods", "gaal_cli.engine", "gaal_cli.trained_run"),
-    "gaal_cli.results": ("gaal_cli.methods", "gaal_cli.engine", "gaal_cli.trained_run", "gaal_cli.display"),
-    "gaal_cli.trained_run": ("gaal_cli.engine", "gaal_cli.predict", "gaal_cli.report", "gaal_cli.sweep"),
+    "gaal_cli.config": ("gaal_cli.foundation.untrusted",),
+    "gaal_cli.foundation.display": ("gaal_cli.",),
+    "gaal_cli.foundation.catalog": ("gaal_cli.",),
+    # the registry imports a method's module only when asked for it, by name
+    "gaal_cli.methods.registry": tuple(
+        f"gaal_cli.methods.{p.stem}"
+        for p in (PACKAGE / "methods").glob("*.py")
+        if p.stem not in ("registry", "plugins", "__init__")
+    ),
+    "gaal_cli.runs.folder": ("gaal_cli.foundation.display",),
+    "gaal_cli.training.trained_run": (
+        "gaal_cli.training.engine",
+        "gaal_cli.training.predict",
+        "gaal_cli.training.method_checks",
+    ),
 }
 
 
 @pytest.mark.parametrize("module", sorted(FORBIDDEN))
-def test_a_layer_does_not_import_the_layers_above(module):
+def test_a_module_does_not_import_what_its_package_keeps_above_it(module):
     graph = import_graph()
     wrong = sorted(t for t in graph[module] if t.startswith(FORBIDDEN[module]) and t != module)
     assert not wrong, f"{module} imports {wrong}"
 
 
-# the layers, lowest first, as README's "Layers" names them: a module imports its own layer or
-# those below (no circle within a layer: the test above); `data`, `methods`, `models` and `sweep`
-# hold their packages' modules too
-LAYERS = [
-    "errors limits catalog files locks untrusted display metrics surgery contributions distributed launchers",
-    "stats predictions_file styles plugins tensorboard_log cd_diagram",
-    "methods.registry",
-    "gaal_cli",  # the package's __init__ hands the registry to the config (gaal_cli.catalog)
-    "config",
-    "data",
-    "models stages",
-    "results",
-    "dependencies",
-    "methods",
-    "evaluation",
-    "trained_run",
-    "health engine",
-    "predict compare report sweep sweep_files sweep_order staleness scheduler method_checks",
-    "cli __main__",
-]
-
-
-def layer_of(module: str) -> int:
-    short = module.removeprefix("gaal_cli.") if module != "gaal_cli" else module
-    for level, names in enumerate(LAYERS):
-        for name in names.split():
-            if short == name or (name in ("data", "methods", "models", "sweep") and short.startswith(name + ".")):
-                if not (name == "methods" and short == "methods.registry"):
-                    return level
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to README's Layers)")
-
-
-def test_every_module_imports_only_its_own_layer_or_below():
-    upward = [
-        f"{module} -> {target}"
-        for module, targets in import_graph().items()
-        for target in targets
-        if layer_of(target) > layer_of(module)
-    ]
-    assert not upward, "imports up the layers: " + "; ".join(sorted(upward))
+def test_no_file_is_over_700_lines_and_the_top_level_stays_small():
+    long = {p.name: n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 700}
+    assert not long, f"modules over 700 lines: {long}"
+    assert len(list(PACKAGE.glob("*.py"))) <= 8, sorted(p.name for p in PACKAGE.glob("*.py"))
 
 
 def test_the_registry_names_each_builtin_where_its_module_registers_it():
@@ -157,7 +188,8 @@ def test_the_registry_names_each_builtin_where_its_module_registers_it():
 
     for name, module in registry.BUILTIN_METHODS.items():
         assert registry.method_spec(name).cls.__module__ == module, name
-    registering = {p.stem for p in (PACKAGE / "methods").glob("*.py") if "@register_method(" in p.read_text()}
+    registers = re.compile(r"^@register_method\(", re.M)
+    registering = {p.stem for p in (PACKAGE / "methods").glob("*.py") if registers.search(p.read_text())}
     assert registering == {module.rsplit(".", 1)[1] for module in registry.BUILTIN_METHODS.values()}
 
 
@@ -199,15 +231,16 @@ def test_the_cli_answers_a_mistake_without_loading_torch(args, says):
     assert code == 2
     assert says in stderr
     assert not heavy & {"torch", "timm"}, f"loaded before answering: {sorted(heavy)}"
-    assert heavy <= {"gaal_cli.methods.registry"}
+    assert heavy <= {"gaal_cli.methods.registry", "gaal_cli.methods.plugins"}
 
 
 def test_a_method_block_is_checked_importing_only_that_method():
     code, stderr, heavy = run_cli("train", "--set", "methods.concat.nope=1")
     assert code == 2 and "methods.concat.nope" in stderr and "unknown key" in stderr
-    methods = {m.rsplit(".", 1)[-1] for m in heavy if m.startswith("gaal_cli.methods.")}
-    # concat and what it imports itself; no other method
-    assert methods == {"registry", "base", "concat", "concat_head", "diagnostics"}
+    from gaal_cli.methods.registry import BUILTIN_METHODS
+
+    # concat and what it imports itself (the interface, its head); no other method
+    assert heavy & set(BUILTIN_METHODS.values()) == {"gaal_cli.methods.concat"}
 
 
 def readme_example() -> str:
@@ -222,9 +255,9 @@ def test_the_readme_method_example_registers_trains_and_predicts(tmp_path, tiny,
 
     from gaal_cli.config import load_config
     from gaal_cli.data import build_data, make_loader
-    from gaal_cli.engine import build_optimizer, create_method, train
     from gaal_cli.methods import registry
-    from gaal_cli.trained_run import TrainedRun
+    from gaal_cli.training.engine import build_optimizer, create_method, train
+    from gaal_cli.training.trained_run import TrainedRun
 
     monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))  # the example's registration ends here
     namespace = {"__name__": "readme_example"}

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.engine import create_method
 from gaal_cli.methods.charms import kmeans, plan_masks, sinkhorn, transport_cost
+from gaal_cli.training.engine import create_method
 
 runner = CliRunner()
 

@@ -80,7 +80,7 @@ def test_bad_input_is_one_paragraph_exit_2(tmp_path, args, needle):
 
 
 def test_interrupted_run_leaves_no_report_and_resumes(tmp_path, tiny, monkeypatch):
-    from gaal_cli import engine
+    from gaal_cli.training import engine
 
     out = tmp_path / "run"
     calls = {"n": 0}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gaal_cli.sweep import experiment_name, load_sweep, statuses
+from gaal_cli.sweeps.runner import experiment_name, load_sweep, statuses
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"

@@ -12,13 +12,13 @@ from scipy import stats as scipy_stats
 from test_report import fake_run
 from typer.testing import CliRunner
 
+from gaal_cli.analysis.report import write_report
+from gaal_cli.analysis.stats import RULE, mean_interval, paired_bootstrap
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.engine import train
-from gaal_cli.predictions_file import FILE_NAME, read_predictions, write_predictions
-from gaal_cli.report import write_report
-from gaal_cli.stats import RULE, mean_interval, paired_bootstrap
+from gaal_cli.runs.predictions_file import FILE_NAME, read_predictions, write_predictions
+from gaal_cli.training.engine import train
 
 runner = CliRunner()
 SEEDS = (1, 2)

@@ -1,7 +1,7 @@
 import pytest
 
 from gaal_cli.config import load_config, parse_override
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 
 def write(tmp_path, text, name="exp.yaml"):

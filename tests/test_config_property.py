@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from gaal_cli.cli import app
 from gaal_cli.config import Config, config_from_mapping, load_config
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods import METHODS
 
 runner = CliRunner()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gaal_cli.contributions import negative_rate, run_shapley, shapley, split_shapley
+from gaal_cli.training.contributions import negative_rate, run_shapley, shapley, split_shapley
 
 
 def test_shapley_by_hand():

@@ -29,8 +29,8 @@ from raw_datasets import make_table
 from gaal_cli.config import load_config
 from gaal_cli.data import make_loader
 from gaal_cli.data.images import ImageTransform
-from gaal_cli.engine import autocast, device_batch, setup, train
 from gaal_cli.methods.gaal import Gaal
+from gaal_cli.training.engine import autocast, device_batch, setup, train
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
@@ -121,11 +121,11 @@ def test_gaal_surgery_under_bf16_autocast_works_on_float32_head_gradients(tiny, 
 @needs_cuda
 @pytest.mark.parametrize("method", ["concat", "gaal"])
 def test_one_process_nccl_group_trains_as_a_single_process(tmp_path, tiny, method):
-    """A world of one over NCCL: the collectives gaal_cli.distributed uses run on CUDA tensors,
+    """A world of one over NCCL: the collectives gaal_cli.foundation.distributed uses run on CUDA tensors,
     and training steps with them (gradients averaged through NCCL) equal steps without them."""
     import torch.distributed as dist
 
-    from gaal_cli.distributed import TorchComm
+    from gaal_cli.foundation.distributed import TorchComm
 
     overrides = [*tiny, "train.device=cuda", f"method={method}"]
 

@@ -6,7 +6,7 @@ import torch
 
 from gaal_cli.config import DataConfig, SyntheticConfig, load_config
 from gaal_cli.data import build_data, make_loader, synthetic
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 
 def small(**kw):

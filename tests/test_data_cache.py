@@ -173,7 +173,7 @@ def test_recipe_augmentation_draws_per_image():
 def test_same_seed_same_metrics_whether_the_cache_exists_or_not(tmp_path):
     """The cache build must not move the random streams the model and training draw from."""
     from gaal_cli.config import load_config
-    from gaal_cli.engine import train
+    from gaal_cli.training.engine import train
 
     table = make_table(tmp_path / "user", n=36)
     config = load_config(

@@ -12,6 +12,7 @@ from raw_datasets import make_clinic, write_jpeg
 from test_report import fake_run
 from typer.testing import CliRunner
 
+from gaal_cli.analysis.collect import load_runs
 from gaal_cli.cli import app
 from gaal_cli.config import DataConfig
 from gaal_cli.data import build_data
@@ -19,9 +20,8 @@ from gaal_cli.data.column_roles import derive, fit_origins, infer_roles
 from gaal_cli.data.preprocessing import TableState, apply_state
 from gaal_cli.data.problems import Problems
 from gaal_cli.data.user_table import read_table
-from gaal_cli.display import EpochProgress
-from gaal_cli.errors import GaalError
-from gaal_cli.report import load_runs
+from gaal_cli.foundation.display import EpochProgress
+from gaal_cli.foundation.errors import GaalError
 
 runner = CliRunner()
 N = 30

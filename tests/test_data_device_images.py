@@ -11,7 +11,7 @@ from raw_datasets import make_table
 from gaal_cli.config import DataConfig, load_config
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.images import ImageTransform, RecipeAugmentation
-from gaal_cli.engine import setup, train
+from gaal_cli.training.engine import setup, train
 
 
 @pytest.mark.parametrize("normalize", ["none", "imagenet"])

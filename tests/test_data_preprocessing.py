@@ -13,7 +13,7 @@ from gaal_cli.data.preprocessing import STATE_FORMAT, TableState, apply_state, e
 from gaal_cli.data.problems import Problems
 from gaal_cli.data.splits import stratified_split
 from gaal_cli.data.user_table import read_table
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 
 def test_split_reproduces_the_dvm_split_sizes():

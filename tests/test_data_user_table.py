@@ -150,8 +150,8 @@ def test_train_saves_the_preprocessing_and_bal_acc(tmp_path, tiny):
 
 def test_balanced_class_weights():
     from gaal_cli.data.base import DataBundle, TabularSchema, TensorSplit
-    from gaal_cli.engine import class_weights
     from gaal_cli.methods.base import cross_entropy, weighted_classes
+    from gaal_cli.training.engine import class_weights
 
     labels = torch.tensor([0, 0, 0, 1])
     split = TensorSplit(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), torch.zeros(4, 1), labels)

@@ -1,4 +1,4 @@
-"""Runs that need another run's checkpoint (gaal_cli.dependencies), starting weights (model.weights,
+"""Runs that need another run's checkpoint (gaal_cli.runs.dependencies), starting weights (model.weights,
 model.pretrained), and the rules of KD and FMR on hand-computed cases."""
 
 import hashlib
@@ -12,13 +12,13 @@ from fake_runs import fake_checkpoint
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.dependencies import read_dependency, required_dependency
-from gaal_cli.trained_run import evaluate_checkpoint, load_dependencies
-from gaal_cli.engine import create_method, train
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.fmr import fmr_loss, fmr_target
 from gaal_cli.methods.kd import kd_loss
 from gaal_cli.models.encoders import ImageEncoder, TabularEncoder
+from gaal_cli.runs.dependencies import read_dependency, required_dependency
+from gaal_cli.training.engine import create_method, train
+from gaal_cli.training.trained_run import evaluate_checkpoint, load_dependencies
 
 CPU = torch.device("cpu")
 
@@ -64,7 +64,7 @@ def test_fmr_regression_pulls_the_estimate_to_the_fixed_features(tiny, teacher_c
     """After the same steps, v^ = R(u) is far closer to the fixed model's features with the
     regression term than without it (lambda = 0)."""
     from gaal_cli.data import make_loader
-    from gaal_cli.engine import build_optimizer
+    from gaal_cli.training.engine import build_optimizer
 
     final = {}
     for weight in (0.0, 1.0):

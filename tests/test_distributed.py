@@ -8,8 +8,8 @@ import torch.multiprocessing as mp
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.data.base import Batch
-from gaal_cli.distributed import TorchComm, attach, attach_optimizer
-from gaal_cli.engine import build_optimizer, create_method
+from gaal_cli.foundation.distributed import TorchComm, attach, attach_optimizer
+from gaal_cli.training.engine import build_optimizer, create_method
 
 STEPS = 3
 

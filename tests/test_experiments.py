@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from gaal_cli.engine import plan_method_stages
-from gaal_cli.stages import build_stage_optimizer
-from gaal_cli.sweep import experiment_name, load_sweep, resolve_experiment
+from gaal_cli.methods.stages import build_stage_optimizer
+from gaal_cli.sweeps.runner import experiment_name, load_sweep, resolve_experiment
+from gaal_cli.training.engine import plan_method_stages
 
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
 FILES = sorted(ROOT.rglob("*.yaml"))

@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gaal_cli import engine, surgery
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import build_optimizer, create_method, track_best, train
+from gaal_cli.methods import surgery
+from gaal_cli.training import engine
+from gaal_cli.training.engine import build_optimizer, create_method, track_best, train
 
 
 class RecordingAdam(torch.optim.Adam):
@@ -128,7 +129,7 @@ def test_optimizer_from_config(tiny):
 
 
 def algorithm_1_step(encoders, head, x, y, optimizer, lam, eps, official, dots):
-    """One batch of Algorithm 1, written from the paper's equations, not from gaal_cli.surgery.
+    """One batch of Algorithm 1, written from the paper's equations, not from gaal_cli.methods.surgery.
 
     Per turn m (image, then tabular): CE of psi(u_m) gives encoder m's gradient and g (eq. 1);
     the other modality's predictions are recomputed now (line 8), their entropy (eq. 6) picks

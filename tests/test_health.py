@@ -1,4 +1,4 @@
-"""Run health (gaal_cli/health.py): each finding fires on a hand-made dead run and not on a healthy
+"""Run health (gaal_cli/training/health.py): each finding fires on a hand-made dead run and not on a healthy
 one; a real tiny run records `health`; the console warns; `gaal report` marks flagged cells and
 computes the findings of older run folders from their logs."""
 
@@ -11,12 +11,12 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from gaal_cli import health
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
-from gaal_cli.engine import train
-from gaal_cli.health import GradientFlow, Thresholds, assess, dependency_reports, feature_spread
-from gaal_cli.results import RunFolder
+from gaal_cli.runs.folder import RunFolder
+from gaal_cli.training import health
+from gaal_cli.training.engine import train
+from gaal_cli.training.health import GradientFlow, Thresholds, assess, dependency_reports, feature_spread
 
 runner = CliRunner()
 T = Thresholds()

@@ -25,9 +25,9 @@ import gaal_cli
 from gaal_cli.cli import app
 from gaal_cli.config import YAML_MAX_BYTES, load_config
 from gaal_cli.data import make_loader
-from gaal_cli.engine import save_epoch, setup
 from gaal_cli.methods import METHODS
-from gaal_cli.results import RunFolder, default_run_folder, load_state, to_json
+from gaal_cli.runs.folder import RunFolder, default_run_folder, load_state, to_json
+from gaal_cli.training.engine import save_epoch, setup
 
 runner = CliRunner()
 CHECKOUT = str(Path(gaal_cli.__file__).resolve().parents[1])
@@ -178,7 +178,7 @@ def test_non_finite_setting_in_an_experiment_file_names_the_file(tmp_path):
 
 
 def test_a_non_finite_loss_stops_the_run_naming_epoch_and_step(tmp_path, tiny, monkeypatch):
-    from gaal_cli import engine
+    from gaal_cli.training import engine
 
     original = engine.create_method
 
@@ -435,7 +435,7 @@ def test_the_same_command_over_a_finished_run_leaves_it_byte_identical(tmp_path)
 
 
 def test_a_restart_interrupted_midway_keeps_the_old_result(tmp_path):
-    from gaal_cli import engine
+    from gaal_cli.training import engine
 
     out = tmp_path / "run"
     train_tiny(out)
@@ -483,7 +483,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder_and_allowed
 
 
 def test_eval_refuses_an_unfinished_run_naming_its_state_and_last_says_what_it_evaluates(tmp_path):
-    from gaal_cli import engine
+    from gaal_cli.training import engine
 
     out = tmp_path / "run"
     config = load_config(overrides=[*TINY_RUN, "train.epochs=3"])
@@ -513,8 +513,8 @@ def test_predict_never_overwrites_the_runs_own_files(tmp_path):
 def test_write_file_turns_a_full_disk_into_exit_2_and_leaves_no_temp_file(tmp_path):
     import errno
 
-    from gaal_cli.errors import GaalError
-    from gaal_cli.files import write_file
+    from gaal_cli.foundation.errors import GaalError
+    from gaal_cli.foundation.files import write_file
 
     target = tmp_path / "old.csv"
     target.write_text("the old file\n")
@@ -567,7 +567,7 @@ def test_a_full_disk_during_the_image_cache_build_is_exit_2_not_sigbus(tmp_path)
     from raw_datasets import make_table
 
     table = make_table(tmp_path / "user", n=48)
-    train = f"$GAAL train --dataset $MNT/user/table.csv --target species --image-column photo -q --out $MNT/run"
+    train = "$GAAL train --dataset $MNT/user/table.csv --target species --image-column photo -q --out $MNT/run"
     options = " ".join(sets([*TINY_RUN[3:], "data.image_size=128"]))
     code, output = on_small_disk(
         tmp_path, "size=1m", f"cp -r {table.parent} $MNT/user && {train} {options} 2>&1; echo rc=$? LS; ls -A $MNT/user/.gaal_cache/*"
@@ -599,7 +599,7 @@ def test_sigterm_during_a_report_leaves_the_old_files_all_in_place(tmp_path):
     report_run(runs, "gaal", 3, 0.9)  # a new run: the next report differs
     # SIGTERM arrives while the tables are being built (after runs.csv)
     script = (
-        "import os, signal, sys; import gaal_cli.report as r; from gaal_cli.cli import app\n"
+        "import os, signal, sys; import gaal_cli.analysis.report as r; from gaal_cli.cli import app\n"
         "def stop(*a, **k): os.kill(os.getpid(), signal.SIGTERM)\n"
         "r.markdown = stop\n"
         "sys.argv = ['gaal', 'report', sys.argv[1], '--out', sys.argv[2]]; app()\n"
@@ -627,7 +627,7 @@ def test_report_twice_gives_byte_identical_files(tmp_path):
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_replace_with_swaps_a_finished_run_in_whole_with_or_without_an_atomic_exchange(tmp_path, monkeypatch, exchange):
-    from gaal_cli import results
+    from gaal_cli.runs import folder as results
 
     if not exchange:  # a system or file system without renameat2: two renames
         monkeypatch.setattr(results, "_exchange", lambda a, b: False)
@@ -650,7 +650,7 @@ def test_a_swap_cut_between_its_two_renames_is_undone(tmp_path):
 
 
 def test_a_second_report_into_the_same_folder_is_refused_naming_the_first(tmp_path):
-    from gaal_cli.locks import folder_lock
+    from gaal_cli.foundation.locks import folder_lock
 
     report_run(tmp_path / "runs", "gaal", 1, 0.5)
     out = tmp_path / "rep"
@@ -812,7 +812,7 @@ def fake_done(run, checkpoint=None):
 
 @pytest.mark.parametrize("spelling", ["absolute", "dotdot", "elsewhere"])
 def test_finished_runs_stay_done_whatever_the_results_spelling(tmp_path, monkeypatch, spelling, teacher_checkpoint):
-    from gaal_cli.sweep import load_sweep, statuses
+    from gaal_cli.sweeps.runner import load_sweep, statuses
 
     path = student_sweep(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -827,7 +827,7 @@ def test_finished_runs_stay_done_whatever_the_results_spelling(tmp_path, monkeyp
 
 
 def test_a_dependency_spelled_with_dotdot_is_part_of_the_sweep(tmp_path, monkeypatch):
-    from gaal_cli.sweep import Outcome, load_sweep, next_startable
+    from gaal_cli.sweeps.runner import Outcome, load_sweep, next_startable
 
     monkeypatch.chdir(tmp_path)
     plan = load_sweep(student_sweep(tmp_path, "{results}/sw/kd/../concat/seed{seed}"), [], results=Path("r"))
@@ -839,7 +839,7 @@ def test_a_dependency_spelled_with_dotdot_is_part_of_the_sweep(tmp_path, monkeyp
 
 
 def test_a_dependency_renamed_but_with_the_recorded_hash_is_the_same(tmp_path, monkeypatch, teacher_checkpoint):
-    from gaal_cli.results import RunFolder
+    from gaal_cli.runs.folder import RunFolder
 
     monkeypatch.chdir(tmp_path)
     teacher = tmp_path / "t1"
@@ -862,7 +862,7 @@ def test_a_dependency_renamed_but_with_the_recorded_hash_is_the_same(tmp_path, m
 
 def test_a_dependency_is_hashed_from_the_bytes_it_loads(tmp_path, teacher_checkpoint, monkeypatch):
     """The file is read once: replaced after the read, the hash is still that of what was loaded."""
-    from gaal_cli import dependencies
+    from gaal_cli.runs import dependencies
 
     file = tmp_path / "checkpoint.pt"
     file.write_bytes(teacher_checkpoint.read_bytes())
@@ -916,8 +916,8 @@ def test_weights_that_do_not_fit_are_refused(tmp_path, tiny, backbone_state, con
 
 
 def test_weights_are_recorded_and_a_changed_file_makes_the_run_stale(tmp_path, tiny, backbone_state):
-    from gaal_cli.results import RunFolder
-    from gaal_cli.sweep import changed_dependencies
+    from gaal_cli.runs.folder import RunFolder
+    from gaal_cli.sweeps.runner import changed_dependencies
 
     weights, out = tmp_path / "w.pth", tmp_path / "run"
     torch.save({f"backbone.{k}": v for k, v in backbone_state.items()}, weights)
@@ -1051,7 +1051,7 @@ def test_a_config_yaml_that_is_a_list(tmp_path):
 
 
 def test_a_crafted_report_stops_a_sweep_status_with_its_name(tmp_path, monkeypatch):
-    from gaal_cli.sweep import load_sweep
+    from gaal_cli.sweeps.runner import load_sweep
 
     monkeypatch.chdir(tmp_path)
     path = sweep_file(tmp_path, "sweep:\n  seeds: [1]\n")
@@ -1072,7 +1072,7 @@ def test_image_size_has_a_maximum(tmp_path):
 
 
 def test_a_table_with_too_many_columns_is_refused_before_parsing(tmp_path):
-    from gaal_cli.untrusted import TABLE_MAX_COLUMNS
+    from gaal_cli.foundation.untrusted import TABLE_MAX_COLUMNS
 
     table = tmp_path / "wide.csv"
     header = ",".join(f"c{i}" for i in range(TABLE_MAX_COLUMNS + 5))
@@ -1082,8 +1082,8 @@ def test_a_table_with_too_many_columns_is_refused_before_parsing(tmp_path):
 
 
 def test_report_reads_logs_as_a_stream_and_skips_an_overlong_line(tmp_path):
-    from gaal_cli.results import RunFolder
-    from gaal_cli.untrusted import JSONL_MAX_LINE
+    from gaal_cli.foundation.untrusted import JSONL_MAX_LINE
+    from gaal_cli.runs.folder import RunFolder
 
     run = RunFolder(tmp_path)
     long = json.dumps({"cos_image": 0.1, "pad": "x" * JSONL_MAX_LINE})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gaal_cli.errors import GaalError
-from gaal_cli.launchers import SlurmOptions, run_local, submit_slurm
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.sweeps.launchers import SlurmOptions, run_local, submit_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_a_gaal_run_submitted_as_a_job_finishes_its_run_folder(tmp_path, monkeyp
 def test_slurm_sweep_submits_only_unfinished_runs(tmp_path, tiny):
     """`gaal sweep --launcher slurm` path, through submitit's in-process debug executor."""
     pytest.importorskip("submitit")
-    from gaal_cli.sweep import load_sweep, status, submit_sweep
+    from gaal_cli.sweeps.runner import load_sweep, status, submit_sweep
 
     spec = tmp_path / "tiny.yaml"
     body = "\n".join(f"  {o.split('=')[0].split('.', 1)[1]}: {o.split('=')[1]}" for o in tiny if o.startswith("train."))

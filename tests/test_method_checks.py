@@ -7,9 +7,17 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gaal_cli.cli import app
-from gaal_cli.method_checks import check_method, difference
-from gaal_cli.methods import Method, MethodSettings, Predictions, cross_entropy, fuse_missing, register_method
-from gaal_cli.methods import accuracy, registry
+from gaal_cli.methods import (
+    Method,
+    MethodSettings,
+    Predictions,
+    accuracy,
+    cross_entropy,
+    fuse_missing,
+    register_method,
+    registry,
+)
+from gaal_cli.training.method_checks import check_method, difference
 
 runner = CliRunner()
 

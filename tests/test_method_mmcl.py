@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import create_method
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.mmcl import PretrainAugmentation, augment_view, clip_loss, scarf_corrupt
+from gaal_cli.training.engine import create_method
 
 runner = CliRunner()
 

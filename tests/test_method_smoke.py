@@ -10,9 +10,9 @@ from fake_runs import dependency_overrides
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.trained_run import load_dependencies
-from gaal_cli.engine import build_optimizer, create_method
 from gaal_cli.methods import METHODS
+from gaal_cli.training.engine import build_optimizer, create_method
+from gaal_cli.training.trained_run import load_dependencies
 
 
 class Recorder:

@@ -9,7 +9,6 @@ from staging import enter_epoch, plan_for
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import create_method
 from gaal_cli.methods.di_mml import (
     certainty_gate,
     effective_only,
@@ -20,6 +19,7 @@ from gaal_cli.methods.di_mml import (
 from gaal_cli.methods.mla import mla_alpha, projection_update
 from gaal_cli.methods.mmpareto import combine, min_norm_weight, pareto_weight
 from gaal_cli.methods.ogm_ge import modulate, ogm_coefficients
+from gaal_cli.training.engine import create_method
 
 
 def approx(x):
@@ -329,8 +329,8 @@ def test_unimodal_methods_train_only_their_encoder(tiny):
 def test_gaal_star_is_tested_on_the_image_alone(tmp_path, tiny):
     """data.test_missing=tabular (Table I's GAAL*): trained on both, the test metrics are the
     image-only prediction's and report.json says the test read the image alone."""
-    from gaal_cli.engine import evaluate, train
-    from gaal_cli.results import RunFolder, load_state
+    from gaal_cli.runs.folder import RunFolder, load_state
+    from gaal_cli.training.engine import evaluate, train
 
     config = load_config(overrides=[*tiny, "method=gaal", "data.test_missing=tabular"])
     report = train(config, tmp_path / "run", show_progress=False)
@@ -346,8 +346,8 @@ def test_gaal_star_is_tested_on_the_image_alone(tmp_path, tiny):
 
 
 def test_a_method_left_with_no_input_at_test_is_refused_before_anything_is_written(tmp_path, tiny):
-    from gaal_cli.engine import train
-    from gaal_cli.errors import GaalError
+    from gaal_cli.foundation.errors import GaalError
+    from gaal_cli.training.engine import train
 
     config = load_config(overrides=[*tiny, "method=tabular", "data.test_missing=tabular"])
     with pytest.raises(GaalError, match="data.test_missing"):

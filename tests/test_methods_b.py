@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import create_method
 from gaal_cli.methods.arl import ScaleGrad, arl_weights
 from gaal_cli.methods.dgl import dgl_loss
 from gaal_cli.methods.igm import batch_mean_second_moment, entropy_weighted, flat_transform, sam_perturbation
 from gaal_cli.methods.lfm import alpha_schedule, js_divergence, lfm_loss
 from gaal_cli.methods.reconboost import boost_weights
+from gaal_cli.training.engine import create_method
 
 runner = CliRunner()
 

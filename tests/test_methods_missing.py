@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.trained_run import load_dependencies
-from gaal_cli.engine import create_method
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.dmrnet import combination_variances, gaussian_kl, hard_combination_loss
 from gaal_cli.methods.mmanet import histogram_distances, mad_loss, mar_loss
 from gaal_cli.methods.modality_dropout import BOTH, IMAGE_ONLY, TABULAR_ONLY, fused_features
+from gaal_cli.training.engine import create_method
+from gaal_cli.training.trained_run import load_dependencies
 
 runner = CliRunner()
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gaal_cli.metrics import auroc, balanced_accuracy, classification_metrics, macro_f1
+from gaal_cli.methods.metrics import auroc, balanced_accuracy, classification_metrics, macro_f1
 
 
 def test_macro_f1_hand_computed():

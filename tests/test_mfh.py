@@ -10,10 +10,10 @@ from staging import enter_epoch, plan_for
 
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import create_method, train
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.mfh import freeze_channels, kept_channels, min_max, permuted_channel_distances
-from gaal_cli.trained_run import evaluate_checkpoint, load_dependencies
+from gaal_cli.training.engine import create_method, train
+from gaal_cli.training.trained_run import evaluate_checkpoint, load_dependencies
 
 CPU = torch.device("cpu")
 

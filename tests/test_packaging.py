@@ -290,7 +290,10 @@ def test_an_installed_wheel_finds_the_named_experiments_from_any_folder(tmp_path
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "data" / "dvm").mkdir(parents=True)
     (elsewhere / "data" / "dvm" / "manifest.json").write_text("{}")  # the file's data.dir, as a user has it
-    probe = "import gaal_cli, gaal_cli.sweep as s; print(gaal_cli.__file__); print(s.resolve_experiment('table1_dvm'))"
+    probe = (
+        "import gaal_cli, gaal_cli.sweeps.runner as s; "
+        "print(gaal_cli.__file__); print(s.resolve_experiment('table1_dvm'))"
+    )
     module, experiment = run_checked([str(python), "-c", probe], cwd=elsewhere, env=env).stdout.split()
     site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     assert Path(module) == site / "gaal_cli" / "__init__.py", f"gaal_cli came from {module}, not the wheel"

@@ -102,7 +102,7 @@ def test_asking_for_the_broken_plugin_is_an_error_naming_it(plugin_site):
 
 
 def test_a_builtin_name_registered_by_another_class_is_refused():
-    from gaal_cli.errors import GaalError
+    from gaal_cli.foundation.errors import GaalError
     from gaal_cli.methods import register_method
     from gaal_cli.methods.concat import ConcatSettings
 
@@ -136,8 +136,8 @@ def declare(site: Path, distribution: str, version: str, entries: str) -> None:
 
 
 def test_a_name_two_packages_declare_is_loaded_from_neither(tmp_path, monkeypatch):
-    from gaal_cli.errors import GaalError
-    from gaal_cli.plugins import discover, import_plugins
+    from gaal_cli.foundation.errors import GaalError
+    from gaal_cli.methods.plugins import discover, import_plugins
 
     declare(tmp_path, "gaal-twin-a", "1.0", "twin = gaal_twin_a_never_imported")
     declare(tmp_path, "gaal-twin-b", "2.0", "twin = gaal_twin_b_never_imported")

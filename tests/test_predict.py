@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from gaal_cli.cli import app
 from gaal_cli.data import build_data
-from gaal_cli.evaluation import predict_split
-from gaal_cli.predictions_file import FILE_NAME, read_predictions
-from gaal_cli.trained_run import TrainedRun
+from gaal_cli.runs.predictions_file import FILE_NAME, read_predictions
+from gaal_cli.training.evaluation import predict_split
+from gaal_cli.training.trained_run import TrainedRun
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

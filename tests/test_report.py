@@ -7,10 +7,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from gaal_cli.analysis.collect import load_runs, row_keys
+from gaal_cli.analysis.figures import _epsilon_axis, _figure
+from gaal_cli.analysis.report import write_report
+from gaal_cli.analysis.tables import BOLD_RULE
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
-from gaal_cli.errors import GaalError
-from gaal_cli.report import BOLD_RULE, _epsilon_axis, _figure, load_runs, row_keys, write_report
+from gaal_cli.foundation.errors import GaalError
 
 runner = CliRunner()
 PNG = b"\x89PNG"

@@ -1,4 +1,4 @@
-"""Every built-in passes `gaal check-method` (gaal_cli/method_checks.py) at its quick size: it
+"""Every built-in passes `gaal check-method` (gaal_cli/training/method_checks.py) at its quick size: it
 trains, resumes an interrupted run to exactly the numbers of an uninterrupted one, repeats bit
 for bit, reaches every stage, predicts from its checkpoint with either modality missing, and its
 run is healthy. A method from a plugin package gets the same checks (tests/test_plugin_example.py),
@@ -14,8 +14,8 @@ the resume file.
 import pytest
 from fake_runs import dependency_overrides
 
-from gaal_cli.method_checks import check_method
 from gaal_cli.methods import METHODS
+from gaal_cli.training.method_checks import check_method
 
 #: method -> (extra overrides, epoch after which the run is interrupted)
 CASES = {

@@ -1,4 +1,4 @@
-"""gaal_cli.scheduler alone: fake jobs (`python -c` that sleep, write timestamps, exit), no training."""
+"""gaal_cli.sweeps.scheduler alone: fake jobs (`python -c` that sleep, write timestamps, exit), no training."""
 
 import os
 import subprocess
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import gaal_cli
-from gaal_cli import scheduler
-from gaal_cli.locks import try_lock
-from gaal_cli.scheduler import Outcome, Plan, run_jobs
+from gaal_cli.foundation.locks import try_lock
+from gaal_cli.sweeps import scheduler
+from gaal_cli.sweeps.scheduler import Outcome, Plan, run_jobs
 
 # writes <folder>/start and <folder>/end (time.time()), sleeps between them, then exits with
 # the code given; DONE is written only on success, after `end`
@@ -194,7 +194,7 @@ def test_the_eta_spreads_the_mean_duration_over_the_workers():
 
 
 def test_the_scheduler_imports_no_torch():
-    probe = "import sys, gaal_cli.scheduler; print('torch' in sys.modules)"
+    probe = "import sys, gaal_cli.sweeps.scheduler; print('torch' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(Path(gaal_cli.__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"

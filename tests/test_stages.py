@@ -1,4 +1,4 @@
-"""Training stages (gaal_cli/stages.py): planning, fresh optimisers, early stopping, selection."""
+"""Training stages (gaal_cli/methods/stages.py): planning, fresh optimisers, early stopping, selection."""
 
 import json
 import math
@@ -7,13 +7,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gaal_cli import engine
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data
-from gaal_cli.engine import build_optimizer, create_method, plan_method_stages, train
-from gaal_cli.errors import GaalError
-from gaal_cli.stages import WHOLE_RUN, Stage, build_stage_optimizer, plan_stages, scale_lengths
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.methods.stages import WHOLE_RUN, Stage, build_stage_optimizer, plan_stages, scale_lengths
+from gaal_cli.training import engine
+from gaal_cli.training.engine import build_optimizer, create_method, plan_method_stages, train
 
 runner = CliRunner()
 
@@ -149,7 +149,7 @@ def test_a_label_free_stage_never_sees_a_label_and_never_selects(tmp_path, tiny,
 
 def _rates(spec, epochs: int, declared: int | None = None) -> list[float]:
     """The learning rate of each epoch of a one-stage plan built from `spec`, as the engine steps it."""
-    from gaal_cli.stages import PlannedStage
+    from gaal_cli.methods.stages import PlannedStage
 
     model = torch.nn.Linear(2, 2)
     planned = PlannedStage(0, Stage("s", declared or epochs, optimizer=spec), 1, epochs, declared or epochs, True)
@@ -163,7 +163,7 @@ def _rates(spec, epochs: int, declared: int | None = None) -> list[float]:
 
 
 def test_warmup_cosine_rate_at_first_middle_and_last_epochs():
-    from gaal_cli.stages import StageOptimizer
+    from gaal_cli.methods.stages import StageOptimizer
 
     spec = StageOptimizer(kind="adam", lr=1e-3, cosine=True, warmup_epochs=10)
     rates = _rates(spec, 110)
@@ -180,7 +180,7 @@ def test_warmup_cosine_rate_at_first_middle_and_last_epochs():
 def test_warmup_shrinks_with_a_scaled_stage_and_schedules_are_exclusive():
     from pydantic import ValidationError
 
-    from gaal_cli.stages import StageOptimizer
+    from gaal_cli.methods.stages import StageOptimizer
 
     rates = _rates(StageOptimizer(kind="adam", lr=1.0, cosine=True, warmup_epochs=10), 50, declared=500)
     assert rates[0] == 0.0 and rates[1] == 1.0  # 10 of 500 declared epochs is 1 of 50: the base rate from epoch 2

@@ -1,5 +1,5 @@
-"""Statistics (gaal_cli/stats.py), the predictions file (gaal_cli/predictions_file.py) and the
-critical-difference diagram (gaal_cli/cd_diagram.py), on cases whose answers are known by hand
+"""Statistics (gaal_cli/analysis/stats.py), the predictions file (gaal_cli/runs/predictions_file.py) and the
+critical-difference diagram (gaal_cli/analysis/cd_diagram.py), on cases whose answers are known by hand
 or published."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import safetensors
 import safetensors.numpy
 from scipy import stats as sp
 
-from gaal_cli import predictions_file as pf
-from gaal_cli import stats
-from gaal_cli.cd_diagram import cd_diagram
-from gaal_cli.errors import GaalError
+from gaal_cli.analysis import stats
+from gaal_cli.analysis.cd_diagram import cd_diagram
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.runs import predictions_file as pf
 
 # ---------------------------------------------------------------- intervals over seeds
 

@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
+from gaal_cli.analysis.collect import METHOD_ORDER  # noqa: E402
+from gaal_cli.analysis.styles import FAMILIES, OTHER_HUES, family, legend_outside, style  # noqa: E402
 from gaal_cli.methods import METHODS  # noqa: E402
-from gaal_cli.report import METHOD_ORDER  # noqa: E402
-from gaal_cli.styles import FAMILIES, OTHER_HUES, family, legend_outside, style  # noqa: E402
 
 
 def hue_saturation(colour: str) -> tuple[float, float]:
@@ -30,7 +30,7 @@ def test_every_registered_and_reported_method_has_a_style_of_its_own_family():
     # a new built-in must be given a family here, not fall back to the plugin teals
     names = set(METHODS) | {m.rstrip("*") for m in METHOD_ORDER}
     unassigned = sorted(m for m in names if family(m) == "other")
-    assert not unassigned, f"methods without a family in gaal_cli/styles.py: {unassigned}"
+    assert not unassigned, f"methods without a family in gaal_cli/analysis/styles.py: {unassigned}"
     for m in names:
         assert set(style(m)) >= {"color", "marker", "linestyle", "linewidth"}
 

@@ -3,7 +3,7 @@ import pytest
 import quadprog
 import torch
 
-from gaal_cli import surgery
+from gaal_cli.methods import surgery
 
 HEAD_SIZE = 256 * 10 + 10  # default CPU head: Linear(256, 10)
 

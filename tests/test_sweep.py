@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 import gaal_cli
 from gaal_cli.cli import app
-from gaal_cli.errors import GaalError
-from gaal_cli.locks import read_holder
-from gaal_cli.sweep import (
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.locks import read_holder
+from gaal_cli.sweeps.runner import (
     ablation_rows,
     changed_keys,
     eta_seconds,
@@ -248,7 +248,7 @@ def test_killed_sweep_reruns_to_each_run_exactly_once(tmp_path, tiny):
 def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, tiny):
     import fcntl
 
-    from gaal_cli.sweep import run_sweep, statuses
+    from gaal_cli.sweeps.runner import run_sweep, statuses
 
     sweep = load_sweep(spec(tmp_path, "name: busy\n"), tiny, results=tmp_path / "r")
     folder = sweep.runs[0].folder
@@ -262,8 +262,8 @@ def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, tiny):
 
 
 def test_a_finished_run_of_another_config_is_refused(tmp_path, tiny):
-    from gaal_cli.results import RunFolder
-    from gaal_cli.sweep import run_sweep, statuses
+    from gaal_cli.runs.folder import RunFolder
+    from gaal_cli.sweeps.runner import run_sweep, statuses
 
     path = spec(tmp_path, "name: stale\n")
     old = load_sweep(path, tiny, results=tmp_path / "r")
@@ -330,8 +330,8 @@ def test_a_teacher_trains_first_and_kills_leave_every_run_finished_once(tmp_path
 def test_a_finished_run_is_stale_when_its_dependency_changed_not_when_it_is_gone(tmp_path, tiny):
     import hashlib
 
-    from gaal_cli.results import RunFolder
-    from gaal_cli.sweep import statuses
+    from gaal_cli.runs.folder import RunFolder
+    from gaal_cli.sweeps.runner import statuses
 
     teacher = tmp_path / "teacher.pt"
     teacher.write_bytes(b"first teacher")
@@ -352,7 +352,7 @@ def test_a_finished_run_is_stale_when_its_dependency_changed_not_when_it_is_gone
 
 def test_a_key_added_since_a_run_finished_is_no_change_at_its_default():
     from gaal_cli.config import Config
-    from gaal_cli.results import result_changes
+    from gaal_cli.runs.folder import result_changes
 
     today = Config(method="kd").resolved()
     saved = json.loads(json.dumps(today))

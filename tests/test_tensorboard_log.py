@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-from gaal_cli import tensorboard_log
-from gaal_cli.errors import GaalError
-from gaal_cli.tensorboard_log import TensorBoardLog, scalars
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.training import tensorboard_log
+from gaal_cli.training.tensorboard_log import TensorBoardLog, scalars
 
 # two epoch records as the engine writes them to metrics.jsonl (values from a real run's first
 # epochs, with the bookkeeping keys it always has)
@@ -106,7 +106,7 @@ def test_train_tensorboard_writes_the_runs_metrics_jsonl_as_events_resumed_inclu
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from gaal_cli.config import load_config
-    from gaal_cli.engine import train
+    from gaal_cli.training.engine import train
 
     config = load_config(overrides=[*tiny, "method=concat", "train.epochs=3", "train.tensorboard=true"])
     folder = tmp_path / "run"
@@ -142,7 +142,7 @@ def test_train_tensorboard_without_the_package_is_refused_before_anything_is_wri
 
 def test_train_writes_no_event_file_by_default(tmp_path, tiny):
     from gaal_cli.config import load_config
-    from gaal_cli.engine import train
+    from gaal_cli.training.engine import train
 
     train(load_config(overrides=[*tiny, "method=concat", "train.epochs=1"]), tmp_path / "run", show_progress=False)
     assert not list((tmp_path / "run").glob("events.out.tfevents.*"))

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from gaal_cli.cli import app
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
-from gaal_cli.engine import create_method
 from gaal_cli.methods.mmcl import clip_loss
+from gaal_cli.methods.stages import build_stage_optimizer
 from gaal_cli.methods.tip import (
     TableLayout,
     TabularTransformer,
@@ -21,7 +21,7 @@ from gaal_cli.methods.tip import (
     hard_negatives,
     masked_reconstruction_loss,
 )
-from gaal_cli.stages import build_stage_optimizer
+from gaal_cli.training.engine import create_method
 
 runner = CliRunner()
 

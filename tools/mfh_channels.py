@@ -26,7 +26,7 @@ import torch
 from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.methods.mfh import features_as_input, freeze_channels
-from gaal_cli.trained_run import load_dependencies
+from gaal_cli.training.trained_run import load_dependencies
 
 
 def teacher_accuracy(teacher, batches, keep: torch.Tensor, pairs: bool = False) -> float:

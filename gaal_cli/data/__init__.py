@@ -1,4 +1,5 @@
-"""Dataset registry: `build_data(cfg, seed)` dispatches on `cfg.name`."""
+"""Datasets: the embedded set, the real recipes, a user's table with its preprocessing, images;
+`build_data(cfg, seed)` dispatches on `cfg.name`. Imports the config and the foundation only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from gaal_cli.config import DataConfig
 from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, images_on_device, make_loader
 from gaal_cli.data.images import Progress
 from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES, require_prepared
-from gaal_cli.errors import GaalError, did_you_mean
+from gaal_cli.foundation.errors import GaalError, did_you_mean
 
 # (config, seed, progress of the image-cache build) -> the dataset
 DatasetBuilder = Callable[[DataConfig, int, Progress | None], DataBundle]
@@ -30,7 +31,7 @@ def build_data(
     """Build the dataset named by `cfg.name`.
 
     What loading dropped, imputed or coded `unknown` is in the bundle's `info`; showing it is
-    the caller's (gaal_cli.display.report_data_notes), as is any progress bar.
+    the caller's (gaal_cli.foundation.display.report_data_notes), as is any progress bar.
 
     Args:
         preprocessing: a run's saved preprocessing record: a user table is encoded with it

@@ -17,7 +17,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 class Batch(NamedTuple):
     image: torch.Tensor  # float (B, 3, H, W), already scaled/normalised (uint8 if deferred: images_on_device)
     tabular: torch.Tensor  # float (B, D): continuous values and integer category codes
-    label: torch.Tensor  # long (B,); None in a label-free stage (gaal_cli/stages.py)
+    label: torch.Tensor  # long (B,); None in a label-free stage (gaal_cli/methods/stages.py)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from gaal_cli.data.prepared import prepare_rows
 from gaal_cli.data.problems import Problems
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 VERSION = 1
 PARTITIONS = {0: "train", 1: "val", 2: "test"}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gaal_cli.errors import GaalError, did_you_mean
+from gaal_cli.foundation.errors import GaalError, did_you_mean
 
 # Numeric columns with at most this many distinct values are flags (0/1, yes/no) and become
 # categorical; integer counts such as doors or seats stay continuous, since their order matters

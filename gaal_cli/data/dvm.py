@@ -26,7 +26,7 @@ import pandas as pd
 from gaal_cli.data.prepared import prepare_rows
 from gaal_cli.data.problems import Problems
 from gaal_cli.data.splits import stratified_split
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 VERSION = 1
 CONTINUOUS = [

@@ -29,9 +29,9 @@ from torchvision.transforms import v2
 
 from gaal_cli.data.base import Batch
 from gaal_cli.data.problems import Problems
-from gaal_cli.errors import GaalError
-from gaal_cli.files import make_folder, write_file
-from gaal_cli.untrusted import open_regular
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.files import make_folder, write_file
+from gaal_cli.foundation.untrusted import open_regular
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,7 +115,7 @@ class Bar(Protocol):
 
 
 # what shows a long job's progress: made with a description and a total, entered as a context,
-# advanced once per item (gaal_cli.display.CountProgress is one); the data layer draws nothing itself
+# advanced once per item (gaal_cli.foundation.display.CountProgress is one); the data layer draws nothing itself
 Progress = Callable[[str, int], AbstractContextManager[Bar]]
 
 
@@ -160,7 +160,7 @@ def ensure_cache(
 
 
 def _build(paths: Sequence[str], size: int, file: Path, num_workers: int, progress: Progress) -> dict[str, str]:
-    """Decode every image into `file` (gaal_cli.files.write_file: aside, renamed when complete,
+    """Decode every image into `file` (gaal_cli.foundation.files.write_file: aside, renamed when complete,
     the temporary file removed on any failure or Ctrl-C).
 
     The pixels are written with ordinary writes, image after image, never through a memory

@@ -26,7 +26,7 @@ import torch
 
 from gaal_cli.data.prepared import prepare_rows
 from gaal_cli.data.problems import SPLITS, Problems
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 VERSION = 1
 PATTERNS = {

@@ -41,7 +41,7 @@ from gaal_cli.data.preprocessing import (
 from gaal_cli.data.problems import SPLIT_ALIASES, SPLITS
 from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
 from gaal_cli.data.user_table import read_table
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 SPLIT_COLUMN = "split"  # the prepared format's split column
 

@@ -26,7 +26,7 @@ from gaal_cli.data.images import ImageTableSplit, ImageTransform, Progress, chec
 from gaal_cli.data.preprocessing import encode_split_table, find_missing, prepared_record
 from gaal_cli.data.problems import SPLITS, Notes, Problems
 from gaal_cli.data.splits import check_classes_in_splits, check_splits_filled, check_trainable
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 FORMAT = "gaal-prepared"
 FORMAT_VERSION = 1
@@ -267,7 +267,7 @@ def bundle(
     Cheap checks (missing files, problems already recorded) fail before the cache is built, so
     a bad table costs seconds, not a decoding pass; files that do not decode fail after it.
     What was dropped, imputed or mapped to `unknown` is counted in `info` (the caller shows it:
-    gaal_cli.display.report_data_notes).
+    gaal_cli.foundation.display.report_data_notes).
 
     Args:
         notes: what encoding filled in, per row (counted over the rows kept).

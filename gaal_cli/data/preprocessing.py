@@ -31,7 +31,7 @@ import pandas as pd
 from gaal_cli.config import DataConfig
 from gaal_cli.data.column_roles import ColumnRole, ColumnRoles, derive, fit_origins
 from gaal_cli.data.problems import Notes, Problems, category_text, is_missing, row_names
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 STATE_FORMAT, STATE_VERSION = "gaal-table-preprocessing", 2  # 2: column roles; 1 (no roles) still reads
 PREPARED_FORMAT = "gaal-prepared-preprocessing"  # what build_prepared saves with a run

@@ -12,7 +12,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from gaal_cli.errors import GaalError, did_you_mean
+from gaal_cli.foundation.errors import GaalError, did_you_mean
 
 TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.user_table)
 RECIPES = {

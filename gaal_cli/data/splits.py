@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gaal_cli.data.problems import SPLITS, Problems
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

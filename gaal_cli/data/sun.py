@@ -25,7 +25,7 @@ import pandas as pd
 from gaal_cli.data.prepared import prepare_rows
 from gaal_cli.data.problems import Problems
 from gaal_cli.data.splits import stratified_split
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 
 VERSION = 1
 TEST_FRACTION, VAL_FRACTION = 0.2, 0.2

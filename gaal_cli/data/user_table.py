@@ -41,8 +41,8 @@ from gaal_cli.data.prepared import Rows, bundle, drop_bad, rare_classes
 from gaal_cli.data.preprocessing import TableState, apply_state, find_missing, fit_state, image_paths
 from gaal_cli.data.problems import SPLIT_ALIASES, SPLITS, Notes, Problems, category_text, is_missing, row_names
 from gaal_cli.data.splits import grouped_split, stratified_split
-from gaal_cli.errors import GaalError, did_you_mean
-from gaal_cli.untrusted import check_table_file
+from gaal_cli.foundation.errors import GaalError, did_you_mean
+from gaal_cli.foundation.untrusted import check_table_file
 
 SPLIT_SEED = 2022
 TEST_FRACTION = 0.2

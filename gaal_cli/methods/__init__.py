@@ -1,4 +1,5 @@
-"""Training methods, registered by name (`--method NAME`): the interface a method module imports.
+"""Training methods, registered by name (`--method NAME`): the interface a method module imports,
+and one module per method. Imports runs, models, data, the config and the foundation.
 
 A method module defines a `Method` subclass and its `MethodSettings` and registers both with
 `@register_method` (README, "Add a method"). The names below are that public interface; they
@@ -58,13 +59,13 @@ _HOMES = {
     "load_plugins": "gaal_cli.methods.registry",
     "Batch": "gaal_cli.data.base",
     "Encoders": "gaal_cli.models.encoders",
-    "Dependency": "gaal_cli.dependencies",
-    "required_dependency": "gaal_cli.dependencies",
-    "Stage": "gaal_cli.stages",
-    "StagedSettings": "gaal_cli.stages",
-    "StageOptimizer": "gaal_cli.stages",
-    "PlannedStage": "gaal_cli.stages",
-    "GaalError": "gaal_cli.errors",
+    "Dependency": "gaal_cli.runs.dependencies",
+    "required_dependency": "gaal_cli.runs.dependencies",
+    "Stage": "gaal_cli.methods.stages",
+    "StagedSettings": "gaal_cli.methods.stages",
+    "StageOptimizer": "gaal_cli.methods.stages",
+    "PlannedStage": "gaal_cli.methods.stages",
+    "GaalError": "gaal_cli.foundation.errors",
 }
 
 

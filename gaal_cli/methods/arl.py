@@ -37,8 +37,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from gaal_cli import surgery
 from gaal_cli.data.base import Batch
+from gaal_cli.methods import surgery
 from gaal_cli.methods.base import (
     MODALITIES,
     Method,

@@ -18,11 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
-from gaal_cli.distributed import Comm
+from gaal_cli.foundation.distributed import Comm
+from gaal_cli.methods.metrics import accuracy  # noqa: F401  (methods import it from here)
 from gaal_cli.methods.registry import register_method  # noqa: F401  (methods import it from here)
-from gaal_cli.metrics import accuracy  # noqa: F401  (methods import it from here)
+from gaal_cli.methods.stages import WHOLE_RUN, PlannedStage, Stage
 from gaal_cli.models.encoders import Encoders
-from gaal_cli.stages import WHOLE_RUN, PlannedStage, Stage
 
 #: the two modalities, in the order methods iterate over them
 MODALITIES = ("image", "tabular")
@@ -32,7 +32,7 @@ class MethodSettings(BaseModel):
     """Base of each method's own settings block (`methods.<name>` in the YAML).
 
     `dependency_fields` names the settings that point at another run's checkpoint (a teacher,
-    a fixed model): the engine loads them (gaal_cli.dependencies) and hands them to the
+    a fixed model): the engine loads them (gaal_cli.runs.dependencies) and hands them to the
     method's constructor as `dependencies={field: Dependency}`; sweeps train them first.
     """
 
@@ -59,7 +59,7 @@ class Method(nn.Module):
 
     #: which modalities the method uses ("image", "tabular"); unimodal methods use one.
     modalities: tuple[str, ...] = ("image", "tabular")
-    #: collectives for data-parallel runs; set by the engine (see gaal_cli/distributed.py)
+    #: collectives for data-parallel runs; set by the engine (see gaal_cli/foundation/distributed.py)
     comm: Comm = Comm()
     #: the stage the current epoch belongs to; set by the engine before every epoch
     stage: PlannedStage | None = None
@@ -88,7 +88,7 @@ class Method(nn.Module):
 
     @classmethod
     def stages(cls, settings: MethodSettings, epochs: int) -> Sequence[Stage]:
-        """The stages this method trains in, in order (see gaal_cli/stages.py).
+        """The stages this method trains in, in order (see gaal_cli/methods/stages.py).
 
         A function of the settings alone, so that experiment files can be checked without data.
 

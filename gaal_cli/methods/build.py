@@ -1,16 +1,16 @@
 """Building a run's method: its encoders (gaal_cli.models), its dependencies' weights, and the
 registered method class around them. One place for training, evaluation and the frozen
-teachers that another run uses (gaal_cli.trained_run), so they are built alike.
+teachers that another run uses (gaal_cli.training.trained_run), so they are built alike.
 """
 
 from __future__ import annotations
 
 from gaal_cli.config import Config
-from gaal_cli.dependencies import Dependency, init_encoders
 from gaal_cli.methods.base import Method, MethodSettings
 from gaal_cli.methods.registry import method_spec
 from gaal_cli.models import build_encoders
 from gaal_cli.models.encoders import Encoders
+from gaal_cli.runs.dependencies import Dependency, init_encoders
 
 
 def build_method(
@@ -36,7 +36,7 @@ def build_run_method(
     Args:
         initial_weights: load the pretrained or `model.weights` image weights; a method about to
             receive a checkpoint's weights skips them (no download, no file from the training host).
-        dependencies: its loaded dependencies (gaal_cli.dependencies), keyed by config key:
+        dependencies: its loaded dependencies (gaal_cli.runs.dependencies), keyed by config key:
             `model.init_from` starts the encoders, the method's own (`methods.<name>.<field>`) go
             to the method by field name.
     """

@@ -78,17 +78,16 @@ import math
 from typing import Any, Literal
 
 import ot
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
-from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.data.images import IMAGENET_MEAN, IMAGENET_STD
+from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
-from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
+from gaal_cli.methods.stages import Stage, StagedSettings, StageOptimizer
 
 #: the official optimiser (trainers/pretrain.py: SGD, MultiStepLR([5, 10, 15, 20], 0.5))
 OFFICIAL_OPTIMIZER = StageOptimizer(

@@ -32,7 +32,7 @@ the three logits per sample by certainty (official stage-2 validation):
 Before any stage-2 step the gate covers h_I and h_T only (the official stage 1 reports no
 fused prediction; this is the natural one). Image and Tabular columns: h_I and h_T.
 
-Stages (gaal_cli/stages.py). The official code runs stage 2 as a separate run
+Stages (gaal_cli/methods/stages.py). The official code runs stage 2 as a separate run
 (main_CFT_stage2.py) with a fresh optimiser; here the engine runs both stages in one run and
 gives each its own fresh optimiser: by default the official one, SGD lr 1e-3, momentum 0.9,
 weight decay 1e-4, StepLR(70, 0.1) inside the stage (`stage_optimizer`; null: the run's train.*).
@@ -66,7 +66,7 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_grad_norms
-from gaal_cli.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
+from gaal_cli.methods.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
 
 #: the official optimiser of both stages (main_CFT.py, main_CFT_stage2.py)
 OFFICIAL_OPTIMIZER = StageOptimizer(kind="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4, step_size=70, gamma=0.1)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gaal_cli import surgery
+from gaal_cli.methods import surgery
 
 
 def loss_grad(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:

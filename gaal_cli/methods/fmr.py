@@ -43,10 +43,10 @@ from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
-from gaal_cli.dependencies import required_dependency
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.runs.dependencies import required_dependency
 
 
 class FmrSettings(MethodSettings):

@@ -4,7 +4,7 @@ seeds/003, §3 and Algorithm 1. Late fusion: each modality m has its encoder and
 FC(d, 256) - ReLU - FC(256, 64) - FC(64, C) (§4.2). Training alternates stages, one modality
 per stage (`first` first), `stages` of them, their lengths cycling through `stage_epochs`.
 
-Stages (gaal_cli/stages.py), as the official code (configs/crema.json, train_CREMA.py): 12
+Stages (gaal_cli/methods/stages.py), as the official code (configs/crema.json, train_CREMA.py): 12
 stages of 25, 50, 25, 50, ... epochs, each with a fresh SGD (lr 1e-2, momentum 0.9, weight
 decay 1e-4) and its own StepLR(40, 0.1) (`stage_optimizer`; null: the run's train.*). A stage's
 optimiser holds its modality's encoder and head. Every epoch is a candidate for the best
@@ -67,8 +67,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from gaal_cli import surgery
 from gaal_cli.data.base import Batch
+from gaal_cli.methods import surgery
 from gaal_cli.methods.base import (
     MODALITIES,
     Method,
@@ -79,7 +79,7 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_grad_norms
-from gaal_cli.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
+from gaal_cli.methods.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
 
 #: the official optimiser of every stage (configs/crema.json: SGD, lr_scheduler patience 40 as step)
 OFFICIAL_OPTIMIZER = StageOptimizer(kind="sgd", lr=1e-2, momentum=0.9, weight_decay=1e-4, step_size=40, gamma=0.1)

@@ -13,7 +13,7 @@ z_s, z_t: student and teacher logits; T: the temperature. The T^2 factor keeps t
 gradients the same size whatever T (they scale as 1/T^2, §2), so alpha keeps its meaning.
 
 The teacher is another run (`methods.kd.teacher`: a finished run folder or a checkpoint; see
-gaal_cli.dependencies): by default a multimodal run of any fused method (e.g. `concat`), whose
+gaal_cli.runs.dependencies): by default a multimodal run of any fused method (e.g. `concat`), whose
 fused prediction (`multi`) is the target, computed from the image and the table of the training
 batch; a `tabular` run works the same way (its `multi` is its tabular prediction). The teacher
 is frozen (eval mode, no gradient). At test the student sees the image alone, so the report's
@@ -44,10 +44,10 @@ from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
-from gaal_cli.dependencies import required_dependency
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.runs.dependencies import required_dependency
 
 
 class KdSettings(MethodSettings):

@@ -55,7 +55,7 @@ The reference r, and so the agreement the tag measures (two official paths):
   (mode 1: the lowest tags removed, README: "a larger value indicates ... more
   modality-general decisive information").
 
-Stages (gaal_cli/stages.py): `reference` (RAVDESS path only: the reference network and the
+Stages (gaal_cli/methods/stages.py): `reference` (RAVDESS path only: the reference network and the
 joint teacher learn, the student does not), `overlap_tag`, one label-free epoch over the training split in which nothing
 trains (the tag needs no label); then `distil`, the rest of the run, with the run's train.*
 optimiser. The tag is fixed when `distil` starts and kept in the checkpoint
@@ -130,11 +130,11 @@ from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
-from gaal_cli.dependencies import Dependency, required_dependency
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.kd import distillation_step
-from gaal_cli.stages import PlannedStage, Stage
+from gaal_cli.methods.stages import PlannedStage, Stage
+from gaal_cli.runs.dependencies import Dependency, required_dependency
 
 #: most elements of one chunk of permuted feature copies (channels x batch x width)
 CHUNK_ELEMENTS = 1 << 24

@@ -39,8 +39,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from gaal_cli import surgery
 from gaal_cli.data.base import Batch
+from gaal_cli.methods import surgery
 from gaal_cli.methods.base import (
     Method,
     MethodSettings,

@@ -79,8 +79,7 @@ from pydantic import Field
 from torch import nn
 
 from gaal_cli.data.base import Batch
-from gaal_cli.dependencies import required_dependency
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
 from gaal_cli.methods.modality_dropout import (
@@ -92,6 +91,7 @@ from gaal_cli.methods.modality_dropout import (
     dropped_features,
     fused_features,
 )
+from gaal_cli.runs.dependencies import required_dependency
 
 #: the weak combination before the mining ends
 UNDECIDED = -1

@@ -4,7 +4,7 @@ Hager, Menten and Rueckert, "Best of both worlds: multimodal contrastive learnin
 and imaging data", CVPR 2023: Table I's MMCL row, a test-time tabular-missing method (the table
 helps in pretraining; only the image at test, so the report's Image column holds its accuracy).
 
-Stage 1, `pretrain` (label-free: the engine withholds the labels, gaal_cli/stages.py). Each
+Stage 1, `pretrain` (label-free: the engine withholds the labels, gaal_cli/methods/stages.py). Each
 encoder gets a projection head g (Linear d->d, ReLU, Linear d->`projection_dim`: the SimCLR
 head of the official code's lightly 1.2.22, no batch norm). For a batch of B image-table pairs,
 the image a view x̃_I (SimCLR-style augmentation) and the table a SCARF-corrupted row x̃_T:
@@ -47,7 +47,7 @@ Defaults are the official code's (configs/config.yaml, configs/models/resnet18.y
 resnet50.yaml, models/pretraining.py, models/Evaluator.py): tau = 0.1, lambda = 0.5, projection
 128, corruption 0.3, augmentation rate 0.95 (probe 0.8); pretraining 500 epochs with Adam,
 weight decay 1e-4, 10 epochs of linear warm-up from 0 then a cosine anneal to 0 over the rest
-(`scheduler: anneal`, pl_bolts' LinearWarmupCosineAnnealingLR stepped per epoch; gaal_cli/stages.py);
+(`scheduler: anneal`, pl_bolts' LinearWarmupCosineAnnealingLR stepped per epoch; gaal_cli/methods/stages.py);
 the probe Adam lr 1e-3, no weight decay, no schedule, up to 500 epochs with early stopping on
 validation accuracy (patience 10: train.patience; the official min_delta 2e-4 is train.min_delta,
 set in the experiment files). Both optimisers are built fresh at each stage
@@ -84,10 +84,10 @@ from torch import nn
 
 from gaal_cli.data.base import Batch
 from gaal_cli.data.images import IMAGENET_MEAN, IMAGENET_STD, RecipeAugmentation
-from gaal_cli.errors import GaalError
+from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
-from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
+from gaal_cli.methods.stages import Stage, StagedSettings, StageOptimizer
 
 #: the official pretraining optimiser (MultimodalSimCLR.configure_optimizers; ResNet18's lr, 3e-3 for
 #: ResNet50; Pretraining.initialize_scheduler 'anneal': 10 warm-up epochs, then cosine)

@@ -23,7 +23,7 @@ official code (`common_space: True`) both modalities share one head, Linear(d, 2
 Linear(256, C) (`head_hidden: 0` for a single Linear). Stage lengths default to the official
 code's `epochs_per_stage = correct_epoch = 4`.
 
-Stages (gaal_cli/stages.py). Each boosting phase and each rectification phase is an engine
+Stages (gaal_cli/methods/stages.py). Each boosting phase and each rectification phase is an engine
 stage with a fresh optimiser, as the official code builds a new SGD for each: by default the
 official one, SGD lr 0.01, momentum 0.9, weight decay 5e-4, constant within the phase
 (`stage_optimizer`; null: the run's train.*), its learning rate multiplied by `lr_decay` every
@@ -75,7 +75,7 @@ from gaal_cli.methods.base import (
     register_method,
 )
 from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms, encoder_params, grad_cosine
-from gaal_cli.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
+from gaal_cli.methods.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
 
 #: the official optimiser of every phase (train.py: a new SGD for each boosting and rectification phase)
 OFFICIAL_OPTIMIZER = StageOptimizer(kind="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4)

@@ -6,14 +6,14 @@ is what `method_spec(name)` does the first time that method is needed, which reg
 (`@register_method`). Checking a `methods.<name>` block needs its settings class, so it imports
 that one method's module (and torch with it), no other.
 
-Methods from other packages (gaal_cli.plugins: the `gaal.methods` entry-point group) are named
+Methods from other packages (gaal_cli.methods.plugins: the `gaal.methods` entry-point group) are named
 to `--method` from their packages' metadata, which costs no import; a plugin's module is
 imported, and registers its method, when that method is needed (`method_spec`) or every method
 is listed (`all_methods`). A plugin cannot take a built-in's name.
 
 This module imports nothing of the package but the errors and the plugin finder (no pydantic, no
 torch): every method module imports it (through `gaal_cli.methods.base`), so it sits below all of
-them. It is the config's method catalog (`CATALOG`, gaal_cli.catalog), handed over by
+them. It is the config's method catalog (`CATALOG`, gaal_cli.foundation.catalog), handed over by
 `gaal_cli/__init__.py` before anything else runs: a config never validates without it.
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gaal_cli.errors import GaalError, did_you_mean
-from gaal_cli.plugins import GROUP, Plugin, discover, import_plugins
+from gaal_cli.foundation.errors import GaalError, did_you_mean
+from gaal_cli.methods.plugins import GROUP, Plugin, discover, import_plugins
 
 #: built-in methods: name -> the module that registers it
 BUILTIN_METHODS = {
@@ -183,7 +183,7 @@ def all_methods() -> dict[str, MethodSpec]:
 
 
 class _Catalog:
-    """What the config asks of the methods (gaal_cli.catalog): their names, one's settings class."""
+    """What the config asks of the methods (gaal_cli.foundation.catalog): their names, one's settings class."""
 
     names = staticmethod(method_names)
 

@@ -64,7 +64,7 @@ interaction module needs image tokens): Multi is None.
 Defaults (official configs/config_dvm_TIP.yaml unless said): τ = 0.1, λ0 = 0.5, projection 128,
 corruption 0.3, mask rate 0.5 (replace_special_rate; random replacement 0), 8 heads, MLP ratio 4,
 no dropout; pretraining Adam lr 3e-4, weight decay 1.5e-6, 500 epochs, 10 epochs of linear
-warm-up then a cosine anneal (gaal_cli/stages.py, as MMCL's); fine-tuning Adam lr 1e-4,
+warm-up then a cosine anneal (gaal_cli/methods/stages.py, as MMCL's); fine-tuning Adam lr 1e-4,
 no weight decay, constant rate (the evaluator builds a ReduceLROnPlateau but does not return it),
 500 epochs at most (the official max_epochs; early stopping ends it). The official width and
 depth, dim 512 and 4 + 4 layers, are paper scale; the defaults here are CPU-sized (dim 64,
@@ -96,9 +96,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from gaal_cli.data.base import Batch
-from gaal_cli.errors import GaalError
-from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.data.images import RecipeAugmentation
+from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.mmcl import (  # TIP builds on MMCL: the same ITC loss, corruption and views
     PretrainAugmentation,
     augment_view,
@@ -106,7 +105,7 @@ from gaal_cli.methods.mmcl import (  # TIP builds on MMCL: the same ITC loss, co
     refuse_normalised_images,
     scarf_corrupt,
 )
-from gaal_cli.stages import Stage, StagedSettings, StageOptimizer
+from gaal_cli.methods.stages import Stage, StagedSettings, StageOptimizer
 
 #: official pretraining optimiser (TipModel3Loss.configure_optimizers; config lr, weight_decay)
 PRETRAIN_OPTIMIZER = StageOptimizer(kind="adam", lr=3e-4, weight_decay=1.5e-6, cosine=True, warmup_epochs=10)

@@ -17,8 +17,8 @@ import timm
 import torch
 from torch import nn
 
-from gaal_cli.errors import GaalError
-from gaal_cli.untrusted import check_tensors, read_bytes
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.untrusted import check_tensors, read_bytes
 
 
 class ImageEncoder(nn.Module):

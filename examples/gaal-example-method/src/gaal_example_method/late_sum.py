@@ -22,8 +22,16 @@ from torch import nn
 
 # gaal's public interface for methods: everything a method module needs (cross_entropy honours
 # train.class_weights; fuse_missing falls back to the present modality's head)
-from gaal_cli.methods import Batch, Method, MethodSettings, Predictions, accuracy, cross_entropy, fuse_missing
-from gaal_cli.methods import register_method
+from gaal_cli.methods import (
+    Batch,
+    Method,
+    MethodSettings,
+    Predictions,
+    accuracy,
+    cross_entropy,
+    fuse_missing,
+    register_method,
+)
 
 
 class LateSumSettings(MethodSettings):

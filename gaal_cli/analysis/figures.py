@@ -1,0 +1,234 @@
+"""The report's figures, each written as PNG (for report.md), PDF and SVG, byte-identical when
+rebuilt over the same runs: Fig. 1a (gradient conflict), Fig. 3 (λ grid), Fig. 4 (GAAL's losses),
+Fig. 5 (ε) and a regime sweep's accuracy against dominance, each method in its own style
+(gaal_cli/analysis/styles.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gaal_cli.analysis.collect import (
+    DOMINANCE_KEY,
+    EPSILON_KEY,
+    HEAD_LABELS,
+    HEADS,
+    LAMBDA_KEYS,
+    METHOD_ORDER,
+    dataset_label,
+    dataset_order,
+)
+from gaal_cli.analysis.styles import legend_outside, style
+from gaal_cli.foundation.files import write_file
+from gaal_cli.runs.folder import RunFolder
+from gaal_cli.sweeps.runner import format_value
+from gaal_cli.training.contributions import MODALITIES
+
+# print-sized text, and fonts kept as text (SVG) or embedded as TrueType (PDF) for editing
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8,
+    "svg.fonttype": "none",
+    "pdf.fonttype": 42,
+    # SVG element ids are random unless salted: a fixed salt makes the same figure the same bytes
+    "svg.hashsalt": "gaal",
+}
+
+
+FORMATS = (".png", ".pdf", ".svg")
+
+
+def _figure(n_panels: int, width: float = 4.5, height: float = 3.6):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(STYLE)
+    fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure as PNG (for report.md), PDF and SVG (for a paper); returns the PNG."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    for suffix in FORMATS:
+        # no creation date in the vector files (and salted SVG ids, see STYLE), so a rebuilt
+        # report over the same runs is byte-identical
+        metadata = {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None
+        options = {"format": suffix[1:], "dpi": 200, "metadata": metadata}
+        write_file(path.with_suffix(suffix), lambda fh, options=options: fig.savefig(fh, **options), sync=False)
+    plt.close(fig)
+    return path.with_suffix(".png")
+
+
+def seeds_caption(counts, bars: str = "error bars") -> str:
+    """'mean ± std over 3 seeds' (or a range of counts); one seed has no `bars` to explain."""
+    n = sorted({int(c) for c in counts})
+    if n == [1]:
+        return f"1 seed (no {bars})"
+    return f"{bars}: mean ± std over {n[0]}{'' if len(n) == 1 else f'-{n[-1]}'} seeds"
+
+
+def legend_beside(fig, axes, captions: list[str], order: list[str] | None = None) -> None:
+    """One legend for side-by-side panels, right of the last one (a legend beside each panel
+    would sit on its neighbour), titled with the seeds caption when the panels share it, else
+    each panel's caption under its title."""
+    shared = len(set(captions)) == 1
+    if not shared:
+        for ax, caption in zip(axes, captions):
+            ax.set_title(f"{ax.get_title()}\n{caption}")
+    legend_outside(fig, axes=list(axes), order=order, title=captions[0] if shared else None)
+
+
+def conflict_figure(runs: pd.DataFrame, path: Path) -> Path | None:
+    """Fig. 1a: histogram of cos(image-loss gradient, multimodal gradient) of the image encoder
+    over the steps of joint training (concat with `grad_cosine: true`)."""
+    values: dict[str, list[float]] = {}
+    for row in runs[runs["method"] == "concat"].itertuples():
+        # a NaN cosine is written as null (strict JSON): it is no step of the histogram
+        steps = RunFolder(row.folder).iter_steps()
+        cosines = [s["cos_image"] for s in steps if isinstance(s.get("cos_image"), int | float)]
+        values.setdefault(row.dataset, []).extend(cosines)
+    values = {d: v for d, v in values.items() if v}
+    if not values:
+        return None
+    fig, axes = _figure(len(values))
+    for ax, d in zip(axes, dataset_order(values)):
+        v = np.asarray(values[d])
+        ax.hist(v, bins=np.linspace(-1, 1, 41), color="tab:blue", alpha=0.8)
+        ax.set_xlim(-1, 1)
+        ax.axvline(0, color="black", lw=1)
+        ax.set_title(
+            f"{dataset_label(d)}\nCF image-encoder gradient cosine: {np.mean(v < 0):.0%} of {len(v)} steps < 0"
+        )
+        ax.set_xlabel(r"$\cos(g_I^{\mathrm{image}},\ g_I^{\mathrm{multi}})$")
+        ax.set_ylabel("training steps")
+    return _save(fig, path)
+
+
+def lambda_figure(summary: pd.DataFrame, path: Path) -> Path:
+    """Fig. 3: mean multimodal test accuracy over the λ_I x λ_T grid, one panel per dataset."""
+    datasets = dataset_order(summary["dataset"].unique())
+    fig, axes = _figure(len(datasets))
+    for ax, d in zip(axes, datasets):
+        part = summary[summary["dataset"] == d]
+        grid = part.pivot_table(index=LAMBDA_KEYS[0], columns=LAMBDA_KEYS[1], values="multi_mean")
+        image = ax.imshow(grid.values, origin="lower", cmap="viridis")
+        ax.set_xticks(range(len(grid.columns)), [format_value(v) for v in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [format_value(v) for v in grid.index])
+        middle = np.nanmean([np.nanmin(grid.values), np.nanmax(grid.values)])
+        for (i, j), value in np.ndenumerate(grid.values):
+            colour = "white" if value < middle else "black"  # readable on viridis' dark and light ends
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color=colour, fontsize=8)
+        ax.set_xlabel(r"$\lambda_T$ (tabular guidance fraction)")
+        ax.set_ylabel(r"$\lambda_I$ (image guidance fraction)")
+        n = sorted({int(c) for c in part["n"]})
+        seeds = f"{n[0]} seed{'s' if n[-1] > 1 else ''}" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
+        ax.set_title(f"{dataset_label(d)}: test Multi accuracy\n(mean over {seeds})")
+        fig.colorbar(image, ax=ax, label="test Multi accuracy")
+    return _save(fig, path)
+
+
+def curves_figure(runs: pd.DataFrame, path: Path) -> Path | None:
+    """Fig. 4: GAAL's per-modality training losses per epoch, mean ± std over seeds."""
+    frames = []
+    for row in runs[runs["method"] == "gaal"].itertuples():
+        for record in RunFolder(row.folder).iter_metrics():
+            train = record.get("train")
+            if isinstance(train, dict) and "loss_image" in train and "loss_tabular" in train:
+                frames.append((row.dataset, row.seed, record["epoch"], train["loss_image"], train["loss_tabular"]))
+    if not frames:
+        return None
+    curves = pd.DataFrame(frames, columns=["dataset", "seed", "epoch", "loss_image", "loss_tabular"])
+    datasets = dataset_order(curves["dataset"].unique())
+    fig, axes = _figure(len(datasets))
+    captions = []
+    for ax, d in zip(axes, datasets):
+        part = curves[curves["dataset"] == d]
+        stats = part.groupby("epoch")[["loss_image", "loss_tabular"]].agg(["mean", "std"])
+        for modality in MODALITIES:  # each in the colour and marker of its unimodal method
+            look = style(modality)
+            mean, std = stats[(f"loss_{modality}", "mean")], stats[(f"loss_{modality}", "std")].fillna(0)
+            ax.plot(stats.index, mean, ms=3, label=modality, **look)
+            ax.fill_between(stats.index, mean - std, mean + std, color=look["color"], alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training cross-entropy")
+        ax.set_title(f"{dataset_label(d)}: GAAL training loss per modality")
+        captions.append(seeds_caption(part.groupby("epoch")["seed"].nunique(), bars="band"))
+    legend_beside(fig, axes, captions)
+    return _save(fig, path)
+
+
+def _epsilon_axis(ax, eps: np.ndarray) -> None:
+    """ε on a scale that shows every point: symlog when the values span zero (or reach it) and
+    more than a decade, log when all are positive over decades, else linear."""
+    nonzero = np.abs(eps[eps != 0])
+    if len(nonzero) == 0:
+        return
+    decades = nonzero.max() / nonzero.min() >= 10
+    if decades and (eps <= 0).any():
+        ax.set_xscale("symlog", linthresh=float(nonzero.min()))
+    elif decades:
+        ax.set_xscale("log")
+    ax.set_xticks(eps, [format_value(e) for e in eps])
+    ax.minorticks_off()
+
+
+def epsilon_figure(summary: pd.DataFrame, path: Path) -> Path:
+    """Fig. 5: test accuracy of each head against ε, mean ± std over seeds."""
+    datasets = dataset_order(summary["dataset"].unique())
+    fig, axes = _figure(len(datasets))
+    captions = []
+    for ax, d in zip(axes, datasets):
+        part = summary[summary["dataset"] == d].sort_values(EPSILON_KEY)
+        for head in HEADS:  # GAAL's fused head in GAAL's style, each unimodal head in its modality's
+            ax.errorbar(
+                part[EPSILON_KEY], part[f"{head}_mean"], yerr=part[f"{head}_std"].fillna(0), capsize=3,
+                label=HEAD_LABELS[head], **style("gaal" if head == "multi" else head),
+            )  # fmt: skip
+        _epsilon_axis(ax, part[EPSILON_KEY].to_numpy(dtype=float))
+        ax.set_xlabel(r"alignment margin $\varepsilon$")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{dataset_label(d)}: GAAL test accuracy vs " + r"$\varepsilon$")
+        captions.append(seeds_caption(part["n"]))
+    legend_beside(fig, axes, captions)
+    return _save(fig, path)
+
+
+def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
+    """Each method's Multi and Image test accuracy against the dominance knob, one row of two
+    panels per dataset (regime), mean ± std over seeds; unimodal methods appear in the panel
+    of the head they have. Each method in its own style (gaal_cli/analysis/styles.py), as in every figure."""
+    datasets = dataset_order(summary["dataset"].unique())
+    methods = [m for m in METHOD_ORDER if m in set(summary["method"])]
+    methods += sorted(set(summary["method"]) - set(methods))
+    fig, axes = _figure(2 * len(datasets), width=5.5, height=3.8)
+    grid = [axes[i : i + 2] for i in range(0, len(axes), 2)]
+    captions = []
+    for row, d in zip(grid, datasets):
+        part = summary[summary["dataset"] == d]
+        for ax, head in zip(row, ("multi", "image")):
+            for method in methods:
+                line = part[part["method"] == method].sort_values(DOMINANCE_KEY)
+                if line[f"{head}_mean"].isna().all():
+                    continue
+                ax.errorbar(
+                    line[DOMINANCE_KEY], line[f"{head}_mean"], yerr=line[f"{head}_std"].fillna(0),
+                    ms=4, capsize=2, label=method, **style(method),
+                )  # fmt: skip
+            ax.set_xlabel("dominance (0: balanced, 1: calibrated to DVM)")
+            ax.set_ylabel(f"test {HEAD_LABELS[head]} accuracy")
+            ax.set_title(f"{dataset_label(d)}\ntest {HEAD_LABELS[head]} accuracy vs dominance")
+        captions += [seeds_caption(part["n"])] * len(row)
+    # one legend for every panel: the tabular-only model has no Image accuracy to draw
+    legend_beside(fig, axes, captions, order=methods)
+    return _save(fig, path)

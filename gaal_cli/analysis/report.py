@@ -1,0 +1,189 @@
+"""`gaal report`: tables and figures from finished run folders, built in the order report.md
+reads. Table I / II style tables, each with its paired differences against a reference row, its
+other test metrics, its modality diagnostics, the ranks across its conditions and its figure
+(Figs. 3, 5, a regime sweep's); then Figs. 1a and 4; then run health. The parts: collect.py
+(runs read and grouped), tables.py, paired.py, ranks.py, health_marks.py and figures.py.
+
+This lives apart from gaal_cli/runs/folder.py, which holds the run-folder layout and is imported by
+every training run: training should not load pandas and matplotlib.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from gaal_cli.analysis import compare, stats
+from gaal_cli.analysis.collect import (
+    DOMINANCE_KEY,
+    EPSILON_KEY,
+    LAMBDA_KEYS,
+    METRICS,
+    load_runs,
+    row_keys,
+    table_kind,
+    tables,
+)
+from gaal_cli.analysis.figures import (
+    FORMATS,
+    conflict_figure,
+    curves_figure,
+    epsilon_figure,
+    lambda_figure,
+    regime_figure,
+)
+from gaal_cli.analysis.health_marks import health_markdown
+from gaal_cli.analysis.paired import REFERENCE, paired_markdown
+from gaal_cli.analysis.ranks import ranks_markdown
+from gaal_cli.analysis.tables import diagnostics_markdown, markdown, summarize, summarize_diagnostics
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.files import make_folder, os_error, remove_tree, signals_held, write_file
+from gaal_cli.foundation.locks import folder_lock
+
+#: where a report is built before its files replace the old ones together
+STAGING = ".staging"
+
+
+def write_report(
+    root: Path | Sequence[Path], out: Path, *, reference: str = REFERENCE, resamples: int = stats.RESAMPLES
+) -> list[Path]:
+    """Write runs.csv, one Markdown + CSV table per table kind with its modality diagnostics and
+    paired differences, the figures (PNG, PDF, SVG) and report.md.
+
+    Args:
+        root: a folder of finished runs, or several (e.g. results/synthetic and results/ham10000:
+            their Table I runs form one table, and the ranks across its datasets a CD diagram).
+        reference: the method every row is compared with (`paired_markdown`).
+        resamples: the paired bootstrap's resamples.
+
+    Every file is built first in `out/.staging`, then all are renamed into `out` at once with
+    SIGTERM and Ctrl-C held back, so a stopped report leaves the old files all in place, never
+    new ones beside old ones. `out` is locked like a run folder (gaal_cli.foundation.locks) meanwhile.
+
+    Returns:
+        The files written.
+
+    Raises:
+        GaalError: no finished runs, two runs filling the same table cell, another process
+            writing `out`, or a file that cannot be written (names it and why).
+    """
+    roots = [Path(root)] if isinstance(root, str | Path) else [Path(r) for r in root]
+    runs = pd.concat([load_runs(r) for r in roots], ignore_index=True) if len(roots) > 1 else load_runs(roots[0])
+    with folder_lock(out, "gaal report"):
+        staging = out / STAGING
+        remove_tree(staging)  # what a killed report left
+        try:
+            try:
+                built = build_report(
+                    runs, roots, make_folder(staging), reference=reference, resamples=resamples
+                )
+            except GaalError as err:  # name the file the user asked for, not its staging copy
+                source = (err.source or "").replace(str(staging), str(out))
+                raise GaalError(err.message, source=source or None, field=err.field) from None
+            with signals_held():
+                for file in built:
+                    try:
+                        os.replace(file, out / file.name)
+                    except OSError as err:
+                        raise os_error(err, out / file.name) from None
+        finally:
+            remove_tree(staging)
+    return [out / file.name for file in built]
+
+
+def build_report(
+    runs: pd.DataFrame,
+    root: Path | Sequence[Path],
+    out: Path,
+    *,
+    reference: str = REFERENCE,
+    resamples: int = stats.RESAMPLES,
+) -> list[Path]:
+    """Write every file of the report on `runs` into the folder `out`, in the order report.md
+    reads: runs.csv and the heading, each table's section, the figures across tables, run health;
+    returns the files."""
+    written = [out / "runs.csv"]
+    write_file(written[0], runs.sort_values(["experiment", "folder"]).to_csv(index=False), sync=False)
+    sections = [heading(runs, root, reference)]
+    for kind, (part, rows) in tables(runs).items():
+        texts, files = table_sections(kind, part, rows, out, reference, resamples)
+        sections += texts
+        written += files
+    for figure, title in (
+        (conflict_figure(runs, out / "fig1a_conflict.png"), "Fig. 1a: gradient conflict under joint training"),
+        (curves_figure(runs[runs["experiment"].map(_is_table1(runs))], out / "fig4_curves.png"), "Fig. 4: GAAL"),
+    ):
+        if figure:
+            written += [figure.with_suffix(s) for s in FORMATS]
+            sections.append(f"## {title}\n\n![{figure.stem}]({figure.name})\n")
+    health = health_markdown(runs)
+    write_file(out / "health.md", health, sync=False)
+    sections.append(f"## Run health\n\n{health}")
+    write_file(out / "report.md", "\n".join(sections), sync=False)
+    return [*written, out / "health.md", out / "report.md"]
+
+
+def heading(runs: pd.DataFrame, root: Path | Sequence[Path], reference: str) -> str:
+    where = str(root) if isinstance(root, str | Path) else ", ".join(map(str, root))
+    return (
+        f"# Results under {where}\n\n{len(runs)} finished runs; test metrics, mean ± std over seeds "
+        f"[95 % interval]; each row against the '{reference}' row as a paired difference.\n"
+    )
+
+
+def table_sections(
+    kind: str, runs: pd.DataFrame, rows: list[str], out: Path, reference: str, resamples: int
+) -> tuple[list[str], list[Path]]:
+    """One table's files and its sections of report.md, in their order: the accuracy table with its
+    paired differences, the other test metrics, the modality diagnostics, the ranks across its
+    conditions and its figure."""
+    summary = summarize(runs, rows)
+    write_file(out / f"{kind}.csv", summary.to_csv(index=False), sync=False)
+    table = markdown(summary, rows) + "\n" + paired_markdown(runs, rows, "acc", reference, resamples)
+    write_file(out / f"{kind}.md", table, sync=False)
+    written, others = [], []
+    for metric, name in list(METRICS.items())[1:]:
+        other = markdown(summary, rows, metric)
+        if metric in compare.PAIRED_METRICS:
+            other += "\n" + paired_markdown(runs, rows, metric, reference, resamples)
+        write_file(out / f"{kind}_{metric}.md", other, sync=False)
+        written.append(out / f"{kind}_{metric}.md")
+        others.append(f"### Test {name}\n\n{other}")
+    diagnostics = diagnostics_markdown(summarize_diagnostics(runs, rows), rows)
+    write_file(out / f"{kind}_diagnostics.md", diagnostics, sync=False)
+    written += [out / f"{kind}.csv", out / f"{kind}.md", out / f"{kind}_diagnostics.md"]
+    experiments = ", ".join(sorted(runs["experiment"].unique()))
+    sections = [
+        f"## {kind} ({experiments})\n\nTest accuracy.\n\n{table}\n"
+        + "\n".join(others)
+        + f"\n### Modality diagnostics\n\n{diagnostics}"
+    ]
+    ranks, cd_files = ranks_markdown(summary, rows, kind, out)
+    if ranks:
+        written += cd_files
+        sections.append(f"### Across conditions\n\n{ranks}\n![cd_{kind}](cd_{kind}.png)\n")
+    figure = table_figure(summary, rows, kind, out)
+    if figure:
+        written += [figure.with_suffix(s) for s in FORMATS]
+        sections.append(f"![{figure.stem}]({figure.name})\n")
+    return sections, written
+
+
+def table_figure(summary: pd.DataFrame, rows: list[str], kind: str, out: Path) -> Path | None:
+    """The figure a table's rows call for: Fig. 3 over the λ grid, Fig. 5 over ε, accuracy against
+    dominance over a regime sweep; None for any other table."""
+    if set(rows) == set(LAMBDA_KEYS):
+        return lambda_figure(summary, out / f"fig3_{kind}.png")
+    if rows == [EPSILON_KEY]:
+        return epsilon_figure(summary, out / f"fig5_{kind}.png")
+    if set(rows) == {"method", DOMINANCE_KEY}:
+        return regime_figure(summary, out / f"regime_{kind}.png")
+    return None
+
+
+def _is_table1(runs: pd.DataFrame) -> dict[str, bool]:
+    """Which experiments compare methods at their default settings (Fig. 4 uses their GAAL runs)."""
+    return {e: table_kind(part, row_keys(part), str(e)) == "table1" for e, part in runs.groupby("experiment")}

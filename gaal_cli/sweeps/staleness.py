@@ -1,0 +1,109 @@
+"""What state each run of a sweep is in, before anything runs: done, stale, running, partial,
+new, or new with an input missing on disk.
+
+A finished run (DONE + report.json) whose config differs from the sweep's, or whose dependency's
+checkpoint changed since it was trained (a retrained teacher), is stale: `check_not_stale`
+refuses to mix it with new results. A run folder locked by a live process is running
+(gaal_cli.foundation.locks). `check_inputs` refuses a sweep whose runs miss a prepared data folder, a table
+or a weights file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gaal_cli.config import Config
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.locks import is_locked
+from gaal_cli.runs.dependencies import changed_dependencies
+from gaal_cli.runs.folder import RunFolder
+from gaal_cli.sweeps.experiment_files import Run, Sweep
+
+
+def missing_inputs(config: Config) -> list[str]:
+    """What a run reads that is not on disk: its prepared data folder, its table, its weights.
+
+    Checked before a sweep launches anything, so that a sweep over data that is not there says
+    so at once instead of starting a process per run that fails after loading.
+    """
+    from gaal_cli.data.prepared import MANIFEST
+    from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
+
+    data, missing = config.data, []
+    if data.name.lower().endswith(TABLE_SUFFIXES):
+        if not Path(data.name).is_file():
+            missing.append(f"the table {data.name} (data.name)")
+    elif data.name in RECIPES:
+        if not data.dir:
+            missing.append(f"the prepared {data.name} folder (data.dir is not set)")
+        elif not (Path(data.dir) / MANIFEST).is_file():
+            missing.append(f"{Path(data.dir) / MANIFEST} (data.dir; make it with `gaal data prepare {data.name}`)")
+    elif data.name != "synthetic":
+        missing.append(f"the dataset '{data.name}' (data.name: not synthetic, {', '.join(RECIPES)} or a table)")
+    if config.model.weights and not Path(config.model.weights).is_file():
+        missing.append(f"the weights file {config.model.weights} (model.weights)")
+    return missing
+
+
+def check_inputs(sweep: Sweep) -> None:
+    """Refuse a sweep whose runs miss inputs, naming each missing input once with its run count.
+
+    Raises:
+        GaalError: the missing inputs.
+    """
+    counts: dict[str, int] = {}
+    for run in sweep.runs:
+        for item in missing_inputs(run.config):
+            counts[item] = counts.get(item, 0) + 1
+    if counts:
+        lines = "; ".join(f"{item} ({n} run{'s' if n > 1 else ''})" for item, n in counts.items())
+        raise GaalError(f"inputs missing on disk: {lines}", source=sweep.source)
+
+
+def status(run: Run) -> str:
+    """'done', 'stale' (done with another config, or from a dependency that changed since),
+    'running' (locked by a live process), 'partial' (started, unfinished), 'new', or
+    'new, missing input' (see `missing_inputs`)."""
+    folder = RunFolder(run.folder)
+    if folder.done:
+        return "stale" if folder.stale_keys(run.config.resolved()) or changed_dependencies(folder) else "done"
+    if not run.folder.is_dir():
+        return "new, missing input" if missing_inputs(run.config) else "new"
+    if locked(run.folder):
+        return "running"
+    return "partial" if any(run.folder.iterdir()) else "new"
+
+
+def locked(folder: Path) -> bool:
+    """Whether a live process holds the run folder's lock (it is training that run)."""
+    return is_locked(folder)
+
+
+def check_not_stale(sweep: Sweep) -> None:
+    """Refuse to mix results: a finished run whose config differs from the sweep's, or one
+    trained from a dependency that has changed since.
+
+    Raises:
+        GaalError: names the folder and the keys (or dependencies) that differ.
+    """
+    for run in sweep.runs:
+        folder = RunFolder(run.folder)
+        keys = ", ".join(folder.stale_keys(run.config.resolved())[:5])
+        if keys:
+            raise GaalError(
+                f"holds a finished run of another config (differs in: {keys}); "
+                "delete the folder to retrain it, or give the experiment another name",
+                source=str(run.folder),
+            )
+        changed = ", ".join(changed_dependencies(folder)) if folder.done else ""
+        if changed:
+            raise GaalError(
+                f"holds a finished run trained from a dependency that has changed since ({changed}); "
+                "delete the folder to retrain it from the current one",
+                source=str(run.folder),
+            )
+
+
+def statuses(sweep: Sweep) -> list[tuple[Run, str]]:
+    """Each run with its status, for a dry run."""
+    return [(run, status(run)) for run in sweep.runs]

@@ -1,0 +1,153 @@
+"""Scoring a method on a split: the device, bf16 autocast, each head's logits in row order, and
+their metrics. Training (gaal_cli.training.engine, on the validation split each epoch) and a trained
+run read later (gaal_cli.training.trained_run: `gaal eval`, `gaal predict`) go through the same
+`predict_split`, so a prediction is what evaluation scored.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager, nullcontext
+
+import torch
+
+from gaal_cli.config import Config
+from gaal_cli.data import make_loader
+from gaal_cli.data.base import SplitDataset, sample_ids
+from gaal_cli.foundation.errors import GaalError
+from gaal_cli.methods.base import Method
+from gaal_cli.methods.metrics import classification_metrics
+from gaal_cli.runs.predictions_file import write_predictions
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else is taken as given."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise GaalError(
+            f"'{spec}' is not a device (expected auto, cpu, cuda or cuda:N)", field="train.device"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GaalError("CUDA was asked for but no CUDA device is available", field="train.device")
+    return device
+
+
+@contextmanager
+def _onednn_off():
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on `device`, or nothing.
+
+    On the CPU, oneDNN is switched off inside the context: its AMX bf16 kernels (Intel Xeon of
+    the Sapphire Rapids generation and later) give a NaN loss within three steps on the tiny test
+    config (torch 2.14.1, measured on such a host; with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, or
+    oneDNN off, the same run trains), while ATen's own bf16 kernels train. Float32 runs keep oneDNN.
+    """
+    if not bf16:
+        return nullcontext()
+    stack = ExitStack()
+    if device.type == "cpu":
+        stack.enter_context(_onednn_off())
+    stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+    return stack
+
+
+@torch.no_grad()
+def evaluate(
+    method: Method,
+    split: SplitDataset,
+    device: torch.device,
+    batch_size: int,
+    *,
+    missing: str | None = None,
+    bf16: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Metrics of each head (multi / image / tabular) on a split.
+
+    Args:
+        missing: 'tabular' or 'image' to evaluate with that modality absent at test time.
+    """
+    logits, y = predict_split(method, split, device, batch_size, missing=missing, bf16=bf16)
+    return score_heads(logits, y)
+
+
+def score_heads(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, dict[str, float]]:
+    """The metrics of each head's logits (`predict_split`'s output) against `labels`."""
+    return {head: classification_metrics(out, labels) for head, out in logits.items()}
+
+
+def predict_test(
+    method: Method, split: SplitDataset, device: torch.device, config: Config
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each head's test logits and the labels, without the modality `data.test_missing` names, as
+    the run's config evaluates them: a run's test metrics and its predictions file (written at the
+    end of training or later by `gaal eval --write-predictions`) both come from these."""
+    absent = config.data.test_missing
+    missing = absent if absent != "none" else None
+    return predict_split(method, split, device, config.data.eval_batch_size, missing=missing, bf16=config.train.bf16)
+
+
+def predictions_meta(config: Config) -> dict:
+    """What a predictions file records of the run that wrote it."""
+    return {
+        "method": config.method,
+        "seed": config.seed,
+        "dataset": config.data.name,
+        "test_missing": config.data.test_missing,
+    }
+
+
+def save_predictions(
+    path, split: SplitDataset, logits: dict[str, torch.Tensor], labels: torch.Tensor, meta: dict
+) -> None:
+    """Write `predict_split`'s output on `split` as a predictions file (gaal_cli.runs.predictions_file),
+    each sample named by `sample_ids`: the same logits the metrics were computed from, so the
+    file's accuracy per head is the reported one.
+
+    Raises:
+        GaalError: logits not finite or beyond float16's range (see `write_predictions`).
+    """
+    heads = {head: out.numpy() for head, out in logits.items()}
+    write_predictions(path, sample_ids(split), labels.numpy(), heads, meta)
+
+
+@torch.no_grad()
+def predict_split(
+    method: Method,
+    split: SplitDataset,
+    device: torch.device,
+    batch_size: int,
+    *,
+    missing: str | None = None,
+    bf16: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Logits of each head the method defines (float32, on the CPU, in row order) and the labels.
+
+    `evaluate` and `gaal predict` both go through here, so a prediction is what evaluation scored.
+
+    Args:
+        missing: 'tabular' or 'image' to predict with that modality absent.
+    """
+    method.eval()
+    collected: dict[str, list[torch.Tensor]] = {}
+    labels = []
+    for batch in make_loader(split, batch_size, shuffle=False):
+        batch = batch.to(device)
+        image = None if missing == "image" or "image" not in method.modalities else batch.image
+        table = None if missing == "tabular" or "tabular" not in method.modalities else batch.tabular
+        with autocast(device, bf16):
+            preds = method.predict(image, table)
+        for head, logits in preds._asdict().items():
+            if logits is not None:
+                collected.setdefault(head, []).append(logits.float().cpu())
+        labels.append(batch.label.cpu())
+    return {head: torch.cat(chunks) for head, chunks in collected.items()}, torch.cat(labels)
