@@ -8,9 +8,8 @@ import inspect
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from gaal_cli.foundation.display import styled
+from gaal_cli.foundation.display import TerminalConsole, styled
 from gaal_cli.foundation.errors import GaalError
 
 app = typer.Typer(
@@ -19,8 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # no markup: user text (paths, keys, cells) prints as written (see gaal_cli.foundation.display)
-stdout = Console(markup=False)
-stderr = Console(stderr=True, markup=False)
+stdout = TerminalConsole(markup=False)
+stderr = TerminalConsole(stderr=True, markup=False)
 
 
 def _print_version(value: bool) -> None:
@@ -163,8 +162,9 @@ def evaluate(
             )
         from gaal_cli.training.trained_run import write_run_predictions
 
-        file, written = write_run_predictions(run, overrides)
-        stdout.print(f"{'wrote' if written else 'already there, untouched:'} {file}", highlight=False)
+        file, outcome = write_run_predictions(run, overrides)
+        said = {"wrote": "wrote", "untouched": "already there, untouched (it passes its checks against the run):"}
+        stdout.print(f"{said.get(outcome, outcome + ':')} {file}", highlight=False, soft_wrap=True)
         return
     if split not in ("train", "val", "test"):
         raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
@@ -372,11 +372,29 @@ def compare(
     from gaal_cli.runs.folder import to_json
 
     rows = compare_runs(a, b, metrics=metric, resamples=resamples)
+    note = _shared_runs_note(a, b)
     if as_json:
-        stdout.print_json(to_json({"a": str(a), "b": str(b), "comparisons": [r.to_json() for r in rows]}))
+        found = {"a": str(a), "b": str(b), "comparisons": [r.to_json() for r in rows], "note": note}
+        stdout.print_json(to_json(found))
         return
     for line in comparison_lines(rows, str(a), str(b)):
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
+    if note:
+        stderr.print(styled("note:", "yellow", f" {note}"), highlight=False, soft_wrap=True)
+
+
+def _shared_runs_note(a: Path, b: Path) -> str | None:
+    """What `gaal compare` says when A and B hold the same run folders (`gaal compare A A`)."""
+    from gaal_cli.analysis.compare import run_group
+
+    folders = [{run.path.resolve() for run in run_group(side).values()} for side in (a, b)]
+    shared = sorted(folders[0] & folders[1])
+    if not shared:
+        return None
+    return (
+        f"A and B share {len(shared)} run folder{'s' * (len(shared) > 1)} (e.g. {shared[0]}): a run compared "
+        "with itself differs by 0 by construction, so those seeds say nothing about the methods"
+    )
 
 
 data_app = typer.Typer(help="Prepare real datasets from their raw downloads.", no_args_is_help=True)
@@ -490,6 +508,7 @@ def check_method(
 
 
 @app.command("methods")
+@user_errors
 def list_methods() -> None:
     """List the training methods (built-in or from a plugin package), their origin and settings."""
     from gaal_cli.methods.registry import all_methods, load_plugins, method_origin

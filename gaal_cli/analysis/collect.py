@@ -21,6 +21,7 @@ import pandas as pd
 
 from gaal_cli.config import read_yaml_file
 from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.names import file_stem
 from gaal_cli.methods.registry import all_methods, method_names, method_spec
 from gaal_cli.runs.folder import RunFolder, finished_runs
 from gaal_cli.sweeps.runner import WHERE_KEYS
@@ -76,6 +77,11 @@ DIAGNOSTICS = {
 }
 
 
+# the report's own file stems (runs.csv, report.md, health.md) and its table kinds: an experiment
+# of one of these names gets a stem of its own, never the same file
+REPORT_STEMS = ("runs", "report", "health", "table1", "table2")
+
+
 # config keys that never define a row: identity, the dataset (the columns) and where a run trained
 # (a modality absent at test names a row by its star instead: see method_label)
 NOT_ROWS = {"name", "seed", "data.name", "data.test_missing", *WHERE_KEYS}
@@ -111,6 +117,10 @@ def load_runs(root: Path) -> pd.DataFrame:
             console.print(message, highlight=False, soft_wrap=True)
     if not rows:
         raise GaalError("no finished runs (folders with DONE and report.json) under it", source=str(root))
+    for row in rows:
+        if row["null_metrics"]:
+            note = f" {row['folder']}: test {row['null_metrics']} reported as null (NaN); left out of the means"
+            console.print(styled("warning:", "yellow", note), highlight=False, soft_wrap=True)
     return add_unimodal_gaps(pd.DataFrame(rows))
 
 
@@ -145,6 +155,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
                 for head in HEADS
                 for metric in METRICS
             },
+            "null_metrics": null_metrics(test),
             "sec_per_epoch": _number(report["timings"]["seconds_per_epoch"]),
             "epochs": report["epochs_run"],
             **run_diagnostics(run, report),
@@ -153,6 +164,17 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         }
     except (KeyError, TypeError, AttributeError) as err:
         raise GaalError(f"lacks what a table needs ({type(err).__name__}: {err})", source=str(run.path)) from None
+
+
+def null_metrics(test: dict[str, Any]) -> str:
+    """The tabulated test metrics a run reported as null (a NaN: a diverged run), as `head.metric`
+    names separated by spaces: they are left out of means, and the tables say how many seeds remain."""
+    return " ".join(
+        f"{head}.{metric}"
+        for head in HEADS
+        for metric in METRICS
+        if isinstance(test.get(head), dict) and metric in test[head] and np.isnan(_number(test[head][metric]))
+    )
 
 
 def run_sizes(report: dict[str, Any], config: dict[str, Any]) -> dict[str, float]:
@@ -266,7 +288,7 @@ def table_kind(runs: pd.DataFrame, rows: list[str], experiment: str) -> str:
         return "table1"
     if set(rows) <= set(ABLATION_KEYS) and not diagnostic:
         return "table2"
-    return experiment.replace("/", "_")
+    return file_stem(experiment.replace("/", "_"), REPORT_STEMS)
 
 
 def tables(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
@@ -279,7 +301,7 @@ def tables(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, list[str]]]:
         rows = row_keys(part)
         kind = table_kind(part, rows, str(experiment))
         if kind == "table1" and part["method"].nunique() == 1 and fills_a_cell_again(grouped, part):
-            kind = str(experiment).replace("/", "_")
+            kind = file_stem(str(experiment).replace("/", "_"), REPORT_STEMS)
         frames, known = grouped.setdefault(kind, ([], []))
         frames.append(part)
         known += [r for r in rows if r not in known]

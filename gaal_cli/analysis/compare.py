@@ -21,7 +21,8 @@ from gaal_cli.analysis.stats import METRICS as STAT_METRICS
 from gaal_cli.analysis.stats import RESAMPLES, PairedDifference, paired_bootstrap, paired_t
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.runs.folder import RunFolder, finished_runs
-from gaal_cli.runs.predictions_file import Predictions, align, read_predictions
+from gaal_cli.runs.predictions_file import Predictions, align
+from gaal_cli.runs.run_predictions import check_pairable, read_run_predictions
 
 #: the metrics a paired comparison can be made on: report.json's name -> gaal_cli.analysis.stats's
 PAIRED_METRICS = {"acc": "accuracy", "bal_acc": "balanced_accuracy"}
@@ -30,10 +31,11 @@ BOOTSTRAP_SEED = 0
 
 
 def predictions_of(folder: str | Path) -> Predictions:
-    """A finished run's predictions file, read and checked.
+    """A finished run's predictions file, read and checked against the run (gaal_cli.runs.run_predictions).
 
     Raises:
-        GaalError: the run has none (says how to write it), or it is not a valid predictions file.
+        GaalError: the run has none (says how to write it), it is not a valid predictions file,
+            or it is not the run's (another run's, metrics that differ, non-finite logits).
     """
     run = RunFolder(folder)
     file = run.file(RunFolder.PREDICTIONS)
@@ -43,7 +45,7 @@ def predictions_of(folder: str | Path) -> Predictions:
             f"write it from the run's checkpoint with: gaal eval {run.path} --write-predictions",
             source=str(run.path),
         )
-    return read_predictions(file)
+    return read_run_predictions(run)
 
 
 def run_group(path: str | Path) -> dict[int, RunFolder]:
@@ -84,6 +86,7 @@ def bootstrap_difference(
     """
     a_correct, r_correct, labels = [], [], []
     for a, r in pairs:
+        check_pairable(a, r)
         ia, ir = align(a, r)
         a_correct.append(a.correct(head)[ia])
         r_correct.append(r.correct(head)[ir])

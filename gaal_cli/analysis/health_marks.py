@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from gaal_cli.foundation.display import markdown_text
 from gaal_cli.training.health import CHECKS
 
 HEALTH_MARK = "†"
@@ -43,7 +44,7 @@ def health_markdown(runs: pd.DataFrame) -> str:
         lines.append(f"No finding in any of the {len(runs)} runs.\n")
     else:
         lines += [f"{len(flagged)} of {len(runs)} runs have findings:\n", "| run | findings |", "|---|---|"]
-        lines += [f"| {row.folder} | {row.health} |" for row in flagged.itertuples()]
+        lines += [f"| {markdown_text(row.folder)} | {markdown_text(row.health)} |" for row in flagged.itertuples()]
         lines.append("")
     unchecked = runs["health_unchecked"].fillna("").str.split().explode().dropna()
     counts = unchecked[unchecked != ""].value_counts()

@@ -10,7 +10,9 @@ import pandas as pd
 
 from gaal_cli.analysis import compare, stats
 from gaal_cli.analysis.collect import HEAD_LABELS, HEADS, METRICS, column, dataset_label, dataset_order, row_order
+from gaal_cli.foundation.display import markdown_text
 from gaal_cli.foundation.errors import GaalError
+from gaal_cli.runs.run_predictions import note_unpaired
 from gaal_cli.sweeps.runner import format_value
 
 #: the row every other row of a table is compared with, unless `gaal report --reference` names another
@@ -38,6 +40,7 @@ def paired_markdown(
     datasets = dataset_order(runs["dataset"].unique())
     cells: dict[tuple, dict[tuple, tuple[stats.PairedDifference, bool]]] = {}
     loaded: dict[str, Any] = {}
+    unpaired: dict[str, None] = {}  # why files were not paired (each once, in order)
     for key, part in runs.groupby(rows, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         if dict(zip(rows, key))["method"] == reference:
@@ -46,17 +49,19 @@ def paired_markdown(
         ref = runs[_matches(runs, rows, ref_key)]
         for d in datasets:
             for h in HEADS:
-                found = paired_cell(part[part["dataset"] == d], ref[ref["dataset"] == d], h, metric, resamples, loaded)
+                found = paired_cell(
+                    part[part["dataset"] == d], ref[ref["dataset"] == d], h, metric, resamples, loaded, unpaired
+                )
                 if found is not None:
                     cells.setdefault((d, h), {})[key] = found
     verdicts = {col: stats.mark_rows({k: v[0] for k, v in found.items()}, ALPHA) for col, found in cells.items()}
     header = [r.split(".")[-1] for r in rows]
     for d in datasets:
-        header += [f"{dataset_label(d)} {HEAD_LABELS[h]}" for h in HEADS]
+        header += [f"{markdown_text(dataset_label(d))} {HEAD_LABELS[h]}" for h in HEADS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     row_keys_in_order = [k for k in row_order(runs, rows) if any(k in found for found in cells.values())]
     for key in row_keys_in_order:
-        text = [format_value(v) for v in key]
+        text = [markdown_text(format_value(v)) for v in key]
         for d in datasets:
             for h in HEADS:
                 verdict = verdicts.get((d, h), {}).get(key)
@@ -75,6 +80,8 @@ def paired_markdown(
             "the paired t test on the per-seed values (seeds only, not the test samples); "
             "`gaal eval RUN --write-predictions` writes the file for an older run."
         )
+    if unpaired:
+        legend += " Not paired by sample (ᵗ): " + "; ".join(map(markdown_text, unpaired)) + "."
     return "\n".join(lines) + f"\n\n{legend}\n"
 
 
@@ -86,10 +93,17 @@ def _matches(runs: pd.DataFrame, rows: list[str], key: tuple) -> pd.Series:
 
 
 def paired_cell(
-    a: pd.DataFrame, r: pd.DataFrame, head: str, metric: str, resamples: int, loaded: dict[str, Any]
+    a: pd.DataFrame,
+    r: pd.DataFrame,
+    head: str,
+    metric: str,
+    resamples: int,
+    loaded: dict[str, Any],
+    unpaired: dict[str, None] | None = None,
 ) -> tuple[stats.PairedDifference, bool] | None:
     """A's runs minus R's on one dataset and head, paired by seed: (difference, bootstrapped?), or
-    None where the two share no seed with that head reported."""
+    None where the two share no seed with that head reported. Files that cannot be paired (or are
+    not their runs': gaal_cli.runs.run_predictions) are named in `unpaired` and warned about."""
     c = column(head, metric)
     a_seeds = {int(x.seed): x for x in a.itertuples() if not pd.isna(getattr(x, c))}
     r_seeds = {int(x.seed): x for x in r.itertuples() if not pd.isna(getattr(x, c))}
@@ -101,8 +115,8 @@ def paired_cell(
         try:
             pairs = [(_predictions(fa, loaded), _predictions(fr, loaded)) for fa, fr in folders]
             return compare.bootstrap_difference(pairs, head, metric, resamples=resamples), True
-        except GaalError:
-            pass  # files that cannot be paired: the seeds-only test below, marked as such
+        except GaalError as err:  # the seeds-only test below, marked ᵗ, the file named
+            note_unpaired(err, unpaired)
     values_a = [float(getattr(a_seeds[s], c)) for s in seeds]
     values_r = [float(getattr(r_seeds[s], c)) for s in seeds]
     return compare.t_difference(values_a, values_r, metric), False

@@ -41,6 +41,7 @@ def ranks_markdown(summary: pd.DataFrame, rows: list[str], kind: str, out: Path)
     drawn = cd_diagram(methods, result.average_ranks, cd, out / f"cd_{kind}.png", title=title)
     ranked = sorted(zip(methods, result.average_ranks), key=lambda x: (x[1], x[0]))
     left_out = sorted(set(fused) - set(complete))
+    nan_only = [m for m in scores.columns if m not in fused and _multi_null(summary, m)]
     text = (
         f"Average rank of each method's mean Multi test accuracy over {n} conditions (each {what}; 1 = best): "
         + ", ".join(f"{m} {r:.2f}" for m, r in ranked)
@@ -48,6 +49,13 @@ def ranks_markdown(summary: pd.DataFrame, rows: list[str], kind: str, out: Path)
         f"(p = {result.f_p_value:.3g}); Nemenyi critical difference {cd:.2f} at α = {ALPHA:g}: methods whose average "
         "ranks differ by less are not told apart (joined by a bar in the diagram)."
         + (f" Left out (not run in every condition): {', '.join(left_out)}." if left_out else "")
+        + (f" Left out (its Multi accuracy is NaN in every seed): {', '.join(nan_only)}." if nan_only else "")
         + "\n"
     )
     return text, [drawn.png.with_suffix(s) for s in FORMATS]
+
+
+def _multi_null(summary: pd.DataFrame, method: str) -> bool:
+    """Whether a seed of `method` reported its Multi accuracy as NaN (a diverged run, not a unimodal one)."""
+    nulls = summary.loc[summary["method"] == method, "null_metrics"] if "null_metrics" in summary else []
+    return any("multi.acc" in str(v).split() for v in nulls)

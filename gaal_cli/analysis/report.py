@@ -39,8 +39,9 @@ from gaal_cli.analysis.health_marks import health_markdown
 from gaal_cli.analysis.paired import REFERENCE, paired_markdown
 from gaal_cli.analysis.ranks import ranks_markdown
 from gaal_cli.analysis.tables import diagnostics_markdown, markdown, summarize, summarize_diagnostics
+from gaal_cli.foundation.display import markdown_text
 from gaal_cli.foundation.errors import GaalError
-from gaal_cli.foundation.files import make_folder, os_error, remove_tree, signals_held, write_file
+from gaal_cli.foundation.files import os_error, own_folder, remove_tree, signals_held, write_file
 from gaal_cli.foundation.locks import folder_lock
 
 #: where a report is built before its files replace the old ones together
@@ -77,12 +78,11 @@ def write_report(
         remove_tree(staging)  # what a killed report left
         try:
             try:
-                built = build_report(
-                    runs, roots, make_folder(staging), reference=reference, resamples=resamples
-                )
+                built = build_report(runs, roots, own_folder(staging), reference=reference, resamples=resamples)
             except GaalError as err:  # name the file the user asked for, not its staging copy
                 source = (err.source or "").replace(str(staging), str(out))
                 raise GaalError(err.message, source=source or None, field=err.field) from None
+            refuse_duplicates(built, out)
             with signals_held():
                 for file in built:
                     try:
@@ -92,6 +92,19 @@ def write_report(
         finally:
             remove_tree(staging)
     return [out / file.name for file in built]
+
+
+def refuse_duplicates(built: list[Path], out: Path) -> None:
+    """Two parts of a report under one file name would leave one of them lost and `out` half
+    replaced: refused before anything is moved.
+
+    Raises:
+        GaalError: names the file.
+    """
+    names = [file.name for file in built]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise GaalError("two parts of the report would be written to this one file", source=str(out / twice))
 
 
 def build_report(
@@ -127,7 +140,7 @@ def build_report(
 
 
 def heading(runs: pd.DataFrame, root: Path | Sequence[Path], reference: str) -> str:
-    where = str(root) if isinstance(root, str | Path) else ", ".join(map(str, root))
+    where = markdown_text(root) if isinstance(root, str | Path) else ", ".join(map(markdown_text, root))
     return (
         f"# Results under {where}\n\n{len(runs)} finished runs; test metrics, mean ± std over seeds "
         f"[95 % interval]; each row against the '{reference}' row as a paired difference.\n"
@@ -155,7 +168,7 @@ def table_sections(
     diagnostics = diagnostics_markdown(summarize_diagnostics(runs, rows), rows)
     write_file(out / f"{kind}_diagnostics.md", diagnostics, sync=False)
     written += [out / f"{kind}.csv", out / f"{kind}.md", out / f"{kind}_diagnostics.md"]
-    experiments = ", ".join(sorted(runs["experiment"].unique()))
+    experiments = ", ".join(map(markdown_text, sorted(runs["experiment"].unique())))
     sections = [
         f"## {kind} ({experiments})\n\nTest accuracy.\n\n{table}\n"
         + "\n".join(others)

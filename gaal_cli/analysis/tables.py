@@ -15,6 +15,7 @@ import pandas as pd
 from gaal_cli.analysis import stats
 from gaal_cli.analysis.collect import DIAGNOSTICS, HEADS, METRICS, column, dataset_label, dataset_order, row_order
 from gaal_cli.analysis.health_marks import health_mark, health_rule
+from gaal_cli.foundation.display import markdown_text
 from gaal_cli.sweeps.runner import format_value
 
 INTERVAL_RULE = "Cells: mean ± std over seeds [95 % interval of the mean, Student t over seeds]."
@@ -31,10 +32,14 @@ def summarize(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
     each metric's 95 % interval over seeds (`<col>_low`, `<col>_high`: stats.mean_interval)."""
     grouped = runs.groupby([*rows, "dataset"], dropna=False)
     metrics = [column(h, m) for h in HEADS for m in METRICS if column(h, m) in runs.columns]
-    table = grouped[[*metrics, "sec_per_epoch"]].agg(["mean", "std", _interval_low, _interval_high])
+    table = grouped[[*metrics, "sec_per_epoch"]].agg(["mean", "std", _interval_low, _interval_high, "count"])
     table.columns = [f"{col}_{stat.removeprefix('_interval_')}" for col, stat in table.columns]
-    table = table.drop(columns=["sec_per_epoch_low", "sec_per_epoch_high"])
+    table = table.drop(columns=["sec_per_epoch_low", "sec_per_epoch_high", "sec_per_epoch_count"])
     table["n"] = grouped.size()
+    if "null_metrics" in runs.columns:  # the metrics some seed reported as NaN, per cell
+        table["null_metrics"] = grouped["null_metrics"].agg(
+            lambda v: " ".join(sorted(set(" ".join(v.fillna("")).split())))
+        )
     if "health" in runs.columns:  # runs with a run-health finding, per cell
         table["flagged"] = grouped["health"].agg(lambda names: int((names.fillna("") != "").sum()))
     return table.reset_index()
@@ -84,7 +89,7 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
     datasets = dataset_order(summary["dataset"].unique())
     header = [r.split(".")[-1] for r in rows]
     for d in datasets:
-        label = dataset_label(d)
+        label = markdown_text(dataset_label(d))
         header += [f"{label} Multi", f"{label} Image", f"{label} Tabular", f"{label} s/epoch", f"{label} n"]
     bold = set()
     for d in datasets:
@@ -98,7 +103,7 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
         (*key, d): i for i, (key, d) in enumerate(zip(summary[rows].itertuples(index=False), summary["dataset"]))
     }
     for key in row_order(summary, rows):
-        cells = [format_value(v) for v in key]
+        cells = [markdown_text(format_value(v)) for v in key]
         for d in datasets:
             i = position.get((*key, d))
             if i is None:
@@ -110,11 +115,26 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
                 text = mean_std(cell[f"{c}_mean"], cell[f"{c}_std"])
                 text = with_interval(text, cell.get(f"{c}_low", np.nan), cell.get(f"{c}_high", np.nan))
                 text = f"**{text}**" if (summary.index[i], h) in bold else text
-                cells.append(text + health_mark(cell) if text != "-" else text)
+                cells.append((text + health_mark(cell) if text != "-" else text) + seeds_left(cell, h, metric))
             sec = cell["sec_per_epoch_mean"]
             cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{INTERVAL_RULE} {BOLD_RULE}\n" + health_rule(summary)
+    nulls = summary.get("null_metrics", pd.Series(dtype=str)).fillna("")
+    nan_rule = f" {NAN_RULE}" if (nulls != "").any() else ""
+    return "\n".join(lines) + f"\n\n{INTERVAL_RULE} {BOLD_RULE}{nan_rule}\n" + health_rule(summary)
+
+
+NAN_RULE = (
+    "(k of n seeds): the other seeds reported this metric as NaN (null in report.json: a diverged run); "
+    "mean, std and interval are over the k seeds."
+)
+
+
+def seeds_left(cell: pd.Series, head: str, metric: str) -> str:
+    """` (2 of 3 seeds)` where some seed of the cell reported the metric as NaN, else nothing."""
+    if f"{head}.{metric}" not in str(cell.get("null_metrics", "") or "").split():
+        return ""
+    return f" ({int(cell[f'{column(head, metric)}_count'])} of {int(cell['n'])} seeds)"
 
 
 def summarize_diagnostics(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
@@ -135,9 +155,8 @@ def diagnostics_markdown(diag: pd.DataFrame, rows: list[str]) -> str:
         for key in row_order(part, rows):
             cell = part[(part[rows] == pd.Series(key, index=rows)).all(axis=1)].iloc[0]
             values = [mean_std(cell[f"{c}_mean"], cell[f"{c}_std"], digits=3) for c in DIAGNOSTICS]
-            lines.append(
-                "| " + " | ".join([*(format_value(v) for v in key), dataset_label(d), *values, str(cell["n"])]) + " |"
-            )
+            texts = [*(format_value(v) for v in key), dataset_label(d)]
+            lines.append("| " + " | ".join([*map(markdown_text, texts), *values, str(cell["n"])]) + " |")
     return "\n".join(lines) + "\n\n" + DIAGNOSTICS_NOTE + "\n"
 
 

@@ -10,13 +10,20 @@ Roles, and what training does with each:
 - `datetime`: text that reads as dates (ISO, day-first or month-first). Expanded to numbers:
   year, month, day of year, day of week, and days since the earliest training date. A date that
   does not parse is a missing value (imputed like any other).
-- `number`: numbers written as text ("1,234", "12%", "$3.5", "1.234,5"): the decimal and
-  thousands marks are inferred from the column, currency signs and `%` are dropped (12% reads
-  12). Continuous. A value that does not parse is a bad row ("... is not a number").
+- `number`: numbers written as text ("1,234", "12%", "$3.5", "253.47 €", "1.234,5", "13 kg"):
+  the decimal and thousands marks are inferred from the column (where both readings read every
+  value, "25.347" is a thousands mark when the table writes its decimals with a comma in another
+  column, as German tables do), currency signs before or after and `%` are dropped (12% reads 12),
+  and one unit after the numbers ("kg") is recorded and dropped: a value with another unit is a bad
+  row, as is any value that does not parse ("... is not a number"). Continuous.
+- `empty`: every value is missing: left out (nothing to learn from, not a one-value flag).
 - `boolean`: yes/no, true/false, y/n, t/f text, or a boolean column. Categorical (false, true).
 - `categorical`, `continuous`: other text, and numbers with at most `FEW_DISTINCT` values, are
   categorical; other numbers continuous.
 - `excluded`: left out because `data.exclude` says so.
+
+A CSV read by pandas turns a column of "25.347" alone into floats before any role is inferred:
+such a column is read as decimals (pandas' reading), whatever the table's other columns say.
 
 Overrides (`data.exclude`, `data.categorical`, `data.continuous`, `data.datetime`,
 `data.id_column`) win over inference; a name that is not a column is an error with a
@@ -38,8 +45,8 @@ from gaal_cli.foundation.errors import GaalError, did_you_mean
 # Numeric columns with at most this many distinct values are flags (0/1, yes/no) and become
 # categorical; integer counts such as doors or seats stay continuous, since their order matters
 FEW_DISTINCT = 2
-ROLES = ("id", "text", "datetime", "number", "boolean", "categorical", "continuous", "excluded")
-LEFT_OUT = ("id", "text", "excluded")
+ROLES = ("id", "text", "datetime", "number", "boolean", "categorical", "continuous", "excluded", "empty")
+LEFT_OUT = ("id", "text", "excluded", "empty")
 # a column with fewer non-missing values says too little to call it an id or free text
 MIN_ROWS = 20
 NEAR_UNIQUE = 0.95  # share of distinct values above which text is an id (or free text)
@@ -53,6 +60,8 @@ FALSE_WORDS = {"no", "n", "false", "f"}
 # (decimal mark, thousands mark); on a tie the earlier wins ("234,311" reads 234311)
 NUMBER_MARKS = ((".", ","), (",", "."), (",", " "), (".", " "), (".", "'"), (",", "'"))
 CURRENCY = "$€£¥"
+# a unit after a number ("13 kg", "120km/h"): letters, not a number's exponent ("1e5")
+UNIT = r"(?![eE][+-]?\d)[A-Za-zµ°Ω][A-Za-zµ°Ω²³/]{0,7}"
 
 
 @dataclass
@@ -63,6 +72,7 @@ class ColumnRole:
     reason: str
     marks: tuple[str, str] | None = None
     date_format: str | None = None
+    unit: str | None = None
 
 
 @dataclass
@@ -100,6 +110,7 @@ class ColumnRoles:
                     "reason": r.reason,
                     "marks": list(r.marks) if r.marks else None,
                     "date_format": r.date_format,
+                    **({"unit": r.unit} if r.unit else {}),
                 }
                 for c, r in self.columns.items()
             },
@@ -119,7 +130,8 @@ class ColumnRoles:
                 if r["role"] not in ROLES:
                     raise ValueError(f"unknown role {r['role']!r} of column {name!r}")
                 marks = tuple(str(m) for m in r["marks"]) if r.get("marks") else None
-                columns[str(name)] = ColumnRole(str(r["role"]), str(r["reason"]), marks, r.get("date_format"))
+                unit = str(r["unit"]) if r.get("unit") else None
+                columns[str(name)] = ColumnRole(str(r["role"]), str(r["reason"]), marks, r.get("date_format"), unit)
             return cls(columns, {str(k): str(v) for k, v in data.get("origins", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise GaalError(f"malformed column roles ({type(err).__name__}: {err})", source=source) from None
@@ -166,21 +178,36 @@ def infer_roles(
         **{c: "continuous" for c in continuous or ()},
         **{c: "datetime" for c in datetime or ()},
     }
+    comma_decimals = _comma_decimals(frame, [c for c in columns if c not in forced])
     out = {}
     for name in columns:
         values = frame[name]
         if name in forced:
             out[name] = _forced(values, forced[name])
         else:
-            out[name] = _inferred(values)
+            out[name] = _inferred(values, comma_decimals)
     return ColumnRoles(out)
+
+
+def _comma_decimals(frame: pd.DataFrame, columns: Sequence[str]) -> str | None:
+    """The first text column that reads as numbers only with ',' as the decimal mark ("3,5"): the
+    table is written that way (German, French, ...), so a '.' elsewhere is a thousands mark."""
+    for name in columns:
+        values = frame[name]
+        if not _is_text(values):
+            continue
+        text = values.dropna().astype(str).str.strip()
+        if len(text) and _read_count(text, (",", ".")) == len(text) > _read_count(text, (".", ",")):
+            return str(name)
+    return None
 
 
 def _forced(values: pd.Series, role: str) -> ColumnRole:
     key = {"excluded": "exclude"}.get(role, role)
     why = f"data.{key}"
     if role == "continuous" and _is_text(values):
-        return ColumnRole("number", f"{why}; read as numbers", marks=_best_marks(values.dropna())[0])
+        (marks, unit), _ = _best_marks(values.dropna())
+        return ColumnRole("number", f"{why}; read as numbers", marks=marks, unit=unit)
     if role == "datetime":
         fmt, parsed = _best_date_format(values.dropna())
         if parsed == 0:
@@ -196,9 +223,11 @@ def _is_text(values: pd.Series) -> bool:
     return not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values))
 
 
-def _inferred(values: pd.Series) -> ColumnRole:
+def _inferred(values: pd.Series, comma_decimals: str | None = None) -> ColumnRole:
     seen = values.dropna()
     n, distinct = len(seen), seen.nunique()
+    if n == 0 or (_is_text(values) and not seen.astype(str).str.strip().astype(bool).any()):
+        return ColumnRole("empty", "every value is missing (or blank): nothing to learn from, left out")
     if pd.api.types.is_bool_dtype(values):
         return ColumnRole("boolean", "true/false values")
     if not _is_text(values):
@@ -211,9 +240,13 @@ def _inferred(values: pd.Series) -> ColumnRole:
     words = set(text.str.lower().unique())
     if words and (words <= TRUE_WORDS | FALSE_WORDS) and not (words <= TRUE_WORDS or words <= FALSE_WORDS):
         return ColumnRole("boolean", f"yes/no values ({', '.join(sorted(words))})")
-    marks, parsed = _best_marks(text)
+    (marks, unit), parsed = _best_marks(text, comma_decimals)
     if n and parsed == n and distinct > FEW_DISTINCT:
-        return ColumnRole("number", f"numbers written as text (decimal {marks[0]!r}, thousands {marks[1]!r})", marks)
+        why = f"numbers written as text (decimal {marks[0]!r}, thousands {marks[1]!r}"
+        why += f"; unit {unit!r}" if unit else ""
+        if marks[0] == "," and comma_decimals not in (None, values.name):
+            why += f"; decimals written with ',' as in column {comma_decimals!r}"
+        return ColumnRole("number", why + ")", marks, unit=unit)
     fmt, dated = _best_date_format(text)
     if n and dated >= DATE_SHARE * n:
         tie = " (ambiguous: every day <= 12, read day-first)" if _ambiguous(text, fmt) else ""
@@ -240,27 +273,44 @@ def _counter_like(seen: pd.Series) -> bool:
 
 
 def _number_pattern(decimal: str, thousands: str) -> re.Pattern:
+    """A number with these marks, a sign, a currency sign before or after, and `%` or a unit after."""
     d, t = re.escape(decimal), re.escape(thousands)
-    sign, cur = r"[+-]?", f"[{re.escape(CURRENCY)}]?"
+    cur = f"[{re.escape(CURRENCY)}]"
     body = rf"(?:\d{{1,3}}(?:{t}\d{{3}})+|\d+)(?:{d}\d+)?|{d}\d+"
-    return re.compile(rf"^{sign}{cur}\s*{sign}(?:{body})\s*%?$")
+    return re.compile(
+        rf"^(?P<sign>[+-]?){cur}?\s*(?P<sign2>[+-]?)(?P<number>{body})\s*(?:%|{cur}|(?P<unit>{UNIT}))?$"
+    )
 
 
-def _best_marks(text: pd.Series) -> tuple[tuple[str, str], int]:
-    """The (decimal, thousands) marks that read the most values, and how many they read."""
+def _read_count(text: pd.Series, marks: tuple[str, str], unit: str | None = None) -> int:
+    """How many of `text` read as numbers with `marks` and `unit` (or none)."""
+    found = text.str.extract(_number_pattern(*marks))
+    units = found["unit"]
+    return int((found["number"].notna() & (units.isna() | (units == unit))).sum())
+
+
+def _best_marks(text: pd.Series, comma_decimals: str | None = None) -> tuple[tuple[tuple[str, str], str | None], int]:
+    """The (decimal, thousands) marks and the unit that read the most values, and how many they
+    read. On a tie the earlier marks win ("234,311" reads 234311), but in a column without a comma
+    ',' as the decimal mark wins ("25.347" reads 25347) when another column of the table writes its
+    decimals with a comma (`comma_decimals`)."""
     text = text.astype(str).str.strip()
-    best, count = NUMBER_MARKS[0], -1
-    for marks in NUMBER_MARKS:
-        n = int(text.str.match(_number_pattern(*marks)).sum())
+    best, count = (NUMBER_MARKS[0], None), -1
+    dotted = comma_decimals and not text.str.contains(",", regex=False).any()
+    order = sorted(NUMBER_MARKS, key=lambda m: m[0] != ",") if dotted else NUMBER_MARKS
+    for marks in order:
+        found = text.str.extract(_number_pattern(*marks))
+        units = found["unit"].dropna()
+        unit = units.mode().iloc[0] if len(units) else None  # one unit: the most frequent
+        n = int((found["number"].notna() & (found["unit"].isna() | (found["unit"] == unit))).sum())
         if n > count:
-            best, count = marks, n
+            best, count = (marks, unit), n
     return best, count
 
 
-def parse_numbers(values: pd.Series, marks: tuple[str, str]) -> pd.Series:
-    """Numbers written as text, as floats; a value that does not read stays as it was (text).
-
-    A numeric column passes through unchanged.
+def parse_numbers(values: pd.Series, marks: tuple[str, str], unit: str | None = None) -> pd.Series:
+    """Numbers written as text, as floats; a value that does not read (another unit than `unit`
+    included) stays as it was (text). A numeric column passes through unchanged.
     """
     if not _is_text(values):
         return values
@@ -270,11 +320,11 @@ def parse_numbers(values: pd.Series, marks: tuple[str, str]) -> pd.Series:
     def read(v):
         if pd.isna(v):
             return np.nan
-        text = str(v).strip()
-        if not pattern.match(text):
+        found = pattern.match(str(v).strip())
+        if not found or found["unit"] not in (None, unit):
             return v
-        plain = re.sub(f"[{re.escape(CURRENCY)}%\\s]", "", text).replace(thousands, "").replace(decimal, ".")
-        return float(plain)
+        number = float(found["number"].replace(thousands, "").replace(decimal, "."))
+        return -number if "-" in found["sign"] + found["sign2"] else number
 
     return values.map(read).astype(object)
 
@@ -330,7 +380,7 @@ def derive(frame: pd.DataFrame, roles: ColumnRoles) -> pd.DataFrame:
             for part in DATE_PARTS:
                 out[f"{name} {part}"] = parts[part].astype(float)
         elif r.role == "number":
-            out[name] = parse_numbers(values, r.marks)
+            out[name] = parse_numbers(values, r.marks, r.unit)
         elif r.role == "boolean":
             out[name] = values.map(_truth)
         else:

@@ -4,7 +4,9 @@ Decoding a JPEG costs far more than a training step's share of a small encoder, 
 decoded and resized once to the training resolution into one uint8 array on disk
 (`<cache>/images_<size>.npy`), memory-mapped by every loader worker; augmentations run on
 the cached pixels. The cache's metadata holds a key over the image paths, their sizes and
-modification times and the resolution; any change rebuilds it.
+modification times and the resolution; any change rebuilds it, as does metadata that does not
+read as gaal's. The cache's folders and files are gaal's own: a link planted at one of them is
+refused (gaal_cli.foundation.files), never written through.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from torchvision.transforms import v2
 from gaal_cli.data.base import Batch
 from gaal_cli.data.problems import Problems
 from gaal_cli.foundation.errors import GaalError
-from gaal_cli.foundation.files import make_folder, write_file
-from gaal_cli.foundation.untrusted import open_regular
+from gaal_cli.foundation.files import own_folder, write_file
+from gaal_cli.foundation.untrusted import open_regular, read_json
+
+#: the folder beside a user's table that holds its image caches (`<table folder>/.gaal_cache/<stem>/`)
+CACHE_FOLDER = ".gaal_cache"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,10 +151,12 @@ def ensure_cache(
     Returns:
         The .npy file holding a (N, 3, size, size) uint8 array in the order of `paths`.
     """
-    make_folder(folder)
+    if folder.parent.name == CACHE_FOLDER:
+        own_folder(folder.parent)
+    own_folder(folder)
     file, meta_file = folder / f"images_{size}.npy", folder / f"images_{size}.json"
     key = cache_key(paths, size)
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta = _read_meta(meta_file, len(paths))
     if meta.get("key") != key or not file.exists():
         failed = _build(paths, size, file, num_workers, progress or no_progress)
         meta = {"key": key, "count": len(paths), "size": size, "failed": failed}
@@ -157,6 +164,26 @@ def ensure_cache(
     for row, message in meta["failed"].items():
         problems.add(int(row), f"unreadable image: {message}", file=paths[int(row)], kind="unreadable image")
     return file
+
+
+def _read_meta(file: Path, rows: int) -> dict:
+    """A cache's metadata, or {} (rebuild) when it is missing or does not read as gaal's."""
+    if not file.exists():
+        return {}
+    try:
+        meta = read_json(file)
+    except GaalError:
+        return {}
+    failed = meta.get("failed") if isinstance(meta, dict) else None
+    if not isinstance(failed, dict):
+        return {}
+    if not all(_row_number(k, rows) and isinstance(v, str) for k, v in failed.items()):
+        return {}
+    return meta
+
+
+def _row_number(text: str, rows: int) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 12 and int(text) < rows
 
 
 def _build(paths: Sequence[str], size: int, file: Path, num_workers: int, progress: Progress) -> dict[str, str]:

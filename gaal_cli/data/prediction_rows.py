@@ -52,7 +52,8 @@ class PredictionRows:
 
     `labels` (class indices of the run, -1 where a row has none or one the run does not know)
     is None when the table has no target column; `splits` (train/val/test, "" where unknown) is
-    None when the table has no split column; `skipped` counts dropped bad rows per reason.
+    None when the table has no split column; `skipped` counts dropped bad rows per reason;
+    `inputs` are the files read besides the table (every row's image), which no output may replace.
     """
 
     ids: list[str]
@@ -65,6 +66,7 @@ class PredictionRows:
     rows_read: int
     skipped: dict[str, int]
     notes: dict[str, dict[str, int]]
+    inputs: list[str]
 
 
 def prediction_rows(
@@ -147,6 +149,7 @@ def embedded_rows(cfg: DataConfig, seed: int, split_name: str) -> PredictionRows
         rows_read=n,
         skipped={},
         notes={"imputed": {}, "unknown_categories": {}},
+        inputs=[],
     )
 
 
@@ -204,6 +207,7 @@ def _read_images(
         rows_read=len(keep),
         skipped=e.problems.counts(),
         notes={"imputed": counts["imputed"], "unknown_categories": counts["unknown_categories"]},
+        inputs=list(e.paths) if with_images else [],
     )
 
 

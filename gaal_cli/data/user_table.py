@@ -87,6 +87,13 @@ def read_table(path: Path) -> pd.DataFrame:
 def _check_header(header: list[str], path: Path) -> None:
     seen: dict[str, int] = {}
     for position, name in enumerate(header, start=1):
+        if name and not name.strip():  # pandas names an empty header cell (an index column) itself
+            raise GaalError(
+                f"column {position} is named by blanks only ({name!r}); name it (a blank name cannot be "
+                "told apart from another, nor named in data.exclude, data.categorical, ...)",
+                source=str(path),
+                field=f"column {position}",
+            )
         if name in seen:
             raise GaalError(
                 f"column {seen[name]} and column {position} are both named {name!r}; rename one "

@@ -4,10 +4,18 @@ Every console here and in the CLI reads no markup: text from users and their fil
 CSV cell, a `--set` key, a folder name) is printed exactly as written, and `[/]` in it cannot
 turn a clean error into a MarkupError. Styling is asked for explicitly: `styled` for a console
 line, `escape` for the user's part of a progress-bar description (rich columns read markup).
+
+Nor does their text reach the terminal as control codes: an ESC in a sample id, a file name or a
+plugin's error message would otherwise move the cursor, recolour or retitle the terminal, or hide
+the rest of the line. `TerminalConsole` writes every control character (and the bidirectional
+overrides that reorder a line) of the text it prints as a visible escape (`\\x1b`); the control
+codes rich itself sends to draw progress bars are left alone.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 
@@ -21,10 +29,65 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-console = Console(stderr=True, markup=False)
+#: control characters but newline and tab (C0, DEL, C1) and the bidirectional overrides and isolates
+_UNPRINTABLE = [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F)]
+_ESCAPES = {code: (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}") for code in _UNPRINTABLE}
+_ESCAPES |= {code: f"\\u{code:04x}" for code in range(0x2066, 0x206A)}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible escape (ESC as `\\x1b`)."""
+    return text.translate(_ESCAPES)
+
+
+#: what would end a Markdown table cell, start a link, an HTML tag or code, or escape the next character
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\|[]<>`"} | {"\n": " ", "\r": " "})
+
+
+def markdown_text(value: object) -> str:
+    """A value from a run folder (a setting, a path, a label) as literal text in a Markdown table or
+    line: `|`, brackets, angle brackets, backticks and backslashes escaped, control characters
+    written as escapes, line breaks as spaces."""
+    return printable(str(value).translate(_MARKDOWN_SPECIAL))
+
+
+#: a cell a spreadsheet runs as a formula starts with one of these (OWASP, CSV injection)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_quoting(cells) -> int:
+    """How to quote a CSV of these text cells: every cell when one holds a carriage return (Python
+    3.11's csv writer leaves such a cell unquoted, and a reader splits the row there), else as
+    needed (csv.QUOTE_MINIMAL)."""
+    import csv
+
+    carriage = any(isinstance(cell, str) and "\r" in cell for cell in cells)
+    return csv.QUOTE_ALL if carriage else csv.QUOTE_MINIMAL
+
+
+def csv_text(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula, with a leading apostrophe (shown as text);
+    anything else as it is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class TerminalConsole(Console):
+    """A rich Console whose printed text carries no control character (see the module's docstring)."""
+
+    def _render_buffer(self, buffer):  # rich's one place where segments become the text written
+        return super()._render_buffer(
+            segment if segment.control else Segment(printable(segment.text), segment.style, segment.control)
+            for segment in buffer
+        )
+
+
+console = TerminalConsole(stderr=True, markup=False)
 HEADS = ("multi", "image", "tabular")
 
 
@@ -255,11 +318,16 @@ class SweepProgress:
 
 
 def _count_lines(path) -> int:
+    """Lines of a run's metrics.jsonl; 0 when it is missing or not a regular file (a FIFO is not waited on)."""
     try:
-        with open(path, "rb") as fh:
-            return sum(1 for line in fh if line.endswith(b"\n"))
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
         return 0
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        os.set_blocking(fd, True)
+        return sum(1 for line in fh if line.endswith(b"\n"))
 
 
 def _clock(seconds: float) -> str:

@@ -7,6 +7,14 @@ temporary file, and an OS error becomes a `GaalError` naming the path and the ca
 2 at the command line) instead of a traceback. A path the caller names as protected (the
 command's input, a run's own files) is never overwritten.
 
+No write follows a link gaal did not create. Every file and folder gaal creates, renames or
+removes (a run's files, locks, staging and restart folders, caches, outputs) is looked at with
+`lstat` first, and a symbolic link or anything but a regular file (a folder, for a folder) at
+that name is refused with a `GaalError` naming it (exit code 2): `write_file` renames over the
+target (a rename never follows a link), `append_file` and the locks open with `O_NOFOLLOW`,
+`own_folder` and `remove_tree` refuse a link where gaal keeps a folder of its own. Only the
+folders above such a name (`results/`, the folder of `--out`) are the user's and followed.
+
 SIGTERM is turned into the exception `Terminated` while a command runs (`sigterm_raises`), as
 Python already does with SIGINT (KeyboardInterrupt): `finally` blocks run, so no temporary file
 or half-built report is left by `kill PID`. SIGKILL cannot be caught; what it leaves behind is
@@ -20,6 +28,7 @@ import functools
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -88,6 +97,58 @@ def make_folder(path: str | Path) -> Path:
         raise GaalError("is a file, expected a folder", source=str(path)) from None
     except OSError as err:
         raise os_error(err, path, "cannot be created") from None
+    return path
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_ISLNK: "a symbolic link", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device"}
+    kinds |= {stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise os_error(err, path, "cannot be looked at") from None
+
+
+def refuse_planted(path: str | Path, *, folder: bool = False, field: str | None = None) -> bool:
+    """Whether `path` exists, after refusing what gaal never makes there: a symbolic link, or
+    anything but a regular file (a folder, with `folder`). Nothing is followed: `lstat` only.
+
+    Raises:
+        GaalError: names the path and what it is.
+    """
+    path = Path(path)
+    info = _lstat(path)
+    if info is None:
+        return False
+    wanted = stat.S_ISDIR if folder else stat.S_ISREG
+    if not wanted(info.st_mode):
+        expected = "a folder" if folder else "a regular file"
+        raise GaalError(
+            f"is {_kind(info.st_mode)} where gaal keeps {expected} of its own; gaal never writes, renames or "
+            "removes through a link or onto a special file: remove it (or choose another path)",
+            source=str(path),
+            field=field,
+        )
+    return True
+
+
+def own_folder(path: str | Path, field: str | None = None) -> Path:
+    """Create a folder gaal writes into (its parents are the user's and may be links), refusing a
+    symbolic link or a file at its own name.
+
+    Raises:
+        GaalError: a link or a non-folder there, or the folder cannot be created.
+    """
+    path = Path(path)
+    if not refuse_planted(path, folder=True, field=field):
+        make_folder(path)
+        refuse_planted(path, folder=True, field=field)  # a link planted while it was made
     return path
 
 
@@ -160,8 +221,9 @@ def write_file(
     """
     path = Path(path)
     refuse_protected(path, protected, field)
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise GaalError("is a folder; expected the name of a file to write", source=str(path), field=field)
+    refuse_planted(path, field=field)
     make_folder(path.parent)
     tmp = None
     try:
@@ -201,6 +263,53 @@ def _umask() -> int:
     return mask
 
 
+def open_appending(path: str | Path, mode: str = "ab"):
+    """A log file gaal keeps, opened to append (created if missing), never through a link
+    (`O_NOFOLLOW`) nor onto a FIFO or a device (`O_NONBLOCK`, then the type checked).
+
+    Args:
+        mode: "ab" (bytes) or "a" (text), as `open`.
+
+    Raises:
+        GaalError: a link or a non-regular file there, or the OS refused.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        refuse_planted(path)  # ELOOP (a link) or ENXIO (a FIFO nobody reads): say which
+        raise os_error(err, path) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        refuse_planted(path)
+        raise GaalError("is not a regular file; expected a log file", source=str(path))
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode)
+
+
+def append_file(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+    """Append `data` to a log file gaal keeps (`open_appending`: no link followed, no FIFO).
+
+    Raises:
+        GaalError: a link or a non-regular file there, or the OS refused the write.
+    """
+    with open_appending(path) as fh:
+        try:
+            fh.write(data)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise os_error(err, path) from None
+
+
 def remove_tree(path: str | Path) -> None:
-    """Remove a folder gaal made (a staging or replaced folder); nothing when it is not there."""
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a folder gaal made (a staging or replaced folder); nothing when it is not there.
+
+    Raises:
+        GaalError: a link or a file at its name (gaal never made it: it is not removed, and
+            nothing is written through it).
+    """
+    if refuse_planted(path, folder=True):
+        shutil.rmtree(path, ignore_errors=True)

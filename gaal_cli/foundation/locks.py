@@ -10,6 +10,10 @@ it closes, whatever killed the process, so the next writer simply takes it (the 
 the file is then only history, rewritten by the new holder). The lock file stays in the folder:
 removing it while another process waits on it would let two writers lock two different files.
 
+The lock file is opened without following a link (`O_NOFOLLOW`) and without waiting
+(`O_NONBLOCK`), then its type checked: a link planted at `.lock` is refused naming it (its target
+is never truncated), and a FIFO there is no lock, never waited on.
+
 A sweep locks a run before it starts its process and hands the locked descriptor down
 (`GAAL_LOCK_FD`): the `gaal train` it launches adopts that lock instead of waiting for itself.
 """
@@ -22,14 +26,18 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gaal_cli.foundation.errors import GaalError
-from gaal_cli.foundation.files import make_folder, os_error
+from gaal_cli.foundation.files import os_error, own_folder, refuse_planted
 
 LOCK = ".lock"
+#: a lock record is one JSON line of a few hundred bytes
+RECORD_MAX = 4096
+_NO_WAIT = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 #: the environment variable through which a sweep hands a run's locked descriptor to its process
 FD_ENV = "GAAL_LOCK_FD"
 
@@ -49,10 +57,15 @@ class Holder:
 
 def read_holder(folder: str | Path) -> Holder | None:
     """The record in `<folder>/.lock`; None when there is none or it cannot be read."""
+    fd = _open_regular(Path(folder) / LOCK, os.O_RDONLY)
+    if fd is None:
+        return None
     try:
-        text = (Path(folder) / LOCK).read_text(errors="replace").strip()
+        text = os.read(fd, RECORD_MAX).decode(errors="replace").strip()
     except OSError:
         return None
+    finally:
+        os.close(fd)
     try:
         record = json.loads(text)
     except json.JSONDecodeError:  # an older gaal wrote the pid alone
@@ -66,6 +79,19 @@ def read_holder(folder: str | Path) -> Holder | None:
         str(record.get("since", "?")),
         str(record.get("command", "?")),
     )
+
+
+def _open_regular(path: Path, flags: int) -> int | None:
+    """A descriptor of the regular file `path` (no link followed, no FIFO waited on), or None."""
+    try:
+        fd = os.open(path, flags | _NO_WAIT)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return fd
 
 
 def write_holder(fd: int, command: str, pid: int | None = None) -> None:
@@ -88,13 +114,21 @@ def try_lock(folder: str | Path, command: str) -> int | None:
         holds it.
 
     Raises:
-        GaalError: the folder or its lock file cannot be created.
+        GaalError: the folder or its lock file cannot be created, or a link or a special file
+            (a FIFO) is there in its place.
     """
-    folder = make_folder(folder)
+    folder = own_folder(folder)
+    path = folder / LOCK
     try:
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NO_WAIT, 0o644)
     except OSError as err:
-        raise os_error(err, folder / LOCK, "cannot be created") from None
+        refuse_planted(path)  # a link (ELOOP) is named as one
+        raise os_error(err, path, "cannot be created") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device: never a lock, never waited on
+        os.close(fd)
+        refuse_planted(path)
+        raise GaalError("is not a regular file; expected gaal's lock file", source=str(path))
+    os.set_blocking(fd, True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -106,9 +140,8 @@ def try_lock(folder: str | Path, command: str) -> int | None:
 
 def is_locked(folder: str | Path) -> bool:
     """Whether a live process (this one included) holds the folder's lock."""
-    try:
-        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
-    except OSError:
+    fd = _open_regular(Path(folder) / LOCK, os.O_RDONLY)
+    if fd is None:  # none, or a link or a FIFO: no lock anyone holds
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -137,7 +170,7 @@ def _inherited(folder: Path) -> int | None:
         return None
     fd = int(value)
     try:
-        mine, theirs = os.fstat(fd), os.stat(folder / LOCK)
+        mine, theirs = os.fstat(fd), os.lstat(folder / LOCK)
         if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
             return None
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: a no-op that proves it
@@ -155,7 +188,7 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
         GaalError: another process holds it (named), or the folder cannot be created.
     """
     folder = Path(folder)
-    new_folder, new_file = not folder.exists(), not (folder / LOCK).exists()
+    new_folder, new_file = not os.path.lexists(folder), not os.path.lexists(folder / LOCK)
     fd = _inherited(folder)
     owned = fd is None
     if fd is None:

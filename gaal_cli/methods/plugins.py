@@ -10,9 +10,11 @@ registers the method when imported (`@register_method("late_sum", ...)`, as ever
 module does). This module only finds and imports those modules; it knows nothing of the
 registry, so the registry can call it without importing itself back.
 
-A plugin that fails to import (a missing dependency, a syntax error, an incompatible gaal) must
-not break the commands that do not need it: `import_plugins` records the failure for the caller
-to warn about and goes on, unless the failing plugin is the method asked for.
+A plugin that fails to import (a missing dependency, a syntax error, an incompatible gaal, a
+module that calls `sys.exit` or `argparse` at import) must not break the commands that do not
+need it: `import_plugins` records the failure for the caller to warn about and goes on, unless
+the failing plugin is the method asked for. A plugin whose name could not be a folder and a
+config key (gaal_cli.foundation.names: `../x`, `a.b`) is never imported.
 See examples/gaal-example-method for a complete, installable plugin.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
 from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.names import METHOD_NAME_RULE, is_method_name
 
 #: the entry-point group a plugin package declares its methods in
 GROUP = "gaal.methods"
@@ -95,7 +98,7 @@ def _import(plugin: Plugin) -> str | None:
     """Import the plugin's module (registering its method); the error as text, or None."""
     try:
         importlib.import_module(plugin.module)
-    except Exception as err:  # any failure inside third-party code is the plugin's, not gaal's
+    except (Exception, SystemExit) as err:  # any failure inside third-party code is the plugin's, not gaal's
         return f"{type(err).__name__}: {err}"
     return None
 
@@ -122,7 +125,9 @@ def import_plugins(only: str | None = None, reserved: Collection[str] = ()) -> L
     for plugin in found:
         if only is not None and plugin.name != only:
             continue
-        if plugin.name in reserved:
+        if not is_method_name(plugin.name):
+            error = f"the method name {plugin.name!r} is not {METHOD_NAME_RULE}"
+        elif plugin.name in reserved:
             error = f"'{plugin.name}' is the name of a built-in method; a plugin needs a name of its own"
         elif plugin.name in clashes:
             others = " and ".join(p.origin for p in clashes[plugin.name])

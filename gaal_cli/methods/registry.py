@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gaal_cli.foundation.errors import GaalError, did_you_mean
-from gaal_cli.methods.plugins import GROUP, Plugin, discover, import_plugins
+from gaal_cli.foundation.names import METHOD_NAME_RULE, is_method_name
+from gaal_cli.methods.plugins import GROUP, Plugin, PluginFailure, discover, import_plugins
 
 #: built-in methods: name -> the module that registers it
 BUILTIN_METHODS = {
@@ -71,9 +72,12 @@ def register_method(name: str, settings: type) -> Callable[[type], type]:
     """Class decorator: make a method available as `--method NAME`, with its settings class.
 
     Raises:
-        GaalError: `name` is a built-in's and `cls` is not that built-in, or another class
-            already registered it (a plugin cannot silently replace a method).
+        GaalError: `name` is not a method name (it names a folder: METHOD_NAME_RULE), is a
+            built-in's and `cls` is not that built-in, or another class already registered it
+            (a plugin cannot silently replace a method).
     """
+    if not is_method_name(name):
+        raise GaalError(f"register_method({name!r}): a method name is {METHOD_NAME_RULE}")
 
     def wrap(cls: type) -> type:
         owner = BUILTIN_METHODS.get(name)
@@ -107,19 +111,20 @@ _all_loaded = False
 
 def declared_plugins() -> dict[str, Plugin]:
     """The method plugins installed packages declare (name -> Plugin), read once per process
-    from package metadata (no plugin imported). One declaring a built-in's name is left out
-    (`load_plugins` says so)."""
+    from package metadata (no plugin imported). One declaring a built-in's name, or a name that
+    could not be a folder (`../x`), is left out (`load_plugins` says so)."""
     global _plugins
     if _plugins is None:
-        _plugins = {p.name: p for p in discover() if p.name not in BUILTIN_METHODS}
+        _plugins = {p.name: p for p in discover() if p.name not in BUILTIN_METHODS and is_method_name(p.name)}
     return _plugins
 
 
 def load_plugins() -> list[str]:
     """Import every declared plugin's module (once per process), registering their methods.
 
-    A plugin that fails to import, or declares a built-in's name, is skipped and no longer named
-    to `--method`.
+    A plugin that fails to import (an exception or a `SystemExit`), declares a built-in's name or
+    one that is no method name, or registers no method of its name, is skipped and no longer
+    named to `--method`.
 
     Returns:
         One warning line per plugin refused or skipped, naming it, its package and the error.
@@ -128,10 +133,22 @@ def load_plugins() -> list[str]:
     declared = declared_plugins()
     if not _all_loaded:
         _all_loaded = True
-        for failure in import_plugins(reserved=BUILTIN_METHODS).failures:
+        loaded = import_plugins(reserved=BUILTIN_METHODS)
+        for failure in loaded.failures:
             declared.pop(failure.plugin.name, None)
             _warnings.append(failure.warning())
+        for plugin in loaded.plugins:
+            if plugin.name not in METHODS:
+                declared.pop(plugin.name, None)
+                _warnings.append(PluginFailure(plugin, _unregistered(plugin)).warning())
     return list(_warnings)
+
+
+def _unregistered(plugin: Plugin) -> str:
+    return (
+        f"importing {plugin.module} registered no method of that name (its module should decorate the "
+        f"method class with register_method('{plugin.name}', ...))"
+    )
 
 
 def method_origin(name: str) -> str:
@@ -165,8 +182,7 @@ def method_spec(name: str) -> MethodSpec:
             plugin = declared_plugins()[name]
             raise GaalError(
                 f"method '{name}' is declared by the plugin package {plugin.origin} (entry point "
-                f"{GROUP}: {name} = {plugin.module}), but importing {plugin.module} registered no method "
-                f"of that name (its module should decorate the method class with register_method('{name}', ...))",
+                f"{GROUP}: {name} = {plugin.module}), but {_unregistered(plugin)}",
                 source=f"plugin {plugin.origin}",
             )
     if name not in METHODS:

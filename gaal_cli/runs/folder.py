@@ -43,7 +43,7 @@ import yaml
 
 from gaal_cli.config import Config, method_dependency_fields, read_yaml_file
 from gaal_cli.foundation.errors import GaalError
-from gaal_cli.foundation.files import make_folder, os_error, remove_tree, write_file
+from gaal_cli.foundation.files import append_file, os_error, own_folder, refuse_planted, remove_tree, write_file
 from gaal_cli.foundation.locks import is_locked, read_holder
 from gaal_cli.foundation.untrusted import check_checkpoint, check_report, iter_jsonl, open_regular, read_json
 from gaal_cli.runs.predictions_file import FILE_NAME as PREDICTIONS_FILE
@@ -202,7 +202,9 @@ class RunFolder:
 
     @property
     def done(self) -> bool:
-        return self.file(self.DONE).exists() and self.file(self.REPORT).exists()
+        """Whether the run finished: DONE and report.json are there, and not as links (a link planted
+        at either makes no finished run, and is never read as one)."""
+        return all(_present(self.file(name)) for name in (self.DONE, self.REPORT))
 
     @property
     def holds_run(self) -> bool:
@@ -241,6 +243,8 @@ class RunFolder:
         Raises:
             GaalError: the OS refused a rename.
         """
+        for folder in (new.path, self.path):
+            refuse_planted(folder, folder=True)  # a link is never renamed over, nor into place
         try:
             if _exchange(new.path, self.path):
                 remove_tree(new.path)  # now the old run
@@ -256,7 +260,7 @@ class RunFolder:
     def recover(self) -> None:
         """Undo a swap cut between its two renames (see `replace_with`): the old run returns."""
         old = self.path.parent / f".{self.path.name}.replaced"
-        if old.is_dir() and not self.path.exists():
+        if refuse_planted(old, folder=True) and not os.path.lexists(self.path):
             os.rename(old, self.path)
 
     def check_writable(self) -> None:
@@ -273,7 +277,7 @@ class RunFolder:
         Without `resume_epoch` an earlier attempt is cleared; with it, epoch lines past that
         epoch (written after the last saved state of an interrupted run) are dropped.
         """
-        make_folder(self.path)
+        own_folder(self.path)
         self.file(self.REPORT).unlink(missing_ok=True)
         self.file(self.DONE).unlink(missing_ok=True)
         self.file(self.PREDICTIONS).unlink(missing_ok=True)
@@ -281,7 +285,7 @@ class RunFolder:
             if resume_epoch is None:
                 self.file(name).unlink(missing_ok=True)
             else:
-                rows = [r for r in _read_jsonl(self.file(name)) if r["epoch"] <= resume_epoch]
+                rows = [r for r in _read_jsonl(self.file(name)) if _epoch(r) <= resume_epoch]
                 self.write(name, "".join(to_json(r) + "\n" for r in rows))
         if resume_epoch is None:
             self.file(self.LAST).unlink(missing_ok=True)
@@ -415,6 +419,10 @@ def dependency_keys(config: dict[str, Any]) -> set[str]:
     return keys
 
 
+def _present(path: Path) -> bool:
+    return path.exists() and not path.is_symlink()
+
+
 def _run_of(path: Path) -> Path:
     """The run folder a dependency names: a run's checkpoint.pt stands for its folder."""
     return path.parent if path.name == RunFolder.CHECKPOINT else path
@@ -504,26 +512,19 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    try:
-        with open(path, "a") as fh:
-            fh.write("".join(to_json(row) + "\n" for row in rows))
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as err:
-        raise os_error(err, path) from None
+    append_file(path, "".join(to_json(row) + "\n" for row in rows).encode())
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a line cut short by a killed process is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """Rows of a JSON-lines file; a line cut short by a killed process is skipped (as is a
+    FIFO or an overlong line: `untrusted.iter_jsonl`)."""
+    return list(iter_jsonl(path))
+
+
+def _epoch(row: dict[str, Any]) -> float:
+    """A log row's epoch; a row without a whole epoch sorts after every epoch (it is dropped)."""
+    epoch = row.get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else math.inf
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path]:

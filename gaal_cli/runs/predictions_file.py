@@ -8,7 +8,9 @@ anywhere in the format) and its JSON header is read without touching the logits.
 - `labels` (int16, n): the true class of each sample;
 - `predicted.<head>` (int16, n): the arg-max class of the full-precision logits, so accuracy
   read back is exactly the run's own, whatever float16 rounding does to near-ties;
-- `logits.<head>` (float16, n x n_classes): the logits (or probabilities), half precision.
+- `logits.<head>` (float16, n x n_classes): the logits (or probabilities), half precision; float32
+  for a head whose logits lie beyond float16's range (|x| > 65504), so they are kept as they are
+  rather than turned into infinities.
 
 Size: 2,002 HAM10000 test samples (ids like `images/ISIC_0027419.jpg`) x 7 classes x 3 heads take
 159 kB, of which the ids are about 60 kB; 200 embedded samples x 10 classes x 3 heads take 16 kB
@@ -17,7 +19,8 @@ Size: 2,002 HAM10000 test samples (ids like `images/ISIC_0027419.jpg`) x 7 class
 A predictions file may come from someone else: `read_predictions` bounds its size, checks every
 tensor's name, dtype and shape against the header before loading any, and the values (labels
 and predictions in range, logits finite) when they are loaded; a failure is a `GaalError`
-naming the file and the field.
+naming the file and the field (a header nested too deep, or a class count of 5,000 digits,
+included). Whether a file belongs to the run folder it sits in is gaal_cli.runs.run_predictions.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ MAX_ID_CHARS = 1_000
 #: safetensors refuses headers over 100 MB; the ids live there
 MAX_HEADER_CHARS = 50_000_000
 HEAD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: n_classes as the header writes it: ASCII digits only (str.isdigit accepts "¹⁰")
+CLASS_COUNT = re.compile(r"^[0-9]{1,5}$")
+#: the dtypes a head's logits are kept in (safetensors' names)
+LOGIT_DTYPES = ("F16", "F32")
 #: the largest finite float16; logits beyond it would be stored as infinity
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -69,8 +76,8 @@ def write_predictions(
             (default: the logits' width) are read back as attributes.
 
     Raises:
-        GaalError: shapes that disagree, duplicate ids, non-finite logits, or logits beyond
-            float16's range (a diverged run; its predictions are not worth comparing).
+        GaalError: shapes that disagree, duplicate ids, or non-finite logits (a diverged run;
+            its predictions are not worth comparing).
     """
     meta = dict(meta or {})
     ids = [str(i) for i in ids]
@@ -89,11 +96,11 @@ def write_predictions(
             raise GaalError(
                 f"logits of shape {logits.shape}; expected {expected}", source=str(path), field=f"logits.{head}"
             )
-        if not np.isfinite(logits).all() or np.abs(logits).max(initial=0.0) > FLOAT16_MAX:
-            problem = f"logits not finite or beyond float16's range (|x| > {FLOAT16_MAX:g})"
-            raise GaalError(problem, source=str(path), field=f"logits.{head}")
+        if not np.isfinite(logits).all():
+            raise GaalError("logits not finite (NaN or infinite)", source=str(path), field=f"logits.{head}")
         tensors[f"predicted.{head}"] = logits.argmax(1).astype(np.int16)
-        tensors[f"logits.{head}"] = logits.astype(np.float16)
+        wide = np.abs(logits).max(initial=0.0) > FLOAT16_MAX  # float16 would hold infinities
+        tensors[f"logits.{head}"] = logits if wide else logits.astype(np.float16)
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -135,6 +142,8 @@ class Predictions:
         heads: the heads in the order written.
         n_classes, split: from the header.
         meta: the writer's extra facts (dict).
+        identity: the dataset identity of the run it belongs to, once checked against that run
+            (gaal_cli.runs.run_predictions); None until then.
     """
 
     def __init__(self, path: Path, header: Mapping[str, str], labels: np.ndarray):
@@ -145,6 +154,7 @@ class Predictions:
         self.ids = tuple(json.loads(header["ids"]))
         self.meta = json.loads(header["meta"])
         self.labels = labels
+        self.identity: dict | None = None
 
     def _tensor(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         import safetensors
@@ -209,10 +219,10 @@ def read_predictions(path: str | Path) -> Predictions:
             header = fh.metadata() or {}
             _check_header(header, source)
             n, n_classes = len(json.loads(header["ids"])), int(header["n_classes"])
-            expected = {"labels": ("I16", [n])}
+            expected = {"labels": (("I16",), [n])}
             for head in json.loads(header["heads"]):
-                expected[f"predicted.{head}"] = ("I16", [n])
-                expected[f"logits.{head}"] = ("F16", [n, n_classes])
+                expected[f"predicted.{head}"] = (("I16",), [n])
+                expected[f"logits.{head}"] = (LOGIT_DTYPES, [n, n_classes])
             _check_tensors(fh, expected, source)
             labels = fh.get_tensor("labels").astype(np.int64)
     except safetensors.SafetensorError as err:
@@ -237,12 +247,9 @@ def _check_header(header: Mapping[str, str], source: str) -> None:
     for field in ("split", "n_classes", "heads", "ids", "meta"):
         if not isinstance(header.get(field), str):
             raise bad(field, "a string in the header")
-    if not header["n_classes"].isdigit() or not 2 <= int(header["n_classes"]) <= MAX_CLASSES:
-        raise bad("n_classes", f"an integer in [2, {MAX_CLASSES}]")
-    try:
-        heads, ids, meta = (json.loads(header[f]) for f in ("heads", "ids", "meta"))
-    except ValueError:
-        raise bad("heads/ids/meta", "JSON text") from None
+    if not CLASS_COUNT.match(header["n_classes"]) or not 2 <= int(header["n_classes"]) <= MAX_CLASSES:
+        raise bad("n_classes", f"an integer in [2, {MAX_CLASSES}] in ASCII digits")
+    heads, ids, meta = (_json_field(header, f, source) for f in ("heads", "ids", "meta"))
     if not isinstance(meta, dict):
         raise bad("meta", "a JSON object")
     if not isinstance(heads, list) or not 1 <= len(heads) <= MAX_HEADS or len(set(map(str, heads))) != len(heads):
@@ -258,17 +265,28 @@ def _check_header(header: Mapping[str, str], source: str) -> None:
         raise bad("ids", f"unique sample ids; '{duplicate}' appears more than once")
 
 
-def _check_tensors(fh, expected: Mapping[str, tuple[str, list[int]]], source: str) -> None:
-    """Every tensor the header implies, with its dtype and shape, and nothing else (before loading any)."""
+def _json_field(header: Mapping[str, str], field: str, source: str) -> object:
+    """A header field's JSON value; text that is no JSON, or nested too deep to parse, is refused."""
+    try:
+        return json.loads(header[field])
+    except ValueError:
+        raise GaalError("expected JSON text", source=source, field=field) from None
+    except RecursionError:
+        raise GaalError("is nested too deeply to be a gaal header field", source=source, field=field) from None
+
+
+def _check_tensors(fh, expected: Mapping[str, tuple[tuple[str, ...], list[int]]], source: str) -> None:
+    """Every tensor the header implies, with a dtype it may have and its shape, and nothing else
+    (before loading any)."""
     names = set(fh.keys())
     if names != set(expected):
         missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
         raise GaalError(f"tensors missing {missing} or unexpected {extra}", source=source, field="tensors")
     for name, (dtype, shape) in expected.items():
         piece = fh.get_slice(name)
-        if piece.get_dtype() != dtype or list(piece.get_shape()) != shape:
+        if piece.get_dtype() not in dtype or list(piece.get_shape()) != shape:
             got = f"{piece.get_dtype()} {list(piece.get_shape())}"
-            raise GaalError(f"is {got}; expected {dtype} {shape}", source=source, field=name)
+            raise GaalError(f"is {got}; expected {' or '.join(dtype)} {shape}", source=source, field=name)
 
 
 def _check_labels(labels: np.ndarray, n_classes: int, source: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from gaal_cli.foundation.errors import GaalError
-from gaal_cli.foundation.files import Terminated
+from gaal_cli.foundation.files import Terminated, open_appending
 from gaal_cli.foundation.locks import FD_ENV, is_locked, try_lock, write_holder
 
 POLL_SECONDS = 0.5
@@ -233,7 +233,7 @@ def launch(job: Any, plan: Plan) -> Active | str:
             return "done"
         plan.prepare(job)
         command = plan.command(job)
-        log = open(path, "a")
+        log = open_appending(path, "a")  # never through a link planted at train.log
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
         # the child inherits the locked descriptor and adopts it (gaal_cli.foundation.locks): the lock

@@ -63,6 +63,7 @@ from gaal_cli.training.health import (
     trained_encoders,
 )
 from gaal_cli.training.health import warning_text as health_warning
+from gaal_cli.training.outputs import TRAINING_ADVICE, check_step_stats
 from gaal_cli.training.rng import rng_states, seed_everything, set_rng_states
 from gaal_cli.training.tensorboard_log import TensorBoardLog
 from gaal_cli.training.tensorboard_log import require as require_tensorboard
@@ -293,8 +294,8 @@ def train_in(
     best_state = load_state(run.file(RunFolder.CHECKPOINT), map_location=s.device)
     s.method.load_state_dict(best_state["model"])
     t_test = time.perf_counter()
-    test_logits, test_labels = predict_test(s.method, s.data.test, s.device, s.config)
-    metrics = {"val": evaluate_session(s, "val"), "test": score_heads(test_logits, test_labels)}
+    test_logits, test_labels = predict_test(s.method, s.data.test, s.device, s.config, TRAINING_ADVICE)
+    metrics = {"val": evaluate_session(s, "val", "(best checkpoint)"), "test": score_heads(test_logits, test_labels)}
     report = {
         "experiment": config.name,
         "method": config.method,
@@ -429,7 +430,7 @@ def fit(
             )
             train_stats, per_step = train_epoch(s, loader, bar, epoch)
             s.scheduler.step()
-            val = evaluate_session(s, "val")
+            val = evaluate_session(s, "val", f"after epoch {epoch}")
             score = monitored(val, cfg.train.monitor)
             improved = track_best(best, score, epoch, cfg.train.min_delta, selects=planned.stage.selects)
             epoch_seconds.append(time.perf_counter() - t0)
@@ -511,12 +512,23 @@ def keep_predictions(s: Session, run: RunFolder, logits: dict[str, torch.Tensor]
     return RunFolder.PREDICTIONS
 
 
-def evaluate_session(s: Session, split: str) -> dict[str, dict[str, float]]:
-    """A split's metrics; the test split without the modality `data.test_missing` names."""
+def evaluate_session(s: Session, split: str, when: str) -> dict[str, dict[str, float]]:
+    """A split's metrics; the test split without the modality `data.test_missing` names. Logits
+    that are not finite stop the run, naming the split and `when` (gaal_cli.training.outputs).
+    """
     absent = s.config.data.test_missing
     missing = absent if split == "test" and absent != "none" else None
-    split_data, batch = s.data.split(split), s.config.data.eval_batch_size
-    return evaluate(s.method, split_data, s.device, batch, missing=missing, bf16=s.config.train.bf16)
+    where = f"on the {split} split {when}"
+    return evaluate(
+        s.method,
+        s.data.split(split),
+        s.device,
+        s.config.data.eval_batch_size,
+        missing=missing,
+        bf16=s.config.train.bf16,
+        where=where,
+        advice=TRAINING_ADVICE,
+    )
 
 
 def inputs_at_test(config: Config, modalities: tuple[str, ...]) -> list[str]:
@@ -554,6 +566,7 @@ def train_epoch(s: Session, loader, bar: EpochProgress, epoch: int) -> tuple[dic
             batch = batch._replace(label=None)
         with autocast(s.device, s.config.train.bf16), weighted_classes(weights):
             stats = method.train_step(batch, s.optimizer)
+        check_step_stats(stats, method)
         if s.flow is not None:
             stats.update(s.flow.take())
         for key, value in stats.items():

@@ -17,6 +17,8 @@ from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method
 from gaal_cli.methods.metrics import classification_metrics
 from gaal_cli.runs.predictions_file import write_predictions
+from gaal_cli.runs.run_predictions import config_hash, dataset_identity
+from gaal_cli.training.outputs import check_batch_predictions, check_finite_logits
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -70,13 +72,16 @@ def evaluate(
     *,
     missing: str | None = None,
     bf16: bool = False,
+    where: str = "on the split evaluated",
+    advice: str = "",
 ) -> dict[str, dict[str, float]]:
     """Metrics of each head (multi / image / tabular) on a split.
 
     Args:
         missing: 'tabular' or 'image' to evaluate with that modality absent at test time.
+        where, advice: said when the logits are not finite (see `predict_split`).
     """
-    logits, y = predict_split(method, split, device, batch_size, missing=missing, bf16=bf16)
+    logits, y = predict_split(method, split, device, batch_size, missing=missing, bf16=bf16, where=where, advice=advice)
     return score_heads(logits, y)
 
 
@@ -86,23 +91,31 @@ def score_heads(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[s
 
 
 def predict_test(
-    method: Method, split: SplitDataset, device: torch.device, config: Config
+    method: Method, split: SplitDataset, device: torch.device, config: Config, advice: str = ""
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each head's test logits and the labels, without the modality `data.test_missing` names, as
     the run's config evaluates them: a run's test metrics and its predictions file (written at the
     end of training or later by `gaal eval --write-predictions`) both come from these."""
     absent = config.data.test_missing
     missing = absent if absent != "none" else None
-    return predict_split(method, split, device, config.data.eval_batch_size, missing=missing, bf16=config.train.bf16)
+    batch = config.data.eval_batch_size
+    where = "on the test split (best checkpoint)"
+    return predict_split(
+        method, split, device, batch, missing=missing, bf16=config.train.bf16, where=where, advice=advice
+    )
 
 
 def predictions_meta(config: Config) -> dict:
-    """What a predictions file records of the run that wrote it."""
+    """What a predictions file records of the run that wrote it: `gaal compare` and `gaal report`
+    check each against the run's own files (gaal_cli.runs.run_predictions)."""
+    resolved = config.resolved()
     return {
         "method": config.method,
         "seed": config.seed,
         "dataset": config.data.name,
         "test_missing": config.data.test_missing,
+        "config_sha256": config_hash(resolved),
+        "data": dataset_identity(resolved),
     }
 
 
@@ -129,13 +142,22 @@ def predict_split(
     *,
     missing: str | None = None,
     bf16: bool = False,
+    where: str = "on the split predicted",
+    advice: str = "",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Logits of each head the method defines (float32, on the CPU, in row order) and the labels.
 
     `evaluate` and `gaal predict` both go through here, so a prediction is what evaluation scored.
+    What the method returns is checked (gaal_cli.training.outputs): the heads of each batch, and
+    every logit finite.
 
     Args:
         missing: 'tabular' or 'image' to predict with that modality absent.
+        where: where the logits were computed, named when they are not finite ("on the validation
+            split after epoch 3"); `advice` follows it.
+
+    Raises:
+        GaalError: the method returned no heads or heads of the wrong shape, or a non-finite logit.
     """
     method.eval()
     collected: dict[str, list[torch.Tensor]] = {}
@@ -146,8 +168,9 @@ def predict_split(
         table = None if missing == "tabular" or "tabular" not in method.modalities else batch.tabular
         with autocast(device, bf16):
             preds = method.predict(image, table)
-        for head, logits in preds._asdict().items():
-            if logits is not None:
-                collected.setdefault(head, []).append(logits.float().cpu())
+        for head, logits in check_batch_predictions(preds, method, len(batch.label)).items():
+            collected.setdefault(head, []).append(logits.float().cpu())
         labels.append(batch.label.cpu())
-    return {head: torch.cat(chunks) for head, chunks in collected.items()}, torch.cat(labels)
+    logits = {head: torch.cat(chunks) for head, chunks in collected.items()}
+    check_finite_logits(logits, where, advice)
+    return logits, torch.cat(labels)

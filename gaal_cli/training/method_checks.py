@@ -4,7 +4,8 @@ A method from another package (gaal_cli.methods.plugins) is registered exactly l
 are the checks that tell whether it also behaves like one, on the embedded dataset at a small
 size, each a pass or a failure with its reason:
 
-- trains: a run finishes, its metrics finite;
+- trains: a run finishes (a run whose outputs turn NaN or infinite stops with an error, and
+  fails here), its metrics finite, its predictions file kept;
 - resumes: a run interrupted after epoch 1 (`engine.train(interrupt_after=1)`, as Ctrl-C between
   epochs) and resumed in a fresh method object, as a new process would, ends with exactly the
   numbers of the uninterrupted run: metrics, best epoch, stages, every epoch and step record and
@@ -241,6 +242,8 @@ def trains(report: dict[str, Any]) -> Check:
     values = [v for head in report["metrics"]["test"].values() for v in head.values()]
     if not all(isinstance(v, float | int) and math.isfinite(v) for v in values):
         return Check("trains", False, "a test metric is not a finite number")
+    if not report.get("predictions"):
+        return Check("trains", False, "the run kept no predictions file (gaal compare and gaal report need it)")
     test = report["metrics"]["test"]
     head = "multi" if "multi" in test else next(iter(test))
     return Check("trains", True, f"{report['epochs_run']} epochs; test {head} acc {test[head]['acc']:.4f}")

@@ -7,7 +7,10 @@ CSV has one row per kept input row: its id first (a user table's `data.id_column
 column its roles inferred, else the row number from 0; a prepared table's `image` path), then
 the predicted class name and one `prob_<class>` column per class (softmax of the chosen head's
 logits). It is written to a temporary name and renamed; a bad row (without `--skip-bad`)
-stops everything before it is written.
+stops everything before it is written. It never replaces anything the command reads (the table,
+its images, the checkpoint, the run's or a dependency's files) nor a file of gaal's image cache.
+A text cell that a spreadsheet would run as a formula (one beginning with =, +, -, @, a tab or a
+carriage return: OWASP's CSV-injection rule) is written with a leading apostrophe, as text.
 
 A run on the embedded (synthetic) dataset has no table: `--data train|val|test` predicts that
 split, regenerated from the run's config and seed exactly as training made it.
@@ -27,9 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gaal_cli.data.images import CACHE_FOLDER
 from gaal_cli.data.prediction_rows import PredictionRows, embedded_rows, is_embedded, prediction_rows
 from gaal_cli.data.problems import SPLITS
-from gaal_cli.foundation.display import CountProgress
+from gaal_cli.foundation.display import CountProgress, csv_quoting, csv_text
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.files import refuse_protected, write_file
 from gaal_cli.runs.folder import RunFolder
@@ -85,10 +89,12 @@ def predict_table(
         raise GaalError("is the data file itself; the predictions need another file", source=str(out), field="--out")
     if out.is_dir():
         raise GaalError("is a folder; expected the name of the CSV file to write", source=str(out), field="--out")
+    refuse_cache(out)
     trained = TrainedRun.load(run)
     config, file = trained.config, trained.file
-    # never over the table, the checkpoint or any run's own files (refused before any work)
+    # never over the table, the checkpoint, a dependency or any run's own files (refused before any work)
     protected = [data, file, *RunFolder(file.parent).own_files(), *RunFolder(out.parent).own_files()]
+    protected += dependency_files(trained)
     refuse_protected(out, protected, "--out")
     where = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="gaal-predict-") as images:
@@ -106,6 +112,7 @@ def predict_table(
                 source=str(file),
                 progress=CountProgress,
             )
+        protected += rows.inputs  # the images it read: known once the table is
         method = trained.method(rows.field_lengths, len(rows.class_names)).to(where)
         logits = trained.predict(rows.split, method, where, missing=missing)
     if head not in logits:
@@ -117,16 +124,49 @@ def predict_table(
         )
     probs = torch.softmax(logits[head].double(), dim=1).numpy()
     table = output_frame(rows, probs)
-    write_file(out, table.to_csv(index=False, float_format="%.8g"), protected=protected, field="--out")
+    quoting = csv_quoting([*table.columns, *table.iloc[:, 0], *table["prediction"]])
+    text = table.to_csv(index=False, float_format="%.8g", quoting=quoting)
+    write_file(out, text, protected=protected, field="--out")
     return summarise(rows, probs, out)
 
 
+def refuse_cache(out: Path) -> None:
+    """Refuse an output inside gaal's image cache (training reads it back as pixels).
+
+    Raises:
+        GaalError: names --out.
+    """
+    if CACHE_FOLDER in out.parent.resolve().parts or CACHE_FOLDER in out.parent.parts:
+        raise GaalError(
+            f"is inside gaal's image cache ({CACHE_FOLDER}), which training reads back; "
+            "write the predictions elsewhere",
+            source=str(out),
+            field="--out",
+        )
+
+
+def dependency_files(trained: TrainedRun) -> list[Path]:
+    """The files of the runs `trained` was trained from (a teacher, a fixed model): read by nobody here,
+    but another run's all the same."""
+    files = []
+    for dep in trained.dependencies().values():
+        files += [dep.file, *RunFolder(dep.file.parent).own_files()]
+    return files
+
+
 def output_frame(rows: PredictionRows, probs: np.ndarray) -> pd.DataFrame:
-    """One row per kept input row: id, predicted class name, a probability per class."""
-    frame = pd.DataFrame({rows.id_name: rows.ids, "prediction": [rows.class_names[i] for i in probs.argmax(1)]})
+    """One row per kept input row: id, predicted class name, a probability per class; every text
+    cell and header that a spreadsheet would read as a formula is kept as text (display.csv_text)."""
+    frame = pd.DataFrame(
+        {
+            csv_text(rows.id_name): [csv_text(i) for i in rows.ids],
+            "prediction": [csv_text(rows.class_names[i]) for i in probs.argmax(1)],
+        }
+    )
     for j, name in enumerate(rows.class_names):
-        frame[f"{PROB_PREFIX}{name}"] = probs[:, j]
+        frame[csv_text(f"{PROB_PREFIX}{name}")] = probs[:, j]
     return frame
+
 
 
 def summarise(rows: PredictionRows, probs: np.ndarray, out: Path) -> PredictSummary:

@@ -25,8 +25,17 @@ SKIPPED = frozenset({"epoch", "best", "stage"})
 
 
 def available() -> bool:
-    """Whether the `tensorboard` package is importable (torch's writer needs it)."""
-    return importlib.util.find_spec("tensorboard") is not None
+    """Whether torch's TensorBoard writer imports: the `tensorboard` package is installed (a folder
+    named `tensorboard` in the working directory is found by `find_spec` as a namespace package,
+    so only the import itself tells)."""
+    spec = importlib.util.find_spec("tensorboard")
+    if spec is None or spec.origin is None:  # absent, or a bare folder of that name
+        return False
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def scalars(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:

@@ -10,6 +10,7 @@ dependencies.read_dependency), its config validated as an experiment file is.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from gaal_cli.runs.dependencies import (
     recorded_dependencies,
 )
 from gaal_cli.runs.folder import RunFolder, load_checkpoint
+from gaal_cli.runs.run_predictions import read_run_predictions
 from gaal_cli.training.evaluation import (
     evaluate,
     predict_split,
@@ -172,10 +174,12 @@ def evaluate_checkpoint(
     return run.evaluate(split, missing), run.config
 
 
-def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Path, bool]:
+def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Path, str]:
     """`gaal eval RUN --write-predictions`: the predictions file of a finished run that lacks it
-    (one trained before runs kept their predictions), recomputed from its best checkpoint as
-    training computed its test metrics (`data.test_missing` applied, bf16 if it trained so).
+    (one trained before runs kept their predictions), or whose file fails its checks against the
+    run (gaal_cli.runs.run_predictions: damaged, another run's, non-finite), recomputed from its
+    best checkpoint as training computed its test metrics (`data.test_missing` applied, bf16 if it
+    trained so). A file that passes them is left untouched.
 
     Only that file is written, under the run folder's lock, and only when each head's recomputed
     test accuracy is report.json's (the same number of test samples right): otherwise the
@@ -183,7 +187,8 @@ def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None =
     not be the run's.
 
     Returns:
-        The file, and whether it was written now (False: the run already had one; untouched).
+        The file, and what was done: "wrote", "untouched" (the run's own file was there), or
+        "replaced" followed by why the file there failed its checks.
 
     Raises:
         GaalError: not a finished run folder, another process holds its lock, or the accuracies differ.
@@ -195,8 +200,13 @@ def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None =
             source=str(run.path),
         )
     target = run.file(RunFolder.PREDICTIONS)
-    if target.exists():
-        return target, False
+    outcome = "wrote"
+    if os.path.lexists(target):
+        try:
+            read_run_predictions(run)
+            return target, "untouched"
+        except GaalError as err:
+            outcome = f"replaced ({err.render()})"
     with folder_lock(run.path, "gaal eval --write-predictions"):
         report = run.read_report()
         trained = TrainedRun.load(run.path, overrides)
@@ -207,7 +217,7 @@ def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None =
         logits, labels = predict_test(method, data.test, device, config)
         check_same_accuracy(score_heads(logits, labels), report, len(labels), run.file(RunFolder.REPORT))
         save_predictions(target, data.test, logits, labels, predictions_meta(config))
-    return target, True
+    return target, outcome
 
 
 def check_same_accuracy(metrics: dict[str, dict[str, float]], report: dict[str, Any], n: int, source: Path) -> None:
