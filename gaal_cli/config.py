@@ -529,6 +529,3 @@ def _explain(
         message += f" [and {more} more problem{'s' if more > 1 else ''}]"
     return GaalError(message, source=src, field=key)
 
-
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.resolved(), sort_keys=False))

@@ -198,6 +198,62 @@ def test_a_sweep_never_appends_its_log_through_a_link(tmp_path, outside):
     assert code == 1 and "train.log" in output and "symbolic link" in output and "Traceback" not in output
 
 
+#: calls that create, write, rename or remove a path by name: Path's methods, and these modules' functions
+PATH_WRITERS = {"write_text", "write_bytes", "mkdir", "touch", "symlink_to", "hardlink_to"}
+MODULE_WRITERS = {
+    "os": {"replace", "rename", "renames", "makedirs", "mkdir", "symlink", "link", "remove", "rmdir", "mkfifo"},
+    "shutil": {"rmtree", "move", "copy", "copy2", "copytree", "copyfile"},
+    "np": {"save", "savez", "savetxt"},
+}
+#: where the rule itself lives, and the calls it vouches for there (each checked as the comment says)
+RULE_KEEPERS = {
+    "foundation/locks.py": {"os.open"},  # O_NOFOLLOW | O_NONBLOCK, the type checked
+    "runs/folder.py": {"os.rename"},  # RunFolder.replace_with / recover: both folders refused if links
+    "analysis/report.py": {"os.replace"},  # staging files renamed over out's (a rename follows no link)
+}
+
+
+def direct_writes(path: Path, allowed: set[str]) -> list[str]:
+    """Calls in `path` that write by name without gaal_cli.foundation.files: `open` in a writing
+    mode, `os.open` for writing, `os.replace`, `Path.write_text`, `shutil.rmtree`, `np.save`, ..."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+        call = f"{owner}.{name}" if owner else name
+        given = [*node.args[1:2], *(k.value for k in node.keywords if k.arg == "mode")]
+        modes = [a.value for a in given if isinstance(a, ast.Constant)]
+        flags = ast.dump(node.args[1]) if len(node.args) > 1 else ""
+        writing = (
+            (isinstance(func, ast.Attribute) and name in PATH_WRITERS)
+            or name in MODULE_WRITERS.get(owner, ())
+            or (call == "open" and any(isinstance(m, str) and set(m) & set("wax+") for m in modes))
+            or (call == "os.open" and any(f in flags for f in ("O_CREAT", "O_WRONLY", "O_RDWR", "O_APPEND")))
+        )
+        if writing and call not in allowed:
+            found.append(f"{path.name}:{node.lineno} {call}")
+    return found
+
+
+def test_every_write_goes_through_the_one_rule():
+    """No module writes, renames or removes a path by name but through gaal_cli/foundation/files.py
+    (and the few renames listed in RULE_KEEPERS, each checked there): one rule for every writer."""
+    package = Path(__file__).resolve().parents[1] / "gaal_cli"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative == "foundation/files.py":
+            continue
+        found += direct_writes(path, RULE_KEEPERS.get(relative, set()))
+    assert direct_writes(package / "foundation" / "files.py", set()), "the scan finds the rule's own writes"
+    assert found == [], "writes that bypass gaal_cli/foundation/files.py:\n" + "\n".join(found)
+
+
 # ---------------------------------------------------------------- a FIFO where the lock goes
 
 

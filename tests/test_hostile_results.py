@@ -13,7 +13,6 @@
 """
 
 import csv
-import io
 import json
 import shutil
 from pathlib import Path
@@ -62,7 +61,8 @@ def rewrite(file: Path, change) -> None:
 
 
 def test_compare_never_pairs_runs_of_different_datasets_that_share_ids_and_labels(runs):
-    a, b = read_predictions(runs / "noisy" / "seed1" / FILE_NAME), read_predictions(runs / "concat" / "seed1" / FILE_NAME)
+    a = read_predictions(runs / "noisy" / "seed1" / FILE_NAME)
+    b = read_predictions(runs / "concat" / "seed1" / FILE_NAME)
     assert a.ids == b.ids and (a.labels == b.labels).all()  # what made them look pairable
     result = invoke("compare", runs / "noisy", runs / "concat")
     assert_refused(result, "data.synthetic.tabular_noise", "different data")
@@ -142,7 +142,8 @@ def test_report_names_a_method_whose_every_seed_is_nan(tmp_path):
     for dataset in ("synthetic", "t.csv"):
         for seed in (1, 2):
             for method, acc in (("concat", 0.6), ("gaal", 0.7), ("daft", 0.65), ("max", None)):
-                data = [f"data.name={dataset}", "data.target=y", "data.image_column=p"] if dataset != "synthetic" else []
+                table = [f"data.name={dataset}", "data.target=y", "data.image_column=p"]
+                data = table if dataset != "synthetic" else []
                 fake_run(root / dataset, "t1", method, seed, [f"method={method}", *data], (acc or 0.1, 0.5, 0.5))
                 if acc is None:
                     file = root / dataset / "t1" / method / f"seed{seed}" / "report.json"

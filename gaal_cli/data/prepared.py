@@ -27,6 +27,7 @@ from gaal_cli.data.preprocessing import encode_split_table, find_missing, prepar
 from gaal_cli.data.problems import SPLITS, Notes, Problems
 from gaal_cli.data.splits import check_classes_in_splits, check_splits_filled, check_trainable
 from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.files import own_folder, write_file
 
 FORMAT = "gaal-prepared"
 FORMAT_VERSION = 1
@@ -155,8 +156,9 @@ def check_not_emptied(split: np.ndarray, keep: np.ndarray, problems: Problems) -
 
 
 def write_prepared(out: Path, rows: Rows, image_root: Path, manifest: dict) -> dict:
-    """Write table.csv and manifest.json into `out` (each atomically); returns the full manifest."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write table.csv and manifest.json into `out` (each atomically, never through a link:
+    gaal_cli.foundation.files); returns the full manifest."""
+    own_folder(out, "--out")
     root = os.path.abspath(image_root)
     frame = pd.DataFrame(rows.tabular, columns=manifest["columns"])
     frame.insert(0, "split", rows.split)
@@ -172,12 +174,8 @@ def write_prepared(out: Path, rows: Rows, image_root: Path, manifest: dict) -> d
         "counts": counts,
         "table": TABLE,
     }
-    tmp = out / f".{TABLE}.tmp"
-    frame.to_csv(tmp, index=False, float_format="%.7g")
-    os.replace(tmp, out / TABLE)
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(full, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    write_file(out / TABLE, frame.to_csv(index=False, float_format="%.7g"))
+    write_file(out / MANIFEST, json.dumps(full, indent=1))
     return full
 
 

@@ -20,7 +20,10 @@ See examples/gaal-example-method for a complete, installable plugin.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import sys
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -95,11 +98,21 @@ def _duplicates(plugins: list[Plugin]) -> dict[str, list[Plugin]]:
 
 
 def _import(plugin: Plugin) -> str | None:
-    """Import the plugin's module (registering its method); the error as text, or None."""
+    """Import the plugin's module (registering its method); the error as text, or None.
+
+    What the module prints while it is imported is held back: a module that fails (an argparse
+    usage line before its SystemExit) has its last line quoted in the error; one that imports
+    has it printed after, on stderr.
+    """
+    printed = io.StringIO()
     try:
-        importlib.import_module(plugin.module)
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            importlib.import_module(plugin.module)
     except (Exception, SystemExit) as err:  # any failure inside third-party code is the plugin's, not gaal's
-        return f"{type(err).__name__}: {err}"
+        said = printed.getvalue().strip().splitlines()
+        return f"{type(err).__name__}: {err}" + (f" (it printed: {said[-1][:300]})" if said else "")
+    if printed.getvalue():
+        sys.stderr.write(printed.getvalue())
     return None
 
 
