@@ -2,7 +2,12 @@
 out-of-range seeds, broken run folders, sweeps over missing data or unwritable folders.
 
 Each bad input must give exit code 2 (1 for a sweep that went on to its summary), one paragraph
-without a traceback, no planted code run and no half-written file."""
+without a traceback, no planted code run and no half-written file.
+
+The fourth round (issue 29) has a file per group beside this one: tests/test_hostile_links.py
+(writes outside the run folder: planted links, FIFO locks, outputs onto inputs, names that become
+paths), tests/test_hostile_results.py (wrong results shown as right) and
+tests/test_hostile_failures.py (hangs and tracebacks, escaped text, column roles)."""
 
 import hashlib
 import json
