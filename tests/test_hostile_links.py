@@ -130,11 +130,14 @@ def test_a_run_folder_that_is_a_link_is_refused(tmp_path, outside):
 
 def test_write_predictions_with_links_at_the_lock_and_the_predictions_file(tmp_path, outside, finished):
     run = copy_run(finished, tmp_path / "run")
-    (run / "predictions.safetensors").unlink()
+    (run / "predictions.safetensors").unlink()  # a run from before runs kept their predictions
     (run / ".lock").unlink(missing_ok=True)
-    planted = {run / ".lock": outside / "victim.txt", run / "predictions.safetensors": outside / "victim.txt"}
-    refused = peel(lambda: invoke("eval", run, "--write-predictions"), planted, outside)
-    assert set(refused) == set(planted) and (run / "predictions.safetensors").is_file()
+    command = lambda: invoke("eval", run, "--write-predictions")  # noqa: E731
+    assert peel(command, {run / ".lock": outside / "victim.txt"}, outside) == [run / ".lock"]
+    (run / "predictions.safetensors").unlink()
+    planted = {run / "predictions.safetensors": outside / "victim.txt"}
+    assert peel(command, planted, outside) == list(planted)  # not "already there": replaced, not followed
+    assert (run / "predictions.safetensors").is_file() and not (run / "predictions.safetensors").is_symlink()
 
 
 def test_report_out_with_a_link_at_every_file_it_writes(tmp_path, outside, finished):
