@@ -551,7 +551,8 @@ def on_small_disk(tmp_path, options, script, timeout=600):
     mnt.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=CHECKOUT, MNT=str(mnt), GAAL=f"{sys.executable} -m gaal_cli")
     shell = f"mount -t tmpfs -o {options} none {mnt} && {script}"
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=timeout)
+    command = ["unshare", "-rm", "sh", "-c", shell]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
@@ -575,7 +576,9 @@ def test_a_full_disk_during_the_image_cache_build_is_exit_2_not_sigbus(tmp_path)
     train = "$GAAL train --dataset $MNT/user/table.csv --target species --image-column photo -q --out $MNT/run"
     options = " ".join(sets([*TINY_RUN[3:], "data.image_size=128"]))
     code, output = on_small_disk(
-        tmp_path, "size=1m", f"cp -r {table.parent} $MNT/user && {train} {options} 2>&1; echo rc=$? LS; ls -A $MNT/user/.gaal_cache/*"
+        tmp_path,
+        "size=1m",
+        f"cp -r {table.parent} $MNT/user && {train} {options} 2>&1; echo rc=$? LS; ls -A $MNT/user/.gaal_cache/*",
     )
     assert "rc=2" in output and "Traceback" not in output, output
     assert "MiB free" in output and "image cache" in output, output
