@@ -47,7 +47,7 @@ def ranks_markdown(summary: pd.DataFrame, rows: list[str], kind: str, out: Path)
         + ", ".join(f"{m} {r:.2f}" for m, r in ranked)
         + ". "
         + shared_conditions(list(scores.index), condition)
-        + f"Friedman χ² = {result.chi2:.2f}, Iman-Davenport F = {result.f:.2f}; {test_sentence(result)} "
+        + f"Friedman χ² = {result.chi2:.2f}, Iman-Davenport F = {result.f:.2f}; {p_value_sentence(result)} "
         + (f"Left out (not run in every condition): {', '.join(left_out)}. " if left_out else "")
     )
     why_not = no_diagram_reason(result, cd, len(methods))
@@ -64,7 +64,7 @@ def ranks_markdown(summary: pd.DataFrame, rows: list[str], kind: str, out: Path)
     return text, [drawn.png.with_suffix(s) for s in FORMATS]
 
 
-def test_sentence(result: rank_tests.Friedman) -> str:
+def p_value_sentence(result: rank_tests.Friedman) -> str:
     """Which p-value the verdict uses, and why."""
     if result.n > rank_tests.LARGE_N:
         return f"p = {result.f_p:.3g} (Iman-Davenport's F, as Demšar 2006 recommends)."

@@ -367,6 +367,8 @@ def healthy(report: dict[str, Any], quick: bool) -> Check:
         return Check("healthy", False, "; ".join(f"{f['name']}: {f['message']}" for f in counted))
     unchecked = sorted(report.get("health_unchecked") or {})
     notes = ["no run-health finding"]
+    if report.get("health_notes"):  # milder: a stage stalled, the scored head still learned
+        notes.append("note: " + ", ".join(sorted({n["name"] for n in report["health_notes"]})))
     if quick:
         notes.append(f"whether it learned is not judged at --quick size (left out: {', '.join(ignored) or 'none'})")
     if unchecked:
