@@ -508,4 +508,3 @@ def mark_rows(differences: dict[str, PairedDifference], alpha: float = 0.05) -> 
             plan = seeds_needed(d, float(level))
             verdicts[name] = RowVerdict(d, float(p), "tie", plan, plan.text(d.test_samples))
     return verdicts
-
