@@ -1,6 +1,6 @@
 """Calibration of the paired comparison: false-positive rate, interval coverage and power, by simulation.
 
-    python benchmarks/calibration.py                       # the README's tables (about 15 minutes on 2 cores)
+    python benchmarks/calibration.py                       # the README's tables (about 20 minutes on 2 shared cores)
     python benchmarks/calibration.py --repetitions 500 --bootstrap-repetitions 0   # quicker, no bootstraps
 
 Two methods are trained on S seeds and tested on n samples; each sample is right or wrong for
