@@ -1,6 +1,6 @@
 """gaal: an experiment runner for tabular-image fusion with Gradient-Aligned Alternating Learning."""
 
-__version__ = "0.1.0"
+from gaal_cli.foundation.version import __version__  # noqa: E402, F401
 
 # the config validates `method` and `methods.<name>` against the method registry, handed over
 # here, before any config is built; the registry imports no method module (nor torch) until
