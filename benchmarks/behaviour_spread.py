@@ -2,7 +2,8 @@
 thread counts, and whether its hashes move.
 
     python benchmarks/behaviour_spread.py [NAME ...]                  # the trace as built
-    python benchmarks/behaviour_spread.py --numerics float32          # the rejected alternatives
+    python benchmarks/behaviour_spread.py --numerics unpinned         # the rejected alternatives
+    python benchmarks/behaviour_spread.py --numerics float32
     python benchmarks/behaviour_spread.py --numerics float32-islands
 
 Each setting runs in its own interpreter (the instruction sets are chosen when torch loads):
@@ -15,8 +16,9 @@ what it can; the table names the capability torch reports.
 Printed per method: how many numbers its trace holds, the largest absolute difference of its
 unrounded numbers from the first setting's, and whether its hash (the numbers rounded as the
 trace rounds them) is the first setting's. `--numerics`: `as-built` (float64, `.float()` kept
-float64, one thread), `float32-islands` (float64, but the methods' `.float()` casts compute in
-float32 as they would), `float32` (the dtype of a run).
+float64, one thread), `unpinned` (the same on torch's threads), `float32-islands` (float64, but
+the methods' `.float()` casts compute in float32 as they would; MFH and MLA then fail, mixing
+float32 and float64 in one product), `float32` (the dtype of a run).
 """
 
 from __future__ import annotations
@@ -78,16 +80,21 @@ def child(out: Path, names: list[str], numerics: str) -> None:
 @contextlib.contextmanager
 def alternative(numerics: str):
     """The trace's numerics without the choices under test: the thread count left to torch, and
-    float32 (`float32`) or float64 with `.float()` computing in float32 (`float32-islands`)."""
+    float64 with `.float()` kept float64 (`unpinned`), float64 with `.float()` computing in
+    float32 (`float32-islands`) or float32 (`float32`)."""
     import torch
 
+    from gaal_cli.training import behaviour
     from gaal_cli.training.rng import rng_states, set_rng_states
 
-    dtype, streams = torch.get_default_dtype(), rng_states()
+    dtype, streams, plain_float = torch.get_default_dtype(), rng_states(), torch.Tensor.float
     torch.set_default_dtype(torch.float32 if numerics == "float32" else torch.float64)
+    if numerics == "unpinned":
+        torch.Tensor.float = behaviour._float64
     try:
         yield
     finally:
+        torch.Tensor.float = plain_float
         torch.set_default_dtype(dtype)
         set_rng_states(streams)
 
@@ -131,7 +138,9 @@ def run_setting(name: str, env: dict[str, str], threads: int, names: list[str], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*")
-    parser.add_argument("--numerics", choices=("as-built", "float32-islands", "float32"), default="as-built")
+    parser.add_argument(
+        "--numerics", choices=("as-built", "unpinned", "float32-islands", "float32"), default="as-built"
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

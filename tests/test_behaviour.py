@@ -27,6 +27,7 @@ from gaal_cli.methods import METHODS, arl, surgery
 from gaal_cli.methods.concat import Concat, ConcatSettings
 from gaal_cli.methods.concat_head import ConcatHead
 from gaal_cli.methods.registry import MethodSpec, method_spec, register_method
+from gaal_cli.training import behaviour
 from gaal_cli.training.behaviour import builtin_names, canonical_json, forget_traces, method_trace
 from gaal_cli.training.method_checks import difference
 
@@ -67,6 +68,16 @@ def test_each_builtin_keeps_its_golden_trace(name, golden):
         )
     losses = [v for stage in trace.record["stages"] for epoch in stage["loss"] for v in epoch]
     assert losses and all(isinstance(v, float) for v in losses), f"{name}: a loss is not finite"
+
+
+@pytest.mark.parametrize("name", ["mfh", "mmcl", "tip", "di_mml", "reconboost", "igm", "charms"])
+def test_a_trace_trains_every_stage_the_method_declares(name):
+    settings = json.loads(behaviour.settings_key(name, None))
+    config = behaviour.trace_config(name, settings)
+    declared = method_spec(name).cls.stages(config.method_settings(), config.train.epochs)
+    stages = method_trace(name).record["stages"]
+    assert len(stages) == len(declared) and all(len(s["loss"]) == s["epochs"] >= 1 for s in stages)
+    assert all(s["outputs"]["all inputs"] for s in stages)
 
 
 # ---------------------------------------------------------------- what a method computes
