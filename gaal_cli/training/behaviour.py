@@ -21,17 +21,18 @@ setting: trace the run's own settings; a CUDA-only or bf16-only path; the engine
 the pieces it shares, such as early stopping and best-epoch selection; the datasets), and a
 change too small to move a number by the rounding quantum in eight steps.
 
-Host independence (measured, notes/31t.md): the trace runs in float64 on one thread. In float32
-the same trace differs between AVX2 and AVX-512 kernels by up to 5e-3 after eight steps, so no
-rounding would both keep it sensitive and make it agree. In float64 the methods' `.float()`
-casts (meant as "at least float32" under bf16 autocast) would drop back to float32 islands that
-differ between kernels by 1e-7; inside the trace `.float()` keeps float64 (`float64_throughout`).
-Then the largest difference measured over ATen's AVX2 / AVX-512 / no-SIMD kernels, oneDNN's and
-MKL's instruction sets is 3.2e-12 (torch's two threads against one add 1.3e-12, hence one
-thread), on values below 10 in magnitude. Rounding to DECIMALS = 5 places puts a value within
-that spread of a rounding boundary with probability about 1e-6, so the whole set of built-ins
-(about 3,000 numbers) keeps its hashes on another host with probability about 0.998, while a
-change of 1e-5 to any loss or logit changes the hash.
+Host independence (measured by `python benchmarks/behaviour_spread.py`): the trace runs in
+float64 on one thread. In float32 the same trace differs between ATen's AVX2, AVX-512 and
+no-SIMD kernels by up to 8e-2 after eight steps (DMRNet; 17 of 23 hashes move), so no rounding
+would both keep it sensitive and make it agree. In float64 the methods' `.float()` casts (meant
+as "at least float32" under bf16 autocast) would leave float32 islands that differ between
+kernels by 2e-7 (and make MFH and MLA multiply float32 by float64); inside the trace `.float()`
+keeps float64 (`float64_throughout`). Then the largest difference over those kernels and
+oneDNN's and MKL's instruction sets is 2.9e-12 (two torch threads against one move numbers by
+up to 1.3e-12: hence one thread), on numbers below 10 in magnitude. Rounding to DECIMALS = 5
+places puts a number that close to a rounding boundary with probability at most 3e-7, so the
+2,032 numbers of the built-ins' traces keep their hashes on another host with probability at
+least 0.999, while any change of 1e-5 to a loss or a logit changes the hash.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def method_trace(name: str, settings: MethodSettings | Mapping[str, Any] | None 
 
     Raises:
         KeyError: an unknown method (the message lists the valid ones).
-        GaalError: settings that do not validate, or a method that fails to train.
+        GaalError: settings that do not validate.
+        Exception: whatever the method's own code raises while it trains (a plugin's, say).
     """
     return _trained(name, settings_key(name, settings)).trace
 
@@ -200,7 +202,8 @@ def build_traced(config: Config, dependencies: dict[str, _Trained]) -> Method:
 
 def teacher(name: str, field: str) -> _Trained:
     """The canonical run of the method that dependency `field` of `name` is trained with."""
-    return _trained(TEACHERS.get((name, field), "concat"), settings_key(TEACHERS.get((name, field), "concat"), None))
+    method = TEACHERS.get((name, field), "concat")
+    return _trained(method, settings_key(method, None))
 
 
 def as_dependency(key: str, run: _Trained) -> Dependency:
