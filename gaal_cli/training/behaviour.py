@@ -78,8 +78,9 @@ TRAIN_ROWS, BATCH, EVAL_ROWS = 16, 8, 4
 EPOCHS = 4
 DECIMALS = 5
 MODEL = {"image_backbone": "test_resnet", "pretrained": False, "feature_dim": 8, "tabular_hidden": [8]}
-#: the method a dependency is trained with, as the experiment files name it (else concat)
+#: the method a dependency is trained with, as the experiment files name it, else DEFAULT_TEACHER
 TEACHERS = {("mfh", "teacher"): "tabular", ("fmr", "fixed_model"): "tabular"}
+DEFAULT_TEACHER = "concat"
 #: what a dependency setting holds in the trace's config (the trace builds the run itself)
 IN_TRACE = "<trained by the behaviour trace>"
 
@@ -144,6 +145,9 @@ def settings_key(name: str, settings: MethodSettings | Mapping[str, Any] | None)
 
 @dataclass(frozen=True)
 class _Trained:
+    """A trace with the config it trained and, for a method dependencies are trained with, the
+    trained weights (3-5 MB in float64: the others' are not kept)."""
+
     trace: Trace
     config: Config
     state: dict[str, torch.Tensor]
@@ -164,7 +168,8 @@ def _trained(name: str, key: str) -> _Trained:
         )
         for planned in plan:
             record["stages"].append(train_stage(method, planned, config, train_rows, eval_rows))
-        state = {k: v.detach().clone() for k, v in method.state_dict().items()}
+        teaches = name in {*TEACHERS.values(), DEFAULT_TEACHER}
+        state = {k: v.detach().clone() for k, v in method.state_dict().items()} if teaches else {}
     record["dependencies"] = {f: {"method": d.config.method, "hash": d.trace.digest} for f, d in dependencies.items()}
     seconds = time.perf_counter() - t0
     return _Trained(Trace(name, canonical_json(record), seconds), config, state)
@@ -202,7 +207,7 @@ def build_traced(config: Config, dependencies: dict[str, _Trained]) -> Method:
 
 def teacher(name: str, field: str) -> _Trained:
     """The canonical run of the method that dependency `field` of `name` is trained with."""
-    method = TEACHERS.get((name, field), "concat")
+    method = TEACHERS.get((name, field), DEFAULT_TEACHER)
     return _trained(method, settings_key(method, None))
 
 
