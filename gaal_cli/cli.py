@@ -300,11 +300,12 @@ def ablate(
 def _run_sweep(plan, workers: int, dry_run: bool) -> None:
     from gaal_cli.foundation.display import plan_table
     from gaal_cli.runs.folder import RunFolder
-    from gaal_cli.sweeps.runner import check_inputs, run_sweep, statuses
+    from gaal_cli.sweeps.runner import check_inputs, run_sweep
+    from gaal_cli.sweeps.staleness import described_statuses
 
     if dry_run:
         title = f"{plan.name}: {len(plan.runs)} runs from {plan.source}"
-        stdout.print(plan_table(title, statuses(plan), lambda need: RunFolder(need).done))
+        stdout.print(plan_table(title, described_statuses(plan), lambda need: RunFolder(need).done))
         check_inputs(plan)
         return
     outcome = run_sweep(plan, workers)
@@ -360,18 +361,29 @@ def compare(
 
     Runs are paired by seed and test sample (their predictions.safetensors); a run without one is refused,
     naming `gaal eval RUN --write-predictions`."""
-    from gaal_cli.analysis.compare import compare_runs, comparison_lines
+    from gaal_cli.analysis.compare import compare_runs, comparison_lines, sides_provenance
+    from gaal_cli.analysis.provenance_groups import describe, sides_note
     from gaal_cli.runs.folder import to_json
 
     rows = compare_runs(a, b, metrics=metric)
-    note = _shared_runs_note(a, b)
+    sides = sides_provenance(a, b)
+    notes = [n for n in (_shared_runs_note(a, b), sides_note(sides)) if n]
     if as_json:
-        found = {"a": str(a), "b": str(b), "comparisons": [r.to_json() for r in rows], "note": note}
+        made_by = {side.lower(): [{"code": c, "host": h} for c, h in sorted(keys)] for side, keys in sides.items()}
+        found = {
+            "a": str(a),
+            "b": str(b),
+            "comparisons": [r.to_json() for r in rows],
+            "provenance": made_by,
+            "note": "; ".join(notes) or None,
+        }
         stdout.print_json(to_json(found))
         return
     for line in comparison_lines(rows, str(a), str(b)):
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
-    if note:
+    made_by = "; ".join(f"{side}: {describe(keys)}" for side, keys in sides.items())
+    stdout.print(f"Made by: {made_by}.", highlight=False, markup=False, soft_wrap=True)
+    for note in notes:
         stderr.print(styled("note:", "yellow", f" {note}"), highlight=False, soft_wrap=True)
 
 

@@ -216,3 +216,77 @@ def test_a_trace_leaves_the_callers_torch_as_it_found_it(fresh):
     assert torch.get_default_dtype() == torch.float32
     assert torch.get_num_threads() == threads
     assert torch.ones(2, dtype=torch.float64).float().dtype == torch.float32
+
+
+# ---------------------------------------------------------------- staleness of finished runs
+
+
+def finished_run(tmp_path, method: str, body: str = ""):
+    """A sweep of one `method` run whose folder holds a finished run that recorded today's
+    behaviour, as the engine records it (report.json `provenance.behaviour`)."""
+    import yaml
+
+    from gaal_cli.runs.folder import RunFolder
+    from gaal_cli.sweeps.runner import load_sweep
+    from gaal_cli.training.behaviour import behaviour_record
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"name: traced\nmethod: {method}\n{body}")
+    sweep = load_sweep(path, results=tmp_path / "r")
+    run = sweep.runs[0]
+    run.folder.mkdir(parents=True)
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(run.config.resolved()))
+    record = behaviour_record(method, run.config.method_settings())
+    RunFolder(run.folder).finish({"provenance": {"behaviour": record}})
+    return sweep
+
+
+def test_restoring_an_earlier_behaviour_makes_a_finished_run_stale_with_its_reason(tmp_path, monkeypatch, fresh):
+    from gaal_cli.sweeps.staleness import check_not_stale, described_statuses, statuses
+
+    sweep = finished_run(tmp_path, "concat")
+    assert [state for _, state in statuses(sweep)] == ["done"]
+    forget_traces()
+    plain = ConcatHead.unimodal  # concat's unimodal heads as they were read before: the whole bias
+    monkeypatch.setattr(ConcatHead, "unimodal", lambda self, u, m, **kw: plain(self, u, m, **kw) + self.bias / 2)
+    [(_, described)] = described_statuses(sweep)
+    assert described.startswith("stale: its method computes differently today")  # and only that
+    with pytest.raises(GaalError, match="would not reproduce"):
+        check_not_stale(sweep)
+
+
+def test_an_earlier_default_makes_a_finished_run_stale_in_config_and_behaviour(tmp_path, monkeypatch, fresh):
+    from gaal_cli.sweeps.staleness import described_statuses
+
+    sweep = finished_run(tmp_path, "charms")
+    forget_traces()
+    with_default(monkeypatch, "charms", "transport", "sinkhorn")  # the pre-exact-transport code
+    [(_, described)] = described_statuses(sweep)
+    assert "its method computes differently today" in described  # seen even where a config is not
+
+
+def test_a_refactor_leaves_a_finished_run_done(tmp_path, monkeypatch, fresh):
+    import gaal_cli.methods.concat as concat
+    from gaal_cli.sweeps.staleness import check_not_stale, statuses
+
+    sweep = finished_run(tmp_path, "concat")
+    forget_traces()
+    monkeypatch.setattr(  # the loss computed another way, to the same numbers
+        concat,
+        "cross_entropy",
+        lambda logits, labels: -F.log_softmax(logits.float(), dim=-1).gather(1, labels[:, None]).mean(),
+    )
+    assert [state for _, state in statuses(sweep)] == ["done"]
+    check_not_stale(sweep)
+
+
+def test_a_run_without_a_behaviour_record_is_done_and_named_unverified(tmp_path, fresh):
+    import json
+
+    from gaal_cli.sweeps.staleness import described_statuses
+
+    sweep = finished_run(tmp_path, "concat")
+    report = sweep.runs[0].folder / "report.json"
+    report.write_text(json.dumps({"versions": {"gaal": "0.1.0"}}))  # as a run of gaal 0.1.0
+    [(_, described)] = described_statuses(sweep)
+    assert described.startswith("done (unverified: no behaviour record")

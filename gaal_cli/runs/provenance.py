@@ -82,7 +82,8 @@ def code_state() -> dict[str, Any]:
     for name in sorted(untracked.split()):
         digest.update(name.encode() + b"\0" + _read(checkout / name))
     dirty = bool(diff.strip() or untracked.strip())
-    return {**state, "commit": commit.strip(), "dirty": dirty, "dirty_sha256": digest.hexdigest()[:16] if dirty else None}
+    dirty_sha256 = digest.hexdigest()[:16] if dirty else None
+    return {**state, "commit": commit.strip(), "dirty": dirty, "dirty_sha256": dirty_sha256}
 
 
 def sources_fingerprint(package: Path) -> str:
@@ -106,7 +107,7 @@ def libraries() -> dict[str, str | None]:
         pot = ot.__version__
     except ImportError:
         pot = None
-    return {
+    found = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -115,6 +116,8 @@ def libraries() -> dict[str, str | None]:
         "pandas": pandas.__version__,
         "pot": pot,
     }
+    # plain strings: torch's is a str subclass, which a checkpoint read with weights_only refuses
+    return {name: None if value is None else str(value) for name, value in found.items()}
 
 
 def host(device: Any = "cpu") -> dict[str, Any]:
@@ -129,12 +132,12 @@ def host(device: Any = "cpu") -> dict[str, Any]:
         "machine": platform.machine(),
         "system": platform.system(),
         "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
         "onednn_isa": onednn_isa(flags),
         "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
         "threads": torch.get_num_threads(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(torch.device(device)) if cuda else None,
+        "device_name": str(torch.cuda.get_device_name(torch.device(device))) if cuda else None,
     }
 
 

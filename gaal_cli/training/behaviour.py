@@ -63,6 +63,7 @@ from gaal_cli.methods.registry import BUILTIN_METHODS, method_spec
 from gaal_cli.methods.stages import PlannedStage, build_stage_optimizer, plan_stages
 from gaal_cli.runs.dependencies import Dependency
 from gaal_cli.training.evaluation import predict_split
+from gaal_cli.training.outputs import NoHeadError
 from gaal_cli.training.rng import rng_states, seed_everything, set_rng_states
 from gaal_cli.training.trained_run import frozen_model
 
@@ -120,6 +121,18 @@ def method_trace(name: str, settings: MethodSettings | Mapping[str, Any] | None 
         Exception: whatever the method's own code raises while it trains (a plugin's, say).
     """
     return _trained(name, settings_key(name, settings)).trace
+
+
+def behaviour_record(name: str, settings: MethodSettings | Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a run records of its method's behaviour (report.json `provenance.behaviour`): the trace
+    format, the method and the hash of its trace at the run's settings; `hash` null, with the
+    error, when the method cannot be traced (a plugin whose code needs what the trace lacks): the
+    run still trains, and a dry run then calls it stale with that reason."""
+    try:
+        digest, error = method_trace(name, settings).digest, None
+    except Exception as err:  # noqa: BLE001 - any failure of a method's own code leaves the run unfingerprinted
+        digest, error = None, f"{type(err).__name__}: {err}"[:300]
+    return {"format": FORMAT, "method": name, "hash": digest, **({"error": error} if error else {})}
 
 
 def forget_traces() -> None:
@@ -300,7 +313,10 @@ def outputs(method: Method, rows: Rows) -> dict[str, dict[str, Any]]:
     conditions = [None, *MODALITIES] if len(method.modalities) == 2 else [None]
     found = {}
     for missing in conditions:
-        logits, _ = predict_split(method, rows, torch.device("cpu"), len(rows), missing=missing)
+        try:
+            logits, _ = predict_split(method, rows, torch.device("cpu"), len(rows), missing=missing)
+        except NoHeadError:  # no claim without that modality: part of what the method does
+            logits = {}
         found[f"without {missing}" if missing else "all inputs"] = {h: rounded(v) for h, v in logits.items()}
     return found
 

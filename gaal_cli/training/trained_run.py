@@ -216,7 +216,8 @@ def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None =
         method = trained.method(data.schema.field_lengths, data.num_classes).to(device)
         logits, labels = predict_test(method, data.test, device, config)
         check_same_accuracy(score_heads(logits, labels), report, len(labels), run.file(RunFolder.REPORT))
-        save_predictions(target, data.test, logits, labels, predictions_meta(config))
+        made_by = report.get("provenance") if isinstance(report.get("provenance"), dict) else None
+        save_predictions(target, data.test, logits, labels, predictions_meta(config, made_by))
     return target, outcome
 
 
