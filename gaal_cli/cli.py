@@ -325,6 +325,55 @@ def _run_sweep(plan, workers: int, dry_run: bool) -> None:
 
 @app.command()
 @user_errors
+def reproduce(
+    file: Path = typer.Argument(Path("results/campaign.yaml"), help="A campaign file: sweeps in order, then reports."),
+    results: Path = typer.Option(Path("results"), "--results", help=RESULTS_HELP),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Runs trained at the same time."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List each sweep's runs by status; train none."),
+) -> None:
+    """Rebuild a set of results in one campaign: every sweep the file lists, in its order, then its reports.
+
+    Stopped at any point, the same command resumes it (finished runs are skipped, killed ones resumed);
+    a stale finished run stops it, naming the folder."""
+    import time
+    from collections import Counter
+
+    from gaal_cli.sweeps.campaign import load_campaign
+    from gaal_cli.sweeps.staleness import described_statuses
+
+    campaign = load_campaign(file)
+    plans = campaign.plans(results)
+    if dry_run:
+        for plan in plans:
+            counts = Counter(_status_kind(state) for _, state in described_statuses(plan))
+            states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            stdout.print(f"{plan.name}: {len(plan.runs)} runs ({states})", highlight=False, markup=False)
+        for spec in campaign.reports:
+            folders = " ".join(str(results / f) for f in spec.folders)
+            stdout.print(f"then: gaal report {folders} --out {results / spec.out}", highlight=False, markup=False)
+        return
+    start = time.monotonic()
+    for plan in plans:
+        _run_sweep(plan, workers, dry_run=False)
+    from gaal_cli.analysis.report import write_report
+
+    for spec in campaign.reports:
+        write_report([results / f for f in spec.folders], results / spec.out)
+        stdout.print(f"report: {results / spec.out}", highlight=False)
+    stdout.print(f"campaign {file}: {sum(len(p.runs) for p in plans)} runs, {time.monotonic() - start:.0f} s")
+
+
+def _status_kind(state: str) -> str:
+    """A dry run's status without its details: 'done, unverified', 'done on another host', 'stale', ..."""
+    if state.startswith("done (unverified"):
+        return "done, unverified"
+    if state.startswith("done (on "):
+        return "done on another host"
+    return state.split(":")[0].split(" (")[0]
+
+
+@app.command()
+@user_errors
 def report(
     folders: list[Path] = typer.Argument(
         ..., help="Folder(s) holding finished runs, e.g. results/synthetic (several: one report across them)."
