@@ -18,14 +18,16 @@ frozen. Here the teacher is a network of the table, the student one of the image
     tag      <- (tag - min tag) / (max tag - min tag)
     R        = the floor(rho D) channels with the lowest tag (least modality-general)
     u~       = u with each channel in R replaced by its mean over the batch ("freeze")
-    L        = (1 - alpha) CE(z_s, y) + alpha T^2 KL(softmax(g(u~) / T) || softmax(z_s / T))
+    L        = (1 - alpha) CE(z_s, y) + alpha T^2 KL(softmax(g(u~) / T) || softmax(z_s / T)) / C
 
 A channel whose permutation pulls the teacher's prediction away from what the image network
 predicts is one the two modalities agree on: a high tag is modality-general. The student (the
 image encoder and a linear head, the `image` row's network, trained from its initialisation)
 learns from the frozen teacher's prediction g(u~), so only the kept channels shape its target
 sample by sample (the frozen ones add the same constant to every sample of a batch). The loss
-is kd.py's (Hinton's), with the official code's weights.
+is kd.py's (Hinton's), with the official code's weights, its KL averaged over the batch and the
+C classes as RAVDESS's `KLDivLoss(reduction='mean')` (helper.py l.193): under the official SGD
+at a fixed rate that factor sets the size of the step.
 
 The reference r, and so the agreement the tag measures (two official paths):
 - RAVDESS (ravdess/main_overlap_tag.py; the default here, `reference` unset): the teacher- and
@@ -56,19 +58,26 @@ The reference r, and so the agreement the tag measures (two official paths):
   modality-general decisive information").
 
 Stages (gaal_cli/methods/stages.py): `reference` (RAVDESS path only: the reference network and the
-joint teacher learn, the student does not), `overlap_tag`, one label-free epoch over the training split in which nothing
-trains (the tag needs no label); then `distil`, the rest of the run, with the run's train.*
-optimiser. The tag is fixed when `distil` starts and kept in the checkpoint
-(buffers `overlap_tag`, `keep`). At test the student sees the image alone (the Image column).
+joint teacher learn, the student does not), `overlap_tag`, one label-free epoch over the training
+split in which nothing trains (the tag needs no label); then `distil`, the rest of the run. Each
+stage starts a fresh optimiser, by default the official one (`stage_optimizer`): constant SGD
+1e-2, momentum 0.9, no weight decay, as RAVDESS builds it for the joint training
+(helper.py l.252) and again for the distillation (main_overlap_tag.py l.50, `--lr 1e-2` l.70);
+`stage_optimizer: null` uses the run's train.* instead (VGGSound's distillation, mfh_kd/main.py,
+is AdamW 1e-3, weight decay 1e-5, StepLR(25, 0.1): a `stage_optimizer` block can give it). The
+tag is fixed when `distil` starts and kept in the checkpoint (buffers `overlap_tag`, `keep`). At
+test the student sees the image alone (the Image column).
 
 Dependencies (`dependency_fields`, as KD's teacher): `teacher`, a run whose tabular encoder and
 tabular prediction are the teacher (a `tabular` run: the paper's crossmodal setting is a
 teacher network of the other modality; a concat run's tabular slice also works), trained to its
-own convergence (with `joint_teacher`, the starting point of the joint copy; the experiment
-files give it its own run, `mfh_teacher`: Table I's tabular
-run is early-stopped at an epoch that suits Table I, on the embedded set its first, where its
-targets are near uniform); optionally `reference`, a run with an image prediction (above).
-Both are frozen.
+own convergence (with `joint_teacher`, the starting point of the joint copy). The CPU-scale
+files give it its own run, `mfh_teacher` (up to 40 epochs with early stopping): their Table I
+tabular run is bounded at 6 epochs and early-stopped at an epoch that suits Table I, on the
+embedded set its first, where its targets are near uniform. The paper-scale files use Table I's
+tabular run itself, which there trains up to 500 epochs with early stopping (patience 10), so
+to its own convergence. Optionally `reference`, a run with an image prediction (above). Both
+are frozen.
 
 Lengths: the official distillation runs 100 epochs (`distil_epochs`, set in the paper-scale
 files); the CPU-scale files give it what the student needs to learn on the embedded set (see
@@ -102,18 +111,13 @@ this method at that scale may be wrong.
 Departures:
 - RAVDESS trains teacher and reference together from scratch; here the joint teacher starts
   from a finished teacher run (trained to its own convergence) and the reference from its
-  initialisation, and the joint stage is shorter at CPU scale (`reference_epochs`). The
-  optimiser of that stage is the run's train.* one (official SGD 1e-2, momentum 0.9).
+  initialisation, and the joint stage is shorter at CPU scale (`reference_epochs`).
 - The tag is averaged over every batch of one pass over the training split (the VGGSound code
   averages over batches; the RAVDESS code keeps the last batch's only) and over the ranks of a
   data-parallel run; each channel gets its own random permutation per repeat, as in the code.
 - The official Gaussian experiment retrains a teacher on the kept input features; with a
   trained teacher run that is not possible, so its channels are frozen instead (the deep-network
   experiments' way).
-- The official distillation (SGD 1e-2 on RAVDESS, AdamW 1e-3 on VGGSound) is replaced by the
-  run's train.* optimiser, so that the row trains like the others of Table I. Its KL is
-  kd.py's `batchmean`; RAVDESS's `KLDivLoss(reduction='mean')` also divides by the number of
-  classes (a constant factor on the loss).
 - The tag's batches are the run's (RAVDESS: 512 for the tag, 64 for training).
 """
 
@@ -133,14 +137,18 @@ from gaal_cli.data.base import Batch
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.kd import distillation_step
-from gaal_cli.methods.stages import PlannedStage, Stage
+from gaal_cli.methods.stages import PlannedStage, Stage, StagedSettings, StageOptimizer
 from gaal_cli.runs.dependencies import Dependency, required_dependency
 
 #: most elements of one chunk of permuted feature copies (channels x batch x width)
 CHUNK_ELEMENTS = 1 << 24
+#: the official optimiser of the joint teacher-reference training and of the distillation
+#: (ravdess/utils/helper.py `train_network_for_overlap_tag`, main_overlap_tag.py
+#: `eval_overlap_tag`: SGD, `--lr 1e-2`, momentum 0.9, no weight decay, no scheduler)
+OFFICIAL_OPTIMIZER = StageOptimizer(kind="sgd", lr=1e-2, momentum=0.9, weight_decay=0.0)
 
 
-class MfhSettings(MethodSettings):
+class MfhSettings(StagedSettings, MethodSettings):
     dependency_fields: ClassVar[tuple[str, ...]] = ("teacher", "reference")
 
     teacher: str | None = Field(
@@ -170,6 +178,11 @@ class MfhSettings(MethodSettings):
     temperature: float = Field(1.0, gt=0, description="softmax temperature T of teacher and student (official: 1)")
     alpha: float = Field(
         1.0, ge=0, le=1, description="weight of the distillation term; 1 - alpha on the labels (official: 1)"
+    )
+    stage_optimizer: StageOptimizer | None = Field(
+        OFFICIAL_OPTIMIZER,
+        description="each stage's fresh optimiser (official RAVDESS: constant SGD 1e-2, momentum 0.9, no weight "
+        "decay); null: train.*",
     )
 
 
@@ -268,11 +281,15 @@ class Mfh(Method):
 
     @classmethod
     def stages(cls, settings: MfhSettings, epochs: int) -> Sequence[Stage]:
-        tag = (Stage("overlap_tag", 1, selects=False, labels=False, steps=False), Stage("distil", settings.distil_epochs))
+        optimizer = settings.stage_optimizer
+        tag = (
+            Stage("overlap_tag", 1, optimizer=optimizer, selects=False, labels=False, steps=False),
+            Stage("distil", settings.distil_epochs, optimizer=optimizer),
+        )
         if settings.reference is not None:
             return tag
         trains = ("reference_net.", "joint_teacher.") if settings.joint_teacher else ("reference_net.",)
-        return (Stage("reference", settings.reference_epochs, trains, selects=False), *tag)
+        return (Stage("reference", settings.reference_epochs, trains, optimizer, selects=False), *tag)
 
     @property
     def tagging(self) -> bool:
@@ -378,7 +395,9 @@ class Mfh(Method):
             return self.reference_step(batch, optimizer)
         if self.tagging:
             return self.tag_step(batch)
-        return distillation_step(self, batch, optimizer, self.teacher_logits(batch.tabular))
+        # RAVDESS's KLDivLoss(reduction='mean') averages over classes too: at SGD's fixed rate the
+        # step's size depends on it
+        return distillation_step(self, batch, optimizer, self.teacher_logits(batch.tabular), kl_per_class=True)
 
     def predict(self, image: torch.Tensor | None, tabular: torch.Tensor | None) -> Predictions:
         logits = self.logits(image) if image is not None else None
