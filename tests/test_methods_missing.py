@@ -177,6 +177,7 @@ def test_mmanet_two_modality_port_adds_mar_through_the_main_head_only_after_six_
     method, data = build(tiny, "mmanet", f"methods.mmanet.teacher={teacher_checkpoint}")
     assert method.settings.recipe == "two_modality" and method.settings.weights == (0.5, 0.01)
     assert method.regularizer is None and not any(n.startswith("regularizer") for n, _ in method.named_parameters())
+    assert not method.head.bias.any()  # the port's weight_init: Xavier-normal weights, zero biases
     batch = data.train[list(range(16))]
     optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
     method.train()

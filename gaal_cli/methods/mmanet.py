@@ -87,8 +87,9 @@ Departures:
   ECCV2024-DMRNet does the same; on CASIA-SURF it compares the trunk's layer4 maps).
 - MAD's weight multiplies column j of the (B, B) squared differences, as mad.py's broadcast
   does; whether the paper weights rows (sample i) instead could not be checked.
-- The port initialises its whole student with Xavier-normal linear layers (utils.weight_init);
-  here the encoders and the head keep the project's initialisation (as DMRNet's, see there).
+- The port initialises its whole student with utils.weight_init (Xavier-normal linear layers,
+  zero biases); here the head follows it (`two_modality`) and the encoders keep the project's
+  initialisation, as DMRNet's (see there). The CASIA-SURF script sets no initialisation.
 - The port scores every epoch on its test split and keeps the best (it has no validation
   split); here the best epoch is chosen on validation, as for every method.
 """
@@ -106,6 +107,7 @@ from gaal_cli.data.base import Batch
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.base import Method, MethodSettings, Predictions, accuracy, cross_entropy, register_method
 from gaal_cli.methods.diagnostics import encoder_grad_norms
+from gaal_cli.methods.dmrnet import xavier_init
 from gaal_cli.methods.modality_dropout import (
     BOTH,
     COMBINATIONS,
@@ -220,6 +222,8 @@ class Mmanet(Method):
         self.head = nn.Linear(width, num_classes)
         # the CASIA-SURF script's regularization network; the two-modality port's MAR reads the main head
         self.regularizer = nn.Linear(width, num_classes) if self.three_modality else None
+        if not self.three_modality:  # the port initialises its student as DMRNet's code does
+            xavier_init(self.head)
         # buffers, so that a resumed run keeps the mining's counts, its scores and its verdict
         self.register_buffer("histograms", torch.zeros(len(COMBINATIONS), num_classes))
         self.register_buffer("distances", torch.zeros(2))
