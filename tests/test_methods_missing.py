@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,11 +14,14 @@ from gaal_cli.data import build_data
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.dmrnet import combination_variances, gaussian_kl, hard_combination_loss
 from gaal_cli.methods.mmanet import histogram_distances, mad_loss, mar_loss
-from gaal_cli.methods.modality_dropout import BOTH, IMAGE_ONLY, TABULAR_ONLY, fused_features
-from gaal_cli.training.engine import create_method
+from gaal_cli.methods.modality_dropout import BOTH, IMAGE_ONLY, TABULAR_ONLY, dropped_features, fused_features
+from gaal_cli.methods.stages import build_stage_optimizer
+from gaal_cli.sweeps.runner import load_sweep
+from gaal_cli.training.engine import create_method, plan_method_stages
 from gaal_cli.training.trained_run import load_dependencies
 
 runner = CliRunner()
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def build(tiny, name, *overrides):
@@ -166,23 +170,73 @@ def test_mmanet_mines_then_regularizes_the_weak_combination(tiny, teacher_checkp
     assert {"loss_mad", "loss_mar"} <= set(stats) and not method.idle_parameters()
 
 
-def test_mmanet_two_modality_recipe_distils_and_regularizes_both_unimodal_combinations_from_epoch_1(
-    tiny, teacher_checkpoint
-):
+def test_mmanet_two_modality_port_adds_mar_through_the_main_head_only_after_six_epochs(tiny, teacher_checkpoint):
+    """The port (ECCV2024-DMRNet main_distillation.py l.164-167): MAD x0.5 from the start, MAR x0.01
+    only when `epoch > 5` counting from 0 (here epochs 1-6 without it), and MAR's auxiliary output is
+    the main classifier (fusion_modules.py: auxi_out = fc_out(output)): no regularizer head."""
     method, data = build(tiny, "mmanet", f"methods.mmanet.teacher={teacher_checkpoint}")
     assert method.settings.recipe == "two_modality" and method.settings.weights == (0.5, 0.01)
+    assert method.regularizer is None and not any(n.startswith("regularizer") for n, _ in method.named_parameters())
+    assert not method.head.bias.any()  # the port's weight_init: Xavier-normal weights, zero biases
     batch = data.train[list(range(16))]
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.0)
     method.train()
-    method.on_epoch_start(1)
-    stats = method.train_step(batch, torch.optim.SGD(method.parameters(), lr=0.0))
-    assert {"loss_mad", "loss_mar"} <= set(stats) and method.histograms.sum() == 0  # no mining
+
+    def step(epoch):
+        method.on_epoch_start(epoch)
+        torch.manual_seed(7)  # the same modality-dropout draw at every epoch
+        stats = method.train_step(batch, optimizer)
+        return stats, method.head.weight.grad.clone()
+
+    for epoch in range(1, 7):
+        stats, grad = step(epoch)
+        assert "loss_mar" not in stats and method.histograms.sum() == 0, epoch  # no MAR, no mining
+        assert float(stats["loss"]) == pytest.approx(float(stats["loss_ce"] + 0.5 * stats["loss_mad"]), rel=1e-6)
+    stats, grad_mar = step(7)
+    assert float(stats["loss"]) == pytest.approx(
+        float(stats["loss_ce"] + 0.5 * stats["loss_mad"] + 0.01 * stats["loss_mar"]), rel=1e-6
+    )
+    # the extra gradient on the main head is exactly 0.01 x MAR's, MAR read from that head
+    torch.manual_seed(7)
+    ids, h = dropped_features(method.encoders, batch)
+    method.head.weight.grad = None
+    mar = mar_loss(method.head(h.detach()), batch.label, ids, (IMAGE_ONLY, TABULAR_ONLY))
+    assert mar.item() == pytest.approx(float(stats["loss_mar"]), rel=1e-5) and mar.item() > 0
+    (0.01 * mar).backward()
+    assert torch.allclose(grad_mar - grad, method.head.weight.grad, atol=1e-6)
     assert method.regularized == (IMAGE_ONLY, TABULAR_ONLY) and not method.idle_parameters()
+
+
+def test_mmanet_mar_counts_the_unimodal_samples_over_the_whole_batch():
     logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
     ids = torch.tensor([IMAGE_ONLY, TABULAR_ONLY, BOTH])
     per_sample = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert mar_loss(logits, labels, ids, (IMAGE_ONLY, TABULAR_ONLY)).item() == pytest.approx(
         float(per_sample[:2].sum() / 3)
     )
+
+
+@pytest.mark.parametrize("dataset", ["dvm", "sun", "celeba"])
+def test_paper_scale_dmrnet_and_mmanet_train_with_their_codes_sgd_and_steplr_70(dataset, tmp_path):
+    """audio-visual main.py l.298-299 and main_distillation.py l.291-292: SGD 1e-3, momentum 0.9,
+    weight decay 1e-4, StepLR(70, 0.1), where the shared train.* of the file is Adam."""
+    runs = load_sweep(EXPERIMENTS / f"table1_missing_{dataset}.yaml", results=tmp_path).runs
+    for run in [r for r in runs if r.config.method in ("dmrnet", "mmanet") and r.seed == 2022]:
+        (planned,) = plan_method_stages(run.config)
+        optimizer, scheduler = build_stage_optimizer(torch.nn.Linear(1, 1), planned, run.config.train)
+        group = optimizer.param_groups[0]
+        assert isinstance(optimizer, torch.optim.SGD), run.label
+        assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-3, 0.9, 1e-4), run.label
+        assert (scheduler.step_size, scheduler.gamma) == (70, 0.1), run.label
+    assert run.config.train.optimizer == "adam"
+
+
+def test_dmrnet_layers_start_as_the_codes_weight_init(tiny):
+    method, _ = build(tiny, "dmrnet")
+    for layer in (method.mu[0], method.log_var[0], method.head):
+        assert not layer.bias.any()  # torch's default draws nonzero biases
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.detach().std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.25)
 
 
 def test_mmanet_needs_a_multimodal_teacher(tiny, tmp_path):
@@ -202,7 +256,7 @@ def test_mmanet_needs_a_multimodal_teacher(tiny, tmp_path):
     "name, extra, logged",
     [
         ("dmrnet", ["methods.dmrnet.mining_epochs=1"], "loss_hard"),
-        ("mmanet", ["methods.mmanet.begin_epoch=3", "train.epochs=4"], "loss_mad"),
+        ("mmanet", ["methods.mmanet.mar_after=2", "train.epochs=3"], "loss_mar"),
     ],
 )
 def test_cli_train_scores_the_image_alone(tmp_path, tiny, teacher_checkpoint, name, extra, logged):

@@ -1,7 +1,9 @@
 """MFH (gaal_cli/methods/mfh.py): Algorithm 1's overlap tag, the channels kept, the frozen
 teacher's target, and a tiny run through both stages, on hand-computed cases."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +14,13 @@ from gaal_cli.config import load_config
 from gaal_cli.data import build_data, make_loader
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.methods.mfh import freeze_channels, kept_channels, min_max, permuted_channel_distances
-from gaal_cli.training.engine import create_method, train
+from gaal_cli.methods.stages import build_stage_optimizer
+from gaal_cli.sweeps.runner import load_sweep
+from gaal_cli.training.engine import create_method, plan_method_stages, train
 from gaal_cli.training.trained_run import evaluate_checkpoint, load_dependencies
 
 CPU = torch.device("cpu")
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 # the teacher's head g(u) = W u + b: class 0 reads channel 0, class 1 channels 1 and 2
 W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
@@ -218,3 +223,26 @@ def test_a_joint_teacher_run_is_saved_with_its_copy_and_evaluates_without_the_te
     assert any(not torch.equal(copy[k], original[k]) for k in copy)  # the copy learnt in stage `reference`
     metrics, _ = evaluate_checkpoint(tmp_path / "mfh")  # rebuilt from records: no teacher weights, no copy
     assert 0.0 <= metrics["image"]["acc"] <= 1.0
+
+
+@pytest.mark.parametrize("dataset", ["dvm", "sun", "celeba"])
+def test_the_paper_scale_plan_trains_every_stage_with_a_constant_sgd_at_1e_2(dataset, tmp_path):
+    """Issue 27: the official RAVDESS optimiser (helper.py `train_network_for_overlap_tag`,
+    main_overlap_tag.py `eval_overlap_tag`: SGD 1e-2, momentum 0.9, no weight decay, no
+    scheduler), built fresh for the joint reference stage and for the distillation, not the
+    run's Adam with StepLR(10), which leaves a 100-epoch stage at 1e-3 x 0.1^9."""
+    path = EXPERIMENTS / f"table1_missing_{dataset}.yaml"
+    (run,) = [r for r in load_sweep(path, results=tmp_path).runs if r.config.method == "mfh" and r.seed == 2022]
+    plan = plan_method_stages(run.config)
+    assert [(p.name, p.epochs) for p in plan] == [("reference", 100), ("overlap_tag", 1), ("distil", 100)]
+    probe = torch.nn.Linear(1, 1)
+    for planned in plan:
+        everything = dataclasses.replace(planned, stage=dataclasses.replace(planned.stage, trains=()))
+        optimizer, scheduler = build_stage_optimizer(probe, everything, run.config.train)
+        assert isinstance(optimizer, torch.optim.SGD), planned.name
+        group = optimizer.param_groups[0]
+        assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-2, 0.9, 0.0), planned.name
+        for _ in range(planned.epochs):
+            optimizer.step()
+            scheduler.step()
+        assert group["lr"] == 1e-2, f"{planned.name}: the rate must stay constant"

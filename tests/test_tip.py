@@ -3,6 +3,7 @@ matching rules on hand-made cases, label-free pretraining, the fine-tuning stage
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +22,11 @@ from gaal_cli.methods.tip import (
     hard_negatives,
     masked_reconstruction_loss,
 )
-from gaal_cli.training.engine import create_method
+from gaal_cli.sweeps.runner import load_sweep
+from gaal_cli.training.engine import create_method, plan_method_stages
 
 runner = CliRunner()
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 # columns: continuous, categorical (3 categories), continuous, categorical (2 categories)
 LAYOUT = TableLayout((1, 3, 1, 2))
@@ -207,3 +210,18 @@ def test_finetuning_corrupts_the_table_exactly_when_it_augments_the_image(tiny, 
     assert bool(changed_images.all()) == (rate == 1.0) and not bool(changed_images.any()) == (rate == 0.0)
     assert bool(changed_tables.any()) == (rate == 1.0)
     assert not bool((changed_tables & ~changed_images).any())  # a table changes only with its image
+
+
+@pytest.mark.parametrize("dataset", ["dvm", "sun", "celeba"])
+def test_the_paper_scale_row_fine_tunes_as_the_official_config_frozen_with_min_delta_2e_4(dataset, tmp_path):
+    """Issue 27: config_dvm_TIP.yaml's `finetune_strategy: frozen` and trainers/evaluate.py's
+    EarlyStopping(min_delta=0.0002, patience 10): the fine-tuning stage trains the classifier alone."""
+    (run,) = [
+        r for r in load_sweep(EXPERIMENTS / f"table1_tip_{dataset}.yaml", results=tmp_path).runs if r.seed == 2022
+    ]
+    config = run.config
+    assert config.method_settings().finetune == "frozen"
+    assert (config.train.min_delta, config.train.patience) == (2e-4, 10)
+    pretrain, finetune = plan_method_stages(config)
+    assert (pretrain.epochs, finetune.name, finetune.epochs) == (500, "finetune", 500)
+    assert finetune.stage.trains == ("classifier.",)

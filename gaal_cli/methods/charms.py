@@ -70,6 +70,18 @@ Departures, plainly:
   code patches rtdl to return.
 - The attribute heads read the backbone's pooled channels; when model.feature_dim differs from
   the backbone's width the image classifier reads the encoder's projection of them.
+- The test protocol: the official code tests the model left in memory when training stops
+  (trainers/pretrain.py returns it, run.py passes it to trainers/test.py, which tests it as
+  given, l.47-56), i.e. the last epoch's weights, 5 epochs after the best one when early
+  stopping ends the run; its checkpoints are not read back (their callback even monitors
+  val_acc with mode 'min'). Here, as for every row of Table I, the test is scored with the
+  weights of the best validation epoch: one selection rule for every method.
+- Crops: the official dataset (CHARMS_dataset.py PetFinderConCatImageDataset, l.132-139) applies
+  RandomResizedCrop(224) and a horizontal flip to every split it loads, so its validation (early
+  stopping and the transport plan's samples) and its test see randomly cropped images. Here
+  validation and test images are not augmented (each row is scored on the same fixed images),
+  and the transport plan's samples, being training batches, carry the data's own training
+  augmentation (`data.augment`, the recipe's crops where it is on).
 """
 
 from __future__ import annotations
@@ -122,9 +134,7 @@ class CharmsSettings(StagedSettings, MethodSettings):
         description="the run's optimiser (official: SGD 1e-3, momentum 0.1, wd 1e-5, x0.5 after epochs 5/10/15/20); "
         "null: train.*",
     )
-    patience: int | None = Field(
-        5, ge=1, description="early-stopping patience (official: 5); null: train.patience"
-    )
+    patience: int | None = Field(5, ge=1, description="early-stopping patience (official: 5); null: train.patience")
     imagenet_normalize: bool = Field(
         False, description="normalise [0, 1] images with ImageNet statistics (official DVM dataset code)"
     )

@@ -34,13 +34,29 @@ Defaults and their source (the code; the paper's values could not be read):
   0.15, 0.1); ks.sh uses 0.3 and the argparse default is 0.5. The code's README warns that
   beta matters and may need tuning on other hardware;
 - mining_epochs = 6: the code mines during epochs 0-5 and regularizes from epoch 6 on;
-- the code's optimiser (SGD 1e-3, momentum 0.9, weight decay 1e-4, StepLR(70, 0.1), 100
-  epochs, batch 64) is the experiment file's business (train.*), not this module's.
+- the layers DMRNet adds (mu, log s^2, the head) start as the code's `utils.weight_init` starts
+  every linear layer: Xavier-normal weights, zero biases (`xavier_init`);
+- the optimiser: the code's is SGD 1e-3, momentum 0.9, weight decay 1e-4, StepLR(70, 0.1),
+  100 epochs, batch 64 (main.py l.298-299 and its argparse defaults). The paper-scale
+  experiment files give it as `stage_optimizer` (the engine builds it for DMRNet's one stage),
+  because those files share train.* with the other missing-table rows. Unset (`null`, the
+  default) DMRNet trains with train.*, as the CPU-scale files do (an SGD at 1e-3 sized for 100
+  epochs barely moves in 6).
 
 Departures:
 - The feature extractors are this project's encoders (any image backbone, the tabular MLP)
   instead of two ResNet18s; mu and log s^2 are 2d -> 2d as the code's 1024 -> 1024 for two
-  512-wide features.
+  512-wide features. The code's `weight_init` also re-initialises its from-scratch ResNet18s
+  (convolutions Kaiming-normal fan_out, as torchvision's ResNet already does, and any linear
+  layer Xavier-normal); the encoders here keep the project's initialisation, shared by every
+  row (at paper scale the image backbone starts from ImageNet weights, which it must not
+  overwrite).
+- The hard-combination regularizer is normalised by the batch over the hard combination's
+  samples (1/B sum_b [c_b = hard] CE_b). The code's `auxi_loss * ((1 - p[:, 0]) * p[:, 1])`
+  multiplies a (B,) loss by a (B, 1, 1, 1) mask (p is (B, 2, 1, 1, 1)), which broadcasts to
+  (B, 1, 1, B): it adds (number of hard samples) x (mean CE over all samples). The evident aim,
+  the hard combination's own loss (the mining branch reshapes its mask to (B,) for that), is
+  followed.
 - A batch with no sample of one unimodal combination adds nothing to that combination's
   variance sum (the code divides 0 by 0 there, a NaN that would poison the comparison).
 - The code divides each epoch's sums by the number of steps before comparing; a common
@@ -69,6 +85,7 @@ from gaal_cli.methods.modality_dropout import (
     combination_predictions,
     dropped_features,
 )
+from gaal_cli.methods.stages import Stage, StageOptimizer
 
 #: the hard combination before the mining ends
 UNDECIDED = -1
@@ -82,6 +99,18 @@ class DmrnetSettings(MethodSettings):
     mining_epochs: int = Field(
         6, ge=1, description="epochs whose variances pick the hard combination; the regularizer starts after them"
     )
+    stage_optimizer: StageOptimizer | None = Field(
+        None,
+        description="the run's own optimiser (the code's: SGD 1e-3, momentum 0.9, wd 1e-4, StepLR(70, 0.1), which "
+        "the paper-scale files set); null: train.*",
+    )
+
+
+def xavier_init(*layers: nn.Linear) -> None:
+    """The official `utils.weight_init` of a linear layer: Xavier-normal weights, zero biases."""
+    for layer in layers:
+        nn.init.xavier_normal_(layer.weight)
+        nn.init.zeros_(layer.bias)
 
 
 def gaussian_kl(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -115,10 +144,15 @@ class Dmrnet(Method):
         self.mu = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width))
         self.log_var = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width))
         self.head = nn.Linear(width, num_classes)
+        xavier_init(self.mu[0], self.log_var[0], self.head)
         # buffers, so that a resumed run keeps the mining's sums and its verdict
         self.register_buffer("variance_sums", torch.zeros(2))
         self.register_buffer("hard", torch.tensor(UNDECIDED))
         self.epoch = 1
+
+    @classmethod
+    def stages(cls, s: DmrnetSettings, epochs: int) -> list[Stage]:
+        return [Stage("train", None, (), s.stage_optimizer)]
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch

@@ -64,11 +64,17 @@ class KdSettings(MethodSettings):
 
 
 def kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    kl_per_class: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Hinton's loss: (1 - alpha) CE(student, y) + alpha T^2 KL(p_teacher^T || p_student^T).
 
-    The KL is summed over classes and averaged over the batch (its `batchmean` reduction).
+    The KL is summed over classes and averaged over the batch (its `batchmean` reduction); with
+    `kl_per_class` also divided by the number of classes (torch's KLDivLoss reduction='mean').
 
     Returns:
         The total loss and its parts ('hard', 'soft': the KL before the T^2 and alpha factors).
@@ -77,12 +83,18 @@ def kd_loss(
     log_p_student = F.log_softmax(student.float() / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher.float() / temperature, dim=1)
     soft = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    if kl_per_class:
+        soft = soft / student.shape[1]
     total = (1 - alpha) * hard + alpha * temperature**2 * soft
     return total, {"hard": hard, "soft": soft}
 
 
 def distillation_step(
-    student: Method, batch: Batch, optimizer: torch.optim.Optimizer, target: torch.Tensor
+    student: Method,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    target: torch.Tensor,
+    kl_per_class: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One optimiser step of an image student (`student.logits(image)`) on `kd_loss` towards the
     teacher's logits `target`, with its settings' temperature and alpha (KD, and MFH's distillation).
@@ -93,7 +105,7 @@ def distillation_step(
     optimizer.zero_grad(set_to_none=True)
     logits = student.logits(batch.image)
     s = student.settings
-    loss, parts = kd_loss(logits, target, batch.label, s.temperature, s.alpha)
+    loss, parts = kd_loss(logits, target, batch.label, s.temperature, s.alpha, kl_per_class)
     loss.backward()
     stats = {
         "loss": loss.detach(),

@@ -34,8 +34,9 @@ which must say how the data normalises its images.
 Stage 2, `probe`: an image classifier, a Linear head on the pretrained image encoder, trained
 with cross-entropy. Each probe training image is augmented with probability
 `probe_augmentation_rate` (official eval_train_augment_rate 0.8; ImageDataset's
-grab_hard_eval_image_augmentations, the DVM recipe of RecipeAugmentation, crops 60-100 %). `finetune: frozen` (default) is the paper's linear probing: the encoder is
-fixed (eval mode, no gradient) and only the head learns; `trainable` is its fine-tuning: the
+grab_hard_eval_image_augmentations, the DVM recipe of RecipeAugmentation, crops 60-100 %).
+`finetune: frozen` (default) is the paper's linear probing: the encoder is fixed (eval mode,
+no gradient) and only the head learns; `trainable` is its fine-tuning: the
 image encoder learns with the head. The tabular encoder and both projection heads are unused
 after stage 1. Frozen is the default because it is the official code's (`finetune_strategy:
 frozen`, `eval_classifier: linear`; its README: "a model will be evaluated with the default
@@ -71,6 +72,17 @@ Departures:
   official Lightning evaluator leaves a frozen encoder's batch norm in training mode.
 - The official online evaluator and validation loss of the pretraining are not kept: validation
   during stage 1 reports the untrained head, and stage 1 never selects the checkpoint.
+- The probe's training batches are shuffled, as the engine draws every training loader; the
+  official evaluate.py builds the probe's loader with shuffle=False (l.61-64; a sampler only
+  with `weighted_sampler`), so its probe sees the training file in the same order every epoch.
+  Not followed: that order is whatever the prepared file has (gaal's recipes do not promise a
+  random one; a file grouped by class would give batches of one class), and one training loader
+  serves both stages.
+- The tabular encoder is the project's MLP (the encoder every row uses) with torch's default
+  initialisation; the official TabularEncoder draws its linear weights Kaiming-normal (fan_in,
+  zero biases; configs' `init_strat: kaiming`). It only feeds pretraining, and batch norm
+  follows each hidden linear layer (as in the official encoder), which undoes those layers'
+  weight scale; the last layer's scale and the weights' directions differ.
 """
 
 from __future__ import annotations
@@ -116,8 +128,9 @@ class MmclSettings(StagedSettings, MethodSettings):
         "none", description="how the data normalises images (data.normalize as resolved: none for dvm and synthetic)"
     )
     pretrain_optimizer: StageOptimizer | None = Field(
-        PRETRAIN_OPTIMIZER, description="stage 1's fresh optimiser (code: Adam 3e-4 for ResNet18, 3e-3 for ResNet50, wd 1e-4, "
-        "10 warm-up epochs then cosine); null: train.*"
+        PRETRAIN_OPTIMIZER,
+        description="stage 1's fresh optimiser (code: Adam 3e-4 for ResNet18, 3e-3 for ResNet50, wd 1e-4, "
+        "10 warm-up epochs then cosine); null: train.*",
     )
     probe_optimizer: StageOptimizer | None = Field(
         PROBE_OPTIMIZER, description="stage 2's fresh optimiser (code: Adam 1e-3, no wd); null: train.*"
@@ -261,7 +274,9 @@ class Mmcl(Method):
         """Once per run (a host read of the batch): see `refuse_normalised_images`."""
         if not self.normalize_checked:
             self.normalize_checked = True
-            refuse_normalised_images(image, self.settings.image_normalize, "mmcl", "the colour augmentations of pretraining")
+            refuse_normalised_images(
+                image, self.settings.image_normalize, "mmcl", "the colour augmentations of pretraining"
+            )
 
     def probe_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Stage 2: cross-entropy of the image classifier (the encoder fixed when frozen) on images
