@@ -28,8 +28,8 @@ GENERATED = re.compile(
     r"<!-- generated from (?P<source>\S+), table (?P<index>\d+) -->\n(?P<body>.*?)<!-- end generated -->", re.S
 )
 QUOTES = re.compile(r"<!-- quotes (?P<source>\S+) -->\n(?P<body>.*?)<!-- end quotes -->", re.S)
-#: a decimal number as prose or a table prints it (a sign, then two or more decimals)
-NUMBER = re.compile(r"(?<![\w.])[−+-]?\d+\.\d{2,}(?![\w.])")
+#: a decimal number as prose or a table prints it (a sign, two or more decimals, maybe a mark such as ᵗ)
+NUMBER = re.compile(r"(?<![\w.])[−+-]?\d+\.\d{2,}(?!\.?\d)")
 #: what a quoted result looks like: mean ± std
 RESULT = re.compile(r"\d\.\d{2,} ± \d\.\d{2,}")
 
