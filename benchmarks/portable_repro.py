@@ -1,0 +1,534 @@
+"""Portable reproduction: does pinning the CPU kernel choices make a run bit-identical across
+x86-64 hosts, and what does the pin cost per epoch?
+
+    python benchmarks/portable_repro.py                                  # everything (~30-60 min on 2 busy cores)
+    python benchmarks/portable_repro.py --methods concat --repeats 0     # identity only, one method
+    python benchmarks/portable_repro.py --json here.json                 # keep every digest ...
+    python benchmarks/portable_repro.py --against there.json             # ... and compare with another host's
+
+Only one machine is at hand, so other hosts are emulated on it by capping what each library may
+dispatch to and how many cores it sees (an "emulated host"):
+- ATen's vectorised kernels: ATEN_CPU_CAPABILITY (default / avx2 / avx512; checked with
+  torch.backends.cpu.get_cpu_capability());
+- oneDNN (convolutions): ONEDNN_MAX_CPU_ISA (SSE41, AVX2, AVX512_CORE, ...; checked with the
+  `isa:` line and the convolution's implementation name in ONEDNN_VERBOSE=1);
+- MKL (the Linear layers' SGEMM): MKL_ENABLE_INSTRUCTIONS (AVX2, AVX512, ...), which MKL's
+  documentation says has no effect on non-Intel processors;
+- cores: the process's CPU affinity, and the thread count a run gets there by default (one per core).
+A "pin" then forces kernel choices that every x86-64 host of the AVX2 generation and later offers:
+- aten: ATEN_CPU_CAPABILITY=avx2;
+- onednn: ONEDNN_MAX_CPU_ISA=AVX2;
+- mkl: MKL_CBWR=COMPATIBLE (MKL's conditional numerical reproducibility on its SSE2 branch without
+  rcpps/rsqrtps, the one branch besides AUTO that MKL documents for non-Intel processors; AVX2
+  or AVX512 branches silently fall back to AUTO there) and MKL_DYNAMIC=FALSE;
+- threads: OMP_NUM_THREADS=MKL_NUM_THREADS=1 (or --pin-threads), whatever the host's cores;
+- no-onednn: torch.backends.mkldnn.enabled = False before gaal starts (convolutions then run
+  as ATen's im2col + MKL SGEMM), set by this script's child wrapper, not by gaal.
+Every variable is set in the child's environment before torch is imported; any of them the
+caller had set is removed first.
+
+Three parts, each in fresh subprocesses:
+1. dispatch: per emulated host and pin, what torch actually dispatches to (ATen capability,
+   oneDNN ISA and convolution kernel, MKL's CNR mode, threads) and the bytes of the embedded
+   dataset and of four kernels on fixed inputs (matrix product, log-softmax, convolution
+   forward and weight gradient): which library each knob moves.
+2. identity: `gaal train -m METHOD -e 2` on a small embedded synthetic dataset for every pin on
+   every emulated host, compared byte for byte with the same pin on the first host: report.json's
+   18 metrics, the predictions file's tensors, the checkpoint's state-dict tensors (each hashed),
+   and the first logged training step (steps.jsonl, six decimals) that differs.
+3. cost: seconds per epoch (report.json's timings) of unpinned and pinned runs on this machine
+   as it is, taken in turns `--repeats` times so that load changes hit all alike; the median and
+   its ratio to the unpinned run. Their bytes are also checked against part 2's run of the same
+   setting (run-to-run determinism).
+
+What emulation cannot show: a real other CPU's cache sizes and core count (oneDNN and MKL pick
+blockings and thread partitions from them), AMX or AVX-512 FP16 kernels this CPU lacks (a cap
+can only lower the ISA), Intel against AMD behaviour of the same instructions (MKL takes
+other code paths on non-Intel CPUs; approximate instructions such as rcpps differ by vendor), and
+other library builds (torch, MKL, oneDNN, numpy versions). `--json` / `--against` compare real
+hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import runpy
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# every variable a knob or an emulated host sets; the caller's values are removed so that the
+# benchmark's settings are the only ones in force
+CONTROLLED = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ONEDNN_VERBOSE",
+    "DNNL_VERBOSE",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_DYNAMIC",
+    "MKL_NUM_THREADS",
+    "MKL_VERBOSE",
+    "OMP_NUM_THREADS",
+    "OMP_DYNAMIC",
+)
+CPUS_VAR = "PORTABLE_REPRO_CPUS"  # the child pins its own affinity before torch loads
+NO_ONEDNN_VAR = "PORTABLE_REPRO_NO_ONEDNN"
+
+# the run: the quickstart config on a small embedded dataset (8 steps an epoch at batch 128)
+DATA_OVERRIDES = ("data.synthetic.n_train=1024", "data.synthetic.n_val=256", "data.synthetic.n_test=512")
+EPOCHS = 2
+
+
+@dataclass(frozen=True)
+class Host:
+    """An emulated host: the highest ISA each library may use, and how many cores it has."""
+
+    caps: dict
+    cores: int
+
+
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+HOSTS = {
+    "avx512 2c": Host({}, 2),  # this machine as it is (on a bigger one: its first two cores)
+    "avx512 1c": Host({}, 1),
+    "avx2 2c": Host(AVX2_CAPS, 2),
+    "avx2 1c": Host(AVX2_CAPS, 1),
+}
+
+KNOBS = {
+    "aten": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "onednn": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "mkl": {"MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE"},
+    "threads": {},  # the count comes from --pin-threads
+    "no-onednn": {},  # torch.backends.mkldnn.enabled = False in the child
+}
+FULL_PIN = ("aten", "onednn", "mkl", "threads")
+PINS = {
+    "none": (),
+    "pin": FULL_PIN,
+    **{f"pin - {knob}": tuple(k for k in FULL_PIN if k != knob) for knob in FULL_PIN},
+    "pin, oneDNN off": ("aten", "mkl", "threads", "no-onednn"),
+}
+# (pin, host) pairs timed in turns; the first is the baseline of the ratios
+COST_SETTINGS = (("none", "avx512 2c"), ("none", "avx512 1c"), ("pin", "avx512 2c"), ("pin, oneDNN off", "avx512 2c"))
+
+
+@dataclass(frozen=True)
+class Setting:
+    pin: str
+    host: str
+    env: dict
+    cpus: tuple[int, ...]
+    threads: int
+
+    @property
+    def key(self) -> str:
+        """What makes two settings the same process: their variables and their cores."""
+        return json.dumps([sorted(self.env.items()), self.cpus])
+
+
+def setting(pin: str, host_name: str, pin_threads: int, base: dict | None = None) -> Setting:
+    """The child environment of `pin` on the emulated `host_name`: the host's caps, then the pin's
+    (the pin's values are the lowest common level, so overriding means taking the lower)."""
+    host = HOSTS[host_name]
+    available = sorted(os.sched_getaffinity(0))
+    if host.cores > len(available):
+        raise SystemExit(f"emulated host '{host_name}' needs {host.cores} cores; this process has {len(available)}")
+    cpus = tuple(available[: host.cores])
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CONTROLLED}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(host.caps)
+    knobs = PINS[pin]
+    for knob in knobs:
+        env.update(KNOBS[knob])
+    threads = pin_threads if "threads" in knobs else host.cores
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env[CPUS_VAR] = ",".join(map(str, cpus))
+    if "no-onednn" in knobs:
+        env[NO_ONEDNN_VAR] = "1"
+    return Setting(pin, host_name, env, cpus, threads)
+
+
+def child_command(mode: str, *args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), f"--child-{mode}", *args]
+
+
+def run_child(command: list[str], env: dict, timeout: float = 900) -> tuple[str, float]:
+    """Run a child; its stdout and the CPU seconds (user + system, all threads) it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"child failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}")
+    return done.stdout, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+# ---------------------------------------------------------------- children (torch loads here)
+
+
+def _enter_child() -> None:
+    """Affinity first, then torch with oneDNN on or off: both before anything computes."""
+    os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_VAR].split(",")})
+    import torch
+
+    if os.environ.get(NO_ONEDNN_VAR):
+        torch.backends.mkldnn.enabled = False
+
+
+def _sha(tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def child_probe() -> None:
+    """Print what this environment dispatches to and the bytes of the data and four kernels."""
+    _enter_child()
+    import numpy as np
+    import torch
+
+    from gaal_cli.config import load_config
+    from gaal_cli.data import build_data
+
+    config = load_config(overrides=list(DATA_OVERRIDES))
+    data = build_data(config.data, config.seed)
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        for tensor in (split.images, split.tabular, split.labels):
+            digest.update(tensor.contiguous().numpy().tobytes())
+    # inputs from numpy's generator (scalar code), so that no dispatch choice touches them
+    rng = np.random.default_rng(0)
+    a, b = (torch.from_numpy(rng.standard_normal(s, dtype=np.float32)) for s in ((512, 300), (300, 257)))
+    x = torch.from_numpy(rng.standard_normal((128, 16, 32, 32), dtype=np.float32))
+    w = torch.from_numpy(rng.standard_normal((32, 16, 3, 3), dtype=np.float32)).requires_grad_()
+    y = torch.nn.functional.conv2d(x, w, padding=1)
+    y.square().sum().backward()
+    result = {
+        "aten": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "onednn_enabled": torch.backends.mkldnn.enabled,
+        "data": digest.hexdigest()[:16],
+        "mm": _sha(a @ b),
+        "log_softmax": _sha(torch.log_softmax(a, 1)),
+        "conv": _sha(y),
+        "conv_dw": _sha(w.grad),
+    }
+    print("RESULT " + json.dumps(result))
+
+
+def child_train(args: list[str], digest_path: str) -> None:
+    """`gaal train ARGS` in this process, then the digest of its run folder into `digest_path`."""
+    _enter_child()
+    import torch
+
+    dispatch = {"aten": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    sys.argv = ["gaal", *args]
+    try:
+        runpy.run_module("gaal_cli", run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+    out = Path(args[args.index("--out") + 1])
+    Path(digest_path).write_text(json.dumps({**digest(out), "dispatch": dispatch}))
+
+
+def digest(folder: Path) -> dict:
+    """Hashes of a run folder's results: metrics, prediction tensors, state-dict tensors, steps."""
+    import torch
+    from safetensors.torch import load_file
+
+    report = json.loads((folder / "report.json").read_text())
+    metrics = {
+        f"{split}/{head}/{name}": value
+        for split, heads in report["metrics"].items()
+        for head, values in heads.items()
+        for name, value in values.items()
+    }
+    state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    predictions = load_file(folder / "predictions.safetensors")
+    return {
+        "metrics": metrics,
+        "best_epoch": report["best_epoch"],
+        "predictions": {name: _sha(t) for name, t in sorted(predictions.items())},
+        "state": {name: _sha(t) for name, t in state.items()},
+        "steps": (folder / "steps.jsonl").read_text().splitlines(),
+        "seconds_per_epoch": report["timings"]["seconds_per_epoch"],
+        "threads": report.get("threads"),
+    }
+
+
+# ---------------------------------------------------------------- parent
+
+
+def probe(s: Setting) -> dict:
+    env = {**s.env, "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"}
+    stdout, _ = run_child(child_command("probe"), env)
+    result = json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:])
+    isa = [line.split("isa:", 1)[1] for line in stdout.splitlines() if ",info,cpu,isa:" in line]
+    convs = [line.split(",")[6] for line in stdout.splitlines() if ",exec,cpu,convolution," in line]
+    cnr = [line.split("CNR:", 1)[1].split()[0] for line in stdout.splitlines() if line.startswith("MKL_VERBOSE SGEMM")]
+    isa = [text.replace("Intel ", "").replace(" with DL Boost and bfloat16 support", "+VNNI+BF16") for text in isa]
+    result["onednn"] = (isa[0] if isa else "-") if result["onednn_enabled"] else "off"
+    result["conv_impl"] = ",".join(sorted(set(convs))) or "ATen"
+    result["mkl_cnr"] = ",".join(sorted(set(cnr))) or "-"
+    return result
+
+
+def train(s: Setting, method: str, workdir: Path, tag: str) -> tuple[dict, float]:
+    out = workdir / f"{method}-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    digest_path = workdir / f"{method}-{tag}.digest.json"
+    args = ["train", "-m", method, "-e", str(EPOCHS), "-q", "--out", str(out), "--restart"]
+    for override in DATA_OVERRIDES:
+        args += ["--set", override]
+    _, cpu_seconds = run_child(child_command("train", str(digest_path), "--", *args), s.env)
+    result = json.loads(digest_path.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    digest_path.unlink()
+    return result, cpu_seconds
+
+
+def compare(run: dict, reference: dict) -> dict:
+    """How far `run`'s bytes are from `reference`'s."""
+    metrics = sum(run["metrics"][k] == v for k, v in reference["metrics"].items())
+    state = sum(run["state"].get(k) == v for k, v in reference["state"].items())
+    first = first_differing_step(run["steps"], reference["steps"])
+    same = (
+        metrics == len(reference["metrics"])
+        and run["predictions"] == reference["predictions"]
+        and run["state"] == reference["state"]
+        and run["best_epoch"] == reference["best_epoch"]
+    )
+    return {
+        "identical": same,
+        "metrics": f"{metrics}/{len(reference['metrics'])}",
+        "predictions": run["predictions"] == reference["predictions"],
+        "state": f"{state}/{len(reference['state'])}",
+        "first_step": first,
+    }
+
+
+def first_differing_step(steps: list[str], reference: list[str]) -> str:
+    """'e<epoch>s<step>' of the first logged step that differs (values rounded to 6 decimals, so a
+    difference below that shows later or not at all), or '-'."""
+    for line, ref in zip(steps, reference):
+        if line != ref:
+            record = json.loads(line)
+            return f"e{record['epoch']}s{record['step']}"
+    return "-" if len(steps) == len(reference) else "length"
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    print(f"\n{title}")
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    sys.stdout.flush()
+
+
+def dispatch_part(settings: list[Setting]) -> dict[str, dict]:
+    probes: dict[str, dict] = {}
+    rows = []
+    for s in settings:
+        if s.key not in probes:
+            probes[s.key] = probe(s)
+        p = probes[s.key]
+        short = {k: p[k][:6] for k in ("data", "mm", "log_softmax", "conv", "conv_dw")}
+        rows.append(
+            [s.pin, s.host, p["aten"], p["onednn"], p["conv_impl"], p["mkl_cnr"], p["threads"], *short.values()]
+        )
+    header = ["pin", "emulated host", "ATen", "oneDNN isa", "conv kernel", "MKL CNR", "thr", "data", "mm"]
+    print_table(
+        "1. What each setting dispatches to (ONEDNN_VERBOSE, MKL_VERBOSE) and the bytes it gives (sha256 prefixes)",
+        [*header, "logsoftmax", "conv", "conv dW"],
+        rows,
+    )
+    return probes
+
+
+def identity_part(methods: list[str], pins: list[str], settings: list[Setting], workdir: Path) -> dict:
+    runs: dict[str, dict] = {}  # method + setting key -> digest
+    rows = []
+    for method in methods:
+        for pin in pins:
+            group = [s for s in settings if s.pin == pin]
+            reference = None
+            for i, s in enumerate(group):
+                key = f"{method} {s.key}"
+                if key not in runs:
+                    runs[key], _ = train(s, method, workdir, f"id{len(runs)}")
+                run = runs[key]
+                reference = reference or run
+                c = compare(run, reference)
+                verdict = "reference" if i == 0 else ("yes" if c["identical"] else "no")
+                rows.append(
+                    [
+                        method,
+                        pin,
+                        s.host,
+                        f"{run['dispatch']['aten']}/{run['dispatch']['threads']}t",
+                        verdict,
+                        c["metrics"],
+                        "yes" if c["predictions"] else "no",
+                        c["state"],
+                        c["first_step"],
+                        f"{run['seconds_per_epoch']:.2f}",
+                    ]
+                )
+            print(f"  {method}, {pin}: done", file=sys.stderr)
+    print_table(
+        f"2. Bytes against the same pin on '{settings[0].host}' ({EPOCHS} epochs, {', '.join(DATA_OVERRIDES)})",
+        [
+            "method",
+            "pin",
+            "emulated host",
+            "ATen/thr",
+            "identical",
+            "metrics",
+            "preds",
+            "weights",
+            "1st diff",
+            "s/epoch",
+        ],
+        rows,
+    )
+    return runs
+
+
+def cost_part(methods: list[str], repeats: int, pin_threads: int, runs: dict, workdir: Path) -> dict:
+    settings = [setting(pin, host, pin_threads) for pin, host in COST_SETTINGS]
+    seconds = {(m, i): [] for m in methods for i in range(len(settings))}
+    cpu = {(m, i): [] for m in methods for i in range(len(settings))}
+    same = {(m, i): [] for m in methods for i in range(len(settings))}
+    for r in range(repeats):
+        for method in methods:
+            for i, s in enumerate(settings):
+                run, cpu_seconds = train(s, method, workdir, f"cost{r}-{i}")
+                seconds[method, i].append(run["seconds_per_epoch"])
+                cpu[method, i].append(cpu_seconds)
+                earlier = runs.get(f"{method} {s.key}")
+                same[method, i].append(earlier is None or compare(run, earlier)["identical"])
+        print(f"  cost round {r + 1}/{repeats}: done", file=sys.stderr)
+    rows = []
+    for method in methods:
+        base = statistics.median(seconds[method, 0])
+        base_1t = statistics.median(seconds[method, 1])
+        for i, (pin, host) in enumerate(COST_SETTINGS):
+            med = statistics.median(seconds[method, i])
+            rows.append(
+                [
+                    method,
+                    pin,
+                    host,
+                    settings[i].threads,
+                    " ".join(f"{t:.2f}" for t in seconds[method, i]),
+                    f"{med:.2f}",
+                    f"{med / base:.2f}",
+                    f"{med / base_1t:.2f}",
+                    f"{statistics.median(cpu[method, i]):.1f}",
+                    "yes" if all(same[method, i]) else "NO",
+                ]
+            )
+    load = os.getloadavg()[0]
+    print_table(
+        f"3. Cost on this machine ({repeats} runs each, in turns; load average now {load:.1f} on "
+        f"{os.cpu_count()} CPUs)",
+        [
+            "method",
+            "pin",
+            "host",
+            "thr",
+            "s/epoch runs",
+            "median",
+            "x unpinned",
+            "x unpinned 1t",
+            "CPU s/run",
+            "same bytes",
+        ],
+        rows,
+    )
+    return {f"{m} {COST_SETTINGS[i]}": v for (m, i), v in seconds.items()}
+
+
+def against_part(runs: dict, settings: list[Setting], methods: list[str], other: dict) -> None:
+    """This machine's runs against another machine's `--json` file, setting by setting."""
+    rows = []
+    for method in methods:
+        for s in settings:
+            label = f"{method}|{s.pin}|{s.host}"
+            if label in other["runs"] and f"{method} {s.key}" in runs:
+                c = compare(runs[f"{method} {s.key}"], other["runs"][label])
+                rows.append(
+                    [
+                        method,
+                        s.pin,
+                        s.host,
+                        "yes" if c["identical"] else "no",
+                        c["metrics"],
+                        c["state"],
+                        c["first_step"],
+                    ]
+                )
+    print_table(
+        f"4. Against {other['machine']}",
+        ["method", "pin", "emulated host", "identical", "metrics", "weights", "1st diff"],
+        rows,
+    )
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["concat", "gaal"])
+    parser.add_argument("--pins", nargs="+", default=list(PINS), choices=list(PINS))
+    parser.add_argument("--hosts", nargs="+", default=list(HOSTS), choices=list(HOSTS))
+    parser.add_argument("--pin-threads", type=int, default=1, help="the thread count the threads knob fixes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cost setting (0: no cost part)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/portable_repro"))
+    parser.add_argument("--json", type=Path, help="write every probe and run digest here")
+    parser.add_argument("--against", type=Path, help="compare with another machine's --json file")
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    settings = [setting(pin, host, args.pin_threads) for pin in args.pins for host in args.hosts]
+    print(f"{machine()}; pin threads {args.pin_threads}; started {time.strftime('%Y-%m-%d %H:%M')}")
+    probes = dispatch_part(settings)
+    runs = identity_part(args.methods, args.pins, settings, args.workdir)
+    if args.repeats:
+        cost_part(args.methods, args.repeats, args.pin_threads, runs, args.workdir)
+    if args.against:
+        against_part(runs, settings, args.methods, json.loads(args.against.read_text()))
+    if args.json:
+        labelled = {f"{m}|{s.pin}|{s.host}": runs[f"{m} {s.key}"] for m in args.methods for s in settings}
+        probe_rows = {f"{s.pin}|{s.host}": probes[s.key] for s in settings}
+        args.json.write_text(json.dumps({"machine": machine(), "runs": labelled, "probes": probe_rows}, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-probe":
+        child_probe()
+    elif len(sys.argv) > 1 and sys.argv[1] == "--child-train":
+        child_train(sys.argv[4:], sys.argv[2])
+    else:
+        main()
