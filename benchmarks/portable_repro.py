@@ -22,8 +22,10 @@ A "pin" then forces kernel choices that every x86-64 host of the AVX2 generation
   rcpps/rsqrtps, the one branch besides AUTO that MKL documents for non-Intel processors; AVX2
   or AVX512 branches silently fall back to AUTO there) and MKL_DYNAMIC=FALSE;
 - threads: OMP_NUM_THREADS=MKL_NUM_THREADS=1 (or --pin-threads), whatever the host's cores;
-- no-onednn: torch.backends.mkldnn.enabled = False before gaal starts (convolutions then run
-  as ATen's im2col + MKL SGEMM), set by this script's child wrapper, not by gaal.
+- aten-conv: torch.backends.mkldnn.enabled = False and torch.backends.nnpack.set_flags(False)
+  before gaal starts, so that convolutions run as ATen's im2col + MKL SGEMM (with oneDNN off
+  alone, the convolutions under no_grad, i.e. evaluation, go to NNPACK); set by this script's
+  child wrapper, not by gaal.
 Every variable is set in the child's environment before torch is imported; any of them the
 caller had set is removed first.
 
@@ -84,7 +86,7 @@ CONTROLLED = (
     "OMP_DYNAMIC",
 )
 CPUS_VAR = "PORTABLE_REPRO_CPUS"  # the child pins its own affinity before torch loads
-NO_ONEDNN_VAR = "PORTABLE_REPRO_NO_ONEDNN"
+ATEN_CONV_VAR = "PORTABLE_REPRO_ATEN_CONV"
 
 # the run: the quickstart config on a small embedded dataset (8 steps an epoch at batch 128)
 DATA_OVERRIDES = ("data.synthetic.n_train=1024", "data.synthetic.n_val=256", "data.synthetic.n_test=512")
@@ -112,17 +114,17 @@ KNOBS = {
     "onednn": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
     "mkl": {"MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE"},
     "threads": {},  # the count comes from --pin-threads
-    "no-onednn": {},  # torch.backends.mkldnn.enabled = False in the child
+    "aten-conv": {},  # oneDNN and NNPACK switched off in the child
 }
 FULL_PIN = ("aten", "onednn", "mkl", "threads")
 PINS = {
     "none": (),
     "pin": FULL_PIN,
     **{f"pin - {knob}": tuple(k for k in FULL_PIN if k != knob) for knob in FULL_PIN},
-    "pin, oneDNN off": ("aten", "mkl", "threads", "no-onednn"),
+    "pin, ATen conv": ("aten", "mkl", "threads", "aten-conv"),
 }
 # (pin, host) pairs timed in turns; the first is the baseline of the ratios
-COST_SETTINGS = (("none", "avx512 2c"), ("none", "avx512 1c"), ("pin", "avx512 2c"), ("pin, oneDNN off", "avx512 2c"))
+COST_SETTINGS = (("none", "avx512 2c"), ("none", "avx512 1c"), ("pin", "avx512 2c"), ("pin, ATen conv", "avx512 2c"))
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,8 @@ def setting(pin: str, host_name: str, pin_threads: int, base: dict | None = None
     threads = pin_threads if "threads" in knobs else host.cores
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env[CPUS_VAR] = ",".join(map(str, cpus))
-    if "no-onednn" in knobs:
-        env[NO_ONEDNN_VAR] = "1"
+    if "aten-conv" in knobs:
+        env[ATEN_CONV_VAR] = "1"
     return Setting(pin, host_name, env, cpus, threads)
 
 
@@ -179,12 +181,13 @@ def run_child(command: list[str], env: dict, timeout: float = 900) -> tuple[str,
 
 
 def _enter_child() -> None:
-    """Affinity first, then torch with oneDNN on or off: both before anything computes."""
+    """Affinity first, then torch with or without oneDNN and NNPACK: before anything computes."""
     os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_VAR].split(",")})
     import torch
 
-    if os.environ.get(NO_ONEDNN_VAR):
+    if os.environ.get(ATEN_CONV_VAR):
         torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
 
 
 def _sha(tensor) -> str:
@@ -213,6 +216,8 @@ def child_probe() -> None:
     w = torch.from_numpy(rng.standard_normal((32, 16, 3, 3), dtype=np.float32)).requires_grad_()
     y = torch.nn.functional.conv2d(x, w, padding=1)
     y.square().sum().backward()
+    with torch.no_grad():  # evaluation's path, which may differ (NNPACK)
+        y_eval = torch.nn.functional.conv2d(x, w, padding=1)
     result = {
         "aten": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
@@ -222,6 +227,7 @@ def child_probe() -> None:
         "log_softmax": _sha(torch.log_softmax(a, 1)),
         "conv": _sha(y),
         "conv_dw": _sha(w.grad),
+        "conv_eval": _sha(y_eval),
     }
     print("RESULT " + json.dumps(result))
 
@@ -343,14 +349,14 @@ def dispatch_part(settings: list[Setting]) -> dict[str, dict]:
         if s.key not in probes:
             probes[s.key] = probe(s)
         p = probes[s.key]
-        short = {k: p[k][:6] for k in ("data", "mm", "log_softmax", "conv", "conv_dw")}
+        short = {k: p[k][:6] for k in ("data", "mm", "log_softmax", "conv", "conv_dw", "conv_eval")}
         rows.append(
             [s.pin, s.host, p["aten"], p["onednn"], p["conv_impl"], p["mkl_cnr"], p["threads"], *short.values()]
         )
     header = ["pin", "emulated host", "ATen", "oneDNN isa", "conv kernel", "MKL CNR", "thr", "data", "mm"]
     print_table(
         "1. What each setting dispatches to (ONEDNN_VERBOSE, MKL_VERBOSE) and the bytes it gives (sha256 prefixes)",
-        [*header, "logsoftmax", "conv", "conv dW"],
+        [*header, "logsoftmax", "conv", "conv dW", "conv eval"],
         rows,
     )
     return probes
