@@ -1,8 +1,11 @@
 """Portable reproduction: does pinning the CPU kernel choices make a run bit-identical across
 x86-64 hosts, and what does the pin cost per epoch?
 
-    python benchmarks/portable_repro.py                                  # everything (~30-60 min on 2 busy cores)
-    python benchmarks/portable_repro.py --methods concat --repeats 0     # identity only, one method
+    python benchmarks/portable_repro.py                                  # everything (~2 h on 2 busy cores)
+    python benchmarks/portable_repro.py --parts dispatch identity --methods concat   # no timing, one method
+    python benchmarks/portable_repro.py --parts cost                     # only the timing
+    python benchmarks/portable_repro.py --pin-threads 2 --pins pin       # a fixed count other than 1
+    python benchmarks/portable_repro.py --set data.image_size=16 ...     # another run (e.g. a test's)
     python benchmarks/portable_repro.py --json here.json                 # keep every digest ...
     python benchmarks/portable_repro.py --against there.json             # ... and compare with another host's
 
@@ -37,11 +40,15 @@ Three parts, each in fresh subprocesses:
 2. identity: `gaal train -m METHOD -e 2` on a small embedded synthetic dataset for every pin on
    every emulated host, compared byte for byte with the same pin on the first host: report.json's
    18 metrics, the predictions file's tensors, the checkpoint's state-dict tensors (each hashed),
-   and the first logged training step (steps.jsonl, six decimals) that differs.
-3. cost: seconds per epoch (report.json's timings) of unpinned and pinned runs on this machine
-   as it is, taken in turns `--repeats` times so that load changes hit all alike; the median and
-   its ratio to the unpinned run. Their bytes are also checked against part 2's run of the same
-   setting (run-to-run determinism).
+   and the first logged training step (steps.jsonl, six decimals) that differs. A setting whose
+   variables and cores equal an earlier one's (a pin dropping the ATen knob on an AVX2 host is
+   the full pin there) reuses that run: its row repeats the run's s/epoch.
+3. cost: on this machine as it is, unpinned (all its cores, and one), pinned, pinned without
+   each kernel knob in turn, and pinned with ATen's convolutions, taken in turns `--repeats` times
+   so that load changes hit all alike: the median seconds per epoch (report.json's wall clock)
+   and the median CPU seconds of the gaal command (all threads; with one thread this measures
+   the work even while other processes load the cores), each as a ratio to unpinned. Every
+   repeat's bytes are checked against part 2's run of the same setting (or the first repeat).
 
 What emulation cannot show: a real other CPU's cache sizes and core count (oneDNN and MKL pick
 blockings and thread partitions from them), AMX or AVX-512 FP16 kernels this CPU lacks (a cap
@@ -91,6 +98,7 @@ ATEN_CONV_VAR = "PORTABLE_REPRO_ATEN_CONV"
 # the run: the quickstart config on a small embedded dataset (8 steps an epoch at batch 128)
 DATA_OVERRIDES = ("data.synthetic.n_train=1024", "data.synthetic.n_val=256", "data.synthetic.n_test=512")
 EPOCHS = 2
+PARTS = ("dispatch", "identity", "cost")
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,17 @@ PINS = {
     **{f"pin - {knob}": tuple(k for k in FULL_PIN if k != knob) for knob in FULL_PIN},
     "pin, ATen conv": ("aten", "mkl", "threads", "aten-conv"),
 }
-# (pin, host) pairs timed in turns; the first is the baseline of the ratios
-COST_SETTINGS = (("none", "avx512 2c"), ("none", "avx512 1c"), ("pin", "avx512 2c"), ("pin, ATen conv", "avx512 2c"))
+# (pin, host) pairs timed in turns: unpinned with this machine's cores and with one, the pin, the pin
+# without each of its kernel knobs (which knob costs what), and the pin with ATen's convolutions
+COST_SETTINGS = (
+    ("none", "avx512 2c"),
+    ("none", "avx512 1c"),
+    ("pin", "avx512 2c"),
+    ("pin - aten", "avx512 2c"),
+    ("pin - onednn", "avx512 2c"),
+    ("pin - mkl", "avx512 2c"),
+    ("pin, ATen conv", "avx512 2c"),
+)
 
 
 @dataclass(frozen=True)
@@ -167,14 +184,12 @@ def child_command(mode: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), f"--child-{mode}", *args]
 
 
-def run_child(command: list[str], env: dict, timeout: float = 900) -> tuple[str, float]:
-    """Run a child; its stdout and the CPU seconds (user + system, all threads) it used."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def run_child(command: list[str], env: dict, timeout: float = 1800) -> str:
+    """Run a child; its stdout."""
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"child failed ({done.returncode}): {' '.join(command)}\n{done.stderr[-3000:]}")
-    return done.stdout, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done.stdout
 
 
 # ---------------------------------------------------------------- children (torch loads here)
@@ -239,13 +254,18 @@ def child_train(args: list[str], digest_path: str) -> None:
 
     dispatch = {"aten": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
     sys.argv = ["gaal", *args]
+    before = resource.getrusage(resource.RUSAGE_SELF)
     try:
         runpy.run_module("gaal_cli", run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         if stop.code not in (0, None):
             raise
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # the process's CPU time (all threads) in the gaal command, interpreter start and torch import
+    # excluded: with one thread it measures the work even while other processes load the cores
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = Path(args[args.index("--out") + 1])
-    Path(digest_path).write_text(json.dumps({**digest(out), "dispatch": dispatch}))
+    Path(digest_path).write_text(json.dumps({**digest(out), "dispatch": dispatch, "cpu_seconds": cpu}))
 
 
 def digest(folder: Path) -> dict:
@@ -278,7 +298,7 @@ def digest(folder: Path) -> dict:
 
 def probe(s: Setting) -> dict:
     env = {**s.env, "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"}
-    stdout, _ = run_child(child_command("probe"), env)
+    stdout = run_child(child_command("probe"), env)
     result = json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:])
     isa = [line.split("isa:", 1)[1] for line in stdout.splitlines() if ",info,cpu,isa:" in line]
     convs = [line.split(",")[6] for line in stdout.splitlines() if ",exec,cpu,convolution," in line]
@@ -290,18 +310,18 @@ def probe(s: Setting) -> dict:
     return result
 
 
-def train(s: Setting, method: str, workdir: Path, tag: str) -> tuple[dict, float]:
+def train(s: Setting, method: str, workdir: Path, tag: str, extra: list[str]) -> dict:
     out = workdir / f"{method}-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     digest_path = workdir / f"{method}-{tag}.digest.json"
     args = ["train", "-m", method, "-e", str(EPOCHS), "-q", "--out", str(out), "--restart"]
-    for override in DATA_OVERRIDES:
+    for override in [*DATA_OVERRIDES, *extra]:
         args += ["--set", override]
-    _, cpu_seconds = run_child(child_command("train", str(digest_path), "--", *args), s.env)
+    run_child(child_command("train", str(digest_path), "--", *args), s.env)
     result = json.loads(digest_path.read_text())
     shutil.rmtree(out, ignore_errors=True)
     digest_path.unlink()
-    return result, cpu_seconds
+    return result
 
 
 def compare(run: dict, reference: dict) -> dict:
@@ -362,108 +382,63 @@ def dispatch_part(settings: list[Setting]) -> dict[str, dict]:
     return probes
 
 
-def identity_part(methods: list[str], pins: list[str], settings: list[Setting], workdir: Path) -> dict:
+def identity_part(methods: list[str], settings: list[Setting], workdir: Path, extra: list[str]) -> dict:
+    """Train every setting (a setting whose environment and cores equal an earlier one's reuses
+    its run) and compare each with the same pin on the first host."""
     runs: dict[str, dict] = {}  # method + setting key -> digest
     rows = []
     for method in methods:
-        for pin in pins:
+        for pin in dict.fromkeys(s.pin for s in settings):
             group = [s for s in settings if s.pin == pin]
-            reference = None
             for i, s in enumerate(group):
                 key = f"{method} {s.key}"
                 if key not in runs:
-                    runs[key], _ = train(s, method, workdir, f"id{len(runs)}")
-                run = runs[key]
-                reference = reference or run
-                c = compare(run, reference)
+                    runs[key] = train(s, method, workdir, f"id{len(runs)}", extra)
+                run, c = runs[key], compare(runs[key], runs[f"{method} {group[0].key}"])
                 verdict = "reference" if i == 0 else ("yes" if c["identical"] else "no")
-                rows.append(
-                    [
-                        method,
-                        pin,
-                        s.host,
-                        f"{run['dispatch']['aten']}/{run['dispatch']['threads']}t",
-                        verdict,
-                        c["metrics"],
-                        "yes" if c["predictions"] else "no",
-                        c["state"],
-                        c["first_step"],
-                        f"{run['seconds_per_epoch']:.2f}",
-                    ]
-                )
+                dispatch = f"{run['dispatch']['aten']}/{run['dispatch']['threads']}t"
+                predictions = "yes" if c["predictions"] else "no"
+                rows.append([method, pin, s.host, dispatch, verdict, c["metrics"], predictions, c["state"]])
+                rows[-1] += [c["first_step"], f"{run['seconds_per_epoch']:.2f}"]
             print(f"  {method}, {pin}: done", file=sys.stderr)
+    overrides = ", ".join([*DATA_OVERRIDES, *extra])
     print_table(
-        f"2. Bytes against the same pin on '{settings[0].host}' ({EPOCHS} epochs, {', '.join(DATA_OVERRIDES)})",
-        [
-            "method",
-            "pin",
-            "emulated host",
-            "ATen/thr",
-            "identical",
-            "metrics",
-            "preds",
-            "weights",
-            "1st diff",
-            "s/epoch",
-        ],
+        f"2. Bytes against the same pin on '{settings[0].host}' ({EPOCHS} epochs, {overrides})",
+        ["method", "pin", "emulated host", "ATen/thr", "identical", "metrics", "preds", "weights", "1st diff"]
+        + ["s/epoch"],
         rows,
     )
     return runs
 
 
-def cost_part(methods: list[str], repeats: int, pin_threads: int, runs: dict, workdir: Path) -> dict:
+def cost_part(methods: list[str], repeats: int, pin_threads: int, runs: dict, workdir: Path, extra: list[str]):
+    """Seconds per epoch and CPU seconds of COST_SETTINGS, taken in turns, with their ratios."""
     settings = [setting(pin, host, pin_threads) for pin, host in COST_SETTINGS]
-    seconds = {(m, i): [] for m in methods for i in range(len(settings))}
-    cpu = {(m, i): [] for m in methods for i in range(len(settings))}
-    same = {(m, i): [] for m in methods for i in range(len(settings))}
+    taken: dict[tuple[str, int], list[dict]] = {(m, i): [] for m in methods for i in range(len(settings))}
     for r in range(repeats):
         for method in methods:
             for i, s in enumerate(settings):
-                run, cpu_seconds = train(s, method, workdir, f"cost{r}-{i}")
-                seconds[method, i].append(run["seconds_per_epoch"])
-                cpu[method, i].append(cpu_seconds)
-                earlier = runs.get(f"{method} {s.key}")
-                same[method, i].append(earlier is None or compare(run, earlier)["identical"])
+                taken[method, i].append(train(s, method, workdir, f"cost{r}-{i}", extra))
         print(f"  cost round {r + 1}/{repeats}: done", file=sys.stderr)
     rows = []
     for method in methods:
-        base = statistics.median(seconds[method, 0])
-        base_1t = statistics.median(seconds[method, 1])
-        for i, (pin, host) in enumerate(COST_SETTINGS):
-            med = statistics.median(seconds[method, i])
-            rows.append(
-                [
-                    method,
-                    pin,
-                    host,
-                    settings[i].threads,
-                    " ".join(f"{t:.2f}" for t in seconds[method, i]),
-                    f"{med:.2f}",
-                    f"{med / base:.2f}",
-                    f"{med / base_1t:.2f}",
-                    f"{statistics.median(cpu[method, i]):.1f}",
-                    "yes" if all(same[method, i]) else "NO",
-                ]
-            )
-    load = os.getloadavg()[0]
+        wall = {i: [run["seconds_per_epoch"] for run in taken[method, i]] for i in range(len(settings))}
+        cpu = {i: statistics.median(run["cpu_seconds"] for run in taken[method, i]) for i in range(len(settings))}
+        for i, (s, (pin, host)) in enumerate(zip(settings, COST_SETTINGS)):
+            earlier = [runs.get(f"{method} {s.key}") or taken[method, i][0]]
+            same = all(compare(run, earlier[0])["identical"] for run in taken[method, i])
+            median = statistics.median(wall[i])
+            rows.append([method, pin, host, s.threads, " ".join(f"{t:.2f}" for t in wall[i]), f"{median:.2f}"])
+            rows[-1] += [f"{median / statistics.median(wall[0]):.2f}", f"{median / statistics.median(wall[1]):.2f}"]
+            rows[-1] += [f"{cpu[i]:.1f}", f"{cpu[i] / cpu[1]:.2f}", "yes" if same else "NO"]
     print_table(
-        f"3. Cost on this machine ({repeats} runs each, in turns; load average now {load:.1f} on "
-        f"{os.cpu_count()} CPUs)",
-        [
-            "method",
-            "pin",
-            "host",
-            "thr",
-            "s/epoch runs",
-            "median",
-            "x unpinned",
-            "x unpinned 1t",
-            "CPU s/run",
-            "same bytes",
-        ],
+        f"3. Cost on this machine ({repeats} runs each, in turns; load average now {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs). Wall: report.json's seconds per epoch; CPU: the process's CPU seconds in "
+        "the gaal command (all threads, whole run); ratios against the first two rows",
+        ["method", "pin", "host", "thr", "wall s/epoch", "median", "x none", "x none 1t", "CPU s", "x none 1t"]
+        + ["same bytes"],
         rows,
     )
-    return {f"{m} {COST_SETTINGS[i]}": v for (m, i), v in seconds.items()}
 
 
 def against_part(runs: dict, settings: list[Setting], methods: list[str], other: dict) -> None:
@@ -472,7 +447,7 @@ def against_part(runs: dict, settings: list[Setting], methods: list[str], other:
     for method in methods:
         for s in settings:
             label = f"{method}|{s.pin}|{s.host}"
-            if label in other["runs"] and f"{method} {s.key}" in runs:
+            if other["runs"].get(label) and f"{method} {s.key}" in runs:
                 c = compare(runs[f"{method} {s.key}"], other["runs"][label])
                 rows.append(
                     [
@@ -509,8 +484,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["concat", "gaal"])
     parser.add_argument("--pins", nargs="+", default=list(PINS), choices=list(PINS))
     parser.add_argument("--hosts", nargs="+", default=list(HOSTS), choices=list(HOSTS))
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     parser.add_argument("--pin-threads", type=int, default=1, help="the thread count the threads knob fixes")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cost setting (0: no cost part)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cost setting")
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="a further config override")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/portable_repro"))
     parser.add_argument("--json", type=Path, help="write every probe and run digest here")
     parser.add_argument("--against", type=Path, help="compare with another machine's --json file")
@@ -519,15 +496,15 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     settings = [setting(pin, host, args.pin_threads) for pin in args.pins for host in args.hosts]
     print(f"{machine()}; pin threads {args.pin_threads}; started {time.strftime('%Y-%m-%d %H:%M')}")
-    probes = dispatch_part(settings)
-    runs = identity_part(args.methods, args.pins, settings, args.workdir)
-    if args.repeats:
-        cost_part(args.methods, args.repeats, args.pin_threads, runs, args.workdir)
+    probes = dispatch_part(settings) if "dispatch" in args.parts else {}
+    runs = identity_part(args.methods, settings, args.workdir, args.extra) if "identity" in args.parts else {}
+    if "cost" in args.parts:
+        cost_part(args.methods, args.repeats, args.pin_threads, runs, args.workdir, args.extra)
     if args.against:
         against_part(runs, settings, args.methods, json.loads(args.against.read_text()))
     if args.json:
-        labelled = {f"{m}|{s.pin}|{s.host}": runs[f"{m} {s.key}"] for m in args.methods for s in settings}
-        probe_rows = {f"{s.pin}|{s.host}": probes[s.key] for s in settings}
+        labelled = {f"{m}|{s.pin}|{s.host}": runs.get(f"{m} {s.key}") for m in args.methods for s in settings}
+        probe_rows = {f"{s.pin}|{s.host}": probes.get(s.key) for s in settings}
         args.json.write_text(json.dumps({"machine": machine(), "runs": labelled, "probes": probe_rows}, indent=1))
 
 
