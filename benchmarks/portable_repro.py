@@ -35,8 +35,9 @@ caller had set is removed first.
 Three parts, each in fresh subprocesses:
 1. dispatch: per emulated host and pin, what torch actually dispatches to (ATen capability,
    oneDNN ISA and convolution kernel, MKL's CNR mode, threads) and the bytes of the embedded
-   dataset and of four kernels on fixed inputs (matrix product, log-softmax, convolution
-   forward and weight gradient): which library each knob moves.
+   dataset and of five kernels on fixed inputs (matrix product, log-softmax, convolution
+   forward, its weight gradient, and forward under no_grad as evaluation runs it): which library
+   each knob moves.
 2. identity: `gaal train -m METHOD -e 2` on a small embedded synthetic dataset for every pin on
    every emulated host, compared byte for byte with the same pin on the first host: report.json's
    18 metrics, the predictions file's tensors, the checkpoint's state-dict tensors (each hashed),
@@ -46,8 +47,9 @@ Three parts, each in fresh subprocesses:
 3. cost: on this machine as it is, unpinned (all its cores, and one), pinned, pinned without
    each kernel knob in turn, and pinned with ATen's convolutions, taken in turns `--repeats` times
    so that load changes hit all alike: the median seconds per epoch (report.json's wall clock)
-   and the median CPU seconds of the gaal command (all threads; with one thread this measures
-   the work even while other processes load the cores), each as a ratio to unpinned. Every
+   and the median CPU seconds of an epoch (the process's, all threads, between the ends of
+   epochs 1 and 2; with one thread this measures the work even while other processes load the
+   cores), each as a ratio to unpinned. Every
    repeat's bytes are checked against part 2's run of the same setting (or the first repeat).
 
 What emulation cannot show: a real other CPU's cache sizes and core count (oneDNN and MKL pick
@@ -64,12 +66,12 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import runpy
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +212,7 @@ def _sha(tensor) -> str:
 
 
 def child_probe() -> None:
-    """Print what this environment dispatches to and the bytes of the data and four kernels."""
+    """Print what this environment dispatches to and the bytes of the data and five kernels."""
     _enter_child()
     import numpy as np
     import torch
@@ -253,19 +255,36 @@ def child_train(args: list[str], digest_path: str) -> None:
     import torch
 
     dispatch = {"aten": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    out = Path(args[args.index("--out") + 1])
+    marks: list[float] = []
+    finished = threading.Event()
+    watcher = threading.Thread(target=_mark_epochs, args=(out / "metrics.jsonl", marks, finished), daemon=True)
+    watcher.start()
     sys.argv = ["gaal", *args]
-    before = resource.getrusage(resource.RUSAGE_SELF)
     try:
         runpy.run_module("gaal_cli", run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         if stop.code not in (0, None):
             raise
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    # the process's CPU time (all threads) in the gaal command, interpreter start and torch import
-    # excluded: with one thread it measures the work even while other processes load the cores
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    out = Path(args[args.index("--out") + 1])
-    Path(digest_path).write_text(json.dumps({**digest(out), "dispatch": dispatch, "cpu_seconds": cpu}))
+    finished.set()
+    watcher.join()
+    cpu_per_epoch = [b - a for a, b in zip(marks, marks[1:])]
+    Path(digest_path).write_text(json.dumps({**digest(out), "dispatch": dispatch, "cpu_per_epoch": cpu_per_epoch}))
+
+
+def _mark_epochs(metrics: Path, marks: list[float], finished: threading.Event) -> None:
+    """The process's CPU time (all threads) when each epoch ends, i.e. when metrics.jsonl gains a
+    line, polled every 20 ms: with one thread, the CPU seconds between two ends measure an epoch's
+    work even while other processes load the cores."""
+    lines = 0
+    while not finished.wait(0.02):
+        try:
+            now = metrics.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            continue
+        if now > lines:
+            marks.append(time.process_time())
+            lines = now
 
 
 def digest(folder: Path) -> dict:
@@ -423,7 +442,7 @@ def cost_part(methods: list[str], repeats: int, pin_threads: int, runs: dict, wo
     rows = []
     for method in methods:
         wall = {i: [run["seconds_per_epoch"] for run in taken[method, i]] for i in range(len(settings))}
-        cpu = {i: statistics.median(run["cpu_seconds"] for run in taken[method, i]) for i in range(len(settings))}
+        cpu = {i: statistics.median(c for run in taken[method, i] for c in run["cpu_per_epoch"]) for i in wall}
         for i, (s, (pin, host)) in enumerate(zip(settings, COST_SETTINGS)):
             earlier = [runs.get(f"{method} {s.key}") or taken[method, i][0]]
             same = all(compare(run, earlier[0])["identical"] for run in taken[method, i])
@@ -433,9 +452,9 @@ def cost_part(methods: list[str], repeats: int, pin_threads: int, runs: dict, wo
             rows[-1] += [f"{cpu[i]:.1f}", f"{cpu[i] / cpu[1]:.2f}", "yes" if same else "NO"]
     print_table(
         f"3. Cost on this machine ({repeats} runs each, in turns; load average now {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} CPUs). Wall: report.json's seconds per epoch; CPU: the process's CPU seconds in "
-        "the gaal command (all threads, whole run); ratios against the first two rows",
-        ["method", "pin", "host", "thr", "wall s/epoch", "median", "x none", "x none 1t", "CPU s", "x none 1t"]
+        f"{os.cpu_count()} CPUs). Wall: report.json's seconds per epoch; CPU: the process's CPU seconds "
+        "(all threads) between the ends of epochs 1 and 2; ratios against the first two rows",
+        ["method", "pin", "host", "thr", "wall s/epoch", "median", "x none", "x none 1t", "CPU s/ep", "x none 1t"]
         + ["same bytes"],
         rows,
     )
