@@ -4,7 +4,8 @@ compared byte for byte with the committed one (README, "What a run does": portab
 On the reference's kind of host (the same processor model and kernel instruction sets) a
 difference fails: the pin no longer makes the run reproducible where it was made. On another
 kind, identity passes and a difference is an expected failure (XFAIL) naming what differs: each
-CI host adds one measurement of whether the pin carries across real hosts, which one machine can only emulate (benchmarks/portable_repro.py).
+CI host adds one measurement of whether the pin carries across real hosts, which one machine can
+only emulate (benchmarks/portable_repro.py).
 
     python tests/test_portable_run.py --write    # renews tests/data/portable_reference.json here
 """
