@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaal_cli.foundation.files import write_file
+
 GENERATED = re.compile(
     r"<!-- generated from (?P<source>\S+), table (?P<index>\d+) -->\n(?P<body>.*?)<!-- end generated -->", re.S
 )
@@ -105,7 +107,7 @@ def main(argv: list[str]) -> int:
         text = path.read_text(encoding="utf-8")
         root = Path.cwd()
         if write:
-            path.write_text(refresh(text, root), encoding="utf-8")
+            write_file(path, refresh(text, root))
             text = path.read_text(encoding="utf-8")
         elif refresh(text, root) != text:
             print(f"{path}: a generated table differs from its file (rerun with --write)")
