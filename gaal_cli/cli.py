@@ -300,11 +300,12 @@ def ablate(
 def _run_sweep(plan, workers: int, dry_run: bool) -> None:
     from gaal_cli.foundation.display import plan_table
     from gaal_cli.runs.folder import RunFolder
-    from gaal_cli.sweeps.runner import check_inputs, run_sweep, statuses
+    from gaal_cli.sweeps.runner import check_inputs, run_sweep
+    from gaal_cli.sweeps.staleness import described_statuses
 
     if dry_run:
         title = f"{plan.name}: {len(plan.runs)} runs from {plan.source}"
-        stdout.print(plan_table(title, statuses(plan), lambda need: RunFolder(need).done))
+        stdout.print(plan_table(title, described_statuses(plan), lambda need: RunFolder(need).done))
         check_inputs(plan)
         return
     outcome = run_sweep(plan, workers)
@@ -320,6 +321,55 @@ def _run_sweep(plan, workers: int, dry_run: bool) -> None:
         stderr.print(why, highlight=False, soft_wrap=True)
     if outcome.failed or outcome.not_started:
         raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def reproduce(
+    file: Path = typer.Argument(Path("results/campaign.yaml"), help="A campaign file: sweeps in order, then reports."),
+    results: Path = typer.Option(Path("results"), "--results", help=RESULTS_HELP),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Runs trained at the same time."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List each sweep's runs by status; train none."),
+) -> None:
+    """Rebuild a set of results in one campaign: every sweep the file lists, in its order, then its reports.
+
+    Stopped at any point, the same command resumes it (finished runs are skipped, killed ones resumed);
+    a stale finished run stops it, naming the folder."""
+    import time
+    from collections import Counter
+
+    from gaal_cli.sweeps.campaign import load_campaign
+    from gaal_cli.sweeps.staleness import described_statuses
+
+    campaign = load_campaign(file)
+    plans = campaign.plans(results)
+    if dry_run:
+        for plan in plans:
+            counts = Counter(_status_kind(state) for _, state in described_statuses(plan))
+            states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            stdout.print(f"{plan.name}: {len(plan.runs)} runs ({states})", highlight=False, markup=False)
+        for spec in campaign.reports:
+            folders = " ".join(str(results / f) for f in spec.folders)
+            stdout.print(f"then: gaal report {folders} --out {results / spec.out}", highlight=False, markup=False)
+        return
+    start = time.monotonic()
+    for plan in plans:
+        _run_sweep(plan, workers, dry_run=False)
+    from gaal_cli.analysis.report import write_report
+
+    for spec in campaign.reports:
+        write_report([results / f for f in spec.folders], results / spec.out)
+        stdout.print(f"report: {results / spec.out}", highlight=False)
+    stdout.print(f"campaign {file}: {sum(len(p.runs) for p in plans)} runs, {time.monotonic() - start:.0f} s")
+
+
+def _status_kind(state: str) -> str:
+    """A dry run's status without its details: 'done, unverified', 'done on another host', 'stale', ..."""
+    if state.startswith("done (unverified"):
+        return "done, unverified"
+    if state.startswith("done (on "):
+        return "done on another host"
+    return state.split(":")[0].split(" (")[0]
 
 
 @app.command()
@@ -360,18 +410,29 @@ def compare(
 
     Runs are paired by seed and test sample (their predictions.safetensors); a run without one is refused,
     naming `gaal eval RUN --write-predictions`."""
-    from gaal_cli.analysis.compare import compare_runs, comparison_lines
+    from gaal_cli.analysis.compare import compare_runs, comparison_lines, sides_provenance
+    from gaal_cli.analysis.provenance_groups import describe, sides_note
     from gaal_cli.runs.folder import to_json
 
     rows = compare_runs(a, b, metrics=metric)
-    note = _shared_runs_note(a, b)
+    sides = sides_provenance(a, b)
+    notes = [n for n in (_shared_runs_note(a, b), sides_note(sides)) if n]
     if as_json:
-        found = {"a": str(a), "b": str(b), "comparisons": [r.to_json() for r in rows], "note": note}
+        made_by = {side.lower(): [{"code": c, "host": h} for c, h in sorted(keys)] for side, keys in sides.items()}
+        found = {
+            "a": str(a),
+            "b": str(b),
+            "comparisons": [r.to_json() for r in rows],
+            "provenance": made_by,
+            "note": "; ".join(notes) or None,
+        }
         stdout.print_json(to_json(found))
         return
     for line in comparison_lines(rows, str(a), str(b)):
         stdout.print(line, highlight=False, markup=False, soft_wrap=True)
-    if note:
+    made_by = "; ".join(f"{side}: {describe(keys)}" for side, keys in sides.items())
+    stdout.print(f"Made by: {made_by}.", highlight=False, markup=False, soft_wrap=True)
+    for note in notes:
         stderr.print(styled("note:", "yellow", f" {note}"), highlight=False, soft_wrap=True)
 
 

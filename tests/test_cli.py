@@ -21,7 +21,7 @@ def test_train_then_eval_end_to_end(tmp_path, tiny):
         for head in ("multi", "image", "tabular"):
             assert 0.0 <= report["metrics"][split][head]["acc"] <= 1.0
             assert "f1" in report["metrics"][split][head]
-    assert report["seed"] == 5 and report["versions"]["torch"]
+    assert report["seed"] == 5 and report["provenance"]["libraries"]["torch"]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
     epoch = json.loads(lines[0])

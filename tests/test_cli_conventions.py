@@ -90,3 +90,14 @@ def test_a_dataset_without_prepared_data_names_the_prepare_command_and_the_raw_d
     result = runner.invoke(app, ["train", "-d", dataset, "--data-dir", str(empty), "--out", str(tmp_path / "run")])
     output = fails_cleanly(result, tmp_path / "run")
     assert f"gaal data prepare {dataset} --raw RAW --out {empty}" in output and PUBLISHED[dataset] in output
+
+
+def test_the_version_is_written_once_and_the_changelog_has_its_entry():
+    import re
+    from importlib.metadata import version
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert 'version = {attr = "gaal_cli.foundation.version.__version__"}' in (root / "pyproject.toml").read_text()
+    assert re.search(rf"^## {re.escape(__version__)} \(", (root / "CHANGELOG.md").read_text(), re.M)
+    assert version("gaal") == __version__  # the installed package's metadata, built from the same attribute

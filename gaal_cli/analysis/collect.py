@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gaal_cli.analysis.provenance_groups import provenance_columns
 from gaal_cli.config import read_yaml_file
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.names import file_stem
@@ -185,6 +186,7 @@ def run_row(
             "epochs": report["epochs_run"],
             **run_diagnostics(run, report),
             **run_health(run, report, tree, (test_counts or {}).get(data_identity(report, tree))),
+            **provenance_columns(report),
             "folder": str(run.path),
         }
     except (KeyError, TypeError, AttributeError) as err:

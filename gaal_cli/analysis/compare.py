@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gaal_cli.analysis.provenance_groups import UNRECORDED, provenance_columns
 from gaal_cli.analysis.stats import METRICS as STAT_METRICS
 from gaal_cli.analysis.stats import PER_SEED, SHARED, PairedDifference, paired_difference, paired_t, seeds_needed
 from gaal_cli.foundation.errors import GaalError
@@ -196,14 +197,40 @@ def compare_runs(a: str | Path, b: str | Path, *, metrics: Sequence[str] = ("acc
             b_mean = float(np.mean([score(pb.correct(head), pb.labels) for _, pb in pairs]))
             out.append(
                 Comparison(
-                    head=head, metric=metric, a=a_mean, b=b_mean, difference=d.difference, low=d.low,
-                    high=d.high, p_value=d.p_value, df=d.df, seeds=d.n_seeds, samples=d.test_samples,
-                    design=d.design, basis=d.basis, seeds_needed=plan.seeds if plan else None,
+                    head=head,
+                    metric=metric,
+                    a=a_mean,
+                    b=b_mean,
+                    difference=d.difference,
+                    low=d.low,
+                    high=d.high,
+                    p_value=d.p_value,
+                    df=d.df,
+                    seeds=d.n_seeds,
+                    samples=d.test_samples,
+                    design=d.design,
+                    basis=d.basis,
+                    seeds_needed=plan.seeds if plan else None,
                     test_samples_needed=plan.test_samples if plan else None,
                     plan=plan.text(d.test_samples) if plan else "",
                 )  # fmt: skip
             )
     return out
+
+
+def sides_provenance(a: str | Path, b: str | Path) -> dict[str, set[tuple[str, str]]]:
+    """The (code, host) keys of each side's runs (gaal_cli.analysis.provenance_groups)."""
+    sides = {}
+    for side, path in (("A", a), ("B", b)):
+        keys = set()
+        for run in run_group(path).values():
+            try:
+                found = provenance_columns(run.read_report())
+            except GaalError:  # compare_runs has read them already; a report that went bad since
+                found = {"code": UNRECORDED, "host": UNRECORDED}
+            keys.add((found["code"], found["host"]))
+        sides[side] = keys
+    return sides
 
 
 def _score(metric: str):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from gaal_cli.analysis import compare, stats
 from gaal_cli.analysis.collect import HEAD_LABELS, HEADS, METRICS, column, dataset_label, dataset_order, row_order
+from gaal_cli.analysis.provenance_groups import letters_of, pair_mark
 from gaal_cli.foundation.display import markdown_text
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.runs.run_predictions import note_unpaired
@@ -41,6 +42,7 @@ def paired_markdown(runs: pd.DataFrame, rows: list[str], metric: str, reference:
     unpaired: dict[str, None] = {}  # why files were not paired (each once, in order)
     designs = dataset_designs(runs, loaded)
     cells: dict[tuple, dict[tuple, tuple[stats.PairedDifference, bool]]] = {}
+    groups: dict[tuple, str] = {}  # (row, dataset) -> the pair's provenance mark
     for key, part in runs.groupby(rows, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         if dict(zip(rows, key))["method"] == reference:
@@ -49,6 +51,8 @@ def paired_markdown(runs: pd.DataFrame, rows: list[str], metric: str, reference:
         ref = runs[_matches(runs, rows, ref_key)]
         for d in datasets:
             a, r = part[part["dataset"] == d], ref[ref["dataset"] == d]
+            if "provenance" in runs.columns:
+                groups[(key, d)] = pair_mark(letters_of(a["provenance"]), letters_of(r["provenance"]))
             for h in HEADS:
                 found = paired_cell(a, r, h, metric, loaded, designs.get(d), unpaired)
                 if found is not None:
@@ -64,7 +68,9 @@ def paired_markdown(runs: pd.DataFrame, rows: list[str], metric: str, reference:
         for d in datasets:
             for h in HEADS:
                 verdict = verdicts.get((d, h), {}).get(key)
-                text.append("-" if verdict is None else paired_text(verdict, cells[(d, h)][key][1]))
+                text.append(
+                    "-" if verdict is None else paired_text(verdict, cells[(d, h)][key][1]) + groups.get((key, d), "")
+                )
         lines.append("| " + " | ".join(text) + " |")
     if not row_keys_in_order:
         return f"No paired differences: no row shares seeds with a '{reference}' row.\n"

@@ -37,6 +37,8 @@ from gaal_cli.analysis.figures import (
 )
 from gaal_cli.analysis.health_marks import BELOW, below_one_modality, health_markdown
 from gaal_cli.analysis.paired import REFERENCE, paired_markdown
+from gaal_cli.analysis.provenance_groups import legend as provenance_legend
+from gaal_cli.analysis.provenance_groups import several, with_groups
 from gaal_cli.analysis.ranks import ranks_markdown
 from gaal_cli.analysis.tables import diagnostics_markdown, markdown, summarize, summarize_diagnostics
 from gaal_cli.foundation.display import markdown_text
@@ -152,9 +154,11 @@ def table_sections(
     """One table's files and its sections of report.md, in their order: the accuracy table with its
     paired differences, the other test metrics, the modality diagnostics, the ranks across its
     conditions and its figure."""
+    runs = with_groups(runs)
     summary = summarize(runs, rows)
     write_file(out / f"{kind}.csv", summary.to_csv(index=False), sync=False)
-    table = markdown(summary, rows) + "\n" + paired_markdown(runs, rows, "acc", reference)
+    origin = provenance_legend(runs) + "\n"
+    table = markdown(summary, rows) + "\n" + paired_markdown(runs, rows, "acc", reference) + "\n" + origin
     write_file(out / f"{kind}.md", table, sync=False)
     written, others = [], []
     for metric, name in list(METRICS.items())[1:]:
@@ -176,7 +180,8 @@ def table_sections(
     ranks, cd_files = ranks_markdown(summary, rows, kind, out)
     if ranks:
         written += cd_files
-        sections.append(f"### Across conditions\n\n{ranks}")
+        mixed = "\nThe ranks take rows of several provenance groups (named under the table above).\n"
+        sections.append(f"### Across conditions\n\n{ranks}" + (mixed if several(runs) else ""))
     figure = table_figure(summary, rows, kind, out)
     if figure:
         written += [figure.with_suffix(s) for s in FORMATS]

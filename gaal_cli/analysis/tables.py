@@ -15,6 +15,7 @@ import pandas as pd
 from gaal_cli.analysis import stats
 from gaal_cli.analysis.collect import DIAGNOSTICS, HEADS, METRICS, column, dataset_label, dataset_order, row_order
 from gaal_cli.analysis.health_marks import BELOW, health_mark, health_rule
+from gaal_cli.analysis.provenance_groups import cell_mark, letters_of
 from gaal_cli.foundation.display import markdown_text
 from gaal_cli.sweeps.runner import format_value
 
@@ -48,6 +49,8 @@ def summarize(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
             table[f"below_{h}"] = grouped[f"{BELOW}_heads"].agg(lambda heads, h=h: _count_head(heads, h))
     if "health_notes" in runs.columns:
         table["noted"] = grouped["health_notes"].agg(_nonempty)
+    if "provenance" in runs.columns:  # the code-state and host groups of each cell's runs
+        table["provenance"] = grouped["provenance"].agg(letters_of)
     return table.reset_index()
 
 
@@ -113,6 +116,7 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
             best = standout(part[f"{c}_mean"], part[f"{c}_std"])
             bold |= set() if best is None else {(best, h)}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    mixed = "provenance" in summary.columns and len(set("+".join(summary["provenance"]).split("+"))) > 1
     position = {
         (*key, d): i for i, (key, d) in enumerate(zip(summary[rows].itertuples(index=False), summary["dataset"]))
     }
@@ -132,7 +136,8 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
                 marked = text + health_mark(cell, h, metric) if text != "-" else text
                 cells.append(marked + seeds_left(cell, h, metric))
             sec = cell["sec_per_epoch_mean"]
-            cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
+            groups = cell_mark(cell.get("provenance", ""), mixed)
+            cells += ["-" if pd.isna(sec) else f"{sec:.2f}", f"{int(cell['n'])}{groups}"]
         lines.append("| " + " | ".join(cells) + " |")
     nulls = summary.get("null_metrics", pd.Series(dtype=str)).fillna("")
     nan_rule = f" {NAN_RULE}" if (nulls != "").any() else ""

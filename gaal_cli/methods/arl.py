@@ -32,7 +32,7 @@ gradients of its unimodal loss and of the fused loss.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -53,6 +53,8 @@ from gaal_cli.methods.diagnostics import encoder_cosines, encoder_grad_norms
 
 
 class ArlSettings(MethodSettings):
+    trace_settings: ClassVar[dict[str, Any]] = {"warmup_epochs": 1}
+
     gamma: float = Field(1.0, ge=0, description="weight of the unimodal (bias) losses")
     weights: Literal["paper", "code"] = Field(
         "paper", description="paper: w from 1/variance; code: the official code's fixed 0.5 (x1.5)"

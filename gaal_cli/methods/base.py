@@ -38,6 +38,11 @@ class MethodSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     dependency_fields: ClassVar[tuple[str, ...]] = ()
+    #: settings that bring what the method does only after some epochs (a warm-up, a plan
+    #: refreshed every few epochs, mining) into the four epochs of its behaviour trace
+    #: (gaal_cli/training/behaviour.py), which applies them over a run's settings: without them a
+    #: change to that later code would not change the method's behaviour hash
+    trace_settings: ClassVar[dict[str, Any]] = {}
 
     grad_cosine: bool = Field(
         False,

@@ -87,7 +87,7 @@ Departures, plainly:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import ot
 import torch
@@ -108,6 +108,8 @@ OFFICIAL_OPTIMIZER = StageOptimizer(
 
 
 class CharmsSettings(StagedSettings, MethodSettings):
+    trace_settings: ClassVar[dict[str, Any]] = {"refresh_every": 1}
+
     channel_groups: int = Field(
         40, ge=1, description="K, groups the last-layer channels are clustered into (official: 40)"
     )

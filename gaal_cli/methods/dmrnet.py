@@ -70,6 +70,8 @@ Departures:
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -90,6 +92,8 @@ UNDECIDED = -1
 
 
 class DmrnetSettings(MethodSettings):
+    trace_settings: ClassVar[dict[str, Any]] = {"mining_epochs": 1}
+
     alpha: float = Field(1e-3, ge=0, description="weight of the KL of the embedding distribution to N(0, I)")
     beta: float = Field(0.2, ge=0, description="weight of the hard-combination regularizer")
     mining_epochs: int = Field(

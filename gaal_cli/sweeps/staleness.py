@@ -1,9 +1,15 @@
 """What state each run of a sweep is in, before anything runs: done, stale, running, partial,
 new, or new with an input missing on disk.
 
-A finished run (DONE + report.json) whose config differs from the sweep's, or whose dependency's
-checkpoint changed since it was trained (a retrained teacher), is stale: `check_not_stale`
-refuses to mix it with new results. A run folder locked by a live process is running
+A finished run (DONE + report.json) is stale when its config differs from the sweep's, when a
+dependency's checkpoint changed since it was trained (a retrained teacher), or when its method
+computes differently today: the behaviour hash it recorded (report.json
+`provenance.behaviour`) is not today's trace of its method at its settings
+(gaal_cli.training.behaviour), or its method could not be traced. A run that recorded no
+behaviour (trained before gaal 0.2.0) cannot be checked: it counts as done and a dry run names it
+"unverified". A refactor leaves the trace, and so the run, as it was; another host
+does not make a run stale (its host is named in report.json and in the report's tables).
+`check_not_stale` refuses to mix a stale run with new results. A run folder locked by a live process is running
 (gaal_cli.foundation.locks). `check_inputs` refuses a sweep whose runs miss a prepared data folder, a table
 or a weights file.
 """
@@ -66,12 +72,57 @@ def status(run: Run) -> str:
     'new, missing input' (see `missing_inputs`)."""
     folder = RunFolder(run.folder)
     if folder.done:
-        return "stale" if folder.stale_keys(run.config.resolved()) or changed_dependencies(folder) else "done"
+        return "stale" if stale_reasons(run) else "done"
     if not run.folder.is_dir():
         return "new, missing input" if missing_inputs(run.config) else "new"
     if locked(run.folder):
         return "running"
     return "partial" if any(run.folder.iterdir()) else "new"
+
+
+def stale_reasons(run: Run) -> list[str]:
+    """Why the finished run in `run.folder` is stale (none when it is current)."""
+    folder = RunFolder(run.folder)
+    keys = folder.stale_keys(run.config.resolved())
+    reasons = [f"config differs in {', '.join(keys[:5])}"] if keys else []
+    changed = changed_dependencies(folder)
+    reasons += [f"a dependency changed since ({', '.join(changed)})"] if changed else []
+    behaviour = behaviour_change(folder, run.config)
+    return reasons + ([behaviour] if behaviour else [])
+
+
+def behaviour_change(folder: RunFolder, config: Config) -> str | None:
+    """Why the finished run's method does not compute today what it computed then, or None (also
+    when the run recorded no behaviour: it cannot be checked, see `unverified`)."""
+    from gaal_cli.training.behaviour import FORMAT, method_trace
+
+    recorded = _recorded_behaviour(folder)
+    if not isinstance(recorded, dict) or "hash" not in recorded:
+        return None  # unverified, not stale: see `unverified`
+    if recorded.get("format") != FORMAT or recorded.get("method") != config.method:
+        return "its behaviour record is of another trace format or method"
+    if recorded["hash"] is None:
+        return f"its method could not be traced when it trained ({recorded.get('error', 'no reason recorded')})"
+    try:
+        today = method_trace(config.method, config.method_settings()).digest
+    except Exception as err:  # noqa: BLE001 - a method's own code failing here leaves it unproven, not current
+        return f"its method cannot be traced today ({type(err).__name__}: {err})"
+    if today != recorded["hash"]:
+        return f"its method computes differently today (behaviour {recorded['hash']}, today {today})"
+    return None
+
+
+def unverified(folder: RunFolder) -> bool:
+    """Whether the finished run recorded no behaviour hash (trained before gaal 0.2.0): today's
+    code cannot be checked against it. Such a run counts as done, named so in a dry run, and is
+    rebuilt by the reproduction campaign (`gaal reproduce`), not by every sweep."""
+    recorded = _recorded_behaviour(folder)
+    return not isinstance(recorded, dict) or "hash" not in recorded
+
+
+def _recorded_behaviour(folder: RunFolder) -> object:
+    provenance = _provenance(folder)
+    return provenance.get("behaviour") if provenance else None
 
 
 def locked(folder: Path) -> bool:
@@ -88,6 +139,8 @@ def check_not_stale(sweep: Sweep) -> None:
     """
     for run in sweep.runs:
         folder = RunFolder(run.folder)
+        if not folder.done:
+            continue
         keys = ", ".join(folder.stale_keys(run.config.resolved())[:5])
         if keys:
             raise GaalError(
@@ -95,15 +148,49 @@ def check_not_stale(sweep: Sweep) -> None:
                 "delete the folder to retrain it, or give the experiment another name",
                 source=str(run.folder),
             )
-        changed = ", ".join(changed_dependencies(folder)) if folder.done else ""
+        changed = ", ".join(changed_dependencies(folder))
         if changed:
             raise GaalError(
                 f"holds a finished run trained from a dependency that has changed since ({changed}); "
                 "delete the folder to retrain it from the current one",
                 source=str(run.folder),
             )
+        behaviour = behaviour_change(folder, run.config)
+        if behaviour:
+            raise GaalError(
+                f"holds a finished run whose results today's code would not reproduce: {behaviour}; "
+                "delete the folder to retrain it with today's code",
+                source=str(run.folder),
+            )
 
 
 def statuses(sweep: Sweep) -> list[tuple[Run, str]]:
-    """Each run with its status, for a dry run."""
+    """Each run with its status."""
     return [(run, status(run)) for run in sweep.runs]
+
+
+def described_statuses(sweep: Sweep) -> list[tuple[Run, str]]:
+    """Each run with its status, a stale one with why, and a done one with the host it ran on
+    when that is not this one (named, not stale), for a dry run."""
+    from gaal_cli.runs.provenance import host, host_key
+
+    here = host_key({"host": host()})
+    described = []
+    for run, state in statuses(sweep):
+        if state == "stale":
+            state = "stale: " + "; ".join(stale_reasons(run))
+        elif state == "done" and unverified(RunFolder(run.folder)):
+            state += " (unverified: no behaviour record, trained before gaal 0.2.0)"
+        elif state == "done":
+            there = host_key(_provenance(RunFolder(run.folder)))
+            state += "" if there in (here, "unrecorded") else f" (on {there})"
+        described.append((run, state))
+    return described
+
+
+def _provenance(folder: RunFolder) -> dict | None:
+    try:
+        found = folder.read_report().get("provenance")
+    except (GaalError, AttributeError):
+        return None
+    return found if isinstance(found, dict) else None

@@ -9,7 +9,6 @@ drives early stopping; the test split is evaluated once, at the end, on the best
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 from rich.text import Text
 
-from gaal_cli import __version__
 from gaal_cli.config import Config, TrainConfig
 from gaal_cli.data import build_data, images_on_device, make_loader
 from gaal_cli.data.base import Batch, DataBundle
@@ -37,13 +35,16 @@ from gaal_cli.foundation.distributed import (
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.files import remove_tree
 from gaal_cli.foundation.locks import folder_lock
+from gaal_cli.foundation.version import __version__
 from gaal_cli.methods.base import Method, weighted_classes
 from gaal_cli.methods.build import create_method
 from gaal_cli.methods.registry import method_spec
 from gaal_cli.methods.stages import WHOLE_RUN, PlannedStage, build_stage_optimizer, describe, plan_stages, stage_at
 from gaal_cli.models.encoders import ImageEncoder
+from gaal_cli.runs import provenance
 from gaal_cli.runs.dependencies import Dependency, changed_dependencies
 from gaal_cli.runs.folder import RESTART_HINT, RunFolder, load_state, to_json
+from gaal_cli.training.behaviour import behaviour_record
 from gaal_cli.training.contributions import run_shapley
 from gaal_cli.training.evaluation import (
     autocast,
@@ -101,6 +102,8 @@ class Session:
     dependencies: dict[str, Dependency] = field(default_factory=dict)
     # the gradient each encoder receives per step, for run health (gaal_cli/training/health.py)
     flow: GradientFlow | None = None
+    # the code, libraries, host and determinism this run trains with (gaal_cli.runs.provenance)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def setup(config: Config) -> Session:
@@ -132,6 +135,7 @@ def setup(config: Config) -> Session:
     finish_images = images_on_device(data.train, config.data.augment_on, device)
     s = Session(config, device, data, method, None, None, comm, plan, [], finish_images, dependencies)  # type: ignore[arg-type]
     s.flow = GradientFlow(method, method.modalities)
+    s.provenance = provenance.record(device)
     start_optimizer(s, plan[0])
     return s
 
@@ -266,7 +270,7 @@ def train_in(
     inputs_at_test(config, s.method.modalities)  # refused before anything is written
     state = None if restart else run.resumable(resolved)
     if state is not None and dependency_hashes(state.get("dependencies")) != dependency_hashes(
-        provenance(s)["dependencies"]
+        checkpoint_inputs(s)["dependencies"]
     ):
         changed = f"{run.path}: a dependency changed since the interrupted attempt; starting over"
         console.print(styled(changed, "yellow"))
@@ -318,11 +322,14 @@ def train_in(
         "device": str(s.device),
         "world_size": s.comm.world_size,
         "threads": torch.get_num_threads(),
-        "versions": versions(),
+        "provenance": {
+            **s.provenance,
+            "behaviour": behaviour_record(config.method, config.method_settings()),
+        },
     }
     health = add_health(s, run, report)
     if s.comm.is_main:
-        report["predictions"] = keep_predictions(s, run, test_logits, test_labels)
+        report["predictions"] = keep_predictions(s, run, test_logits, test_labels, report["provenance"])
         run.finish(report)
         if health.findings or health.notes:
             text = health_warning(health, str(run.file(RunFolder.REPORT)))
@@ -487,7 +494,7 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
     if record["best"]:
         run.save(
             RunFolder.CHECKPOINT,
-            {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **provenance(s)},
+            {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **checkpoint_inputs(s)},
         )
     run.log_epoch(record)
     run.log_steps(epoch, per_step)
@@ -501,15 +508,19 @@ def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], s
     }
     run.save(
         RunFolder.LAST,
-        {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **provenance(s), **resume},
+        {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **checkpoint_inputs(s), **resume},
     )
 
 
-def keep_predictions(s: Session, run: RunFolder, logits: dict[str, torch.Tensor], labels: torch.Tensor) -> str | None:
-    """Write the run's predictions file (before DONE); returns its name, or None, with a warning,
-    when the logits cannot be kept (non-finite or beyond float16: a diverged model)."""
+def keep_predictions(
+    s: Session, run: RunFolder, logits: dict[str, torch.Tensor], labels: torch.Tensor, made_by: dict[str, Any]
+) -> str | None:
+    """Write the run's predictions file (before DONE), its header naming the code, host and
+    behaviour that made it (`made_by`); returns its name, or None, with a warning, when the logits
+    cannot be kept (non-finite or beyond float16: a diverged model)."""
+    meta = predictions_meta(s.config, made_by)
     try:
-        save_predictions(run.file(RunFolder.PREDICTIONS), s.data.test, logits, labels, predictions_meta(s.config))
+        save_predictions(run.file(RunFolder.PREDICTIONS), s.data.test, logits, labels, meta)
     except GaalError as err:
         console.print(styled(f"{run.path}: no predictions file kept: {err}", "yellow"), markup=False)
         return None
@@ -659,12 +670,14 @@ def checkpoint(
     }
 
 
-def provenance(s: Session) -> dict[str, Any]:
+def checkpoint_inputs(s: Session) -> dict[str, Any]:
     """What a checkpoint says about its inputs, so another run can depend on it safely: the
-    data's classes and field lengths, and the dependencies it was trained from."""
+    data's classes and field lengths, the dependencies it was trained from, and the code and host
+    that trained it (gaal_cli.runs.provenance)."""
     return {
         "data": {"classes": s.data.num_classes, "field_lengths": list(s.data.schema.field_lengths)},
         "dependencies": {key: dep.record() for key, dep in s.dependencies.items()},
+        "provenance": s.provenance,
     }
 
 
@@ -678,15 +691,3 @@ def weights_records(method: Method) -> dict[str, Any]:
 def dependency_hashes(records: dict[str, Any] | None) -> dict[str, str]:
     """{config key: sha256} of a checkpoint's dependency records."""
     return {key: record["sha256"] for key, record in (records or {}).items()}
-
-
-def versions() -> dict[str, str]:
-    import timm
-
-    return {
-        "gaal": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-    }

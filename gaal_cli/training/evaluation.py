@@ -7,6 +7,7 @@ run read later (gaal_cli.training.trained_run: `gaal eval`, `gaal predict`) go t
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Any
 
 import torch
 
@@ -105,11 +106,14 @@ def predict_test(
     )
 
 
-def predictions_meta(config: Config) -> dict:
+def predictions_meta(config: Config, made_by: dict[str, Any] | None = None) -> dict:
     """What a predictions file records of the run that wrote it: `gaal compare` and `gaal report`
-    check each against the run's own files (gaal_cli.runs.run_predictions)."""
+    check each against the run's own files (gaal_cli.runs.run_predictions). `made_by`: the run's
+    provenance (report.json's), whose code, host and behaviour the header repeats."""
     resolved = config.resolved()
+    made_by = made_by or {}
     return {
+        **({"provenance": {k: made_by[k] for k in ("code", "host", "behaviour") if k in made_by}} if made_by else {}),
         "method": config.method,
         "seed": config.seed,
         "dataset": config.data.name,

@@ -46,6 +46,11 @@ def check_step_stats(stats: Any, method: Any) -> None:
             )
 
 
+class NoHeadError(GaalError):
+    """`predict` returned None for every head: the method makes no claim on these inputs (DAFT,
+    for one, with a modality missing)."""
+
+
 def check_batch_predictions(preds: Any, method: Any, rows: int) -> dict[str, torch.Tensor]:
     """`predict`'s output for a batch of `rows`: the heads that are not None, each (rows, classes).
 
@@ -62,7 +67,7 @@ def check_batch_predictions(preds: Any, method: Any, rows: int) -> dict[str, tor
         )
     given = {head: logits for head, logits in heads.items() if logits is not None}
     if not given:
-        raise GaalError(f"{method_name(method)}.predict returned no head at all (all None)", field="predict")
+        raise NoHeadError(f"{method_name(method)}.predict returned no head at all (all None)", field="predict")
     for head, logits in given.items():
         expected = (rows, getattr(method, "num_classes", None))
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != rows:

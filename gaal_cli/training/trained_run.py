@@ -216,7 +216,8 @@ def write_run_predictions(folder: str | Path, overrides: dict[str, Any] | None =
         method = trained.method(data.schema.field_lengths, data.num_classes).to(device)
         logits, labels = predict_test(method, data.test, device, config)
         check_same_accuracy(score_heads(logits, labels), report, len(labels), run.file(RunFolder.REPORT))
-        save_predictions(target, data.test, logits, labels, predictions_meta(config))
+        made_by = report.get("provenance") if isinstance(report.get("provenance"), dict) else None
+        save_predictions(target, data.test, logits, labels, predictions_meta(config, made_by))
     return target, outcome
 
 
@@ -249,8 +250,18 @@ def load_dependencies(config: Config, data: DataBundle, device: torch.device) ->
     for key, path in config.dependencies().items():
         dep = read_dependency(path, key)
         check_matches_data(dep, data.num_classes, data.schema.field_lengths)
-        model = TrainedRun.of_dependency(dep).method(data.schema.field_lengths, data.num_classes)
-        model.requires_grad_(False)
-        dep.model = model.eval().to(device)
+        dep.model = frozen_model(dep, data.schema.field_lengths, data.num_classes).to(device)
         loaded[key] = dep
     return loaded
+
+
+def frozen_model(dep: Dependency, field_lengths: tuple[int, ...], num_classes: int) -> Method:
+    """The method a dependency's weights rebuild, in eval mode, no parameter requiring a gradient
+    (as a run uses a teacher or a fixed model; the behaviour trace freezes its own runs here too).
+
+    Raises:
+        GaalError: see `TrainedRun.method`.
+    """
+    model = TrainedRun.of_dependency(dep).method(field_lengths, num_classes)
+    model.requires_grad_(False)
+    return model.eval()
