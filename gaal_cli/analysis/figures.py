@@ -5,6 +5,7 @@ Fig. 5 (ε) and a regime sweep's accuracy against dominance, each method in its 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,7 @@ def _save(fig, path: Path) -> Path:
     for suffix in FORMATS:
         # no creation date in the vector files (and salted SVG ids, see STYLE), so a rebuilt
         # report over the same runs is byte-identical
-        metadata = {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None
-        options = {"format": suffix[1:], "dpi": 200, "metadata": metadata}
+        options = {"format": suffix[1:], "dpi": 200, "metadata": _metadata(suffix)}
         write_file(path.with_suffix(suffix), lambda fh, options=options: fig.savefig(fh, **options), sync=False)
     plt.close(fig)
     return path.with_suffix(".png")
@@ -232,3 +232,44 @@ def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
     # one legend for every panel: the tabular-only model has no Image accuracy to draw
     legend_beside(fig, axes, captions, order=methods)
     return _save(fig, path)
+
+
+def confusion_axes(ax, matrix, class_names: list[str], title: str) -> None:
+    """A confusion matrix on `ax`: rows true class, columns predicted, each cell its count, shaded by
+    the share of its row (so a small class's errors show as clearly as a large one's)."""
+    counts = np.asarray(matrix, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, [str(c) for c in class_names], rotation=45, ha="right")
+    ax.set_yticks(ticks, [str(c) for c in class_names])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, loc="left")
+    if len(class_names) <= 20:
+        for i, j in np.ndindex(counts.shape):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if shares[i, j] > 0.6 else "black")  # fmt: skip
+
+
+def confusion_figure(matrix, class_names: list[str], title: str, path: Path, protected=()) -> Path:
+    """`gaal eval --out FILE`: the confusion matrix as one figure, in the format FILE's suffix names.
+
+    Raises:
+        GaalError: FILE is one of `protected` (the command's inputs) or cannot be written.
+    """
+    import matplotlib.pyplot as plt
+
+    side = min(3.0 + 0.45 * len(class_names), 14.0)
+    fig, (ax,) = _figure(1, width=side, height=side)
+    confusion_axes(ax, matrix, class_names, "\n".join(textwrap.wrap(title, 60)))
+    fig.tight_layout()
+    options = {"format": path.suffix[1:].lower(), "dpi": 200, "metadata": _metadata(path.suffix.lower())}
+    write_file(path, lambda fh: fig.savefig(fh, **options), protected=protected, field="--out")
+    plt.close(fig)
+    return path
+
+
+def _metadata(suffix: str) -> dict | None:
+    """No creation date in a vector file, so the same figure is the same bytes."""
+    return {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None

@@ -15,6 +15,8 @@ from typing import Any
 from gaal_cli.foundation.errors import GaalError, did_you_mean
 
 TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.user_table)
+# a PREP folder's record (gaal_cli.data.prepared), named here so that checking for it loads no torch
+MANIFEST = "manifest.json"
 RECIPES = {
     "dvm": "gaal_cli.data.dvm",
     "celeba": "gaal_cli.data.celeba",
@@ -62,8 +64,6 @@ def require_prepared(name: str, folder: str | None) -> Path:
         GaalError: no folder given, or one without a manifest; the message gives the prepare
             command and where the raw data is published, since a first run usually lands here.
     """
-    from gaal_cli.data.prepared import MANIFEST
-
     command = f"gaal data prepare {name} --raw RAW --out {folder or 'PREP'}"
     how = f"prepare it with `{command}` from the raw data ({PUBLISHED[name]})"
     if not folder:

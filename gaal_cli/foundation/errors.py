@@ -31,7 +31,8 @@ class GaalError(Exception):
         if self.source:
             where.append(str(self.source))
         if self.field:
-            where.append(f"field '{self.field}'")
+            # a command-line option is named as such (`--dataset (data.name)`), a key or column as a field
+            where.append(self.field if self.field.startswith("--") else f"field '{self.field}'")
         prefix = ", ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
 
