@@ -99,7 +99,7 @@ class TargetBins:
         for digits in (4, 6, 8, 12, 17):
             e = [_number(x, digits) for x in self.edges]
             names = [f"below {e[0]}", *(f"{a} to {b}" for a, b in zip(e, e[1:])), f"{e[-1]} and above"]
-            if len(set(names)) == len(names):
+            if len(set(e)) == len(e):  # every edge told apart from its neighbours
                 return names
         return names
 
@@ -147,4 +147,9 @@ def _numbers(values: pd.Series, source: str, column: str) -> np.ndarray:
 
 
 def _number(value: float, digits: int = 4) -> str:
-    return f"{value:.{digits}g}"
+    """`digits` significant digits; from 1000 up, written out with thousands separators (277,900)."""
+    rounded = float(f"{value:.{digits}g}")
+    if abs(rounded) < 1000:
+        return f"{rounded:g}"
+    decimals = max(0, digits - len(str(int(abs(rounded)))))
+    return f"{rounded:,.{decimals}f}"

@@ -149,6 +149,7 @@ def load_table(cfg: DataConfig) -> LoadedTable:
             split[keep],
         )
         problems = problems.take(keep)
+        leak = Leakage(target_copies=leak.target_copies, repeats=np.zeros(len(frame), dtype=bool))
     train_only = {}
     if cfg.rare_classes == "train":
         for cls in rare_classes(labels, split, class_names):

@@ -179,14 +179,13 @@ class TrainedRun:
         return recorded if isinstance(recorded, str) else None
 
     def is_own_table(self, table: Path) -> bool:
-        """Whether `table` is the run's own table (moved, or named by another path) rather than a separate file:
-        the content its report.json recorded; for a run that recorded none, the same file, or the same
-        file name when the run's table is no longer where it was."""
-        recorded = self.recorded_table()
-        if recorded is not None:
-            return table.is_file() and file_sha256(table) == recorded
+        """Whether `table` is the run's own table (moved, edited, or copied under another name) rather than
+        a separate file: the same file name as the run's table, or the content its report.json recorded."""
         own = Path(self.config.data.name)
-        return own.resolve() == table.resolve() if own.is_file() else own.name == table.name
+        if table.name == own.name:
+            return True
+        recorded = self.recorded_table()
+        return recorded is not None and table.is_file() and file_sha256(table) == recorded
 
     def score_split(self, split: str, missing: str | None, head: str | None) -> Scores:
         """`gaal eval` on one split of its own data: every head's metrics, one head's class report."""
@@ -196,7 +195,9 @@ class TrainedRun:
         batch = self.config.data.eval_batch_size
         logits, labels = predict_split(method, data.split(split), device, batch, missing=missing)
         chosen, why = self.choose_head(head, list(logits))
-        return score_rows(logits, labels.numpy(), data.class_names, chosen, why, f"the {split} split")
+        return score_rows(
+            logits, labels.numpy(), data.class_names, chosen, why, f"the {split} split of {self.config.data.name}"
+        )
 
     def score_table(self, table: Path, missing: str | None, head: str | None, skip_bad: bool) -> Scores:
         """`gaal eval --data FILE` on a separate labelled file: every labelled row scored, none re-split;
