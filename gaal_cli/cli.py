@@ -470,18 +470,15 @@ def report(
         None, "--out", "-o", help="Where tables and figures go (default: FOLDER/report; needed for several folders)."
     ),
     reference: str = typer.Option("concat", "--reference", help="The method each row is compared with (paired)."),
-    resamples: int = typer.Option(5000, "--resamples", help="Paired bootstrap resamples (fixed seed)."),
 ) -> None:
     """Tables (Markdown, CSV: mean ± std and 95 % interval over seeds; paired differences against a reference
     row) and figures (PNG) from the finished runs under FOLDER; with several folders, ranks and a CD diagram
     across their datasets."""
     if len(folders) > 1 and out is None:
         raise GaalError("several folders make one report: name where it goes with --out DIR", source="--out")
-    if not 100 <= resamples <= 1_000_000:
-        raise GaalError(f"{resamples} resamples; expected 100 to 1000000", source="--resamples")
     from gaal_cli.analysis.report import write_report
 
-    for path in write_report(folders, out or folders[0] / "report", reference=reference, resamples=resamples):
+    for path in write_report(folders, out or folders[0] / "report", reference=reference):
         stdout.print(str(path), highlight=False)
 
 
@@ -495,21 +492,16 @@ def compare(
         ..., metavar="B", help="The run or run group to compare with (same seeds, same test samples)."
     ),
     metric: list[str] = typer.Option(["acc"], "--metric", help="acc or bal_acc; repeat for both."),
-    resamples: int = typer.Option(
-        5000, "--resamples", help="Bootstrap resamples (fixed seed: same runs, same numbers)."
-    ),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Is A better than B? The paired difference per head and metric, its 95 % interval and p-value.
 
     Runs are paired by seed and test sample (their predictions.safetensors); a run without one is refused,
     naming `gaal eval RUN --write-predictions`."""
-    if not 100 <= resamples <= 1_000_000:
-        raise GaalError(f"{resamples} resamples; expected 100 to 1000000", source="--resamples")
     from gaal_cli.analysis.compare import compare_runs, comparison_lines
     from gaal_cli.runs.folder import to_json
 
-    rows = compare_runs(a, b, metrics=metric, resamples=resamples)
+    rows = compare_runs(a, b, metrics=metric)
     note = _shared_runs_note(a, b)
     if as_json:
         found = {"a": str(a), "b": str(b), "comparisons": [r.to_json() for r in rows], "note": note}

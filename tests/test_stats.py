@@ -4,6 +4,7 @@ or published."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import safetensors
 import safetensors.numpy
 from scipy import stats as sp
 
+from gaal_cli.analysis import friedman as rank_tests
 from gaal_cli.analysis import stats
 from gaal_cli.analysis.cd_diagram import cd_diagram
 from gaal_cli.foundation.errors import GaalError
@@ -40,132 +42,228 @@ def test_metrics_from_correct_flags():
     assert stats.balanced_accuracy(correct, labels) == pytest.approx((2 / 3 + 0) / 2)
 
 
-# ---------------------------------------------------------------- the paired bootstrap
+# ---------------------------------------------------------------- the paired difference
 
 
 def _seeds(n_seeds, n, value):
     return [np.full(n, value, dtype=bool) for _ in range(n_seeds)]
 
 
-def test_identical_runs_differ_by_exactly_nothing():
-    rng = np.random.default_rng(0)
-    runs = [rng.random(300) < 0.7 for _ in range(3)]
-    labels = [rng.integers(5, size=300) for _ in range(3)]
+def _experiment(seeds, n, shared, seed=0, shift=0.0):
+    """Correct flags of A and R: a sample's difficulty shared by both (and by every seed when
+    `shared`), each method's own noise."""
+    rng = np.random.default_rng(seed)
+    item = rng.normal(0, 1.3, (1 if shared else seeds, n))
+    a = [(0.9 + shift + item[s % item.shape[0]] + rng.normal(0, 0.45, n)) > 0 for s in range(seeds)]
+    r = [(0.9 + item[s % item.shape[0]] + rng.normal(0, 0.45, n)) > 0 for s in range(seeds)]
+    return a, r, [rng.integers(3, size=n)] * seeds if shared else [rng.integers(3, size=n) for _ in range(seeds)]
+
+
+def test_identical_runs_differ_by_exactly_nothing_and_carry_no_verdict():
+    a, _, labels = _experiment(3, 300, shared=True)
     for metric in stats.METRICS:
-        d = stats.paired_bootstrap(runs, runs, labels, metric, resamples=500)
-        assert (d.difference, d.low, d.high, d.p_value) == (0.0, 0.0, 0.0, 1.0)
-        assert d.seeds_needed is None and not d.significant
+        d = stats.paired_difference(a, a, labels, metric, shared=True)
+        assert (d.difference, d.low, d.high) == (0.0, 0.0, 0.0) and math.isnan(d.p_value)
+        assert d.basis == stats.NOTHING and not d.judged and not d.significant
+        assert stats.seeds_needed(d).seeds is None
 
 
-def test_always_right_against_never_right_is_certain():
-    labels = [np.zeros(50, dtype=int)] * 4
-    d = stats.paired_bootstrap(_seeds(4, 50, True), _seeds(4, 50, False), labels, resamples=999)
-    assert (d.difference, d.low, d.high) == (1.0, 1.0, 1.0)
-    # no replicate on the other side of 0: the smallest p-value B resamples can give
-    assert d.p_value == pytest.approx(2 / 1000)
-    assert d.significant and d.seeds_needed is None
+def test_a_new_test_set_per_seed_is_the_paired_t_test_on_per_seed_differences():
+    a, r, labels = _experiment(4, 200, shared=False, shift=0.1)
+    d = stats.paired_difference(a, r, labels, "accuracy", shared=False)
+    per_a, per_r = [x.mean() for x in a], [x.mean() for x in r]
+    reference = sp.ttest_rel(per_a, per_r)
+    interval = reference.confidence_interval(0.95)
+    assert d.p_value == pytest.approx(reference.pvalue) and d.df == 3
+    assert (d.low, d.high) == pytest.approx((interval.low, interval.high))
+    assert d.design == stats.PER_SEED and d.basis == stats.SEEDS and d.test_variance == 0
 
 
-def test_one_seed_follows_the_binomial():
-    # one seed, 400 samples: A and R agree except on 60 samples that only A gets right, so a
-    # replicate's difference is Binomial(400, 0.15) / 400 and its 95 % interval is that
-    # distribution's 2.5 % and 97.5 % quantiles
+def _two_way_anova(x):
+    """Mean squares of a seeds x samples table by the textbook two-way ANOVA without replication."""
+    s, n = x.shape
+    grand, seed_means, item_means = x.mean(), x.mean(axis=1), x.mean(axis=0)
+    ms_seed = n * ((seed_means - grand) ** 2).sum() / (s - 1)
+    ms_item = s * ((item_means - grand) ** 2).sum() / (n - 1)
+    residual = x - seed_means[:, None] - item_means[None, :] + grand
+    return ms_seed, ms_item, (residual**2).sum() / ((s - 1) * (n - 1))
+
+
+def test_a_shared_test_set_adds_its_variance_component_from_the_two_way_anova():
+    a, r, labels = _experiment(5, 400, shared=True, seed=3)
+    d = stats.paired_difference(a, r, labels, "accuracy", shared=True)
+    x = np.array(a, dtype=float) - np.array(r, dtype=float)
+    ms_seed, ms_item, ms_residual = _two_way_anova(x)
+    s, n = x.shape
+    assert ms_item > ms_residual and ms_seed > ms_residual  # neither component truncated here
+    # var(mean) = sigma2_seed / S + sigma2_item / n + sigma2_e / (nS) = (MS_s + MS_i - MS_r) / (nS)
+    assert d.seed_variance / s + d.test_variance == pytest.approx((ms_seed + ms_item - ms_residual) / (n * s))
+    assert d.test_variance == pytest.approx((ms_item - ms_residual) / (n * s))
+    assert d.design == stats.SHARED and d.basis == stats.SEEDS_AND_TEST_SET and 4 < d.df
+    se = math.sqrt(d.seed_variance / s + d.test_variance)
+    assert d.p_value == pytest.approx(2 * sp.t.sf(abs(d.difference) / se, d.df))
+
+
+def test_a_shared_test_set_without_a_sample_effect_falls_back_to_the_seeds():
+    rng = np.random.default_rng(1)
+    labels = [np.zeros(500, dtype=int)] * 4
+    a = [rng.random(500) < 0.8 for _ in range(4)]  # each seed's samples right or wrong at random
+    r = [rng.random(500) < 0.8 for _ in range(4)]
+    d = stats.paired_difference(a, r, labels, shared=True)
+    x = np.array(a, dtype=float) - np.array(r, dtype=float)
+    if _two_way_anova(x)[1] <= _two_way_anova(x)[2]:  # no sample effect: truncated at 0
+        assert d.test_variance == 0 and d.df == 3
+
+
+def test_one_seed_rests_on_the_test_samples_and_carries_no_verdict():
     n = 400
     r = np.arange(n) % 2 == 0
     a = r.copy()
-    a[1:121:2] = True
-    d = stats.paired_bootstrap([a], [r], [np.zeros(n, dtype=int)], resamples=20000, seed=3)
-    assert d.difference == pytest.approx(0.15)
-    low, high = sp.binom.ppf([0.025, 0.975], n, 0.15) / n
-    assert d.low == pytest.approx(low, abs=1.5 / n) and d.high == pytest.approx(high, abs=1.5 / n)
-    assert d.p_value == pytest.approx(2 / 20001)
+    a[1:121:2] = True  # 60 samples only A gets right: d = 0.15, var(d) = 0.15 · 0.85
+    d = stats.paired_difference([a], [r], [np.zeros(n, dtype=int)], shared=False)
+    assert d.difference == pytest.approx(0.15) and d.basis == stats.ONE_SEED
+    half = sp.t.ppf(0.975, n - 1) * math.sqrt(0.15 * 0.85 / (n - 1))
+    assert (d.low, d.high) == pytest.approx((0.15 - half, 0.15 + half))
+    assert math.isnan(d.p_value) and not d.significant
+    assert "1 seed" in stats.seeds_needed(d).text()
 
 
-def test_seeds_are_resampled_too():
-    # seed 0: A = R; seed 1: A right everywhere, R nowhere. A replicate draws two seeds: its mean
-    # difference is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4 whatever the test samples drawn
-    labels = [np.zeros(40, dtype=int)] * 2
-    a = [np.ones(40, dtype=bool), np.ones(40, dtype=bool)]
-    r = [np.ones(40, dtype=bool), np.zeros(40, dtype=bool)]
-    d = stats.paired_bootstrap(a, r, labels, resamples=4000, seed=1)
-    assert d.difference == 0.5 and d.per_seed == (0.0, 1.0)
-    assert (d.low, d.high) == (0.0, 1.0)
-    assert d.p_value == pytest.approx(2 * 0.25, abs=0.03)
-    # n = ((z_0.975 + z_0.8) · sd / |d|)^2 with sd = sqrt(0.5), d = 0.5: (2.80158 · 1.41421)^2 = 15.7
-    assert d.seeds_needed == 16
+def test_seeds_that_all_agree_carry_no_verdict():
+    # both seeds: A right on the first 40 of 100 samples, R on the first 30: the same +0.1 twice
+    a = [np.arange(100) < 40] * 2
+    r = [np.arange(100) < 30] * 2
+    for shared in (True, False):
+        d = stats.paired_difference(a, r, [np.zeros(100, dtype=int)] * 2, shared=shared)
+        assert d.difference == pytest.approx(0.1) and d.basis == stats.NO_SPREAD
+        assert math.isnan(d.p_value) and not d.significant and d.low < 0.1 < d.high
+    verdict = stats.mark_rows({"gaal": d})["gaal"]
+    assert verdict.verdict == "no verdict" and "same difference" in verdict.note
 
 
 def test_balanced_accuracy_weighs_classes_equally():
-    # 90 samples of class 0 that both get right, 10 of class 1 that only A gets right: accuracy
-    # differs by 0.1 but balanced accuracy by 0.5, in every replicate that draws class 1 at all
+    # 90 samples of class 0 that both get right, 10 of class 1 that only A gets right
     labels = np.array([0] * 90 + [1] * 10)
     a, r = np.ones(100, dtype=bool), labels == 0
-    acc = stats.paired_bootstrap([a], [r], [labels], "accuracy", resamples=2000)
-    bal = stats.paired_bootstrap([a], [r], [labels], "balanced_accuracy", resamples=2000)
-    assert acc.difference == pytest.approx(0.1) and acc.low < 0.1 < acc.high
-    assert (bal.difference, bal.low, bal.high) == (0.5, 0.5, 0.5)
+    acc = stats.paired_difference([a, a], [r, r], [labels, labels], "accuracy", shared=True)
+    bal = stats.paired_difference([a, a], [r, r], [labels, labels], "balanced_accuracy", shared=True)
+    assert acc.difference == pytest.approx(0.1) and bal.difference == pytest.approx(0.5)
+    a2, r2, y2 = _experiment(3, 300, shared=False, seed=4)
+    d = stats.paired_difference(a2, r2, y2, "balanced_accuracy", shared=False)
+    expected = [stats.balanced_accuracy(x, y) - stats.balanced_accuracy(z, y) for x, z, y in zip(a2, r2, y2)]
+    assert d.per_seed == pytest.approx(tuple(expected)) and d.strata == 3
 
 
-def test_bootstrap_is_deterministic_for_a_seed():
-    rng = np.random.default_rng(7)
-    a = [rng.random(200) < 0.8 for _ in range(3)]
-    r = [rng.random(200) < 0.75 for _ in range(3)]
-    y = [rng.integers(4, size=200) for _ in range(3)]
-    first = stats.paired_bootstrap(a, r, y, "balanced_accuracy", resamples=300, seed=5)
-    assert stats.paired_bootstrap(a, r, y, "balanced_accuracy", resamples=300, seed=5) == first
-    assert stats.paired_bootstrap(a, r, y, "balanced_accuracy", resamples=300, seed=6).low != first.low
-
-
-def test_bootstrap_refuses_unpaired_inputs():
+def test_paired_difference_refuses_unpaired_inputs():
     with pytest.raises(GaalError, match="same number"):
-        stats.paired_bootstrap(_seeds(2, 10, True), _seeds(3, 10, True), [np.zeros(10)] * 2)
+        stats.paired_difference(_seeds(2, 10, True), _seeds(3, 10, True), [np.zeros(10)] * 2, shared=False)
     with pytest.raises(GaalError, match="seed 1"):
-        stats.paired_bootstrap(_seeds(2, 10, True), [np.ones(10, bool), np.ones(9, bool)], [np.zeros(10)] * 2)
+        stats.paired_difference(
+            _seeds(2, 10, True), [np.ones(10, bool), np.ones(9, bool)], [np.zeros(10)] * 2, shared=False
+        )
     with pytest.raises(GaalError, match="unknown metric 'f1'"):
-        stats.paired_bootstrap(_seeds(1, 10, True), _seeds(1, 10, True), [np.zeros(10)], "f1")
+        stats.paired_difference(_seeds(1, 10, True), _seeds(1, 10, True), [np.zeros(10)], "f1", shared=False)
+    with pytest.raises(GaalError, match="same labels"):
+        stats.paired_difference(_seeds(2, 3, True), _seeds(2, 3, True), [np.zeros(3), np.ones(3)], shared=True)
 
 
-def test_seeds_needed_is_undefined_without_spread_or_difference():
-    assert stats.seeds_needed([0.02]) is None
-    assert stats.seeds_needed([0.01, -0.01]) is None
-    assert stats.seeds_needed([0.02, 0.02]) == 2
+def test_the_work_is_linear_in_seeds_and_samples():
+    # 3,000 seeds (issue 29: the bootstrap took 286 s and 0.9 GB there); a few vectorised passes
+    # over the seeds x samples table, whatever the number of seeds
+    rng = np.random.default_rng(2)
+    a = list(rng.random((3000, 500)) < 0.8)
+    d = stats.paired_difference(a, a[::-1], [np.zeros(500, dtype=int)] * 3000, shared=True)
+    assert d.n_seeds == 3000 and abs(d.difference) < 1e-12
 
 
 def test_paired_t_from_per_seed_values():
     d = stats.paired_t([0.80, 0.82, 0.79], [0.78, 0.80, 0.79], "accuracy")
     # differences 0.02, 0.02, 0: t = 2 on 2 degrees of freedom, whose two-sided p is 1 - 2 / sqrt(6)
-    assert d.difference == pytest.approx(0.02 * 2 / 3) and d.resamples == 0
+    assert d.difference == pytest.approx(0.02 * 2 / 3) and d.design == stats.VALUES
     assert d.p_value == pytest.approx(1 - 2 / math.sqrt(6))
     cell = stats.mean_interval([0.02, 0.02, 0.0])
     assert (d.low, d.high) == pytest.approx((cell.low, cell.high))
-    # ((z_0.975 + z_0.8) · sd / d)^2 = (2.80158 · 0.011547 / 0.013333)^2 = 5.89
-    assert d.seeds_needed == 6
     assert math.isnan(stats.paired_t([0.8], [0.7], "accuracy").p_value)
-    assert stats.paired_t([0.75, 0.5], [0.5, 0.25], "accuracy").p_value == 0.0
-    assert stats.paired_t([0.8, 0.9], [0.8, 0.9], "accuracy").p_value == 1.0
+    # every seed the same difference (discrete accuracies do this): no spread, so no p-value, never 0
+    zero_spread = stats.paired_t([0.75, 0.5], [0.5, 0.25], "accuracy")
+    assert math.isnan(zero_spread.p_value) and zero_spread.basis == stats.NO_SPREAD
+    assert stats.mark_rows({"gaal": zero_spread})["gaal"].verdict == "no verdict"
+    # 0.80 - 0.78 and 0.82 - 0.80 differ in the 17th digit: still the same difference
+    assert math.isnan(stats.paired_t([0.80, 0.82], [0.78, 0.80], "accuracy").p_value)
+    assert stats.paired_t([0.8, 0.9], [0.8, 0.9], "accuracy").basis == stats.NOTHING
+    # on a test set every seed shares, per-seed values cannot see it: no verdict
+    blind = stats.paired_t([0.80, 0.85, 0.90], [0.70, 0.72, 0.71], "accuracy", shared=True)
+    assert blind.basis == stats.BLIND and math.isnan(blind.p_value) and not blind.significant
 
 
-def _difference(value, p, seeds=3, needed=None):
+# ---------------------------------------------------------------- the seeds a difference needs
+
+
+def _per_seed(effect_over_sd, seeds=3, test_variance=0.0, n=0):
+    sd = 0.01
     return stats.PairedDifference(
-        "accuracy", value, value - 0.01, value + 0.01, p, (value,) * seeds, 1000, 0.95, needed
-    )
+        "accuracy", effect_over_sd * sd, -1.0, 1.0, 0.5, (effect_over_sd * sd,) * seeds, stats.PER_SEED,
+        stats.SEEDS, sd**2, test_variance, seeds - 1.0, n, 1, 0.95,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("effect", "seeds"), [(1.0, 10), (1.5, 6), (2.0, 5)])
+def test_seeds_needed_is_the_exact_paired_t_sample_size(effect, seeds):
+    # the smallest n whose two-sided paired t test at 0.05 has power 0.8 against effect / sd, from
+    # the noncentral t (the normal approximation the issue found said 8, 4 and 2)
+    def power(n):
+        critical = sp.t.ppf(0.975, n - 1)
+        return sp.nct.sf(critical, n - 1, effect * math.sqrt(n)) + sp.nct.cdf(-critical, n - 1, effect * math.sqrt(n))
+
+    assert power(seeds) >= 0.8 > power(seeds - 1)
+    plan = stats.seeds_needed(_per_seed(effect))
+    assert plan.seeds == seeds and plan.test_samples is None and plan.text() == f"~{seeds} seeds"
+    # at a Holm-adjusted level (the first of 3 rows: 0.05 / 3) more seeds are needed
+    assert stats.seeds_needed(_per_seed(effect), alpha=0.05 / 3).seeds > seeds
+
+
+def test_a_test_set_too_small_for_any_number_of_seeds_says_what_test_size_would_do():
+    # HAM10000-sized: 2,002 test samples shared by every seed leave a standard error of 0.0037 that
+    # no number of seeds removes; a difference of 0.0015 (GAAL - CF, Multi) cannot be separated
+    d = _per_seed(0.15, test_variance=0.0037**2, n=2002)
+    plan = stats.seeds_needed(d)
+    z = sp.norm.ppf(0.975) + sp.norm.ppf(0.8)
+    assert plan.seeds is None and plan.test_samples == math.ceil(z**2 * 0.0037**2 * 2002 / 0.0015**2) + 1
+    assert plan.text(2002).startswith("no number of seeds on this test set of 2,002 samples; ~")
+    assert plan.short().startswith("test set too small: ~")
+    # with a test set that size (its variance n / n' as large) seeds could: the plan gives their number
+    larger = _per_seed(0.15, test_variance=0.0037**2 * 2002 / (2 * plan.test_samples), n=2 * plan.test_samples)
+    assert stats.seeds_needed(larger).seeds is not None
+
+
+def _difference(value, p, seeds=3, basis=stats.SEEDS):
+    return stats.PairedDifference(
+        "accuracy", value, value - 0.01, value + 0.01, p, (value, value + 0.01, value - 0.01)[:seeds],
+        stats.PER_SEED, basis, 1e-4, 0.0, seeds - 1.0, 200, 1, 0.95,
+    )  # fmt: skip
 
 
 def test_mark_rows_applies_holm_then_the_rule():
     rows = {
         "gaal": _difference(0.02, 0.001),
-        "mla": _difference(0.01, 0.04, needed=12),
+        "mla": _difference(0.01, 0.04),
         "daft": _difference(-0.03, 0.002),
-        "one_seed": _difference(0.01, 0.5, seeds=1),
+        "one_seed": _difference(0.01, math.nan, seeds=1, basis=stats.ONE_SEED),
     }
     marked = stats.mark_rows(rows)
-    # Holm over 4: 0.001 x4 = 0.004, 0.002 x3 = 0.006, 0.04 x2 = 0.08, 0.5 x1 -> 0.5
-    assert {name: round(v.adjusted_p, 6) for name, v in marked.items()} == {
-        "gaal": 0.004, "mla": 0.08, "daft": 0.006, "one_seed": 0.5,
+    # Holm over the 3 rows with a verdict: 0.001 x3 = 0.003, 0.002 x2 = 0.004, 0.04 x1 -> 0.04
+    assert {name: round(v.adjusted_p, 6) for name, v in marked.items() if v.verdict != "no verdict"} == {
+        "gaal": 0.003, "mla": 0.04, "daft": 0.004,
     }  # fmt: skip
-    assert [marked[n].verdict for n in rows] == ["better", "tie", "worse", "tie"]
-    assert "12 seeds" in marked["mla"].note and "one seed" in marked["one_seed"].note
+    assert [marked[n].verdict for n in rows] == ["better", "better", "worse", "no verdict"]
+    assert "one seed" in marked["one_seed"].note
+    tie = stats.mark_rows({"gaal": _difference(0.02, 0.001), "mla": _difference(0.01, 0.3)})["mla"]
+    # the tie's plan is made at the level Holm compared its p with (the second of 2: 0.05 / 1)
+    assert tie.verdict == "tie" and tie.plan.alpha == 0.05 and tie.note == tie.plan.text(200)
     assert "Holm" in stats.RULE.format(alpha=0.05)
+
+
+def test_holm_levels_are_the_step_down_thresholds():
+    np.testing.assert_allclose(stats.holm_levels([0.01, 0.04, 0.03, math.nan], 0.05)[:3], [0.05 / 3, 0.05, 0.05 / 2])
 
 
 # ---------------------------------------------------------------- Holm
@@ -212,52 +310,76 @@ DEMSAR_AUC = np.array([
 
 
 def test_friedman_reproduces_demsar_2006():
-    result = stats.friedman(DEMSAR_AUC)
+    result = rank_tests.friedman(DEMSAR_AUC)
     # section 3.2.2: average ranks 3.143, 2.000, 2.893, 1.964; chi2_F = 9.28; F_F = 3.69
     np.testing.assert_allclose(result.average_ranks, [3.143, 2.000, 2.893, 1.964], atol=5e-4)
     # the paper's chi2_F has no correction for ties; scipy's divides it by 1 - sum(t^3 - t) / (N k (k^2 - 1)),
     # here with a tie of 4 (mushroom) and three ties of 2 (iris, lung cancer, primary tumor)
     ties = 1 - (4**3 - 4 + 3 * (2**3 - 2)) / (14 * 4 * (4**2 - 1))
     assert result.chi2 * ties == pytest.approx(9.28, abs=0.005)
-    assert result.p_value == pytest.approx(sp.chi2.sf(result.chi2, 3))
-    f, f_p = stats.iman_davenport(9.28, 14, 4)
+    assert result.chi2_p == pytest.approx(sp.chi2.sf(result.chi2, 3))
+    # N = 14 > 10: the verdict uses Iman-Davenport's F, as Demšar recommends; no permutation test
+    assert result.p_value == result.f_p and math.isnan(result.permutation_p)
+    f, f_p = rank_tests.iman_davenport(9.28, 14, 4)
     assert f == pytest.approx(3.69, abs=0.005)
     assert f_p == pytest.approx(sp.f.sf(f, 3, 39))
-    assert result.f == pytest.approx(stats.iman_davenport(result.chi2, 14, 4)[0])
+    assert result.f == pytest.approx(rank_tests.iman_davenport(result.chi2, 14, 4)[0])
 
 
 def test_nemenyi_critical_difference_of_demsar_2006():
     # q_0.05 = 2.569 for k = 4 (Demšar's table 5a), CD = 2.569 sqrt(4 · 5 / (6 · 14)) = 1.25
-    assert stats.nemenyi_cd(4, 14) / math.sqrt(4 * 5 / (6 * 14)) == pytest.approx(2.569, abs=5e-4)
-    assert stats.nemenyi_cd(4, 14) == pytest.approx(1.25, abs=0.005)
+    assert rank_tests.nemenyi_cd(4, 14) / math.sqrt(4 * 5 / (6 * 14)) == pytest.approx(2.569, abs=5e-4)
+    assert rank_tests.nemenyi_cd(4, 14) == pytest.approx(1.25, abs=0.005)
     # q_0.10 = 2.291: CD = 1.12
-    assert stats.nemenyi_cd(4, 14, alpha=0.10) == pytest.approx(1.12, abs=0.005)
+    assert rank_tests.nemenyi_cd(4, 14, alpha=0.10) == pytest.approx(1.12, abs=0.005)
 
 
 def test_cliques_of_demsar_2006():
-    ranks = stats.friedman(DEMSAR_AUC).average_ranks
+    ranks = rank_tests.friedman(DEMSAR_AUC).average_ranks
     # at 0.05 the largest gap (C4.5 against C4.5+m+cf, 1.18) is under CD = 1.25: one group
-    assert stats.cliques(ranks, stats.nemenyi_cd(4, 14)) == [(3, 1, 2, 0)]
+    assert rank_tests.cliques(ranks, rank_tests.nemenyi_cd(4, 14)) == [(3, 1, 2, 0)]
     # at 0.10 (CD = 1.12) C4.5 falls out of the best two's group
-    assert stats.cliques(ranks, stats.nemenyi_cd(4, 14, alpha=0.10)) == [(3, 1, 2), (2, 0)]
-    assert stats.cliques([1.0, 2.0, 3.0], 0.5) == []
+    assert rank_tests.cliques(ranks, rank_tests.nemenyi_cd(4, 14, alpha=0.10)) == [(3, 1, 2), (2, 0)]
+    assert rank_tests.cliques([1.0, 2.0, 3.0], 0.5) == []
+
+
+def test_friedman_with_few_conditions_counts_every_arrangement():
+    # 2 conditions x 3 methods: with the first row fixed, the 3! = 6 orders of the second; the
+    # statistic sum_j (rank sum_j)^2 is largest (= 2^2 + 4^2 + 6^2) only when both rows agree
+    scores = np.array([[0.9, 0.8, 0.7], [0.95, 0.85, 0.6]])
+    result = rank_tests.friedman(scores)
+    assert result.exact and result.arrangements == 6 and result.permutation_p == pytest.approx(1 / 6)
+    assert result.p_value == result.permutation_p and result.p_name == "exact permutation"
+    by_hand = [sum(x**2 for x in np.add([1, 2, 3], order)) for order in itertools.permutations([1, 2, 3])]
+    assert result.permutation_p == pytest.approx(np.mean(np.array(by_hand) >= 56))
+    # 3 conditions x 14 methods: (14!)^2 arrangements, so random ones; a fixed generator, the same p
+    rng = np.random.default_rng(0)
+    many = rng.random((3, 14))
+    drawn = rank_tests.friedman(many)
+    assert not drawn.exact and drawn.arrangements == rank_tests.PERMUTATIONS
+    assert drawn.permutation_p == rank_tests.friedman(many).permutation_p and 0.05 < drawn.permutation_p < 1
+    agreeing = rank_tests.friedman(np.tile(np.arange(14.0), (3, 1)))
+    assert agreeing.permutation_p == pytest.approx(1 / (1 + rank_tests.PERMUTATIONS))
 
 
 def test_friedman_edge_cases():
-    assert stats.friedman(np.ones((3, 4))).p_value == 1.0
+    assert rank_tests.friedman(np.ones((3, 4))).p_value == 1.0
     with pytest.raises(GaalError, match="at least 3 methods"):
-        stats.friedman(DEMSAR_AUC[:, :2])
+        rank_tests.friedman(DEMSAR_AUC[:, :2])
     with pytest.raises(GaalError, match="finite"):
-        stats.friedman(np.full((3, 3), np.nan))
-    assert stats.iman_davenport(14 * 3, 14, 4) == (math.inf, 0.0)
+        rank_tests.friedman(np.full((3, 3), np.nan))
+    assert rank_tests.iman_davenport(14 * 3, 14, 4) == (math.inf, 0.0)
+    # 2 conditions: for 14 methods the critical difference (14.03) exceeds any rank difference (13)
+    assert not rank_tests.cd_reachable(rank_tests.nemenyi_cd(14, 2), 14)
+    assert rank_tests.cd_reachable(rank_tests.nemenyi_cd(4, 14), 4)
 
 
 # ---------------------------------------------------------------- the CD diagram
 
 
 def test_cd_diagram_of_demsar_2006(tmp_path):
-    ranks = stats.friedman(DEMSAR_AUC).average_ranks
-    cd = stats.nemenyi_cd(4, 14, alpha=0.10)
+    ranks = rank_tests.friedman(DEMSAR_AUC).average_ranks
+    cd = rank_tests.nemenyi_cd(4, 14, alpha=0.10)
     first = cd_diagram(DEMSAR_METHODS, ranks, cd, tmp_path / "a" / "cd", title="Demšar 2006")
     second = cd_diagram(DEMSAR_METHODS, ranks, cd, tmp_path / "b" / "cd.png", title="Demšar 2006")
     assert first.groups == (("C4.5+m+cf", "C4.5+m", "C4.5+cf"), ("C4.5+cf", "C4.5"))

@@ -3,7 +3,7 @@
 An axis of average ranks (1, the best, on the left), each method hanging from its rank with
 its name on the left side (the better half) or the right side (the worse half), the critical
 difference drawn as a bar above the axis, and below it thick bars joining the methods that are
-not significantly different (`gaal_cli.analysis.stats.cliques`). Written as PNG, PDF and SVG with the
+not significantly different (`gaal_cli.analysis.friedman.cliques`). Written as PNG, PDF and SVG with the
 same settings as the report's figures, so the same ranks give the same bytes.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from gaal_cli.analysis.stats import cliques
+from gaal_cli.analysis.friedman import cliques
 from gaal_cli.foundation.files import write_file
 
 #: the report's figure settings that matter here (gaal_cli/analysis/report.py STYLE): fonts kept as text,
@@ -47,7 +47,7 @@ def cd_diagram(
     """Draw the critical-difference diagram of methods `names` with average `ranks` (1 = best).
 
     Args:
-        cd: the critical difference (`gaal_cli.analysis.stats.nemenyi_cd`): methods whose ranks differ by
+        cd: the critical difference (`gaal_cli.analysis.friedman.nemenyi_cd`): methods whose ranks differ by
             less are joined by a bar.
         path: where to write; its suffix is replaced by .png, .pdf and .svg.
         title: a line above the diagram (e.g. "Table I, Multi accuracy: Friedman p = 0.01").

@@ -14,6 +14,7 @@ every table and figure shares.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.names import file_stem
 from gaal_cli.methods.registry import all_methods, method_names, method_spec
 from gaal_cli.runs.folder import RunFolder, finished_runs
+from gaal_cli.runs.predictions_file import read_predictions
 from gaal_cli.sweeps.runner import WHERE_KEYS
 from gaal_cli.training.contributions import MODALITIES, negative_rate, run_shapley
-from gaal_cli.training.health import folder_health
+from gaal_cli.training.health import affected_heads, folder_health, printed_heads
 
 HEADS = ("multi", "image", "tabular")
 
@@ -110,10 +112,18 @@ def load_runs(root: Path) -> pd.DataFrame:
     """
     from gaal_cli.foundation.display import console, styled
 
-    rows = []
+    records = []
     for run in finished_runs(root):
         try:
-            rows.append(run_row(run))
+            records.append((run, *read_records(run)))
+        except GaalError as err:
+            message = styled("warning:", "yellow", f" skipped a broken run folder: {err.render()}")
+            console.print(message, highlight=False, soft_wrap=True)
+    counts = known_test_counts(records)
+    rows = []
+    for run, report, tree in records:
+        try:
+            rows.append(run_row(run, report, tree, counts))
         except GaalError as err:
             message = styled("warning:", "yellow", f" skipped a broken run folder: {err.render()}")
             console.print(message, highlight=False, soft_wrap=True)
@@ -126,17 +136,32 @@ def load_runs(root: Path) -> pd.DataFrame:
     return add_unimodal_gaps(pd.DataFrame(rows))
 
 
-def run_row(run: RunFolder) -> dict[str, Any]:
-    """A finished run's settings, test accuracies and timings.
+def read_records(run: RunFolder) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A finished run's report.json and config.yaml, read.
 
     Raises:
-        GaalError: report.json or config.yaml unreadable, or missing what a table needs.
+        GaalError: either unreadable, or the config not a mapping.
     """
     report = run.read_report()
     tree = read_yaml_file(run.file(RunFolder.CONFIG))
     if not isinstance(tree, dict):
         got = type(tree).__name__
         raise GaalError(f"expected a mapping of settings, got {got}", source=str(run.file(RunFolder.CONFIG)))
+    return report, tree
+
+
+def run_row(
+    run: RunFolder, report: dict[str, Any], tree: dict[str, Any], test_counts: dict[tuple, list[int]] | None = None
+) -> dict[str, Any]:
+    """A finished run's settings, test accuracies, timings, diagnostics and health, from its
+    records (`read_records`).
+
+    Args:
+        test_counts: test class counts by `data_identity`, for runs whose report.json lacks them.
+
+    Raises:
+        GaalError: missing what a table needs.
+    """
     config = flatten(tree)
     if report.get("dataset") != "synthetic":  # the embedded set's knobs mean nothing for another dataset
         config = {k: (np.nan if k.startswith("data.synthetic.") else v) for k, v in config.items()}
@@ -161,7 +186,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
             "sec_per_epoch": _number(report["timings"]["seconds_per_epoch"]),
             "epochs": report["epochs_run"],
             **run_diagnostics(run, report),
-            **run_health(run, report, tree),
+            **run_health(run, report, tree, (test_counts or {}).get(data_identity(report, tree))),
             "folder": str(run.path),
         }
     except (KeyError, TypeError, AttributeError) as err:
@@ -249,16 +274,62 @@ def add_unimodal_gaps(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def run_health(run: RunFolder, report: dict[str, Any], tree: Any) -> dict[str, str]:
-    """runs.csv's `health` (the names of the run's findings, space-separated; empty when healthy)
-    and `health_unchecked` (the checks its records did not allow), from report.json's `health` or,
-    for a run from before run health, from its logs (gaal_cli/training/health.py)."""
+def data_identity(report: dict[str, Any], tree: Any) -> tuple:
+    """What fixes a run's test split: the dataset, the seed, the recipe that prepared it, the split
+    sizes and the embedded set's generator settings. Runs with the same identity share their test
+    labels (so one run's class counts serve another's health)."""
+    data = report.get("data") or {}
+    synthetic = (tree.get("data") or {}).get("synthetic") if isinstance(tree, dict) else None
+    return (
+        report.get("dataset"),
+        report.get("seed"),
+        json.dumps(data.get("recipe"), sort_keys=True, default=str),
+        json.dumps(data.get("counts"), sort_keys=True, default=str),
+        json.dumps(synthetic if report.get("dataset") == "synthetic" else None, sort_keys=True, default=str),
+    )
+
+
+def known_test_counts(records: list[tuple[RunFolder, dict, dict]]) -> dict[tuple, list[int]]:
+    """Test class counts by `data_identity`, from every run that recorded them (report.json's
+    data.class_counts.test, else its predictions file's labels)."""
+    out: dict[tuple, list[int]] = {}
+    for run, report, tree in records:
+        try:
+            key = data_identity(report, tree)
+            if key in out:
+                continue
+            counts = ((report.get("data") or {}).get("class_counts") or {}).get("test")
+            if counts is None and run.file(RunFolder.PREDICTIONS).is_file():
+                file = read_predictions(run.file(RunFolder.PREDICTIONS))
+                counts = np.bincount(file.labels, minlength=file.n_classes).tolist()
+        except (GaalError, AttributeError, TypeError):
+            continue
+        if isinstance(counts, list) and counts and all(isinstance(c, int) for c in counts):
+            out[key] = counts
+    return out
+
+
+def run_health(run: RunFolder, report: dict[str, Any], tree: Any, test_counts: list[int] | None) -> dict[str, str]:
+    """runs.csv's health columns, from the run's records (gaal_cli/training/health.py): `health`, the
+    names of its findings (space-separated; empty when healthy); `health_<column>`, those that
+    concern each number a table prints (a head's test metric, named as its column: `health_multi`,
+    `health_image_bal_acc`); `health_notes`, the milder notes (a stalled pretraining); and
+    `health_unchecked`, the checks its records did not allow."""
     try:
-        health = folder_health(run, report, tree if isinstance(tree, dict) else {})
+        health = folder_health(run, report, tree if isinstance(tree, dict) else {}, test_counts=test_counts)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         return {"health": "", "health_unchecked": f"all (its records do not read as expected: {type(err).__name__})"}
+    heads = printed_heads(report)
     return {
         "health": " ".join(sorted({f["name"] for f in health.findings})),
+        **{
+            f"health_{column(h, m)}": " ".join(
+                sorted({f["name"] for f in health.findings if h in affected_heads(f, heads, m)})
+            )
+            for h in HEADS
+            for m in METRICS
+        },
+        "health_notes": " ".join(sorted({f["name"] for f in health.notes})),
         "health_unchecked": " ".join(sorted(health.unchecked)),
     }
 

@@ -4,13 +4,13 @@ Two runs of the same seed on the same data share their split and test samples, s
 difference is measured sample by sample (their predictions files, gaal_cli.runs.predictions_file)
 and the seeds are paired by seed number. `gaal compare A B` compares two runs or two run groups
 (a folder of seed folders); `gaal report` compares each row of a table with a reference row
-(`paired_cell`). The statistics are gaal_cli.analysis.stats's: the two-level paired bootstrap where both
-sides kept their predictions, the paired t test on per-seed metrics where one did not.
+(`paired_cell`). The statistics are gaal_cli.analysis.stats's: the paired difference with its test set's
+variance where both sides kept their predictions (which also tell whether every seed shared one test
+set), the paired t test on per-seed metrics where one did not. Alignment is linear in the samples.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gaal_cli.analysis.stats import METRICS as STAT_METRICS
-from gaal_cli.analysis.stats import RESAMPLES, PairedDifference, paired_bootstrap, paired_t
+from gaal_cli.analysis.stats import PER_SEED, SHARED, PairedDifference, paired_difference, paired_t, seeds_needed
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.runs.folder import RunFolder, finished_runs
 from gaal_cli.runs.predictions_file import Predictions, align
@@ -26,8 +26,8 @@ from gaal_cli.runs.run_predictions import check_pairable, read_run_predictions
 
 #: the metrics a paired comparison can be made on: report.json's name -> gaal_cli.analysis.stats's
 PAIRED_METRICS = {"acc": "accuracy", "bal_acc": "balanced_accuracy"}
-#: the bootstrap's generator seed: the same runs give the same interval and p-value, to the byte
-BOOTSTRAP_SEED = 0
+#: the level of `gaal compare`'s lines (each on its own: not corrected for the several lines)
+ALPHA = 0.05
 
 
 def predictions_of(folder: str | Path) -> Predictions:
@@ -75,33 +75,48 @@ def run_group(path: str | Path) -> dict[int, RunFolder]:
     return dict(sorted(by_seed.items()))
 
 
-def bootstrap_difference(
-    pairs: Sequence[tuple[Predictions, Predictions]], head: str, metric: str, *, resamples: int = RESAMPLES
-) -> PairedDifference:
+def same_test_set(files: Sequence[Predictions]) -> bool:
+    """Whether every file holds the same sample ids with the same labels (in any order): one test
+    set shared by every seed (a prepared dataset's fixed split). Files of different samples, or
+    of the same ids with other labels (the embedded set numbers each seed's own samples from 0),
+    are a new test set per seed. Linear in the samples."""
+    first = dict(zip(files[0].ids, files[0].labels.tolist()))
+    for other in files[1:]:
+        if len(other.ids) != len(first) or any(first.get(i, -1) != y for i, y in zip(other.ids, other.labels.tolist())):
+            return False
+    return True
+
+
+def sample_difference(pairs: Sequence[tuple[Predictions, Predictions]], head: str, metric: str) -> PairedDifference:
     """`head`'s paired difference A - R on `metric` ("acc" or "bal_acc") over the seeds' pairs of
-    predictions files, test samples matched by id (`align`), the bootstrap seed fixed.
+    predictions files (stats.paired_difference): the samples of a pair matched by id (`align`), and,
+    where every seed shares one test set (`same_test_set`), every seed's samples in the first's order.
 
     Raises:
         GaalError: two files of a pair on different samples or splits, or a head one lacks.
     """
+    shared = len(pairs) > 1 and same_test_set([a for a, _ in pairs])
+    reference_ids = pairs[0][0].ids
     a_correct, r_correct, labels = [], [], []
     for a, r in pairs:
         check_pairable(a, r)
         ia, ir = align(a, r)
+        if shared:
+            position = {sample: i for i, sample in enumerate(a.ids)}
+            ia = np.fromiter((position[sample] for sample in reference_ids), dtype=np.int64, count=len(reference_ids))
+            ir = ir[ia]
         a_correct.append(a.correct(head)[ia])
         r_correct.append(r.correct(head)[ir])
         labels.append(a.labels[ia])
-    return paired_bootstrap(
-        a_correct, r_correct, labels, PAIRED_METRICS[metric], resamples=resamples, seed=BOOTSTRAP_SEED
-    )
+    return paired_difference(a_correct, r_correct, labels, PAIRED_METRICS[metric], shared=shared)
 
 
-def t_difference(a_values: Sequence[float], r_values: Sequence[float], metric: str) -> PairedDifference:
-    """The paired t fallback on per-seed metric values (runs without a predictions file)."""
-    with warnings.catch_warnings():
-        # differences equal to float precision (e.g. 0.1 + 1e-17): scipy warns, its p is still the limit's
-        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
-        return paired_t(a_values, r_values, PAIRED_METRICS[metric])
+def t_difference(
+    a_values: Sequence[float], r_values: Sequence[float], metric: str, *, shared: bool = False
+) -> PairedDifference:
+    """The paired t fallback on per-seed metric values (runs without a predictions file); `shared`:
+    the seeds share one test set, which per-seed values cannot see (stats.paired_t)."""
+    return paired_t(a_values, r_values, PAIRED_METRICS[metric], shared=shared)
 
 
 def has_predictions(folder: str | Path) -> bool:
@@ -113,7 +128,15 @@ def has_predictions(folder: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One line of `gaal compare`: A minus B on one head and metric."""
+    """One line of `gaal compare`: A minus B on one head and metric.
+
+    Attributes:
+        design: how the seeds met their test samples (stats.SHARED or stats.PER_SEED).
+        basis: what the interval rests on; p_value is None (NaN) where it carries no verdict.
+        seeds_needed, test_samples_needed: where the interval holds 0, what a difference of the
+            observed size would need (stats.seeds_needed at ALPHA); None otherwise.
+        plan: that need in words ("" where the interval excludes 0).
+    """
 
     head: str
     metric: str
@@ -123,20 +146,22 @@ class Comparison:
     low: float
     high: float
     p_value: float
+    df: float
     seeds: int
     samples: int
-    resamples: int
+    design: str
+    basis: str
     seeds_needed: int | None
+    test_samples_needed: int | None
+    plan: str
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def compare_runs(
-    a: str | Path, b: str | Path, *, metrics: Sequence[str] = ("acc",), resamples: int = RESAMPLES
-) -> list[Comparison]:
+def compare_runs(a: str | Path, b: str | Path, *, metrics: Sequence[str] = ("acc",)) -> list[Comparison]:
     """`gaal compare A B`: per head both runs have, and per metric, A - B paired by seed and test
-    sample (the bootstrap of gaal_cli.analysis.stats.paired_bootstrap, before any multiplicity correction).
+    sample (gaal_cli.analysis.stats.paired_difference, before any multiplicity correction).
 
     Raises:
         GaalError: a side with no finished run, seeds that differ, a run without a predictions
@@ -164,14 +189,18 @@ def compare_runs(
     out = []
     for head in heads:
         for metric in metrics:
-            d = bootstrap_difference(pairs, head, metric, resamples=resamples)
+            d = sample_difference(pairs, head, metric)
+            plan = seeds_needed(d, ALPHA) if d.judged and not d.significant else None
             score = _score(metric)
             a_mean = float(np.mean([score(pa.correct(head), pa.labels) for pa, _ in pairs]))
             b_mean = float(np.mean([score(pb.correct(head), pb.labels) for _, pb in pairs]))
             out.append(
                 Comparison(
-                    head, metric, a_mean, b_mean, d.difference, d.low, d.high, d.p_value,
-                    d.n_seeds, len(pairs[0][0].ids), d.resamples, d.seeds_needed,
+                    head=head, metric=metric, a=a_mean, b=b_mean, difference=d.difference, low=d.low,
+                    high=d.high, p_value=d.p_value, df=d.df, seeds=d.n_seeds, samples=d.test_samples,
+                    design=d.design, basis=d.basis, seeds_needed=plan.seeds if plan else None,
+                    test_samples_needed=plan.test_samples if plan else None,
+                    plan=plan.text(d.test_samples) if plan else "",
                 )  # fmt: skip
             )
     return out
@@ -182,7 +211,7 @@ def _score(metric: str):
 
 
 def comparison_lines(rows: Sequence[Comparison], a: str, b: str) -> list[str]:
-    """`gaal compare`'s table as Markdown lines, with what the numbers are under it."""
+    """`gaal compare`'s table as Markdown lines, with what the numbers are and rest on under it."""
     lines = [
         f"A = {a}, B = {b}",
         "",
@@ -194,18 +223,37 @@ def comparison_lines(rows: Sequence[Comparison], a: str, b: str) -> list[str]:
             f"| {r.head} | {r.metric} | {r.a:.4f} | {r.b:.4f} | {r.difference:+.4f} | "
             f"[{r.low:+.4f}, {r.high:+.4f}] | {format_p(r.p_value)} | {r.seeds} | {r.samples} |"
         )
-    resamples = rows[0].resamples if rows else RESAMPLES
-    lines += [
-        "",
-        f"Paired by seed and test sample; interval and two-sided p from a bootstrap over seeds and test samples "
-        f"({resamples} resamples, fixed seed), not corrected for the several lines.",
-    ]
-    needed = [f"{r.head} {r.metric}: ~{r.seeds_needed}" for r in rows if r.seeds_needed is not None]
+    if not rows:
+        return lines
+    lines += ["", design_sentence(rows[0].design, rows[0].seeds, rows[0].samples)]
+    lines.append(
+        "Paired by seed and test sample; the interval and two-sided p are Student's t on the per-seed differences"
+        + (", plus the shared test set's own variance" if rows[0].design == SHARED else "")
+        + " (gaal_cli/analysis/stats.py; calibration in benchmarks/calibration.py), each line on its own "
+        "(not corrected for the several lines)."
+    )
+    unjudged = sorted({r.basis for r in rows if r.p_value != r.p_value})
+    if unjudged:
+        lines.append("No p-value (no verdict) where the interval rests on " + "; ".join(unjudged) + ".")
+    needed = [f"{r.head} {r.metric}: {r.plan}" for r in rows if r.plan]
     if needed:
         lines.append(
-            "Where the interval holds 0, the seeds a difference of the observed size would need: " + "; ".join(needed)
+            f"Where the interval holds 0, what a difference of the observed size would need (80 % power at "
+            f"{ALPHA:g}): " + "; ".join(needed)
         )
     return lines
+
+
+def design_sentence(design: str, seeds: int, samples: int) -> str:
+    """How the seeds met their test samples, and how that was known."""
+    if seeds < 2:
+        return f"One seed, {samples} test samples: the interval is the test samples' noise alone."
+    if design == SHARED:
+        return (
+            f"Test set: {SHARED} (every seed's predictions files hold the same {samples} sample ids with the same "
+            "labels)."
+        )
+    return f"Test set: {PER_SEED} (the seeds' predictions files hold different samples, or other labels for an id)."
 
 
 def format_p(p: float) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gaal_cli.analysis import compare, stats
+from gaal_cli.analysis import compare
 from gaal_cli.analysis.collect import (
     DOMINANCE_KEY,
     EPSILON_KEY,
@@ -42,7 +42,7 @@ from gaal_cli.analysis.figures import (
     regime_figure,
     sweep_figure,
 )
-from gaal_cli.analysis.health_marks import health_markdown
+from gaal_cli.analysis.health_marks import BELOW, below_one_modality, health_markdown
 from gaal_cli.analysis.paired import REFERENCE, paired_markdown
 from gaal_cli.analysis.ranks import ranks_markdown
 from gaal_cli.analysis.tables import diagnostics_markdown, markdown, summarize, summarize_diagnostics
@@ -57,9 +57,7 @@ from gaal_cli.runs.predictions_file import read_predictions
 STAGING = ".staging"
 
 
-def write_report(
-    root: Path | Sequence[Path], out: Path, *, reference: str = REFERENCE, resamples: int = stats.RESAMPLES
-) -> list[Path]:
+def write_report(root: Path | Sequence[Path], out: Path, *, reference: str = REFERENCE) -> list[Path]:
     """Write runs.csv, one Markdown + CSV table per table kind with its modality diagnostics and
     paired differences, the figures (PNG, PDF, SVG) and report.md.
 
@@ -67,7 +65,6 @@ def write_report(
         root: a folder of finished runs, or several (e.g. results/synthetic and results/ham10000:
             their Table I runs form one table, and the ranks across its datasets a CD diagram).
         reference: the method every row is compared with (`paired_markdown`).
-        resamples: the paired bootstrap's resamples.
 
     Every file is built first in `out/.staging`, then all are renamed into `out` at once with
     SIGTERM and Ctrl-C held back, so a stopped report leaves the old files all in place, never
@@ -88,7 +85,7 @@ def write_report(
         remove_tree(staging)  # what a killed report left
         try:
             try:
-                built = build_report(runs, roots, own_folder(staging), reference=reference, resamples=resamples)
+                built = build_report(runs, roots, own_folder(staging), reference=reference)
             except GaalError as err:  # name the file the user asked for, not its staging copy
                 source = (err.source or "").replace(str(staging), str(out))
                 raise GaalError(err.message, source=source or None, field=err.field) from None
@@ -118,21 +115,17 @@ def refuse_duplicates(built: list[Path], out: Path) -> None:
 
 
 def build_report(
-    runs: pd.DataFrame,
-    root: Path | Sequence[Path],
-    out: Path,
-    *,
-    reference: str = REFERENCE,
-    resamples: int = stats.RESAMPLES,
+    runs: pd.DataFrame, root: Path | Sequence[Path], out: Path, *, reference: str = REFERENCE
 ) -> list[Path]:
     """Write every file of the report on `runs` into the folder `out`, in the order report.md
     reads: runs.csv and the heading, each table's section, the figures across tables, run health;
     returns the files."""
+    runs = with_modality_check(runs)
     written = [out / "runs.csv"]
     write_file(written[0], runs.sort_values(["experiment", "folder"]).to_csv(index=False), sync=False)
     sections = [heading(runs, root, reference)]
     for kind, (part, rows) in tables(runs).items():
-        texts, files = table_sections(kind, part, rows, out, reference, resamples)
+        texts, files = table_sections(kind, part, rows, out, reference)
         sections += texts
         written += files
     for figure, title in (
@@ -149,6 +142,12 @@ def build_report(
     return [*written, out / "health.md", out / "report.md"]
 
 
+def with_modality_check(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with the heads each run has below the one-modality model of its table (`below_one_modality`)."""
+    below = pd.concat([below_one_modality(part, rows) for part, rows in tables(runs).values()])
+    return runs.assign(**{f"{BELOW}_heads": runs["folder"].map(below).fillna("")})
+
+
 def heading(runs: pd.DataFrame, root: Path | Sequence[Path], reference: str) -> str:
     where = markdown_text(root) if isinstance(root, str | Path) else ", ".join(map(markdown_text, root))
     return (
@@ -158,20 +157,20 @@ def heading(runs: pd.DataFrame, root: Path | Sequence[Path], reference: str) -> 
 
 
 def table_sections(
-    kind: str, runs: pd.DataFrame, rows: list[str], out: Path, reference: str, resamples: int
+    kind: str, runs: pd.DataFrame, rows: list[str], out: Path, reference: str
 ) -> tuple[list[str], list[Path]]:
     """One table's files and its sections of report.md, in their order: the accuracy table with its
     paired differences, the other test metrics, the modality diagnostics, the ranks across its
     conditions and its figure."""
     summary = summarize(runs, rows)
     write_file(out / f"{kind}.csv", summary.to_csv(index=False), sync=False)
-    table = markdown(summary, rows) + "\n" + paired_markdown(runs, rows, "acc", reference, resamples)
+    table = markdown(summary, rows) + "\n" + paired_markdown(runs, rows, "acc", reference)
     write_file(out / f"{kind}.md", table, sync=False)
     written, others = [], []
     for metric, name in list(METRICS.items())[1:]:
         other = markdown(summary, rows, metric)
         if metric in compare.PAIRED_METRICS:
-            other += "\n" + paired_markdown(runs, rows, metric, reference, resamples)
+            other += "\n" + paired_markdown(runs, rows, metric, reference)
         write_file(out / f"{kind}_{metric}.md", other, sync=False)
         written.append(out / f"{kind}_{metric}.md")
         others.append(f"### Test {name}\n\n{other}")
@@ -187,7 +186,7 @@ def table_sections(
     ranks, cd_files = ranks_markdown(summary, rows, kind, out)
     if ranks:
         written += cd_files
-        sections.append(f"### Across conditions\n\n{ranks}\n![cd_{kind}](cd_{kind}.png)\n")
+        sections.append(f"### Across conditions\n\n{ranks}")
     figure = table_figure(summary, rows, kind, out)
     if figure:
         written += [figure.with_suffix(s) for s in FORMATS]

@@ -1,15 +1,14 @@
-"""Statistics for comparing methods: intervals over seeds, paired bootstrap differences, Holm's
-correction, the seeds a difference would need, Friedman's test, average ranks and Nemenyi's
-critical difference.
+"""Statistics for comparing two methods over seeds: intervals over seeds, the paired difference
+with its test-set variance, the seeds a difference would need, Holm's correction and the verdict
+each row of a table gets. (Ranks across conditions: gaal_cli/analysis/friedman.py.)
 
 Plain inputs (numpy arrays, sequences), plain outputs (frozen dataclasses of floats), no
 knowledge of run folders: the report and `gaal compare` gather the numbers, this module only
-computes. scipy.stats supplies every distribution (t, normal, F, chi-square, studentized
-range) and Friedman's statistic; what scipy lacks (the paired two-level bootstrap, Holm's
-step-down) is written here with its source in the docstring.
+computes. scipy.stats supplies every distribution (t, noncentral t, normal); what it lacks (the
+variance components of a seeds x test-samples table, Holm's step-down) is written here with its
+source in the docstring. Every computation is linear in seeds x test samples.
 
-Conventions: a method's score is "higher is better" (accuracy); a rank of 1 is the best; ties
-share the average of the ranks they span.
+Conventions: a method's score is "higher is better" (accuracy).
 """
 
 from __future__ import annotations
@@ -21,13 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from gaal_cli.foundation.errors import GaalError
-
-#: bootstrap resamples unless the caller says otherwise: the Monte-Carlo error of a 95 % percentile
-#: bound is then ~0.1 of the interval's own spread, and the smallest p-value is 2/(B+1) ~ 4e-4
-RESAMPLES = 5000
-#: the within-seed resamples drawn at once are capped at this many indices (memory ~ 8 bytes each)
-_CHUNK_INDICES = 2_000_000
-
 
 # ---------------------------------------------------------------- a cell: mean and interval over seeds
 
@@ -80,7 +72,25 @@ def balanced_accuracy(correct: np.ndarray, labels: np.ndarray) -> float:
 METRICS = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy}
 
 
-# ---------------------------------------------------------------- paired bootstrap of a difference
+# ---------------------------------------------------------------- the paired difference
+
+#: how the seeds met their test samples
+SHARED = "one test set shared by every seed"
+PER_SEED = "a new test set per seed"
+VALUES = "per-seed values only"
+
+#: what an interval rests on; only the first two carry a verdict
+SEEDS_AND_TEST_SET = "seeds and the shared test set"
+SEEDS = "seeds (each with its own test set)"
+SEED_VALUES = "the seeds' values alone (the test set unseen)"
+ONE_SEED = "test-sample noise only: one seed, so the training randomness is not measured"
+NO_SPREAD = "test-sample noise only: every seed gives the same difference, so their spread is not measured"
+NOTHING = "nothing to judge: no seed shows any difference"
+BLIND = "the seeds' values alone, blind to the test set every seed shares (no verdict: it would be liberal)"
+JUDGED = (SEEDS_AND_TEST_SET, SEEDS, SEED_VALUES)
+#: per-seed differences closer than this are the same difference (accuracies are multiples of 1/n;
+#: 0.80 - 0.78 and 0.82 - 0.80 differ in the 17th digit)
+SAME = 1e-9
 
 
 @dataclass(frozen=True)
@@ -88,13 +98,19 @@ class PairedDifference:
     """Method A minus reference R on one metric, over paired seeds.
 
     Attributes:
-        difference: the mean over seeds of metric(A) - metric(R) on the full test set.
-        low, high: the percentile bootstrap interval of that mean.
-        p_value: two-sided bootstrap p-value for "no difference" (before any multiplicity correction).
+        difference: the mean over seeds of metric(A) - metric(R) on the test set.
+        low, high: its two-sided Student-t interval (`confidence`) on `df` degrees of freedom.
+        p_value: two-sided, for "no difference" (before any multiplicity correction); NaN where
+            the data carry no verdict (`judged` is False).
         per_seed: the observed difference of each seed.
-        resamples: B of the bootstrap; 0 for the seeds-only paired t test (`paired_t`).
-        seeds_needed: where the interval holds 0, the seeds a difference of the observed size
-            would need (see `seeds_needed`); None where it does not, or where it cannot be said.
+        design: SHARED, PER_SEED or VALUES (how the seeds met their test samples).
+        basis: what the interval rests on (SEEDS_AND_TEST_SET, SEEDS, SEED_VALUES, ONE_SEED,
+            NO_SPREAD, NOTHING).
+        seed_variance: the variance of one seed's difference on a fixed test set (for PER_SEED,
+            on its own test set), from the seeds' spread, floored at the test samples' own noise.
+        test_variance: the shared test set's share of the mean's variance (0 unless SHARED).
+        test_samples: the test samples per seed (0 when unknown: VALUES).
+        strata: the classes balanced accuracy averages over (1 for accuracy).
     """
 
     metric: str
@@ -103,188 +119,310 @@ class PairedDifference:
     high: float
     p_value: float
     per_seed: tuple[float, ...]
-    resamples: int
+    design: str
+    basis: str
+    seed_variance: float
+    test_variance: float
+    df: float
+    test_samples: int
+    strata: int
     confidence: float
-    seeds_needed: int | None
 
     @property
     def n_seeds(self) -> int:
         return len(self.per_seed)
 
     @property
+    def judged(self) -> bool:
+        """Whether the data can carry a verdict: at least two seeds that do not all agree."""
+        return self.basis in JUDGED
+
+    @property
     def significant(self) -> bool:
-        """The interval excludes 0 (before Holm; the report applies Holm across a table's rows)."""
-        return self.low > 0 or self.high < 0
+        """The interval excludes 0 and a verdict may be drawn (before Holm, which the report applies)."""
+        return self.judged and (self.low > 0 or self.high < 0)
 
 
-def paired_bootstrap(
+def paired_difference(
     a_correct: Sequence[np.ndarray],
     r_correct: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     metric: str = "accuracy",
     *,
-    resamples: int = RESAMPLES,
+    shared: bool,
     confidence: float = 0.95,
-    seed: int = 0,
 ) -> PairedDifference:
-    """Paired difference of method A against reference R, with a two-level bootstrap.
+    """Method A minus reference R, paired by seed and by test sample, with the test set's variance.
 
-    Runs are paired by seed: seed s of A and seed s of R were trained on the same split and
-    tested on the same samples (`a_correct[s]`, `r_correct[s]`, `labels[s]` aligned sample by
-    sample, e.g. by `predictions_file.align`). Each bootstrap replicate draws the seeds with
-    replacement and, within each drawn seed, the test samples with replacement; A and R are
-    scored on the same drawn samples, so what both get right or wrong cancels (the pairing).
-    This is the resampling of hierarchical data at both levels (Davison & Hinkley 1997,
-    Bootstrap Methods and their Application, section 3.8): seeds carry the training
-    randomness, test samples the finite test set.
+    Seed s of A and of R were trained on the same split and tested on the same samples
+    (`a_correct[s]`, `r_correct[s]`, `labels[s]` aligned sample by sample). The difference of a
+    seed is a weighted mean over its test samples of d = correct(A) - correct(R) (weights 1/n for
+    accuracy, 1/(K n_c) for balanced accuracy); the estimate is its mean over the seeds.
 
-    The interval is the percentile interval of the replicates' mean differences (Efron &
-    Tibshirani 1993, An Introduction to the Bootstrap, ch. 13). The p-value is the smallest
-    level at which that two-sided interval would exclude 0 (the test that inverts it), with
-    the +1 correction that keeps a Monte-Carlo p-value valid and never 0 (Davison & Hinkley
-    1997, ch. 4; North, Curtis & Sham 2002, Am. J. Hum. Genet. 71:439):
-    p = min(1, 2 · min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1)).
-    So with B resamples no p-value is below 2/(B+1); Holm over m rows needs B >> 2m/alpha.
+    Its variance follows the design (Satterthwaite 1946, Biometrics Bull. 2:110 for the degrees
+    of freedom of a sum of mean squares):
+
+    - a new test set per seed (`shared=False`): the seeds' differences are independent, each
+      carrying its own test set's noise, so the variance is s^2 / S over the S seeds: the paired
+      t test on per-seed differences (Student; Dietterich 1998, Neural Comput. 10:1895), exact
+      for normal seeds at any S >= 2, where a bootstrap over 3 seeds understates the spread.
+    - one test set shared by every seed (`shared=True`, e.g. HAM10000, DVM): the seeds x samples
+      table is a crossed random-effects design (Owen 2007, Ann. Appl. Stat. 1:110, "The pigeonhole
+      bootstrap"; Clark 1973, J. Verbal Learn. Verbal Behav. 12:335, on treating the items as
+      fixed): var = s^2 / S + sigma^2_item / n, where the second term, the test set's own share, does
+      not shrink with seeds. sigma^2_item is the ANOVA estimate, the mean covariance across seeds of
+      the same sample's d (within class for balanced accuracy), truncated at 0; its degrees of
+      freedom come from Satterthwaite's formula. The per-seed spread s^2 is floored at the test
+      samples' residual noise, below which it cannot truly lie.
+
+    The interval is Student's t on those degrees of freedom; benchmarks/calibration.py shows its
+    false-positive rate and coverage against simulated seeds and test sets (README table).
+    One seed, or seeds that all give the same difference, carry no measure of the training
+    randomness: the interval then rests on the test samples alone, the p-value is NaN and no
+    verdict is drawn (`judged` is False).
 
     Args:
         a_correct, r_correct: per seed, a bool vector: did A (R) get each test sample right.
-        labels: per seed, the test samples' classes (used by balanced accuracy).
-        metric: "accuracy" or "balanced_accuracy".
-        resamples: B, the number of bootstrap replicates.
-        seed: the random generator's seed: the same inputs give the same result.
+        labels: per seed, the test samples' classes (balanced accuracy's strata).
+        shared: whether every seed was tested on the same samples, in the same order (the
+            caller aligns them; their labels must then agree).
 
     Raises:
-        GaalError: no seeds, or a seed whose vectors differ in length.
+        GaalError: no seeds, vectors of different lengths, an unknown metric, or shared test
+            sets whose lengths or labels differ between seeds.
     """
+    contributions, strata = _contributions(a_correct, r_correct, labels, metric, shared)
+    per_seed = np.array([e.mean() for e in contributions])
+    n = min(e.size for e in contributions)
+    centred = [_centred(e, s) for e, s in zip(contributions, strata)]
+    k = int(max(s.max() for s in strata)) + 1
+    # the variance of one seed's difference from its test samples alone (mean squared deviation / (n - K))
+    within = np.array([float(x @ x) / (x.size * max(1, x.size - k)) for x in centred])
+    base = {"metric": metric, "per_seed": tuple(float(v) for v in per_seed), "test_samples": n, "strata": k}
+    design = SHARED if shared else PER_SEED
+    if len(per_seed) == 1:
+        return _result(**base, design=design, basis=ONE_SEED, seed_var=within[0], test_var=0.0,
+                       df=n - k, confidence=confidence)  # fmt: skip
+    if shared:
+        seed_var, test_var, df = _crossed_components(per_seed, np.vstack(centred), k)
+    else:
+        seed_var, test_var, df = float(per_seed.var(ddof=1)), 0.0, len(per_seed) - 1
+    if not any(e.any() for e in contributions):
+        basis = NOTHING
+    elif np.ptp(per_seed) < SAME:
+        basis = NO_SPREAD
+        if not shared:  # what its own test samples alone say a seed's difference varies by
+            seed_var = float(within.mean())
+    else:
+        basis = SEEDS_AND_TEST_SET if shared else SEEDS
+    return _result(**base, design=design, basis=basis, seed_var=seed_var, test_var=test_var, df=df,
+                   confidence=confidence)  # fmt: skip
+
+
+def _contributions(a_correct, r_correct, labels, metric, shared) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per seed, each test sample's share of the difference scaled so that the seed's difference is
+    its mean (n · w_i · d_i), and each sample's stratum (its class for balanced accuracy, else 0)."""
     if metric not in METRICS:
         raise GaalError(f"unknown metric '{metric}'; expected one of {', '.join(METRICS)}", field="metric")
     if not len(a_correct) or not len(a_correct) == len(r_correct) == len(labels):
         counts = f"{len(a_correct)}, {len(r_correct)}, {len(labels)}"
         raise GaalError(f"expected the same number (> 0) of seeds for A, R and the labels, got {counts}", field="seeds")
-    seeds = []
+    contributions, strata = [], []
     for s, (a, r, y) in enumerate(zip(a_correct, r_correct, labels)):
         a, r, y = np.asarray(a, dtype=bool), np.asarray(r, dtype=bool), np.asarray(y)
         if not (a.ndim == r.ndim == y.ndim == 1) or not a.size == r.size == y.size > 0:
             shapes = f"{a.shape}, {r.shape}, {y.shape}"
             raise GaalError(f"seed {s}: expected three vectors of one length (> 0), got {shapes}", field="seeds")
-        seeds.append((a.astype(np.int8) - r.astype(np.int8), np.unique(y, return_inverse=True)[1]))
-    score = METRICS[metric]
-    per_seed = np.array([score(a, y) - score(r, y) for a, r, y in zip(a_correct, r_correct, labels)])
-
-    rng = np.random.default_rng(seed)
-    n_seeds = len(seeds)
-    picks = rng.integers(n_seeds, size=(resamples, n_seeds))
-    replicate = np.empty(picks.shape)
-    for s, (d, y) in enumerate(seeds):
-        where = picks == s
-        replicate[where] = _resampled_differences(rng, d, y, int(where.sum()), metric)
-    means = replicate.mean(axis=1)
-
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    below, above = int((means <= 0).sum()), int((means >= 0).sum())
-    p_value = min(1.0, 2 * min(below + 1, above + 1) / (resamples + 1))
-    difference = float(per_seed.mean())
-    holds_zero = low <= 0 <= high
-    return PairedDifference(
-        metric=metric,
-        difference=difference,
-        low=float(low),
-        high=float(high),
-        p_value=p_value,
-        per_seed=tuple(float(x) for x in per_seed),
-        resamples=resamples,
-        confidence=confidence,
-        seeds_needed=seeds_needed(per_seed, alpha=1 - confidence) if holds_zero else None,
-    )
+        if shared and s and (y.shape != np.shape(labels[0]) or (y != np.asarray(labels[0])).any()):
+            raise GaalError(
+                f"seed {s}: a shared test set must hold the same samples with the same labels in every seed",
+                field="labels",
+            )
+        d = a.astype(float) - r.astype(float)
+        if metric == "accuracy":
+            contributions.append(d)
+            strata.append(np.zeros(d.size, dtype=np.int64))
+            continue
+        _, stratum, counts = np.unique(y, return_inverse=True, return_counts=True)
+        contributions.append(d * d.size / (counts.size * counts[stratum]))
+        strata.append(stratum)
+    return contributions, strata
 
 
-def paired_t(a_values: Sequence[float], r_values: Sequence[float], metric: str, *, confidence: float = 0.95):
-    """Paired difference from per-seed metric values only: the paired t test and interval.
+def _centred(e: np.ndarray, stratum: np.ndarray) -> np.ndarray:
+    """`e` minus its mean within each stratum."""
+    sums = np.bincount(stratum, weights=e)
+    return e - (sums / np.bincount(stratum))[stratum]
 
-    For runs without a predictions file (older runs keep only their report.json): the mean of
-    the per-seed differences, its Student-t interval (`mean_interval`) and the two-sided p-value
-    of scipy.stats.ttest_rel. It sees the seeds' spread but not the test set's finiteness, and
-    with 2 or 3 seeds its interval is wide; the report should say which of the two was used.
-    Returns a `PairedDifference` with resamples=0; with one seed the interval and p are NaN.
+
+def _crossed_components(per_seed: np.ndarray, x: np.ndarray, k: int) -> tuple[float, float, float]:
+    """(seed variance, test-set variance of the mean, degrees of freedom) of a seeds x samples
+    table `x` (centred per seed and stratum), by the two-way ANOVA without replication.
+
+    With P = sum x^2 and C = sum over samples of the cross products of different seeds, the mean
+    squares for samples and residual are MS_i = (P + C) / (S (n-K)) and MS_r = ((S-1) P - C) /
+    (S (S-1) (n-K)); (MS_i - MS_r) / S = C / (S (S-1) (n-K)) estimates the samples' variance
+    component, MS_r the residual one, and a seed's difference varies by at least MS_r / n
+    (negative components truncated at 0: Searle, Casella & McCulloch 1992, Variance
+    Components, section 4.7). The degrees of freedom are Satterthwaite's for that sum of mean
+    squares, with the seed variance taken at its median upper bound s^2 (S-1) / chi2_{0.5, S-1}:
+    plugged in as estimated from 2 or 3 seeds, an underestimate inflates them (benchmarks/
+    calibration.py measured 6.9 % false positives at 3 seeds where seeds dominate; 6.1 % so).
     """
     from scipy import stats
 
+    s, n = x.shape
+    dof = max(1, n - k)
+    p = float(np.einsum("ij,ij->", x, x))
+    column = x.sum(axis=0)
+    c = float(column @ column) - p
+    ms_items, ms_residual = (p + c) / (s * dof), ((s - 1) * p - c) / (s * (s - 1) * dof)
+    seed_var = max(float(per_seed.var(ddof=1)), ms_residual / n)
+    test_var = max(0.0, c / (s * (s - 1) * dof) / n)
+    if test_var == 0:
+        return seed_var, 0.0, float(s - 1)
+    seed_term = max(seed_var * (s - 1) / float(stats.chi2.ppf(0.5, s - 1)), ms_residual / n) / s
+    test_terms = (ms_items / (n * s)) ** 2 / dof + (ms_residual / (n * s)) ** 2 / ((s - 1) * dof)
+    return seed_var, test_var, float((seed_term + test_var) ** 2 / (seed_term**2 / (s - 1) + test_terms))
+
+
+def _result(
+    *, metric, per_seed, design, basis, seed_var, test_var, df, test_samples, strata, confidence
+) -> PairedDifference:
+    """The interval and p-value of Student's t on `df` degrees of freedom for the mean of `per_seed`."""
+    from scipy import stats
+
+    difference = float(np.mean(per_seed))
+    se = math.sqrt(seed_var / len(per_seed) + test_var)
+    p_value = math.nan
+    if not math.isfinite(se):  # one seed's value: no spread at all
+        low = high = math.nan
+    elif se == 0:  # every sample of every seed the same difference
+        low = high = difference
+    else:
+        half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+        low, high = difference - half, difference + half
+        if basis in JUDGED:
+            p_value = float(2 * stats.t.sf(abs(difference) / se, df))
+    return PairedDifference(
+        metric, difference, float(low), float(high), p_value, per_seed, design, basis,
+        float(seed_var), float(test_var), float(df), int(test_samples), int(strata), confidence,
+    )  # fmt: skip
+
+
+def paired_t(
+    a_values: Sequence[float], r_values: Sequence[float], metric: str, *, shared: bool = False,
+    confidence: float = 0.95,
+) -> PairedDifference:  # fmt: skip
+    """Paired difference from per-seed metric values only: the paired t test and interval.
+
+    For runs without a predictions file (older runs keep only their report.json): the mean of the
+    per-seed differences, its Student-t interval (`mean_interval`) and the two-sided p-value (as
+    scipy.stats.ttest_rel). It sees the seeds' spread but not the test samples: exact where each
+    seed has its own test set, liberal where every seed shares one (it leaves out that test
+    set's variance: benchmarks/calibration.py measured 10 % false positives at 5 seeds, 18 % at
+    10), so with `shared` it draws no verdict (basis BLIND). One seed, or seeds whose
+    differences all agree (common with discrete accuracies), carry no verdict either: NaN p-value.
+    """
     a, r = np.asarray(a_values, dtype=float), np.asarray(r_values, dtype=float)
     if a.ndim != 1 or a.shape != r.shape or a.size == 0:
         raise GaalError(
             f"expected per-seed values of A and R paired by seed, got {a.shape} and {r.shape}", field="seeds"
         )
     d = a - r
-    cell = mean_interval(d, confidence)
-    if d.size < 2:
-        p_value = math.nan
-    elif np.ptp(d) == 0:  # no spread, where ttest_rel gives NaN: the limit of its p as the spread vanishes
-        p_value = 1.0 if d[0] == 0 else 0.0
-    else:
-        p_value = float(stats.ttest_rel(a, r).pvalue)
-    holds_zero = not (cell.low > 0 or cell.high < 0)
-    return PairedDifference(
-        metric=metric,
-        difference=cell.mean,
-        low=cell.low,
-        high=cell.high,
-        p_value=p_value,
-        per_seed=tuple(float(x) for x in d),
-        resamples=0,
-        confidence=confidence,
-        seeds_needed=seeds_needed(d, alpha=1 - confidence) if holds_zero else None,
-    )
+    base = {"metric": metric, "per_seed": tuple(float(x) for x in d), "design": VALUES, "test_var": 0.0,
+            "test_samples": 0, "strata": 1, "confidence": confidence}  # fmt: skip
+    if d.size == 1:
+        return _result(**base, basis=ONE_SEED, seed_var=math.nan, df=math.nan)
+    if np.ptp(d) < SAME:
+        return _result(**base, basis=NOTHING if abs(d[0]) < SAME else NO_SPREAD, seed_var=0.0, df=d.size - 1)
+    return _result(**base, basis=BLIND if shared else SEED_VALUES, seed_var=float(d.var(ddof=1)), df=d.size - 1)
 
 
-def _resampled_differences(
-    rng: np.random.Generator, d: np.ndarray, y: np.ndarray, count: int, metric: str
-) -> np.ndarray:
-    """`count` replicates of metric(A) - metric(R) on one seed's test samples drawn with replacement.
+# ---------------------------------------------------------------- how many seeds a difference needs
 
-    `d` is correct(A) - correct(R) per sample (-1, 0, 1) and `y` the class index per sample: a
-    difference of accuracies is the mean of d, a difference of balanced accuracies the mean over
-    the classes drawn of each class's mean of d.
+#: the power a plan aims at, and the most seeds it searches
+POWER = 0.8
+MAX_SEEDS = 1000
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """What a difference of the observed size would need to be told from 0.
+
+    Attributes:
+        seeds: the seeds needed on this test set; None where no number would do (`test_samples`
+            then says what would) or where it cannot be said (`why`).
+        test_samples: where the shared test set itself is too small: the test size at which
+            enough seeds could.
+        alpha: the level the plan is for (the verdict's own, Holm's step for the row).
+        why: why nothing can be said (one seed, a difference of 0, no spread), else "".
     """
-    n = d.size
-    out = np.empty(count)
-    rows = max(1, _CHUNK_INDICES // n)
-    n_classes = int(y.max()) + 1
-    for start in range(0, count, rows):
-        m = min(rows, count - start)
-        idx = rng.integers(n, size=(m, n))
-        if metric == "accuracy":
-            out[start : start + m] = d[idx].mean(axis=1)
-            continue
-        key = (np.arange(m)[:, None] * n_classes + y[idx]).ravel()
-        counts = np.bincount(key, minlength=m * n_classes).reshape(m, n_classes)
-        sums = np.bincount(key, weights=d[idx].ravel(), minlength=m * n_classes).reshape(m, n_classes)
-        present = counts > 0
-        recall = np.divide(sums, counts, out=np.zeros_like(sums), where=present)
-        out[start : start + m] = recall.sum(axis=1) / present.sum(axis=1)
-    return out
+
+    seeds: int | None
+    test_samples: int | None
+    alpha: float
+    why: str = ""
+
+    def short(self) -> str:
+        """For a table cell: `~14 seeds`, `>1000 seeds`, `test set too small: ~9,000 samples`, or ""."""
+        if self.why:
+            return ""
+        if self.seeds is not None:
+            return f">{MAX_SEEDS} seeds" if self.seeds > MAX_SEEDS else f"~{self.seeds} seeds"
+        return f"test set too small: ~{self.test_samples:,} samples"
+
+    def text(self, n_test: int = 0) -> str:
+        if self.why:
+            return self.why
+        if self.seeds is not None:
+            more = f"more than {MAX_SEEDS}" if self.seeds > MAX_SEEDS else f"~{self.seeds}"
+            return f"{more} seeds"
+        here = f" of {n_test:,} samples" if n_test else ""
+        return f"no number of seeds on this test set{here}; ~{self.test_samples:,} test samples could"
 
 
-def seeds_needed(per_seed_differences: Sequence[float], alpha: float = 0.05, power: float = 0.8) -> int | None:
-    """Seeds a paired difference of the observed size would need to be told from 0.
+def seeds_needed(d: PairedDifference, alpha: float = 0.05, power: float = POWER) -> SeedPlan:
+    """The seeds a true difference of the observed size would need for the paired test of
+    `paired_difference` to find it with probability `power` at level `alpha`.
 
-    n = ceil(((z_{1-alpha/2} + z_{power}) · sd / |d|)^2), with d the mean and sd the standard
-    deviation (ddof=1) of the per-seed paired differences: the normal-approximation sample
-    size of a two-sided paired test (Chow, Shao & Wang 2008, Sample Size Calculations in
-    Clinical Research, 2nd ed., section 3.1). It is a planning figure, not a promise: sd from
-    a few seeds is itself uncertain, and the observed d may be smaller or larger than the true.
+    The exact power of the paired t test: with S seeds the statistic follows a noncentral t with
+    noncentrality |d| / sqrt(var_seed / S + var_test) on the design's degrees of freedom (S - 1,
+    or Satterthwaite's with a shared test set), and the power is P(|T| > t_{1-alpha/2})
+    (scipy.stats.nct; e.g. Chow, Shao & Wang 2008, Sample Size Calculations in Clinical
+    Research, 2nd ed., section 3.1). The smallest S >= 2 with that power is returned.
 
-    Returns:
-        At least 2; None when fewer than two seeds give no sd, or when d is 0 (no number of
-        seeds separates a difference of 0).
+    A shared test set puts a floor under the variance (var_test does not shrink with seeds):
+    where even infinitely many seeds would not reach the power, `seeds` is None and
+    `test_samples` is the test size n' at which they could, (z_{1-alpha/2} + z_power)^2 ·
+    var_test · n / d^2. It is a planning figure, not a promise: the variances come from the few
+    seeds at hand, and the true difference may be smaller or larger than the observed.
     """
     from scipy import stats
 
-    x = np.asarray(per_seed_differences, dtype=float)
-    if x.size < 2 or x.mean() == 0:
-        return None
+    if d.n_seeds < 2:
+        return SeedPlan(None, None, alpha, "1 seed: its spread over seeds is unknown")
+    if d.difference == 0 or d.basis == NOTHING:
+        return SeedPlan(None, None, alpha, "no difference to separate")
+    if d.basis == NO_SPREAD:
+        return SeedPlan(None, None, alpha, "no spread over seeds to plan from")
+    effect = abs(d.difference)
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return max(2, math.ceil((z * x.std(ddof=1) / abs(x.mean())) ** 2))
+    if d.test_variance and effect**2 <= z**2 * d.test_variance:
+        floor = math.ceil(z**2 * d.test_variance * d.test_samples / effect**2)
+        return SeedPlan(None, floor + 1, alpha)
+    seeds = np.arange(2, MAX_SEEDS + 1)
+    seed_term = d.seed_variance / seeds
+    var = seed_term + d.test_variance
+    if d.test_variance:
+        test_dof = max(1, d.test_samples - d.strata)
+        df = var**2 / (seed_term**2 / (seeds - 1) + d.test_variance**2 / test_dof)
+    else:
+        df = seeds - 1.0
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    noncentrality = effect / np.sqrt(var)
+    reached = stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality) >= power
+    return SeedPlan(int(seeds[np.argmax(reached)]) if reached.any() else MAX_SEEDS + 1, None, alpha)
 
 
 # ---------------------------------------------------------------- multiple rows: Holm
@@ -296,7 +434,7 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     With the m p-values sorted, p_(1) <= ... <= p_(m), the adjusted value of the i-th is
     max_{j <= i} min(1, (m - j + 1) · p_(j)): monotone in the sorted order, and rejecting where
     it is <= alpha controls the family-wise error at alpha. NaN entries (rows with no test,
-    e.g. the reference row itself) stay NaN and do not count in m.
+    e.g. one seed) stay NaN and do not count in m.
     """
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full(p.shape, np.nan)
@@ -312,13 +450,27 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
+def holm_levels(p_values: Sequence[float], alpha: float) -> np.ndarray:
+    """The level Holm's procedure compares each raw p-value with: alpha / (m - j + 1) for the
+    j-th smallest of the m tested (NaN for the untested)."""
+    p = np.asarray(p_values, dtype=float)
+    levels = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    levels[order] = alpha / (order.size - np.arange(order.size))
+    return levels
+
+
 #: the rule the report prints under a table that `mark_rows` marked
 RULE = (
-    "Each row is compared with the reference row on the same seeds and test samples: the difference is the mean "
-    "over seeds, its 95 % interval a bootstrap over seeds and test samples, and its p-value is corrected with "
-    "Holm's method across the rows of the table. A row is marked better (or worse) only where the corrected "
-    "p-value is at most {alpha:g}; otherwise it ties with the reference, and the table gives the seeds a "
-    "difference of the observed size would need."
+    "Each row is compared with the reference row on the same seeds (and, where both kept their predictions, the "
+    "same test samples): the difference is the mean over seeds; its 95 % interval and p-value are Student's t on "
+    "the per-seed differences, plus, where every seed shares one test set, that test set's own variance "
+    "(benchmarks/calibration.py, README). The p-value is corrected with Holm's method across the rows of the "
+    "table. A row is marked better (▲) or worse (▼) only where the corrected p-value is at most {alpha:g} and "
+    "at least two seeds differ; with one seed, or seeds that all give the same difference, the interval is the "
+    "test samples' noise alone and the row gets no mark (·). Otherwise it ties with the reference (=), and the "
+    "cell gives the seeds a difference of the observed size would need at the row's Holm level (80 % power)."
 )
 
 
@@ -327,133 +479,32 @@ class RowVerdict:
     """One row of a table against the reference: its difference, Holm-corrected p and the word for it.
 
     Attributes:
-        verdict: "better", "worse" or "tie".
-        note: for a tie, why it may not be one (the seeds needed, or a single seed); else "".
+        verdict: "better", "worse", "tie" or "no verdict".
+        plan: for a tie, the seeds (or test samples) a difference of this size would need.
+        note: for a tie or no verdict, what it rests on or needs; else "".
     """
 
     difference: PairedDifference
     adjusted_p: float
     verdict: str
+    plan: SeedPlan | None
     note: str
 
 
 def mark_rows(differences: dict[str, PairedDifference], alpha: float = 0.05) -> dict[str, RowVerdict]:
-    """Holm's correction across a table's rows (`holm`) and the verdict of each row under `RULE`."""
+    """Holm's correction across a table's rows (`holm`) and the verdict of each row under `RULE`;
+    a tie's plan is made at the level Holm compared that row's p-value with (`holm_levels`)."""
     names = list(differences)
-    adjusted = holm([differences[n].p_value for n in names])
+    raw = [differences[n].p_value if differences[n].judged else math.nan for n in names]
+    adjusted, levels = holm(raw), holm_levels(raw, alpha)
     verdicts = {}
-    for name, p in zip(names, adjusted):
+    for name, p, level in zip(names, adjusted, levels):
         d = differences[name]
-        if p <= alpha:
-            verdict, note = ("better" if d.difference > 0 else "worse"), ""
-        elif d.n_seeds < 2:
-            verdict, note = "tie", "one seed: no seed-to-seed spread to judge by"
-        elif d.seeds_needed is not None:
-            verdict, note = "tie", f"~{d.seeds_needed} seeds would separate a difference of this size"
+        if not d.judged:
+            verdicts[name] = RowVerdict(d, float(p), "no verdict", None, d.basis)
+        elif p <= alpha:
+            verdicts[name] = RowVerdict(d, float(p), "better" if d.difference > 0 else "worse", None, "")
         else:
-            verdict, note = "tie", ""
-        verdicts[name] = RowVerdict(d, float(p), verdict, note)
+            plan = seeds_needed(d, float(level))
+            verdicts[name] = RowVerdict(d, float(p), "tie", plan, plan.text(d.test_samples))
     return verdicts
-
-
-# ---------------------------------------------------------------- many conditions: ranks, Friedman, Nemenyi
-
-
-def average_ranks(scores: np.ndarray) -> np.ndarray:
-    """Each method's rank averaged over conditions: `scores` is conditions x methods, higher is
-    better, rank 1 the best, ties sharing the mean of the ranks they span (Demšar 2006, section 3.2.2)."""
-    from scipy import stats
-
-    scores = _score_table(scores)
-    return stats.rankdata(-scores, axis=1).mean(axis=0)
-
-
-@dataclass(frozen=True)
-class Friedman:
-    """Friedman's test over N conditions x k methods.
-
-    Attributes:
-        average_ranks: per method (rank 1 the best).
-        chi2, p_value: Friedman's statistic with scipy's correction for ties, on k-1 degrees of freedom.
-        f, f_p_value: Iman and Davenport's F from that statistic, on (k-1, (k-1)(N-1)) degrees of freedom.
-    """
-
-    average_ranks: tuple[float, ...]
-    chi2: float
-    p_value: float
-    f: float
-    f_p_value: float
-    n: int
-    k: int
-
-
-def friedman(scores: np.ndarray) -> Friedman:
-    """Friedman's test that k methods rank alike over N conditions (rows), with Iman-Davenport's F.
-
-    The statistic is scipy.stats.friedmanchisquare's, which divides Friedman's
-    chi2_F = 12N / (k(k+1)) · (sum_j R_j^2 - k(k+1)^2 / 4) (Demšar 2006, JMLR 7:1-30, section
-    3.2.2, R_j the average ranks) by the correction for ties 1 - sum(t^3 - t) / (N k (k^2 - 1));
-    without ties both agree. Iman-Davenport's less conservative variant follows Demšar's text.
-    """
-    from scipy import stats
-
-    scores = _score_table(scores)
-    n, k = scores.shape
-    if k < 3 or n < 2:
-        got = f"got {k} methods and {n} conditions"
-        raise GaalError(f"Friedman's test needs at least 3 methods and 2 conditions, {got}", field="methods")
-    ranks = average_ranks(scores)
-    if np.ptp(scores, axis=1).max() == 0:  # every condition a full tie: no evidence of any difference
-        return Friedman(tuple(float(r) for r in ranks), 0.0, 1.0, 0.0, 1.0, n, k)
-    chi2, p_value = stats.friedmanchisquare(*scores.T)
-    f, f_p_value = iman_davenport(float(chi2), n, k)
-    return Friedman(tuple(float(r) for r in ranks), float(chi2), float(p_value), f, f_p_value, n, k)
-
-
-def iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
-    """Iman & Davenport's F_F = (N-1) chi2_F / (N(k-1) - chi2_F), on (k-1, (k-1)(N-1)) degrees of
-    freedom, and its p-value (Iman & Davenport 1980, as given by Demšar 2006, section 3.2.2)."""
-    from scipy import stats
-
-    denominator = n * (k - 1) - chi2
-    if denominator <= 0:  # every condition ranks the methods the same way: F is infinite
-        return math.inf, 0.0
-    f = (n - 1) * chi2 / denominator
-    return float(f), float(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
-
-
-def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
-    """Nemenyi's critical difference CD = q_alpha · sqrt(k(k+1) / (6N)) (Demšar 2006, section 3.2.2),
-    with q_alpha the studentized range's 1-alpha quantile for k groups and infinite degrees of
-    freedom divided by sqrt(2) (scipy.stats.studentized_range); two methods whose average ranks
-    differ by at least CD differ significantly."""
-    from scipy import stats
-
-    q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
-    return float(q * math.sqrt(k * (k + 1) / (6 * n)))
-
-
-def cliques(ranks: Sequence[float], cd: float) -> list[tuple[int, ...]]:
-    """The groups of methods not significantly different under the critical difference: maximal
-    runs of methods, in rank order, whose average ranks span less than `cd`; groups of one are
-    left out. Returns the methods' indices into `ranks`, best first (the bars of a CD diagram)."""
-    ranks = np.asarray(ranks, dtype=float)
-    order = np.argsort(ranks, kind="stable")
-    groups: list[tuple[int, ...]] = []
-    last_end = -1
-    for i in range(order.size):
-        end = i
-        while end + 1 < order.size and ranks[order[end + 1]] - ranks[order[i]] < cd:
-            end += 1
-        if end > i and end > last_end:  # not inside the group before it
-            groups.append(tuple(int(m) for m in order[i : end + 1]))
-            last_end = end
-    return groups
-
-
-def _score_table(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=float)
-    if scores.ndim != 2 or not scores.size or not np.isfinite(scores).all():
-        expected = "expected a conditions x methods table of finite scores"
-        raise GaalError(f"{expected}, got shape {scores.shape}", field="scores")
-    return scores

@@ -14,7 +14,7 @@ import pandas as pd
 
 from gaal_cli.analysis import stats
 from gaal_cli.analysis.collect import DIAGNOSTICS, HEADS, METRICS, column, dataset_label, dataset_order, row_order
-from gaal_cli.analysis.health_marks import health_mark, health_rule
+from gaal_cli.analysis.health_marks import BELOW, health_mark, health_rule
 from gaal_cli.foundation.display import markdown_text
 from gaal_cli.sweeps.runner import format_value
 
@@ -40,9 +40,23 @@ def summarize(runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
         table["null_metrics"] = grouped["null_metrics"].agg(
             lambda v: " ".join(sorted(set(" ".join(v.fillna("")).split())))
         )
-    if "health" in runs.columns:  # runs with a run-health finding, per cell
-        table["flagged"] = grouped["health"].agg(lambda names: int((names.fillna("") != "").sum()))
+    for h in HEADS:  # per cell and number, the runs with a run-health finding on it, or below one modality
+        for m in METRICS:
+            if f"health_{column(h, m)}" in runs.columns:
+                table[f"dead_{column(h, m)}"] = grouped[f"health_{column(h, m)}"].agg(_nonempty)
+        if f"{BELOW}_heads" in runs.columns:
+            table[f"below_{h}"] = grouped[f"{BELOW}_heads"].agg(lambda heads, h=h: _count_head(heads, h))
+    if "health_notes" in runs.columns:
+        table["noted"] = grouped["health_notes"].agg(_nonempty)
     return table.reset_index()
+
+
+def _nonempty(names: pd.Series) -> int:
+    return int((names.fillna("") != "").sum())
+
+
+def _count_head(heads: pd.Series, head: str) -> int:
+    return int(heads.fillna("").str.split().map(lambda names: head in names).sum())
 
 
 def _interval_low(values: pd.Series) -> float:
@@ -115,13 +129,14 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
                 text = mean_std(cell[f"{c}_mean"], cell[f"{c}_std"])
                 text = with_interval(text, cell.get(f"{c}_low", np.nan), cell.get(f"{c}_high", np.nan))
                 text = f"**{text}**" if (summary.index[i], h) in bold else text
-                cells.append((text + health_mark(cell) if text != "-" else text) + seeds_left(cell, h, metric))
+                marked = text + health_mark(cell, h, metric) if text != "-" else text
+                cells.append(marked + seeds_left(cell, h, metric))
             sec = cell["sec_per_epoch_mean"]
             cells += ["-" if pd.isna(sec) else f"{sec:.2f}", str(int(cell["n"]))]
         lines.append("| " + " | ".join(cells) + " |")
     nulls = summary.get("null_metrics", pd.Series(dtype=str)).fillna("")
     nan_rule = f" {NAN_RULE}" if (nulls != "").any() else ""
-    return "\n".join(lines) + f"\n\n{INTERVAL_RULE} {BOLD_RULE}{nan_rule}\n" + health_rule(summary)
+    return "\n".join(lines) + f"\n\n{INTERVAL_RULE} {BOLD_RULE}{nan_rule}\n" + health_rule(summary, metric)
 
 
 NAN_RULE = (

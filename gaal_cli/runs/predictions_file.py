@@ -306,6 +306,7 @@ def _counts(values: Sequence[str]) -> dict[str, int]:
 
 def align(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray]:
     """Pair two runs' samples by id: indices `ia`, `ib` with a.ids[ia[i]] == b.ids[ib[i]], in a's order.
+    Linear in the samples (one dictionary of b's ids, one set of a's when they differ).
 
     Raises:
         GaalError: the runs were tested on different samples, on samples whose labels differ,
@@ -321,9 +322,10 @@ def align(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray]:
             field="split",
         )
     position = {sample: i for i, sample in enumerate(b.ids)}
-    only_a = [sample for sample in a.ids if sample not in position]
-    if only_a or len(a.ids) != len(b.ids):
-        example, holder = (only_a[0], a.path) if only_a else (next(s for s in b.ids if s not in set(a.ids)), b.path)
+    only_a = next((sample for sample in a.ids if sample not in position), None)
+    if only_a is not None or len(a.ids) != len(b.ids):
+        in_a = set(a.ids)  # built once: the search below stays linear in the samples
+        example, holder = (only_a, a.path) if only_a is not None else (next(s for s in b.ids if s not in in_a), b.path)
         raise GaalError(
             f"the runs were tested on different samples ({len(a.ids)} and {len(b.ids)} samples; e.g. '{example}' "
             f"is only in {holder}); expected the same test samples (same split, same seed's split)",

@@ -56,6 +56,7 @@ from gaal_cli.training.evaluation import (
 )
 from gaal_cli.training.health import (
     GradientFlow,
+    Health,
     assess,
     class_counts,
     dependency_reports,
@@ -319,20 +320,21 @@ def train_in(
         "threads": torch.get_num_threads(),
         "versions": versions(),
     }
-    add_health(s, run, report)
+    health = add_health(s, run, report)
     if s.comm.is_main:
         report["predictions"] = keep_predictions(s, run, test_logits, test_labels)
         run.finish(report)
-        if report["health"]:
-            text = health_warning(report["health"], str(run.file(RunFolder.REPORT)))
+        if health.findings or health.notes:
+            text = health_warning(health, str(run.file(RunFolder.REPORT)))
             console.print(text, style="yellow", markup=False, highlight=False, soft_wrap=True)
     return report
 
 
-def add_health(s: Session, run: RunFolder, report: dict[str, Any]) -> None:
+def add_health(s: Session, run: RunFolder, report: dict[str, Any]) -> Health:
     """Run health (gaal_cli/training/health.py) into `report`: the class counts per split, the spread of each
-    encoder's features over one validation batch (best checkpoint), and the findings (`health`,
-    empty when healthy) with the checks the records did not allow (`health_unchecked`)."""
+    encoder's features over one validation batch (best checkpoint) and of a randomly initialised copy, the
+    findings (`health`, empty when healthy), the milder notes (`health_notes`) and the checks the records did
+    not allow (`health_unchecked`)."""
     if s.flow is not None:
         s.flow.close()
     n = s.data.num_classes
@@ -342,16 +344,18 @@ def add_health(s: Session, run: RunFolder, report: dict[str, Any]) -> None:
     batch = next(iter(make_loader(s.data.val, s.config.data.eval_batch_size, shuffle=False)), None)
     if batch is not None:
         with autocast(s.device, s.config.train.bf16):
-            report["features"] = feature_spread(s.method, batch.to(s.device), s.method.modalities)
+            spreads = feature_spread(s.method, batch.to(s.device), s.method.modalities)
+            report["features"], report["features_random_init"] = spreads
     health = assess(
         report,
         run.read_metrics(),
         run.read_steps(),
         dependency_reports(report["dependencies"]),
         batch_size=s.config.data.batch_size // s.comm.world_size,
-        monitor=s.config.train.monitor,
     )
     report["health"], report["health_unchecked"] = health.findings, health.unchecked
+    report["health_notes"] = health.notes
+    return health
 
 
 def restore(s: Session, state: dict[str, Any], file: Path) -> int:

@@ -1,26 +1,35 @@
-"""Run health: named findings that say a run learned nothing, for every method, in one place.
+"""Run health: named findings that say a head of a run learned nothing, for every method, in one place.
 
-A finished run can look like any other and still be dead: the scored head answers the majority
-class, a contrastive pretraining never left its plateau, a teacher it distilled from was at
-chance, an encoder never received a gradient. Each check here is a pure function of what a run
-records (report.json, metrics.jsonl, steps.jsonl, its dependencies' report.json), so the engine
-runs them at the end of every run (console warning + report.json `health`) and `gaal report`
-runs them again on older run folders that have no `health` field. The thresholds are in one
-place (`Thresholds`), each with why it is where it is.
+A finished run can look like any other and still be dead: a head answers the majority class, an
+encoder never received a gradient, a teacher it distilled from was at chance. Each check here is
+a pure function of what a run records (report.json, metrics.jsonl, steps.jsonl, its dependencies'
+report.json), so the engine runs them at the end of every run (console warning + report.json
+`health`) and `gaal report` runs them again on every run folder, old or new, with today's
+thresholds. The thresholds are in one place (`Thresholds`), each with why it is where it is:
+the per-head ones are tests that account for the test size (an exact binomial test against the
+majority rate, a binomial bound around chance), the gradient and collapse ones are fractions of
+what a randomly initialised encoder measures.
 
-A finding is a plain dict: `{"name": ..., "message": ..., "values": {the numbers that triggered
-it}}`. A check whose inputs a run did not record (an older run folder: no class counts, no
-feature spread, no per-step encoder gradient) is not a finding: it is listed under `unchecked`
-with the reason, so "no finding" is never claimed for a check that was not made.
+Every number a table prints is checked: each head the run reports on the test split (Multi,
+Image, Tabular; the one modality read at test for a test-time-missing run). A finding is a plain
+dict `{"name", "message", "values"}`, `values` holding the numbers that triggered it and the
+`head` or `encoder` it concerns (none: the whole run). A label-free stage that ended on its
+plateau (TIP's or MMCL's contrastive pretraining) is a note, milder than a finding: the heads
+trained after it may still have learned, and the per-head checks say whether they did. A check
+whose inputs a run did not record (an older run folder: no class counts, no random-initialisation
+reference) is not a finding: it is listed under `unchecked` with the reason, so "no finding" is
+never claimed for a check that was not made.
 
 The measurements the engine adds so that every method is checkable (not only those that log
 their own gradient norms) are here too: `GradientFlow` (the gradient each encoder receives,
 summed over every backward pass of a step, on the device: no extra synchronisation), the
-spread of each encoder's features over one validation batch, and the class counts per split.
+spread of each encoder's features over one validation batch beside that of a randomly
+initialised copy, and the class counts per split.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -36,41 +45,51 @@ from gaal_cli.methods.registry import method_spec
 from gaal_cli.runs.folder import RunFolder
 
 MODALITIES = ("image", "tabular")
+HEADS = ("multi", *MODALITIES)
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Where each check draws its line."""
 
-    # balanced accuracy at most this far above 1 / (classes present) counts as chance: a model that
-    # answers one class sits exactly at chance, and a random guesser on ~1000 validation rows of 10
-    # classes spreads about one point around it (binomial recall per class, averaged)
-    chance_margin: float = 0.02
+    # the one-sided level of the per-head tests: a head is "not above the majority rate" unless an
+    # exact binomial test on the test split rejects that its accuracy is at most that rate, and "at
+    # chance" unless its balanced accuracy clears 1 / classes by the binomial bound below
+    alpha: float = 0.05
     # a contrastive (InfoNCE) loss within this fraction of ln(batch) is on its plateau: at ln(batch)
     # the similarity matrix says nothing about which pair belongs together. The committed plateau
     # runs sit within 0.4 % of it; 2 % below (0.1 nats at batch 128) means the positive pair already
     # gets about 10 % more probability than a uniform guess
     contrastive_fraction: float = 0.02
-    # features whose spread over a validation batch (mean per-dimension std / RMS of the features)
-    # is below this are one point for every sample: nothing downstream can tell samples apart.
-    # A randomly initialised encoder spreads at ~0.1-1
-    collapse_spread: float = 1e-3
-    # steps.jsonl rounds to 6 decimals: a gradient norm that reads 0 there is below 5e-7, which no
-    # optimiser step turns into learning; an encoder at it on every step of a stage's last epoch
-    # has stopped training (or never started)
-    zero_gradient: float = 0.0
+    # features whose spread over a validation batch (mean per-dimension std / RMS of the features) is
+    # below this fraction of a randomly initialised copy's (same batch) are one point for every
+    # sample: nothing downstream can tell samples apart. Trained encoders of the committed runs
+    # spread 0.38-0.62, about as much as a random initialisation
+    collapse_fraction: float = 0.01
+    # an encoder whose gradient norm, on every step of a stage's last epoch, is below this fraction
+    # of the norm it received on the run's first step (a randomly initialised encoder's gradient, or
+    # the loaded weights') has stopped training. Over the 595 (stage, encoder) pairs of the committed
+    # runs that train, the smallest last-epoch maximum is 0.027 of the first step's
+    gradient_fraction: float = 1e-3
 
 
 THRESHOLDS = Thresholds()
 
-#: every check, with the one line that explains it (the report's legend and the README use these)
+#: every finding, with the one line that explains it (the report's legend and the README use these)
 CHECKS = {
-    "majority_class": "validation accuracy of the scored head not above the majority-class rate",
-    "chance_balanced_accuracy": "validation balanced accuracy of the scored head at chance (1 / classes)",
-    "contrastive_plateau": "contrastive pretraining loss still within a small margin of ln(batch) at its stage's end",
-    "dependency_at_chance": "a run it depends on (teacher, fixed model, initial weights) at chance on validation",
-    "collapsed_features": "an encoder's features do not vary across a validation batch",
-    "encoder_not_training": "an encoder its stage trains received no gradient in the stage's last epoch",
+    "majority_class": "a head's test accuracy not above the test split's majority-class rate (one-sided exact "
+    "binomial test at 0.05)",
+    "chance_balanced_accuracy": "a head's test balanced accuracy not above chance (1 / classes) by more than a "
+    "one-sided 95 % binomial bound for the test size",
+    "dependency_at_chance": "a run it depends on (teacher, fixed model, initial weights) fails either check above",
+    "collapsed_features": "an encoder's features vary across a validation batch less than 1 % as much as a randomly "
+    "initialised copy's",
+    "encoder_not_training": "an encoder its stage trains received, on every step of the stage's last epoch, less "
+    "than 1/1000 of the gradient it received on the run's first step",
+}
+#: the milder marks: something stalled, but the heads may still have learned (the checks above say)
+NOTES = {
+    "contrastive_plateau": "a contrastive pretraining stage still within 2 % of ln(batch) at its end",
 }
 
 #: the per-step key of each method's contrastive loss in its label-free (pretraining) stage
@@ -133,20 +152,45 @@ def trained_encoders(
 
 
 @torch.no_grad()
-def feature_spread(method: Any, batch: Any, modalities: Sequence[str]) -> dict[str, float]:
-    """Per encoder the method reads, the spread of its features over one batch: the mean over
-    dimensions of the standard deviation across samples, over the features' root mean square
-    (0: every sample maps to one point, or every feature is zero)."""
+def feature_spread(method: Any, batch: Any, modalities: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per encoder the method reads, the spread of its features over one batch (the mean over
+    dimensions of the standard deviation across samples, over the features' root mean square; 0:
+    every sample maps to one point, or every feature is zero), and the same for a randomly
+    initialised copy of it (every layer's `reset_parameters`, a fixed generator seed): the
+    reference the collapse check measures against.
+
+    Returns:
+        (trained spreads, randomly initialised spreads), each {modality: spread}.
+    """
     method.eval()
     inputs = {"image": batch.image, "tabular": batch.tabular}
-    out = {}
+    trained, initial = {}, {}
     for m in modalities:
-        features = getattr(method.encoders, m)(inputs[m]).float().flatten(1)
-        if features.shape[0] < 2:
+        encoder = getattr(method.encoders, m)
+        if inputs[m].shape[0] < 2:
             continue
-        scale = features.square().mean().sqrt().item()
-        out[m] = round(features.std(0).mean().item() / scale, 6) if scale > 0 else 0.0
-    return out
+        trained[m] = _spread(encoder(inputs[m]))
+        initial[m] = _spread(_randomly_initialised(encoder)(inputs[m]))
+    return trained, initial
+
+
+def _spread(features: torch.Tensor) -> float:
+    features = features.float().flatten(1)
+    scale = features.square().mean().sqrt().item()
+    return round(features.std(0).mean().item() / scale, 6) if scale > 0 else 0.0
+
+
+def _randomly_initialised(encoder: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `encoder` with every layer that can re-initialise itself re-initialised (PyTorch's
+    default initialisation), drawn from a forked generator so that the run's streams do not move."""
+    fresh = copy.deepcopy(encoder).eval()
+    device = next(fresh.parameters(), torch.empty(0)).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for layer in fresh.modules():
+            if callable(getattr(layer, "reset_parameters", None)):
+                layer.reset_parameters()
+    return fresh
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
@@ -158,50 +202,113 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
 
 def scored_head(report: dict[str, Any], monitor: str = "multi") -> str | None:
     """The head a table scores: the one modality read at test, else the monitored head."""
-    val = report.get("metrics", {}).get("val", {})
+    test = report.get("metrics", {}).get("test", {})
     inputs = report.get("inputs_at_test") or []
-    if len(inputs) == 1 and inputs[0] in val:
+    if len(inputs) == 1 and inputs[0] in test:
         return inputs[0]
-    if monitor in val:
+    if monitor in test:
         return monitor
-    return next(iter(val), None)
+    return next(iter(test), None)
+
+
+def printed_heads(report: dict[str, Any]) -> list[str]:
+    """The heads whose test numbers a table prints: the one modality read at test, else every head."""
+    test = report.get("metrics", {}).get("test", {})
+    inputs = report.get("inputs_at_test") or []
+    if len(inputs) == 1:
+        return [inputs[0]] if inputs[0] in test else []
+    return [h for h in HEADS if h in test] + [h for h in test if h not in HEADS]
 
 
 def finding(name: str, message: str, **values: Any) -> dict[str, Any]:
     return {"name": name, "message": message, "values": values}
 
 
-def check_majority(head: str, val: dict[str, float], counts: Sequence[int] | None) -> dict | None:
-    """Not above the majority-class rate: no more correct answers than always answering the most
-    frequent class (counted in samples, so float rounding cannot decide it)."""
+#: the test metrics whose numbers a per-head finding speaks about (accuracy against the majority rule;
+#: the class-averaged ones against chance); every other finding speaks about all of a head's numbers
+FINDING_METRICS = {"majority_class": ("acc",), "chance_balanced_accuracy": ("bal_acc", "f1")}
+
+
+def affected_heads(found: dict[str, Any], heads: Sequence[str], metric: str | None = None) -> list[str]:
+    """The heads a finding concerns (of `heads`), for the numbers of `metric` (any when None): its
+    own head; an encoder's head and the fused one; else all."""
+    if metric is not None and metric not in FINDING_METRICS.get(found.get("name", ""), (metric,)):
+        return []
+    values = found.get("values") or {}
+    if "head" in values:
+        return [values["head"]] if values["head"] in heads else []
+    if "encoder" in values:
+        return [h for h in heads if h in (values["encoder"], "multi")]
+    return list(heads)
+
+
+def check_majority(head: str, test: dict[str, float], counts: Sequence[int] | None, t: Thresholds) -> dict | None:
+    """Not above the majority-class rate: the exact one-sided binomial test (scipy.stats.binomtest)
+    that the head's accuracy on the n test samples exceeds the rate of always answering the most
+    frequent class does not reject at `alpha` (so a head a few samples above that rate, on a small
+    test split, is not counted as having learned)."""
+    from scipy import stats
+
     n = sum(counts or ())
-    if not n or not isinstance(val.get("acc"), int | float):
+    if not n or not isinstance(test.get("acc"), int | float) or max(counts) == n:
         return None
-    majority = max(counts) / n
-    if round(val["acc"] * n) > max(counts):
+    majority, right = max(counts) / n, round(test["acc"] * n)
+    p = float(stats.binomtest(right, n, majority, alternative="greater").pvalue)
+    if p <= t.alpha:
         return None
     return finding(
         "majority_class",
-        f"the {head} head's validation accuracy {val['acc']:.4f} is not above the majority-class rate {majority:.4f}",
-        head=head, acc=round(val["acc"], 6), majority_rate=round(majority, 6),
+        f"the {head} head's test accuracy {test['acc']:.4f} ({right} of {n}) is not above the majority-class rate "
+        f"{majority:.4f} (one-sided binomial p = {p:.3g})",
+        head=head, acc=round(test["acc"], 6), majority_rate=round(majority, 6), n=n, p=round(p, 6),
     )  # fmt: skip
 
 
-def chance_level(counts: Sequence[int] | None, classes: int | None) -> float | None:
-    """1 / (classes present in the split), or 1 / classes when the counts were not recorded."""
-    present = sum(1 for c in counts or () if c > 0) or classes
-    return 1 / present if present else None
+def chance_bound(counts: Sequence[int], alpha: float) -> tuple[float, float]:
+    """(chance, bound): 1 / K over the K classes present, and how far above it a head answering
+    without regard to the label still reaches with probability alpha. Each class's recall is then
+    binomial with variance at most 1 / (4 n_c), so the balanced accuracy's standard deviation is at
+    most sqrt(sum_c 1 / (4 n_c)) / K; the bound is z_{1-alpha} times that (normal approximation)."""
+    from scipy import stats
+
+    present = [c for c in counts if c > 0]
+    sd = math.sqrt(sum(1 / (4 * c) for c in present)) / len(present)
+    return 1 / len(present), float(stats.norm.ppf(1 - alpha)) * sd
 
 
-def check_chance(head: str, val: dict[str, float], chance: float | None, t: Thresholds) -> dict | None:
-    bal = val.get("bal_acc")
-    if chance is None or not isinstance(bal, int | float) or bal > chance + t.chance_margin:
+def check_chance(head: str, test: dict[str, float], counts: Sequence[int] | None, t: Thresholds) -> dict | None:
+    bal = test.get("bal_acc")
+    if not counts or sum(1 for c in counts if c > 0) < 2 or not isinstance(bal, int | float):
+        return None
+    chance, bound = chance_bound(counts, t.alpha)
+    if bal > chance + bound:
         return None
     return finding(
         "chance_balanced_accuracy",
-        f"the {head} head's validation balanced accuracy {bal:.4f} is at chance ({chance:.4f} + {t.chance_margin})",
-        head=head, bal_acc=round(bal, 6), chance=round(chance, 6),
+        f"the {head} head's test balanced accuracy {bal:.4f} is at chance ({chance:.4f}, + {bound:.4f} for "
+        f"{sum(counts)} test samples)",
+        head=head, bal_acc=round(bal, 6), chance=round(chance, 6), bound=round(bound, 6),
     )  # fmt: skip
+
+
+def check_heads(report: dict[str, Any], counts: Sequence[int] | None, t: Thresholds) -> tuple[list[dict], str]:
+    """The majority-class and chance checks on every printed head's test metrics, and why the
+    chance check assumed equal classes ("" when the counts were known)."""
+    test = report.get("metrics", {}).get("test", {})
+    assumed = ""
+    if counts is None:
+        n, classes = (report.get("data", {}).get("counts") or {}).get("test"), report.get("data", {}).get("classes")
+        if isinstance(n, int) and isinstance(classes, int) and classes > 1:
+            assumed = f"no test class counts: the chance bound assumes {classes} equal classes of {n} samples"
+            chance_counts = [n // classes] * classes
+        else:
+            chance_counts = None
+    else:
+        chance_counts = counts
+    found = []
+    for head in printed_heads(report):
+        found += [check_majority(head, test[head], counts, t), check_chance(head, test[head], chance_counts, t)]
+    return [f for f in found if f is not None], assumed
 
 
 def stage_epochs(stage: dict[str, Any], metrics: Sequence[dict]) -> list[int]:
@@ -219,7 +326,7 @@ def check_contrastive(
     ln(batch) and would pull a mean below the plateau.
 
     Returns:
-        The findings, and why the check could not be made (None when it was).
+        The notes, and why the check could not be made (None when it was).
     """
     key = CONTRASTIVE_LOSS.get(method)
     pretraining = [s for s in stages if s.get("labels") is False]
@@ -243,11 +350,17 @@ def check_contrastive(
     return found, None
 
 
+def _gradient(step: dict, m: str) -> float | None:
+    value = step.get(f"grad_{m}", step.get(f"gnorm_{m}"))
+    return value if isinstance(value, int | float) else None
+
+
 def check_gradients(
     stages: Sequence[dict], metrics: Sequence[dict], steps: Sequence[dict], t: Thresholds
 ) -> list[dict]:
     """Each encoder a stage trains whose gradient (`grad_<m>`; older runs: the method's own
-    `gnorm_<m>`) is at most `zero_gradient` on every step of the stage's last epoch."""
+    `gnorm_<m>`) is, on every step of the stage's last epoch, 0 or below `gradient_fraction` of the
+    gradient it received on the run's first step that gave it one (its random initialisation's)."""
     found = []
     for stage in stages:
         epochs = stage_epochs(stage, metrics)
@@ -255,45 +368,47 @@ def check_gradients(
             continue
         last = [s for s in steps if s.get("epoch") == epochs[-1]]
         for m in stage.get("encoders", ()):
-            values = [s.get(f"grad_{m}", s.get(f"gnorm_{m}")) for s in last]
-            values = [v for v in values if isinstance(v, int | float)]
-            if values and max(values) <= t.zero_gradient:
-                found.append(finding(
-                    "encoder_not_training",
-                    f"stage {stage['name']} trains the {m} encoder, but its gradient norm is {max(values)} "
-                    f"on every step of epoch {epochs[-1]}",
-                    stage=stage["name"], encoder=m, epoch=epochs[-1], max_grad_norm=max(values), steps=len(values),
-                ))  # fmt: skip
+            values = [v for v in (_gradient(s, m) for s in last) if v is not None]
+            first = next((v for v in (_gradient(s, m) for s in steps) if v), 0.0)
+            if not values or (max(values) > 0 and max(values) >= t.gradient_fraction * first):
+                continue
+            found.append(finding(
+                "encoder_not_training",
+                f"stage {stage['name']} trains the {m} encoder, but its gradient norm is at most {max(values):.3g} "
+                f"on every step of epoch {epochs[-1]}, against {first:.3g} on its first step",
+                stage=stage["name"], encoder=m, epoch=epochs[-1], max_grad_norm=max(values), first_grad_norm=first,
+                steps=len(values),
+            ))  # fmt: skip
     return found
 
 
-def check_collapse(spread: dict[str, float], t: Thresholds) -> list[dict]:
+def check_collapse(spread: dict[str, float], initial: dict[str, float], t: Thresholds) -> list[dict]:
     return [
         finding(
             "collapsed_features",
-            f"the {m} encoder's features barely vary across a validation batch (spread {value:.2e})",
-            encoder=m, spread=value, threshold=t.collapse_spread,
+            f"the {m} encoder's features barely vary across a validation batch (spread {value:.2e}, a randomly "
+            f"initialised copy's {initial[m]:.2e})",
+            encoder=m, spread=value, random_init_spread=initial[m], fraction=t.collapse_fraction,
         )  # fmt: skip
         for m, value in spread.items()
-        if value < t.collapse_spread
+        if m in initial and value < t.collapse_fraction * initial[m]
     ]
 
 
-def check_dependency(
-    key: str, dep_report: dict[str, Any], counts: Sequence[int] | None, classes: int | None, t: Thresholds
-) -> dict | None:
-    """A dependency at chance or at the majority class on validation (by its own report.json;
-    the class counts are this run's, whose data a dependency must share)."""
+def check_dependency(key: str, dep_report: dict[str, Any], counts: Sequence[int] | None, t: Thresholds) -> dict | None:
+    """A dependency whose scored head fails the majority or chance check on its own test split (its
+    own class counts, else this run's, whose data a dependency must share)."""
     head = scored_head(dep_report)
-    val = dep_report.get("metrics", {}).get("val", {}).get(head, {}) if head else {}
-    dep_counts = dep_report.get("data", {}).get("class_counts", {}).get("val") or counts
-    dead = check_majority(head, val, dep_counts) or check_chance(head, val, chance_level(dep_counts, classes), t)
+    test = dep_report.get("metrics", {}).get("test", {}).get(head, {}) if head else {}
+    dep_counts = dep_report.get("data", {}).get("class_counts", {}).get("test") or counts
+    dead = check_majority(head, test, dep_counts, t) or check_chance(head, test, dep_counts, t)
     if dead is None:
         return None
+    values = {k: v for k, v in dead["values"].items() if k != "head"}
     return finding(
         "dependency_at_chance",
         f"{key} ({dep_report.get('method')}, {dep_report.get('experiment')}): {dead['message']}",
-        key=key, method=dep_report.get("method"), **dead["values"],
+        key=key, method=dep_report.get("method"), dependency_head=head, **values,
     )  # fmt: skip
 
 
@@ -302,10 +417,11 @@ def check_dependency(
 
 @dataclass
 class Health:
-    """A run's findings, and the checks its records did not allow, with why."""
+    """A run's findings, its notes (milder marks), and the checks its records did not allow, with why."""
 
     findings: list[dict[str, Any]]
     unchecked: dict[str, str]
+    notes: list[dict[str, Any]]
 
 
 def assess(
@@ -315,51 +431,51 @@ def assess(
     dependency_reports: dict[str, dict | str],
     *,
     batch_size: int,
-    monitor: str = "multi",
     stages: Sequence[dict] | None = None,
+    test_counts: Sequence[int] | None = None,
     t: Thresholds | None = None,
 ) -> Health:
     """Every check on one run's records.
 
     Args:
-        report: its report.json (class counts under data.class_counts, feature spread under
-            `features`, trained encoders per stage under stages[i].encoders where recorded).
+        report: its report.json (class counts under data.class_counts, feature spreads under
+            `features` and `features_random_init`, trained encoders per stage under
+            stages[i].encoders where recorded).
         dependency_reports: config key -> that run's report.json, or why it could not be read.
         batch_size: the batch the method trained with on one process (the contrastive plateau).
         stages: the stages with the encoders each trains, when report.json's lack them.
+        test_counts: the test split's class counts when report.json lacks them (another run on
+            the same data recorded them).
         t: the thresholds (default: `THRESHOLDS`).
     """
     t = t or THRESHOLDS
-    findings, unchecked = [], {}
-    head = scored_head(report, monitor)
-    val = report.get("metrics", {}).get("val", {}).get(head, {}) if head else {}
-    classes = report.get("data", {}).get("classes")
-    counts = report.get("data", {}).get("class_counts", {}).get("val")
+    unchecked = {}
+    counts = report.get("data", {}).get("class_counts", {}).get("test") or test_counts
     if counts is None:
-        unchecked["majority_class"] = "report.json has no class counts (data.class_counts: runs before run health)"
-    findings.append(check_majority(head, val, counts) if head else None)
-    findings.append(check_chance(head, val, chance_level(counts, classes), t) if head else None)
+        unchecked["majority_class"] = "no test class counts (report.json's data.class_counts: runs before run health)"
+    findings, assumed = check_heads(report, counts, t)
+    if assumed:
+        unchecked["chance_balanced_accuracy"] = assumed
     stages = list(stages if stages is not None else report.get("stages", []))
-    contrastive, why = check_contrastive(report.get("method", ""), stages, metrics, steps, batch_size, t)
-    findings += contrastive
+    notes, why = check_contrastive(report.get("method", ""), stages, metrics, steps, batch_size, t)
     if why:
         unchecked["contrastive_plateau"] = why
     for key, dep in dependency_reports.items():
         if isinstance(dep, str):
             unchecked["dependency_at_chance"] = f"{key}: {dep}"
         else:
-            findings.append(check_dependency(key, dep, counts, classes, t))
-    if "features" in report:
-        findings += check_collapse(report["features"], t)
+            findings.append(check_dependency(key, dep, counts, t))
+    if "features_random_init" in report:
+        findings += check_collapse(report.get("features", {}), report["features_random_init"], t)
     else:
-        unchecked["collapsed_features"] = "report.json has no feature spread (measured since run health)"
+        unchecked["collapsed_features"] = "no randomly initialised reference spread (recorded since issue 28)"
     if any("encoders" in s for s in stages):
         findings += check_gradients(stages, metrics, steps, t)
     else:
         unchecked["encoder_not_training"] = (
             "no per-step encoder gradient recorded (runs before run health, whose method logs no gnorm_<m>)"
         )
-    return Health([f for f in findings if f is not None], unchecked)
+    return Health([f for f in findings if f is not None], unchecked, notes)
 
 
 def dependency_reports(dependencies: dict[str, Any], near: Iterable[Path] = ()) -> dict[str, dict | str]:
@@ -396,24 +512,28 @@ def _dependency_folder(recorded: Path, near: list[Path]) -> RunFolder | None:
 
 
 def folder_health(
-    run: RunFolder, report: dict[str, Any], config: dict[str, Any], t: Thresholds | None = None
+    run: RunFolder,
+    report: dict[str, Any],
+    config: dict[str, Any],
+    t: Thresholds | None = None,
+    test_counts: Sequence[int] | None = None,
 ) -> Health:
-    """A finished run's health: the `health` its report.json records, else computed from its logs.
+    """A finished run's health, computed from its records with today's checks (the `health` its
+    report.json holds was computed by the code of its day).
 
-    A run folder from before run health has no class counts (the majority-class check is not made:
-    its balanced-accuracy check still is, at 1 / classes), no feature spread (the collapse check is
-    not made) and no list of the encoders each stage trains: that comes from the method's declared
-    stages (`Stage.trains`) and the gradient norms the method itself logged (`gnorm_<m>`), so the
-    gradient check covers only the methods that log them.
+    A run folder from before run health has no class counts (the majority-class check is made only
+    with `test_counts` from another run on the same data; the chance check then assumes equal
+    classes), no feature spreads (the collapse check is not made) and no list of the encoders each
+    stage trains: that comes from the method's declared stages (`Stage.trains`) and the gradient
+    norms the method itself logged (`gnorm_<m>`), so the gradient check covers only the methods
+    that log them.
 
     Args:
         config: the run's config.yaml, as read.
+        test_counts: the test split's class counts, where report.json lacks them.
     """
-    if isinstance(report.get("health"), list):
-        unchecked = report.get("health_unchecked")
-        return Health(report["health"], unchecked if isinstance(unchecked, dict) else {})
     steps = run.read_steps()
-    data, train = config.get("data") or {}, config.get("train") or {}
+    data = config.get("data") or {}
     batch = int(data.get("batch_size") or 1) // max(1, int(report.get("world_size") or 1))
     stages = report.get("stages") or []
     if stages and not any("encoders" in s for s in stages):
@@ -424,8 +544,8 @@ def folder_health(
         steps,
         dependency_reports(report.get("dependencies") or {}, run.path.resolve().parents),
         batch_size=max(1, batch),
-        monitor=str(train.get("monitor", "multi")),
         stages=stages,
+        test_counts=test_counts,
         t=t,
     )
 
@@ -455,11 +575,14 @@ def _declared_encoders(
     return out
 
 
-def warning_text(findings: Sequence[dict[str, Any]], where: str) -> str:
-    """The console paragraph at the end of a run with findings."""
-    lines = "\n".join(f"  - {f['name']}: {f['message']}" for f in findings)
+def warning_text(health: Health, where: str) -> str:
+    """The console paragraph at the end of a run with findings or notes."""
+    lines = "\n".join(f"  - {f['name']}: {f['message']}" for f in health.findings + health.notes)
+    if not health.findings:
+        return f"note: a stage of this run stalled (also in {where} under 'health_notes'):\n{lines}"
+    count = len(health.findings)
     return (
-        f"warning: this run may have learned nothing ({len(findings)} run-health finding"
-        f"{'s' * (len(findings) > 1)}, also in {where} under 'health'):\n{lines}\n"
-        "Its numbers are what the run produced; read them as those of a dead run until the cause is found."
+        f"warning: a head of this run may have learned nothing ({count} run-health finding{'s' * (count > 1)}, "
+        f"also in {where} under 'health'):\n{lines}\n"
+        "Its numbers are what the run produced; read those of the heads named as a dead run's until the cause is found."
     )

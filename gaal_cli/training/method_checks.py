@@ -17,7 +17,8 @@ size, each a pass or a failure with its reason:
 - missing modality: the trained run, loaded from its checkpoint, predicts with either modality
   missing: the missing head is None, the present one unchanged, and the fused head either None
   (the method claims no prediction without that modality) or one row of finite logits per sample;
-- healthy: run health (gaal_cli/training/health.py) finds nothing. At the `quick` size no method learns
+- healthy: run health (gaal_cli/training/health.py) finds nothing that concerns the head the method is
+  scored on (the fused head, or the one modality read at test). At the `quick` size no method learns
   above chance, so there only the checks that do not need learning count (gradients reaching
   the encoders, features not collapsed); the reason says which were left out.
 
@@ -42,6 +43,7 @@ from gaal_cli.foundation.display import console
 from gaal_cli.methods.registry import method_spec
 from gaal_cli.runs.folder import RunFolder, load_state
 from gaal_cli.training.engine import plan_method_stages, train
+from gaal_cli.training.health import affected_heads, scored_head
 from gaal_cli.training.trained_run import TrainedRun
 
 MODALITIES = ("image", "tabular")
@@ -70,7 +72,7 @@ QUICK = [*BASE, "data.synthetic.n_train=64", "data.synthetic.n_val=48", "data.sy
 
 #: health findings that say a run learned nothing: not judged at the quick size, where every
 #: method is at chance after 3 epochs of 64 samples
-LEARNING_FINDINGS = ("majority_class", "chance_balanced_accuracy", "dependency_at_chance", "contrastive_plateau")
+LEARNING_FINDINGS = ("majority_class", "chance_balanced_accuracy", "dependency_at_chance")
 
 
 @dataclass(frozen=True)
@@ -360,13 +362,16 @@ def unimodal_verdict(full: Any, uses: tuple[str, ...]) -> Check:
 
 
 def healthy(report: dict[str, Any], quick: bool) -> Check:
-    findings = report.get("health") or []
+    scored = scored_head(report)
+    findings = [f for f in report.get("health") or [] if affected_heads(f, [scored])]
     ignored = [f["name"] for f in findings if quick and f["name"] in LEARNING_FINDINGS]
     counted = [f for f in findings if f["name"] not in ignored]
     if counted:
         return Check("healthy", False, "; ".join(f"{f['name']}: {f['message']}" for f in counted))
     unchecked = sorted(report.get("health_unchecked") or {})
     notes = ["no run-health finding"]
+    if report.get("health_notes"):  # milder: a stage stalled, the scored head still learned
+        notes.append("note: " + ", ".join(sorted({n["name"] for n in report["health_notes"]})))
     if quick:
         notes.append(f"whether it learned is not judged at --quick size (left out: {', '.join(ignored) or 'none'})")
     if unchecked:
