@@ -172,6 +172,9 @@ def test_sweep_and_ablate_on_a_table_check_it_and_write_under_its_folder(trained
     base = ["--dataset", str(table), "--image-column", "image", "--results", str(tmp_path / "r"), "--dry-run"]
     wrong = runner.invoke(app, ["sweep", "synthetic/lambda", *base, "--target", "knid"])
     assert wrong.exit_code == 2 and "no such column 'knid'" in wrong.output
+    sweep = runner.invoke(app, ["sweep", "synthetic/lambda", *base, "--target", "kind"], env={"COLUMNS": "300"})
+    assert sweep.exit_code == 0, sweep.output
+    assert re.search(r"lambda/train-[0-9a-f]{8}/\S+/seed\d+", sweep.output)
     ablate = runner.invoke(
         app, ["ablate", "cgs", "ugg", *base, "--target", "kind", "--seeds", "2022"], env={"COLUMNS": "300"}
     )

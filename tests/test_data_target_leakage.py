@@ -175,3 +175,18 @@ def test_leakage_group_keeps_shared_images_in_one_split_and_drop_drops_them(tmp_
     dropped, _ = inspect_table(config(path, leakage="drop").data)
     assert any("data.leakage=drop" in reason for reason in dropped["dropped"])
     assert dropped["leakage"]["shared_images"] == {} and dropped["leakage_warning"] is None
+
+
+def test_rows_repeating_an_earlier_splits_row_are_counted_and_grouped(tmp_path):
+    def repeat_five(frame):  # rows 115-119 copy rows 0-4 in every column but target and image
+        for column in ("size", "colour", "price"):
+            frame.loc[115:, column] = frame.loc[:4, column].to_numpy()
+        return frame["size"]
+
+    path = table(tmp_path, extra={"size": repeat_five})
+    found, _ = inspect_table(config(path).data)
+    repeated = found["leakage"]["duplicate_rows"]
+    assert repeated and sum(v["rows"] for v in repeated.values()) <= 5
+    assert "repeat an earlier split's row in every column" in found["leakage_warning"]
+    grouped, _ = inspect_table(config(path, leakage="group").data)
+    assert grouped["leakage_warning"] is None
