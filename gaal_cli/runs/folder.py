@@ -370,7 +370,7 @@ class RunFolder:
         if keys:
             raise GaalError(
                 f"holds a finished run of another config (differs in: {', '.join(keys[:5])}); "
-                "pass --restart to replace it, choose another --out, or delete the folder",
+                "choose another --out to keep it (--restart would replace it with the new run)",
                 source=str(self.path),
             )
 

@@ -135,6 +135,13 @@ def check_not_stale(sweep: Sweep) -> None:
     for run in sweep.runs:
         folder = RunFolder(run.folder)
         keys = ", ".join(folder.stale_keys(run.config.resolved())[:5])
+        other = folder.other_dataset(run.config.resolved()) if keys else None
+        if other:
+            raise GaalError(
+                f"holds a finished run on another dataset ({other}); give the experiment another name "
+                "or the sweep another --results folder (deleting the folder would lose that run)",
+                source=str(run.folder),
+            )
         if keys:
             raise GaalError(
                 f"holds a finished run of another config (differs in: {keys}); "
