@@ -3,12 +3,15 @@ stem told apart), a comparison figure with intervals, a confusion matrix of each
 row, a figure for a one-dimensional sweep, and titles that never run into each other."""
 
 import json
+import warnings
 
 import numpy as np
+import pandas as pd
 from test_report import PNG, fake_run
 
 from gaal_cli.analysis.collect import short_dataset_names
 from gaal_cli.analysis.figures import _figure, wrap_titles
+from gaal_cli.analysis.health_marks import below_one_modality
 from gaal_cli.analysis.report import write_report
 from gaal_cli.runs.predictions_file import write_predictions
 
@@ -94,3 +97,21 @@ def test_titles_are_wrapped_to_their_panel():
     wrap_titles(fig)
     widths = [max(len(line) for line in ax.get_title().split("\n")) for ax in axes]
     assert all(w <= 4.5 * 12 for w in widths) and all("\n" in ax.get_title() for ax in axes)
+
+
+def test_a_dataset_without_a_one_modality_run_is_checked_without_warnings():
+    runs = pd.DataFrame(
+        {
+            "folder": ["a", "b"],
+            "method": ["tabular", "gaal"],
+            "dataset": ["clinic", "houses"],
+            "multi": [np.nan, 0.6],
+            "image": [np.nan, 0.4],
+            "tabular": [1.0, 0.5],
+            "n_test": [95, 80],
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        below = below_one_modality(runs, ["method"])
+    assert below.tolist() == ["", ""]
