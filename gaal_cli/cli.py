@@ -78,9 +78,12 @@ class SetHintCommand(TyperCommand):
             return super().parse_args(ctx, args)
         except Exception as err:
             # click's NoSuchOption: Typer may carry its own copy of click, so it is known by name
+            # (and --help's exit, an exception too, imports nothing)
+            if type(err).__name__ != "NoSuchOption":
+                raise
             from gaal_cli.training.preflight import config_key_named
 
-            key = config_key_named(err.option_name) if type(err).__name__ == "NoSuchOption" else None
+            key = config_key_named(err.option_name)
             if key is None:
                 raise
             hint = f"No such option: {err.option_name}; config keys are set with --set: --set {key}=VALUE"

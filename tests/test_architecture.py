@@ -194,8 +194,8 @@ def test_the_registry_names_each_builtin_where_its_module_registers_it():
 
 
 def run_cli(*args: str) -> tuple[int, str, set[str]]:
-    """Run `gaal ARGS` in a fresh interpreter: exit code, stderr, and which of torch, timm and
-    the method modules were imported by then."""
+    """Run `gaal ARGS` in a fresh interpreter: exit code, stderr, and which of torch, timm, pandas
+    and the method modules were imported by then."""
     script = textwrap.dedent(
         f"""
         import json, sys
@@ -205,7 +205,7 @@ def run_cli(*args: str) -> tuple[int, str, set[str]]:
             code = 0
         except SystemExit as exit:
             code = exit.code
-        heavy = [m for m in sys.modules if m in ("torch", "timm") or m.startswith("gaal_cli.methods.")]
+        heavy = [m for m in sys.modules if m in ("torch", "timm", "pandas") or m.startswith("gaal_cli.methods.")]
         print(json.dumps([code, heavy]))
         """
     )

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
 from gaal_cli.foundation.errors import GaalError, did_you_mean
 
 TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.user_table)
+# a folder listed for a table's did-you-mean is read up to this many entries
+LISTED_ENTRIES = 2000
 # a PREP folder's record (gaal_cli.data.prepared), named here so that checking for it loads no torch
 MANIFEST = "manifest.json"
 RECIPES = {
@@ -55,6 +58,28 @@ def prepare(name: str, raw: Path, out: Path, skip_bad: bool, options: dict[str, 
             option = f"--{key.replace('_', '-')}"
             raise GaalError(f"{option} does not apply to the {name} recipe", source="gaal data prepare")
     return run(raw, out, skip_bad=skip_bad, **given)
+
+
+def require_table(path: Path, field: str = "data.name") -> None:
+    """A table file is there; without pandas, so that a mistyped path is answered at once.
+
+    Raises:
+        GaalError: no such file, with the closest table file in its folder.
+    """
+    if not path.is_file():
+        raise GaalError(
+            f"no such table file{did_you_mean(path.name, tables_beside(path))}", source=str(path), field=field
+        )
+
+
+def tables_beside(path: Path) -> list[str]:
+    """The table files in `path`'s folder (the first LISTED_ENTRIES entries), for a did-you-mean."""
+    try:
+        with os.scandir(path.parent if str(path.parent) else ".") as entries:
+            names = [e.name for _, e in zip(range(LISTED_ENTRIES), entries)]
+    except OSError:
+        return []
+    return [n for n in names if n.lower().endswith(TABLE_SUFFIXES)]
 
 
 def require_prepared(name: str, folder: str | None) -> Path:

@@ -11,19 +11,15 @@ name when one is not), and the target holds classes rather than measurements
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from gaal_cli.config import DataConfig
-from gaal_cli.data.recipes import TABLE_SUFFIXES
+from gaal_cli.data.recipes import require_table
 from gaal_cli.data.target import TargetBins, continuous_reason, continuous_target_error
 from gaal_cli.foundation.errors import GaalError, did_you_mean
 from gaal_cli.foundation.untrusted import check_table_file, open_regular
-
-# a folder listed for a did-you-mean is read up to this many entries
-LISTED_ENTRIES = 2000
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -32,10 +28,7 @@ def read_table(path: Path) -> pd.DataFrame:
     Raises:
         GaalError: no such file, unreadable, empty, header only, or two columns of one name.
     """
-    if not path.is_file():
-        raise GaalError(
-            f"no such table file{did_you_mean(path.name, tables_beside(path))}", source=str(path), field="data.name"
-        )
+    require_table(path)
     check_table_file(path)
     if path.suffix.lower() == ".parquet":
         try:
@@ -91,16 +84,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def tables_beside(path: Path) -> list[str]:
-    """The table files in `path`'s folder (the first LISTED_ENTRIES entries), for a did-you-mean."""
-    try:
-        with os.scandir(path.parent if str(path.parent) else ".") as entries:
-            names = [e.name for _, e in zip(range(LISTED_ENTRIES), entries)]
-    except OSError:
-        return []
-    return [n for n in names if n.lower().endswith(TABLE_SUFFIXES)]
 
 
 def check_table_columns(cfg: DataConfig) -> pd.DataFrame:

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaal_cli.config import Config, parse_override
-from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES, require_prepared
-from gaal_cli.data.table_file import check_table_columns, tables_beside
+from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES, require_prepared, require_table
 from gaal_cli.foundation.errors import GaalError, did_you_mean
 
 EMBEDDED = ("synthetic",)
@@ -35,6 +34,9 @@ def check_run_inputs(config: Config, *, dependencies: bool = True) -> None:
     """
     data = config.data
     if data.name.lower().endswith(TABLE_SUFFIXES):
+        require_table(Path(data.name))
+        from gaal_cli.data.table_file import check_table_columns  # pandas: only for a table that is there
+
         check_table_columns(data)
     elif data.name in RECIPES:
         require_prepared(data.name, data.dir)
@@ -108,6 +110,4 @@ def check_data_file(data: Path, option: str = "--data") -> None:
     """
     if str(data) in SPLITS:
         return
-    if not data.is_file():
-        hint = did_you_mean(data.name, tables_beside(data))
-        raise GaalError(f"no such table file{hint}", source=str(data), field=option)
+    require_table(data, field=option)
