@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from gaal_cli.foundation.display import TerminalConsole, styled
-from gaal_cli.foundation.errors import GaalError
+from gaal_cli.foundation.errors import TRAIN_FLAGS, GaalError, flags_named
 
 app = typer.Typer(
     help="Tabular-image fusion experiments: GAAL (ICME 2026) and the methods it is compared with.",
@@ -69,7 +69,28 @@ def user_errors(command):
     return wrapper
 
 
-@app.command()
+class SetHintCommand(TyperCommand):
+    """A command whose unknown option, when it names a config key, says how to set it
+    (`gaal train --lr 3e-4`: "config keys are set with --set: --set train.lr=VALUE")."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as err:
+            # click's NoSuchOption: Typer may carry its own copy of click, so it is known by name
+            # (and --help's exit, an exception too, imports nothing)
+            if type(err).__name__ != "NoSuchOption":
+                raise
+            from gaal_cli.training.preflight import config_key_named
+
+            key = config_key_named(err.option_name)
+            if key is None:
+                raise
+            hint = f"No such option: {err.option_name}; config keys are set with --set: --set {key}=VALUE"
+            raise type(err)(err.option_name, hint, ctx=err.ctx) from None
+
+
+@app.command(cls=SetHintCommand)
 @user_errors
 def train(
     experiment: Path | None = typer.Argument(None, help="Experiment YAML file (default: built-in quickstart)."),
@@ -95,6 +116,12 @@ def train(
         "--restart",
         help="Train from epoch 1 whatever the run folder holds (a finished run is kept until the new one finishes).",
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the resolved config and check what the run reads (table columns, target, images, "
+        "dependencies); train nothing, write nothing.",
+    ),
 ) -> None:
     """Train one run and write config, per-epoch metrics, best checkpoint and report.json.
 
@@ -113,14 +140,28 @@ def train(
         "data.group_column": group_column,
         "data.skip_bad": skip_bad,
     }
-    config = load_config(experiment, overrides, flags)
-    # the config is checked: only now torch, timm and the method's module are loaded
+    with flags_named(flags):
+        config = load_config(experiment, overrides, flags)
+        from gaal_cli.training.preflight import check_run_inputs, unused_settings
+
+        for warning in unused_settings(config, overrides):
+            stderr.print(styled("warning:", "yellow", f" {warning}"), highlight=False, soft_wrap=True)
+        check_run_inputs(config)  # a wrong path, column or target: answered before torch loads
+        # the config and the inputs are checked: only now torch, timm and the method's module are loaded
+        from gaal_cli.runs.folder import default_run_folder
+
+        run_dir = out or default_run_folder(config)
+        if dry_run:
+            _dry_run(config, run_dir)
+            return
+        _train(config, run_dir, quiet, restart)
+
+
+def _train(config, run_dir: Path, quiet: bool, restart: bool) -> None:
     from gaal_cli.foundation.display import metrics_table
     from gaal_cli.foundation.distributed import is_main_process
-    from gaal_cli.runs.folder import default_run_folder
     from gaal_cli.training.engine import train as run_training
 
-    run_dir = out or default_run_folder(config)
     report = run_training(config, run_dir, show_progress=not quiet, restart=restart)
     if not is_main_process():
         return
@@ -129,14 +170,33 @@ def train(
     stdout.print(f"run folder: {run_dir}")
 
 
+def _dry_run(config, run_dir: Path) -> None:
+    from gaal_cli.training.dry_run import dry_run
+
+    for part in dry_run(config, run_dir):
+        stdout.print(part, highlight=False, soft_wrap=True)
+
+
 @app.command("eval")
 @user_errors
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder or checkpoint file."),
-    split: str = typer.Option("test", "--split", help="train, val or test."),
+    split: str = typer.Option("test", "--split", help="train, val or test (of the run's own data)."),
     missing: str | None = typer.Option(None, "--missing", help="Evaluate with 'tabular' (or 'image') absent."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Prepared data folder, if it moved."),
-    data: Path | None = typer.Option(None, "--data", help="The run's .csv/.parquet table, if it moved."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="A separate labelled .csv/.parquet file, scored whole (not re-split); or the run's own table "
+        "where it now is (then split as training split it).",
+    ),
+    head: str | None = typer.Option(
+        None, "--head", help="The head of the per-class table: multi, image or tabular (default: best on val)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the confusion matrix as a figure (.png, .pdf or .svg)."
+    ),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="--data: drop and count bad rows instead of failing."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     last: bool = typer.Option(
@@ -149,40 +209,57 @@ def evaluate(
         "refused when the recomputed test accuracy is not report.json's.",
     ),
 ) -> None:
-    """Evaluate a finished run's best checkpoint on one split (a table encoded with the run's saved preprocessing).
+    """Evaluate a finished run's best checkpoint: every metric per head, and for one head a table per
+    class and the confusion matrix (on one split, or on a separate labelled file with --data).
 
     An unfinished run is refused, naming its state; --last evaluates its last saved epoch."""
-    overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
+    from gaal_cli.training.preflight import HEADS, MODALITIES, SPLITS, check_choice, check_data_file, check_run_path
+
+    check_choice(split, SPLITS, "--split", "unknown split")
+    check_choice(missing, MODALITIES, "--missing", "no modality called")
+    check_choice(head, HEADS, "--head", "unknown head")
+    check_run_path(run)
     if write_predictions:
-        if split != "test" or missing or last or as_json:
+        if split != "test" or missing or last or as_json or head or out:
             raise GaalError(
                 "--write-predictions writes the test predictions as the run computed them; "
-                "it takes no --split, --missing, --last or --json",
+                "it takes no --split, --missing, --last, --head, --out or --json",
                 source="--write-predictions",
             )
         from gaal_cli.training.trained_run import write_run_predictions
 
+        overrides = {"data.dir": data_dir, "data.name": str(data) if data else None, "train.device": device}
         file, outcome = write_run_predictions(run, overrides)
         said = {"wrote": "wrote", "untouched": "already there, untouched (it passes its checks against the run):"}
         stdout.print(f"{said.get(outcome, outcome + ':')} {file}", highlight=False, soft_wrap=True)
         return
-    if split not in ("train", "val", "test"):
-        raise GaalError(f"unknown split '{split}'; expected train, val or test", source="--split")
-    if missing not in (None, "tabular", "image"):
-        raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
-    from gaal_cli.foundation.display import metrics_table
+    if data is not None:
+        check_data_file(data)
+    if out is not None and out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise GaalError("is not a .png, .pdf or .svg file name", source=str(out), field="--out")
+    # the flags are checked: only now torch and the run's method load
+    from gaal_cli.foundation.display import class_tables
     from gaal_cli.runs.folder import checkpoint_to_evaluate, to_json
-    from gaal_cli.training.trained_run import evaluate_checkpoint
+    from gaal_cli.training.trained_run import evaluate_run
 
     file, note = checkpoint_to_evaluate(run, last)
     if note:  # on stderr, so that --json output stays JSON
         stderr.print(styled("note:", "yellow", f" {note}"), highlight=False, soft_wrap=True)
-    metrics, config = evaluate_checkpoint(file, split, missing, overrides)
+    overrides = {"data.dir": data_dir, "train.device": device}
+    scores, config = evaluate_run(file, split, missing, overrides, table=data, head=head, skip_bad=skip_bad)
+    if out is not None:
+        from gaal_cli.analysis.figures import confusion_figure
+
+        title = f"{config.method}, {scores.head} head: {scores.where}"
+        confusion_figure(scores.confusion, scores.class_names, title, out, protected=[file, *([data] if data else [])])
     if as_json:
-        stdout.print_json(to_json(metrics))
+        stdout.print_json(to_json(scores.to_json()))
         return
-    title = f"{config.method} on {config.data.name}, {split}" + (f", {missing} missing" if missing else "")
-    stdout.print(metrics_table(title + (", last.pt" if last else ""), {split: metrics}))
+    title = f"{config.method} on {config.data.name}" + (f", {missing} missing" if missing else "")
+    for part in class_tables(scores.to_json(), title + (", last.pt" if last else "")):
+        stdout.print(part, highlight=False, soft_wrap=True)
+    if out is not None:
+        stdout.print(f"confusion matrix figure: {out}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -199,14 +276,25 @@ def predict(
         ..., "--out", "-o", help="CSV to write: the row id (id column or image), prediction, prob_<class>."
     ),
     missing: str | None = typer.Option(None, "--missing", help="Predict with 'tabular' (or 'image') absent."),
-    head: str = typer.Option("multi", "--head", help="multi (fused), image or tabular prediction."),
+    head: str | None = typer.Option(
+        None, "--head", help="multi (fused), image or tabular prediction (default: the best on validation)."
+    ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop and count bad rows instead of failing."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Class probabilities for every row of a table, from a finished run; works from any directory.
 
-    With labels, accuracy is printed per split the table names (its split column), else once over all labelled rows.
+    The head with the best validation accuracy predicts unless --head says otherwise (it is named).
+    With labels, every metric is printed on the rows the run did not train on (its table's split, or
+    the table's own split column), with a table per class and the confusion matrix.
     """
+    from gaal_cli.training.preflight import HEADS, MODALITIES, check_choice, check_data_file, check_run_path
+
+    check_choice(missing, MODALITIES, "--missing", "no modality called")
+    check_choice(head, HEADS, "--head", "unknown head")
+    check_run_path(run)
+    check_data_file(data)
+    from gaal_cli.foundation.display import class_tables
     from gaal_cli.training.predict import predict_table
 
     summary = predict_table(run, data, out, missing=missing, head=head, skip_bad=skip_bad, device=device)
@@ -218,16 +306,15 @@ def predict(
     for what, counts in notes.items():
         if counts:
             stdout.print(f"{what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
-    if summary.by_split:
-        for name, (n, acc) in summary.by_split.items():
-            seen = " (the run trained on these rows)" if name == "train" else ""
-            stdout.print(f"accuracy {acc:.4f} on the {n} labelled {name} rows{seen}", highlight=False)
-    elif summary.accuracy is not None:
-        stdout.print(
-            f"accuracy {summary.accuracy:.4f} on {summary.labelled} labelled rows (the table names no split: "
-            "rows the run trained on may be among them)",
-            highlight=False,
-        )
+    stdout.print(f"predicted by the {summary.head} head ({summary.head_reason})", highlight=False, soft_wrap=True)
+    for name, (n, acc) in summary.by_split.items():
+        seen = " (the run trained on these rows)" if name == "train" else ""
+        stdout.print(f"accuracy {acc:.4f} on the {n} labelled {name} rows{seen}", highlight=False)
+    if summary.scores is not None:
+        scores = summary.scores.to_json()
+        scores["head_reason"] = summary.head_reason
+        for part in class_tables(scores, "labelled rows"):
+            stdout.print(part, highlight=False, soft_wrap=True)
     stdout.print(f"wrote {summary.rows_written} of {summary.rows_read} rows: {summary.out}", highlight=False)
 
 
@@ -235,7 +322,7 @@ SEEDS_HELP = "Replace the file's seeds: 2022,2023 or 2022-2026."
 RESULTS_HELP = "Root of the run folders: <results>/<experiment>/<variant>/seed<seed>."
 
 
-@app.command()
+@app.command(cls=SetHintCommand)
 @user_errors
 def sweep(
     experiment: str = typer.Argument(..., help="Name in experiments/ (table1_dvm, synthetic/lambda) or a YAML file."),
@@ -243,7 +330,17 @@ def sweep(
     seeds: str | None = typer.Option(None, "--seeds", help=SEEDS_HELP),
     results: Path = typer.Option(Path("results"), "--results", help=RESULTS_HELP),
     overrides: list[str] = typer.Option([], "--set", help="Override a key in every run: --set data.dir=/data/dvm"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the runs with their status; train none."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", help="Run every run on this dataset (a table: under its own folder)."
+    ),
+    target: str | None = typer.Option(None, "--target", help="Class column of a --dataset table."),
+    image_column: str | None = typer.Option(None, "--image-column", help="Image-path column of a --dataset table."),
+    group_column: str | None = typer.Option(None, "--group-column", help="Column whose rows stay in one split."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Validate, check the data as the runs would, list the runs with their status; train none.",
+    ),
     launcher: str = typer.Option("local", "--launcher", help="local (this machine) or slurm (needs gaal[slurm])."),
     slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="Slurm partition."),
     slurm_time: int = typer.Option(240, "--slurm-time", help="Minutes per run."),
@@ -257,7 +354,16 @@ def sweep(
 
     if launcher not in ("local", "slurm"):
         raise GaalError(f"unknown launcher '{launcher}'; expected local or slurm", source="--launcher")
-    plan = load_sweep(resolve_experiment(experiment), overrides, seeds=parse_seeds(seeds), results=results)
+    flags = {
+        "data.name": dataset,
+        "data.target": target,
+        "data.image_column": image_column,
+        "data.group_column": group_column,
+    }
+    with flags_named(flags):
+        plan = load_sweep(
+            resolve_experiment(experiment), overrides, seeds=parse_seeds(seeds), results=results, dataset=flags
+        )
     if launcher == "slurm" and not dry_run:
         from gaal_cli.sweeps.launchers import SlurmOptions
         from gaal_cli.sweeps.runner import submit_sweep
@@ -271,16 +377,20 @@ def sweep(
             "(submit again once it has finished)"
         )
         return
-    _run_sweep(plan, workers, dry_run)
+    with flags_named(flags):
+        _run_sweep(plan, workers, dry_run)
 
 
-@app.command()
+@app.command(cls=SetHintCommand)
 @user_errors
 def ablate(
     components: list[str] = typer.Argument(..., help="GAAL switches in the order they are added: cgs ugg."),
     dataset: list[str] = typer.Option(
-        ["synthetic"], "--dataset", "-d", help="synthetic, dvm, sun, ham10000 (repeatable)."
+        ["synthetic"], "--dataset", "-d", help="synthetic, dvm, sun, ham10000 or a .csv/.parquet table (repeatable)."
     ),
+    target: str | None = typer.Option(None, "--target", help="Class column of a --dataset table."),
+    image_column: str | None = typer.Option(None, "--image-column", help="Image-path column of a --dataset table."),
+    group_column: str | None = typer.Option(None, "--group-column", help="Column whose rows stay in one split."),
     experiment: str | None = typer.Option(
         None, "--from", help="Ablation file (default: table2_ablation; synthetic and ham10000 have their own)."
     ),
@@ -293,20 +403,28 @@ def ablate(
     """Table II: GAAL with every listed switch off, then each switched on in turn (a sweep)."""
     from gaal_cli.sweeps.runner import load_ablation, parse_seeds
 
-    plan = load_ablation(components, dataset, experiment, overrides, seeds=parse_seeds(seeds), results=results)
-    _run_sweep(plan, workers, dry_run)
+    table = {"data.target": target, "data.image_column": image_column, "data.group_column": group_column}
+    with flags_named({**table, "data.name": dataset}):
+        plan = load_ablation(
+            components, dataset, experiment, overrides, seeds=parse_seeds(seeds), results=results, table=table
+        )
+    with flags_named({**table, "data.name": dataset}):
+        _run_sweep(plan, workers, dry_run)
 
 
 def _run_sweep(plan, workers: int, dry_run: bool) -> None:
     from gaal_cli.foundation.display import plan_table
     from gaal_cli.runs.folder import RunFolder
-    from gaal_cli.sweeps.runner import check_inputs, run_sweep
+    from gaal_cli.sweeps.runner import check_data, check_inputs, run_sweep
     from gaal_cli.sweeps.staleness import described_statuses
 
     if dry_run:
         title = f"{plan.name}: {len(plan.runs)} runs from {plan.source}"
         stdout.print(plan_table(title, described_statuses(plan), lambda need: RunFolder(need).done))
         check_inputs(plan)
+        for line in check_data(plan, deep=True):
+            stdout.print(f"data: {line}", highlight=False, soft_wrap=True)
+        stdout.print("dry run: the runs' config and data are as a real sweep checks them; nothing trained or written")
         return
     outcome = run_sweep(plan, workers)
     stdout.print(
@@ -336,21 +454,14 @@ def reproduce(
     Stopped at any point, the same command resumes it (finished runs are skipped, killed ones resumed);
     a stale finished run stops it, naming the folder."""
     import time
-    from collections import Counter
 
-    from gaal_cli.sweeps.campaign import load_campaign
-    from gaal_cli.sweeps.staleness import described_statuses
+    from gaal_cli.sweeps.campaign import dry_run_lines, load_campaign
 
     campaign = load_campaign(file)
     plans = campaign.plans(results)
     if dry_run:
-        for plan in plans:
-            counts = Counter(_status_kind(state) for _, state in described_statuses(plan))
-            states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-            stdout.print(f"{plan.name}: {len(plan.runs)} runs ({states})", highlight=False, markup=False)
-        for spec in campaign.reports:
-            folders = " ".join(str(results / f) for f in spec.folders)
-            stdout.print(f"then: gaal report {folders} --out {results / spec.out}", highlight=False, markup=False)
+        for line in dry_run_lines(campaign, plans, results):
+            stdout.print(line, highlight=False, markup=False)
         return
     start = time.monotonic()
     for plan in plans:
@@ -361,15 +472,6 @@ def reproduce(
         write_report([results / f for f in spec.folders], results / spec.out)
         stdout.print(f"report: {results / spec.out}", highlight=False)
     stdout.print(f"campaign {file}: {sum(len(p.runs) for p in plans)} runs, {time.monotonic() - start:.0f} s")
-
-
-def _status_kind(state: str) -> str:
-    """A dry run's status without its details: 'done, unverified', 'done on another host', 'stale', ..."""
-    if state.startswith("done (unverified"):
-        return "done, unverified"
-    if state.startswith("done (on "):
-        return "done on another host"
-    return state.split(":")[0].split(" (")[0]
 
 
 @app.command()
@@ -410,13 +512,13 @@ def compare(
 
     Runs are paired by seed and test sample (their predictions.safetensors); a run without one is refused,
     naming `gaal eval RUN --write-predictions`."""
-    from gaal_cli.analysis.compare import compare_runs, comparison_lines, sides_provenance
+    from gaal_cli.analysis.compare import compare_runs, comparison_lines, shared_runs_note, sides_provenance
     from gaal_cli.analysis.provenance_groups import describe, sides_note
     from gaal_cli.runs.folder import to_json
 
     rows = compare_runs(a, b, metrics=metric)
     sides = sides_provenance(a, b)
-    notes = [n for n in (_shared_runs_note(a, b), sides_note(sides)) if n]
+    notes = [n for n in (shared_runs_note(a, b), sides_note(sides)) if n]
     if as_json:
         made_by = {side.lower(): [{"code": c, "host": h} for c, h in sorted(keys)] for side, keys in sides.items()}
         found = {
@@ -436,21 +538,10 @@ def compare(
         stderr.print(styled("note:", "yellow", f" {note}"), highlight=False, soft_wrap=True)
 
 
-def _shared_runs_note(a: Path, b: Path) -> str | None:
-    """What `gaal compare` says when A and B hold the same run folders (`gaal compare A A`)."""
-    from gaal_cli.analysis.compare import run_group
-
-    folders = [{run.path.resolve() for run in run_group(side).values()} for side in (a, b)]
-    shared = sorted(folders[0] & folders[1])
-    if not shared:
-        return None
-    return (
-        f"A and B share {len(shared)} run folder{'s' * (len(shared) > 1)} (e.g. {shared[0]}): a run compared "
-        "with itself differs by 0 by construction, so those seeds say nothing about the methods"
-    )
-
-
-data_app = typer.Typer(help="Prepare real datasets from their raw downloads.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: prepare a real one from its raw download, or inspect a table before training on it.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 
 
@@ -507,12 +598,23 @@ def inspect_data(
     opens each image's header only (training also decodes every image).
     """
     from gaal_cli.config import load_config
+
+    flags = {
+        "data.name": str(table),
+        "data.target": target,
+        "data.image_column": image_column,
+        "data.group_column": group_column,
+        "data.skip_bad": skip_bad,
+    }
+    with flags_named(flags, {k: v for k, v in TRAIN_FLAGS.items() if k != "data.name"}):
+        config = load_config(None, overrides, flags)
+        from gaal_cli.data.table_file import check_table_columns
+
+        check_table_columns(config.data)  # a wrong path, column or target: answered before torch loads
     from gaal_cli.data.user_table import inspect_table
     from gaal_cli.foundation.display import inspection_tables
     from gaal_cli.runs.folder import to_json
 
-    flags = {"data.name": str(table), "data.target": target, "data.image_column": image_column}
-    config = load_config(None, overrides, {**flags, "data.group_column": group_column, "data.skip_bad": skip_bad})
     found, error = inspect_table(config.data)
     if as_json:
         stdout.print_json(to_json(found))
@@ -544,7 +646,12 @@ def check_method(
     from gaal_cli.config import load_config
 
     # an unknown method or a bad override: the config's own error (exit 2), before any training
-    load_config(overrides=[f"method={name}", *overrides])
+    try:
+        load_config(overrides=overrides, flags={"method": name})
+    except GaalError as err:
+        if err.field != "method":
+            raise
+        raise GaalError(err.message, source=f"gaal check-method {name}") from None
     from gaal_cli.training.method_checks import check_method as run_checks
 
     with tempfile.TemporaryDirectory(prefix="gaal-check-") if out is None else contextlib.nullcontext(out) as folder:
@@ -564,14 +671,13 @@ def check_method(
 @user_errors
 def list_methods() -> None:
     """List the training methods (built-in or from a plugin package), their origin and settings."""
-    from gaal_cli.methods.registry import all_methods, load_plugins, method_origin
+    from gaal_cli.methods.registry import all_methods, load_plugins, method_origin, method_summary
 
     for warning in load_plugins():  # a plugin that fails to import is named and skipped
         stderr.print(styled("warning:", "yellow", f" {warning}"), highlight=False, soft_wrap=True)
     for name, spec in all_methods().items():
         fields = ", ".join(f"{k}={v.default!r}" for k, v in spec.settings.model_fields.items())
-        doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
-        stdout.print(styled(name, "bold", f"  [{method_origin(name)}]  {doc.splitlines()[0] if doc else ''}"))
+        stdout.print(styled(name, "bold", f"  [{method_origin(name)}]  {method_summary(spec)}"))
         if fields:
             stdout.print(f"    {fields}", highlight=False)
 

@@ -116,6 +116,12 @@ class DataConfig(Section):
     # drops it), dropped, or kept in the train split only
     rare_classes: Literal["refuse", "drop", "train"] = "refuse"
     missing: Literal["impute", "drop", "error"] = "impute"
+    # a numeric target: N quantile bins as its classes; 0 keeps every value a class; unset refuses a
+    # target that looks continuous (gaal_cli/data/target.py)
+    target_bins: int | None = Field(None, ge=0, le=1000)
+    # rows of val or test that share an image with an earlier split's, or repeat its features
+    # (gaal_cli/data/leakage.py): a warning; kept in one split by gaal's split; or dropped
+    leakage: Literal["warn", "group", "drop"] = "warn"
     # a modality absent at test only (trained with both): `tabular` is Table I's test-time
     # tabular-missing setting, GAAL* its GAAL row; the test metrics are scored without it
     test_missing: Literal["none", "tabular", "image"] = "none"

@@ -194,8 +194,8 @@ def test_the_registry_names_each_builtin_where_its_module_registers_it():
 
 
 def run_cli(*args: str) -> tuple[int, str, set[str]]:
-    """Run `gaal ARGS` in a fresh interpreter: exit code, stderr, and which of torch, timm and
-    the method modules were imported by then."""
+    """Run `gaal ARGS` in a fresh interpreter: exit code, stderr, and which of torch, timm, pandas
+    and the method modules were imported by then."""
     script = textwrap.dedent(
         f"""
         import json, sys
@@ -205,7 +205,7 @@ def run_cli(*args: str) -> tuple[int, str, set[str]]:
             code = 0
         except SystemExit as exit:
             code = exit.code
-        heavy = [m for m in sys.modules if m in ("torch", "timm") or m.startswith("gaal_cli.methods.")]
+        heavy = [m for m in sys.modules if m in ("torch", "timm", "pandas") or m.startswith("gaal_cli.methods.")]
         print(json.dumps([code, heavy]))
         """
     )
@@ -224,6 +224,13 @@ def run_cli(*args: str) -> tuple[int, str, set[str]]:
         (["train", "--set", "methods.nope.x=1"], "unknown method"),
         (["train", "--epochs", "two"], "Invalid value"),
         (["eval", "some_run", "--split", "tset"], "unknown split"),
+        (["eval", "some_run", "--missing", "table"], "did you mean 'tabular'"),
+        (["eval", "no_such_run"], "no checkpoint found"),
+        (["predict", "some_run", "--data", "t.csv", "--out", "p.csv", "--head", "fused"], "unknown head"),
+        (["predict", "no_such_run", "--data", "t.csv", "--out", "p.csv"], "no checkpoint found"),
+        (["train", "--dataset", "missing.csv"], "no such table file"),
+        (["train", "--dataset", "dvmm"], "did you mean 'dvm'"),
+        (["train", "--dataset", "dvm", "--data-dir", "no_such_folder"], "no prepared data"),
     ],
 )
 def test_the_cli_answers_a_mistake_without_loading_torch(args, says):
@@ -232,6 +239,24 @@ def test_the_cli_answers_a_mistake_without_loading_torch(args, says):
     assert says in stderr
     assert not heavy & {"torch", "timm"}, f"loaded before answering: {sorted(heavy)}"
     assert heavy <= {"gaal_cli.methods.registry", "gaal_cli.methods.plugins"}
+
+
+def test_mistakes_about_a_table_are_answered_without_loading_torch(tmp_path):
+    table = tmp_path / "t.csv"
+    rows = [f"img{i}.png,{i * 1.37:.2f},{['a', 'b'][i % 2]}" for i in range(60)]
+    table.write_text("image,price,kind\n" + "\n".join(rows) + "\n")
+    base = ["--image-column", "image"]
+    cases = [
+        (["train", "--dataset", str(table), "--target", "knid", *base], "did you mean 'kind'"),
+        (["train", "--dataset", str(table), "--target", "price", *base], "looks continuous"),
+        (["train", "--dataset", str(table), "--target", "knid", *base, "--dry-run"], "did you mean 'kind'"),
+        (["data", "inspect", str(table), "--target", "price", *base], "data.target_bins"),
+        (["data", "inspect", str(table), "--target", "kind", "--image-column", "imag"], "did you mean 'image'"),
+    ]
+    for args, says in cases:
+        code, stderr, heavy = run_cli(*args)
+        assert code == 2 and says in stderr, (args, stderr)
+        assert not heavy & {"torch", "timm"}, f"{args} loaded {sorted(heavy)} before answering"
 
 
 def test_a_method_block_is_checked_importing_only_that_method():

@@ -31,12 +31,12 @@ def test_train_then_eval_end_to_end(tmp_path, tiny):
 
     result = runner.invoke(app, ["eval", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.stdout)
+    metrics = json.loads(result.stdout)["metrics"]
     assert metrics["multi"]["acc"] == pytest.approx(report["metrics"]["test"]["multi"]["acc"])
 
     result = runner.invoke(app, ["eval", str(out / "checkpoint.pt"), "--missing", "tabular", "--json"])
     assert result.exit_code == 0, result.output
-    missing = json.loads(result.stdout)
+    missing = json.loads(result.stdout)["metrics"]
     assert set(missing) == {"multi", "image"}
     assert missing["multi"]["acc"] == pytest.approx(report["metrics"]["test"]["image"]["acc"])
 

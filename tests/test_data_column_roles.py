@@ -19,7 +19,7 @@ from gaal_cli.data import build_data
 from gaal_cli.data.column_roles import derive, fit_origins, infer_roles
 from gaal_cli.data.preprocessing import TableState, apply_state
 from gaal_cli.data.problems import Problems
-from gaal_cli.data.user_table import read_table
+from gaal_cli.data.table_file import read_table
 from gaal_cli.foundation.display import EpochProgress
 from gaal_cli.foundation.errors import GaalError
 

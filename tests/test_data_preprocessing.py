@@ -12,7 +12,7 @@ from gaal_cli.data.column_roles import check_named_columns, infer_roles
 from gaal_cli.data.preprocessing import STATE_FORMAT, TableState, apply_state, encode, fit_encoding, read_record
 from gaal_cli.data.problems import Problems
 from gaal_cli.data.splits import stratified_split
-from gaal_cli.data.user_table import read_table
+from gaal_cli.data.table_file import read_table
 from gaal_cli.foundation.errors import GaalError
 
 

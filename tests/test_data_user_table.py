@@ -16,7 +16,7 @@ from gaal_cli.data import build_data
 from gaal_cli.data.preprocessing import MISSING, UNKNOWN, TableState, apply_state, encode, fit_encoding
 from gaal_cli.data.problems import Problems
 from gaal_cli.data.splits import grouped_split
-from gaal_cli.data.user_table import read_table
+from gaal_cli.data.table_file import read_table
 
 runner = CliRunner()
 

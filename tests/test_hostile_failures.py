@@ -221,7 +221,7 @@ def test_an_all_missing_column_is_left_out_not_a_flag():
 
 
 def test_a_header_of_blanks_is_refused(tmp_path):
-    from gaal_cli.data.user_table import read_table
+    from gaal_cli.data.table_file import read_table
 
     table = tmp_path / "t.csv"
     table.write_text("photo,species,   ,x\na.jpg,cat,1,2\n")

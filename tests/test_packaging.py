@@ -263,11 +263,35 @@ def run_checked(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+def fresh_venv_seeing_this_interpreters_packages(venv: Path, env: dict) -> Path:
+    """A new venv (no pip of its own) whose Python also imports the packages this interpreter has
+    installed (torch, pip, ...), wherever they are: in the system's site-packages or in a venv's.
+
+    `python -m venv --system-site-packages` from a venv's Python would make a venv over the base
+    interpreter, which sees the base's packages and not the venv's (no torch in a fresh venv that
+    installed it): so the venv is made from the base interpreter, and this interpreter's
+    site-packages folders are named in a .pth file of the new one. Lines of a .pth file are added
+    after the venv's own site-packages, and the .pth files inside them are not run: the editable
+    gaal of this environment stays out, and the wheel installed in the venv is the gaal imported.
+    """
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    run_checked([base, "-m", "venv", "--without-pip", str(venv)], env=env)
+    python = venv / "bin" / "python"
+    site_packages = Path(
+        run_checked(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env
+        ).stdout.strip()
+    )
+    here = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (site_packages / "gaal_test_dependencies.pth").write_text("".join(f"{p}\n" for p in here))
+    return python
+
+
 @pytest.mark.slow
 def test_an_installed_wheel_finds_the_named_experiments_from_any_folder(tmp_path, docker):
     """Build the wheel from exactly what the image installs, put it in a fresh venv (torch and the
-    other dependencies come from this machine through --system-site-packages), and run a named
-    sweep's dry run from a folder that has no experiments/ and is outside the checkout."""
+    other dependencies come from this interpreter's site-packages, inside a venv or not), and run a
+    named sweep's dry run from a folder that has no experiments/ and is outside the checkout."""
     source = tmp_path / "src"
     source.mkdir()
     for path in image_package_sources(docker):
@@ -282,8 +306,7 @@ def test_an_installed_wheel_finds_the_named_experiments_from_any_folder(tmp_path
                  "-w", str(tmp_path / "dist"), str(source)], env=env)  # fmt: skip
     wheel = next((tmp_path / "dist").glob("gaal-*.whl"))
     venv = tmp_path / "venv"
-    run_checked([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], env=env)
-    python = venv / "bin" / "python"
+    python = fresh_venv_seeing_this_interpreters_packages(venv, env)
     # --ignore-installed: the editable gaal of this machine's site-packages is not the one tested
     run_checked([str(python), *pip, "install", "--no-deps", "--no-index", "--ignore-installed", str(wheel)], env=env)
 

@@ -82,6 +82,7 @@ def test_predict_round_trip_in_a_fresh_process_from_another_directory(trained, m
     out = tmp_path / "predictions" / "p.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "gaal_cli", "predict", str(run), "--data", str(moved), "--out", str(out)]
+    command += ["--head", "multi"]  # the fused head, which the eval path below computes
     done = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     predicted = pd.read_csv(out)
@@ -102,7 +103,7 @@ def test_predict_round_trip_in_a_fresh_process_from_another_directory(trained, m
     result = runner.invoke(app, ["eval", str(run), "--data", str(moved), "--json"])
     assert result.exit_code == 0, result.output
     accuracy = float(np.mean(probs[test].argmax(1) == labels))
-    assert json.loads(result.stdout)["multi"]["acc"] == pytest.approx(accuracy)
+    assert json.loads(result.stdout)["metrics"]["multi"]["acc"] == pytest.approx(accuracy)
 
 
 def test_unseen_categories_map_to_unknown_and_are_counted(trained, moved, tmp_path):
@@ -204,7 +205,8 @@ def test_eval_encodes_with_the_saved_preprocessing(trained, moved):
     assert refit.preprocessing["encoding"] != state["preprocessing"]["encoding"]
     result = runner.invoke(app, ["eval", str(run), "--data", str(moved), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["multi"]["acc"] == pytest.approx(report["metrics"]["test"]["multi"]["acc"])
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["multi"]["acc"] == pytest.approx(report["metrics"]["test"]["multi"]["acc"])
 
 
 def test_prepared_dataset_run_predicts_on_its_table(tmp_path):

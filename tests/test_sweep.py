@@ -282,6 +282,12 @@ def test_a_finished_run_of_another_config_is_refused(tmp_path, tiny):
     assert statuses(changed)[0][1] == "stale"
     with pytest.raises(GaalError, match="train.lr"):
         run_sweep(changed)
+    # a run on another dataset in the same folder is never offered for deletion
+    other = {**run.config.resolved(), "data": {**run.config.resolved()["data"], "name": "elsewhere.csv"}}
+    (run.folder / "config.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(GaalError, match="another dataset") as refused:
+        run_sweep(old)
+    assert "delete the folder" not in refused.value.message
 
 
 def test_a_teacher_trains_first_and_kills_leave_every_run_finished_once(tmp_path, tiny):

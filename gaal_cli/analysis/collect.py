@@ -13,6 +13,7 @@ every table and figure shares.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pandas as pd
 
 from gaal_cli.analysis.provenance_groups import provenance_columns
 from gaal_cli.config import read_yaml_file
+from gaal_cli.data.recipes import TABLE_SUFFIXES
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.names import file_stem
 from gaal_cli.methods.registry import all_methods, method_names, method_spec
@@ -429,3 +431,24 @@ def dataset_label(key: str) -> str:
     if key.startswith("synthetic-"):
         return f"synthetic, {key.removeprefix('synthetic-').replace('_', '-')}"
     return DATASET_LABELS.get(key, key)
+
+
+def short_dataset_names(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with each table's runs labelled by the table's stem (`houses`) rather than its path, so a
+    report's columns and panel titles stay short; two tables of one stem by their folder as well
+    (`train (clinic)`), and by a hash of their path when that is not enough. The path stays in
+    the `data.name` column."""
+    if runs.empty:
+        return runs
+    tables = sorted({str(d) for d in runs["dataset"].unique() if str(d).lower().endswith(TABLE_SUFFIXES)})
+    labels = {path: Path(path).stem for path in tables}
+    for stem in {s for s in labels.values() if list(labels.values()).count(s) > 1}:
+        same = [p for p in tables if labels[p] == stem]
+        for path in same:
+            labels[path] = f"{stem} ({Path(path).parent.name or '.'})"
+        if len({labels[p] for p in same}) < len(same):
+            for path in same:
+                labels[path] = f"{stem} ({hashlib.sha256(path.encode()).hexdigest()[:8]})"
+    known = set(runs["dataset"].unique()) - set(tables)
+    labels = {path: (label if label not in known else f"{label} (table)") for path, label in labels.items()}
+    return runs.assign(dataset=runs["dataset"].map(lambda d: labels.get(str(d), d)))

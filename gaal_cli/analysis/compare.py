@@ -218,6 +218,18 @@ def compare_runs(a: str | Path, b: str | Path, *, metrics: Sequence[str] = ("acc
     return out
 
 
+def shared_runs_note(a: Path, b: Path) -> str | None:
+    """What `gaal compare` says when A and B hold the same run folders (`gaal compare A A`)."""
+    folders = [{run.path.resolve() for run in run_group(side).values()} for side in (a, b)]
+    shared = sorted(folders[0] & folders[1])
+    if not shared:
+        return None
+    return (
+        f"A and B share {len(shared)} run folder{'s' * (len(shared) > 1)} (e.g. {shared[0]}): a run compared "
+        "with itself differs by 0 by construction, so those seeds say nothing about the methods"
+    )
+
+
 def sides_provenance(a: str | Path, b: str | Path) -> dict[str, set[tuple[str, str]]]:
     """The (code, host) keys of each side's runs (gaal_cli.analysis.provenance_groups)."""
     sides = {}

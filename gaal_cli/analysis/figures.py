@@ -5,6 +5,7 @@ Fig. 5 (ε) and a regime sweep's accuracy against dominance, each method in its 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +60,31 @@ def _save(fig, path: Path) -> Path:
     """Write the figure as PNG (for report.md), PDF and SVG (for a paper); returns the PNG."""
     import matplotlib.pyplot as plt
 
+    wrap_titles(fig)
     fig.tight_layout()
     for suffix in FORMATS:
         # no creation date in the vector files (and salted SVG ids, see STYLE), so a rebuilt
         # report over the same runs is byte-identical
-        metadata = {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None
-        options = {"format": suffix[1:], "dpi": 200, "metadata": metadata}
+        options = {"format": suffix[1:], "dpi": 200, "metadata": _metadata(suffix)}
         write_file(path.with_suffix(suffix), lambda fh, options=options: fig.savefig(fh, **options), sync=False)
     plt.close(fig)
     return path.with_suffix(".png")
+
+
+# characters of title text per inch of panel width, at the title's 10 pt
+TITLE_CHARACTERS_PER_INCH = 12
+
+
+def wrap_titles(fig) -> None:
+    """Wrap each panel's title to its panel's width, so that side-by-side titles never run into
+    each other (a long dataset name would otherwise cross into the next panel)."""
+    for ax in fig.axes:
+        title = ax.get_title(loc="left") or ax.get_title()
+        loc = "left" if ax.get_title(loc="left") else "center"
+        width = max(20, int(ax.get_position().width * fig.get_figwidth() * TITLE_CHARACTERS_PER_INCH))
+        lines = [textwrap.fill(line, width) for line in title.split("\n")]
+        if title:
+            ax.set_title("\n".join(lines), loc=loc)
 
 
 def seeds_caption(counts, bars: str = "error bars") -> str:
@@ -231,4 +248,134 @@ def regime_figure(summary: pd.DataFrame, path: Path) -> Path:
         captions += [seeds_caption(part["n"])] * len(row)
     # one legend for every panel: the tabular-only model has no Image accuracy to draw
     legend_beside(fig, axes, captions, order=methods)
+    return _save(fig, path)
+
+
+def confusion_axes(ax, matrix, class_names: list[str], title: str) -> None:
+    """A confusion matrix on `ax`: rows true class, columns predicted, each cell its count, shaded by
+    the share of its row (so a small class's errors show as clearly as a large one's)."""
+    counts = np.asarray(matrix, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, [str(c) for c in class_names], rotation=45, ha="right")
+    ax.set_yticks(ticks, [str(c) for c in class_names])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, loc="left")
+    if len(class_names) <= 20:
+        for i, j in np.ndindex(counts.shape):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if shares[i, j] > 0.6 else "black")  # fmt: skip
+
+
+def confusion_figure(matrix, class_names: list[str], title: str, path: Path, protected=()) -> Path:
+    """`gaal eval --out FILE`: the confusion matrix as one figure, in the format FILE's suffix names.
+
+    Raises:
+        GaalError: FILE is one of `protected` (the command's inputs) or cannot be written.
+    """
+    import matplotlib.pyplot as plt
+
+    side = min(3.0 + 0.45 * len(class_names), 14.0)
+    fig, (ax,) = _figure(1, width=side, height=side)
+    confusion_axes(ax, matrix, class_names, "\n".join(textwrap.wrap(title, 60)))
+    fig.tight_layout()
+    options = {"format": path.suffix[1:].lower(), "dpi": 200, "metadata": _metadata(path.suffix.lower())}
+    write_file(path, lambda fh: fig.savefig(fh, **options), protected=protected, field="--out")
+    plt.close(fig)
+    return path
+
+
+def _metadata(suffix: str) -> dict | None:
+    """No creation date in a vector file, so the same figure is the same bytes."""
+    return {"Date": None} if suffix == ".svg" else {"CreationDate": None} if suffix == ".pdf" else None
+
+
+# each head's look in the figures that put the three heads side by side
+HEAD_LOOK = {
+    "multi": {"color": "black", "marker": "o"},
+    "image": {"color": "tab:blue", "marker": "s"},
+    "tabular": {"color": "tab:orange", "marker": "^"},
+}
+INTERVAL_CAPTION = "bars: 95 % interval of the mean over seeds (Student t)"
+
+
+def _interval(cell: pd.Series, head: str) -> tuple[float, list[list[float]] | None]:
+    """A summary cell's mean of `head` and its interval as errorbar half-widths (None: one seed)."""
+    mean, low, high = cell[f"{head}_mean"], cell.get(f"{head}_low"), cell.get(f"{head}_high")
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return float(mean), None
+    return float(mean), [[mean - low], [high - mean]]
+
+
+def methods_figure(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Table I as a figure: each method's test accuracy per head with its 95 % interval over seeds,
+    one panel per dataset (a method without a head's prediction has no point there)."""
+    if summary.empty:
+        return None
+    datasets = dataset_order(summary["dataset"].unique())
+    methods = [m for m in METHOD_ORDER if m in set(summary["method"])]
+    methods += sorted(set(summary["method"]) - set(methods))
+    fig, axes = _figure(len(datasets), width=5.0, height=max(2.6, 0.32 * len(methods) + 1.4))
+    for ax, d in zip(axes, datasets):
+        part = summary[summary["dataset"] == d].set_index("method")
+        for k, head in enumerate(HEADS):
+            shown = False
+            for i, method in enumerate(methods):
+                if method not in part.index or pd.isna(part.loc[method, f"{head}_mean"]):
+                    continue
+                mean, half = _interval(part.loc[method], head)
+                label = None if shown else HEAD_LABELS[head]
+                ax.errorbar(
+                    mean, i + (k - 1) * 0.22, xerr=half, ms=4, capsize=2, ls="none", label=label, **HEAD_LOOK[head]
+                )
+                shown = True
+        ax.set_yticks(range(len(methods)), methods)
+        ax.set_ylim(len(methods) - 0.5, -0.5)
+        ax.set_xlabel("test accuracy")
+        ax.grid(axis="x", alpha=0.3)
+        n = sorted({int(c) for c in part["n"]})
+        seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+        ax.set_title(f"{dataset_label(d)}: test accuracy per method ({seeds} seed{'s' * (n[-1] > 1)})")
+    legend_beside(fig, axes, [INTERVAL_CAPTION] * len(axes))
+    return _save(fig, path)
+
+
+def sweep_figure(summary: pd.DataFrame, key: str, path: Path) -> Path:
+    """A one-dimensional sweep: each head's test accuracy against the setting `key`, mean and 95 %
+    interval over seeds, one panel per dataset (values in their order; text values as categories)."""
+    datasets = dataset_order(summary["dataset"].unique())
+    fig, axes = _figure(len(datasets))
+    for ax, d in zip(axes, datasets):
+        part = summary[summary["dataset"] == d]
+        values = sorted(part[key].unique(), key=lambda v: (isinstance(v, str), v))
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        x = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+        for head in HEADS:
+            line = part.dropna(subset=[f"{head}_mean"])
+            if line.empty:
+                continue
+            line = line.assign(_x=line[key].map(x)).sort_values("_x")
+            halves = [_interval(cell, head)[1] for _, cell in line.iterrows()]
+            yerr = None if any(h is None for h in halves) else np.hstack(halves)
+            ax.errorbar(
+                line["_x"], line[f"{head}_mean"], yerr=yerr, capsize=3, ms=4, label=HEAD_LABELS[head], **HEAD_LOOK[head]
+            )
+        ax.set_xticks(list(x.values()), [format_value(v) for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{dataset_label(d)}: test accuracy against {key.split('.')[-1]}")
+    legend_beside(fig, axes, [INTERVAL_CAPTION] * len(axes))
+    return _save(fig, path)
+
+
+def confusion_panels(panels: list[tuple[str, list[list[int]], list[str]]], path: Path) -> Path | None:
+    """One confusion matrix per panel: (title, matrix, class names), as `confusion_axes` draws it."""
+    if not panels:
+        return None
+    side = min(3.0 + 0.4 * max(len(names) for _, _, names in panels), 9.0)
+    fig, axes = _figure(len(panels), width=side, height=side)
+    for ax, (title, matrix, names) in zip(axes, panels):
+        confusion_axes(ax, matrix, names, title)
     return _save(fig, path)

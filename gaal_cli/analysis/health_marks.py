@@ -36,7 +36,8 @@ def below_one_modality(runs: pd.DataFrame, rows: list[str]) -> pd.Series:
         return out
     for _, part in runs.groupby(family, dropna=False):
         alone = {h: part.loc[part["method"] == m, h].mean() for h, m in ALONE.items() if h in part}
-        alone["multi"] = np.nanmax([alone.get("image", np.nan), alone.get("tabular", np.nan)])
+        # pandas' max skips NaN without numpy's all-NaN warning (a dataset with no one-modality run)
+        alone["multi"] = pd.Series([alone.get("image"), alone.get("tabular")], dtype=float).max()
         for row in part[~part["method"].isin(list(ALONE.values()))].itertuples():
             n = getattr(row, "n_test", np.nan)
             below = []

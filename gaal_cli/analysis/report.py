@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from gaal_cli.analysis import compare
@@ -22,18 +23,24 @@ from gaal_cli.analysis.collect import (
     EPSILON_KEY,
     LAMBDA_KEYS,
     METRICS,
+    dataset_label,
+    dataset_order,
     load_runs,
     row_keys,
+    short_dataset_names,
     table_kind,
     tables,
 )
 from gaal_cli.analysis.figures import (
     FORMATS,
     conflict_figure,
+    confusion_panels,
     curves_figure,
     epsilon_figure,
     lambda_figure,
+    methods_figure,
     regime_figure,
+    sweep_figure,
 )
 from gaal_cli.analysis.health_marks import BELOW, below_one_modality, health_markdown
 from gaal_cli.analysis.paired import REFERENCE, paired_markdown
@@ -45,6 +52,8 @@ from gaal_cli.foundation.display import markdown_text
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.files import os_error, own_folder, remove_tree, signals_held, write_file
 from gaal_cli.foundation.locks import folder_lock
+from gaal_cli.runs.folder import RunFolder
+from gaal_cli.runs.predictions_file import read_predictions
 
 #: where a report is built before its files replace the old ones together
 STAGING = ".staging"
@@ -72,6 +81,7 @@ def write_report(root: Path | Sequence[Path], out: Path, *, reference: str = REF
     """
     roots = [Path(root)] if isinstance(root, str | Path) else [Path(r) for r in root]
     runs = pd.concat([load_runs(r) for r in roots], ignore_index=True) if len(roots) > 1 else load_runs(roots[0])
+    runs = short_dataset_names(runs)
     with folder_lock(out, "gaal report"):
         staging = out / STAGING
         remove_tree(staging)  # what a killed report left
@@ -186,18 +196,73 @@ def table_sections(
     if figure:
         written += [figure.with_suffix(s) for s in FORMATS]
         sections.append(f"![{figure.stem}]({figure.name})\n")
+    confusion = (
+        confusion_panels(best_confusions(runs, summary), out / f"confusion_{kind}.png") if rows == ["method"] else None
+    )
+    if confusion:
+        written += [confusion.with_suffix(s) for s in FORMATS]
+        sections.append(
+            "Confusion matrix of each dataset's best row on Multi test accuracy (its seeds' test predictions "
+            f"pooled; rows: true class):\n\n![{confusion.stem}]({confusion.name})\n"
+        )
     return sections, written
+
+
+def best_confusions(runs: pd.DataFrame, summary: pd.DataFrame) -> list[tuple[str, list[list[int]], list[str]]]:
+    """Per dataset, the confusion matrix of the row with the best mean Multi test accuracy (of its
+    one head for a unimodal row), pooled over its seeds' predictions files; a dataset none of whose
+    best row's runs kept one is left out."""
+    panels = []
+    for d in dataset_order(summary["dataset"].unique()):
+        part = summary[summary["dataset"] == d]
+        scores = part["multi_mean"].fillna(part[["image_mean", "tabular_mean"]].max(axis=1))
+        if scores.isna().all():
+            continue
+        method = part.loc[scores.idxmax(), "method"]
+        pooled, names, seeds = None, [], 0
+        for folder in runs[(runs["dataset"] == d) & (runs["method"] == method)]["folder"]:
+            found = run_confusion(RunFolder(folder))
+            if found is None:
+                continue
+            matrix, names = found
+            pooled = matrix if pooled is None else pooled + matrix
+            seeds += 1
+        if pooled is not None:
+            title = f"{dataset_label(d)}: {method}, {seeds} seed{'s' * (seeds > 1)} pooled"
+            panels.append((title, pooled.tolist(), names))
+    return panels
+
+
+def run_confusion(run: RunFolder):
+    """A run's test confusion matrix from its predictions file (its fused head, else its one head) and
+    its class names; None when it kept no readable file."""
+    try:
+        predictions = read_predictions(run.file(RunFolder.PREDICTIONS))
+        head = "multi" if "multi" in predictions.heads else predictions.heads[0]
+        predicted = predictions.predicted(head)
+    except (GaalError, IndexError):
+        return None
+    n = int(predictions.logits(head).shape[1])
+    names = run.read_report().get("data", {}).get("class_names")
+    names = [str(c) for c in names] if isinstance(names, list) and len(names) == n else [str(i) for i in range(n)]
+    labels = predictions.labels.astype(np.int64)
+    return np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n), names
 
 
 def table_figure(summary: pd.DataFrame, rows: list[str], kind: str, out: Path) -> Path | None:
     """The figure a table's rows call for: Fig. 3 over the λ grid, Fig. 5 over ε, accuracy against
-    dominance over a regime sweep; None for any other table."""
+    dominance over a regime sweep, each method's accuracy with its interval for a table of methods,
+    each head's accuracy against the setting of any other one-dimensional sweep; None otherwise."""
     if set(rows) == set(LAMBDA_KEYS):
         return lambda_figure(summary, out / f"fig3_{kind}.png")
     if rows == [EPSILON_KEY]:
         return epsilon_figure(summary, out / f"fig5_{kind}.png")
     if set(rows) == {"method", DOMINANCE_KEY}:
         return regime_figure(summary, out / f"regime_{kind}.png")
+    if rows == ["method"]:
+        return methods_figure(summary, out / f"methods_{kind}.png")
+    if len(rows) == 1:
+        return sweep_figure(summary, rows[0], out / f"sweep_{kind}.png")
     return None
 
 

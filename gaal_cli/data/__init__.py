@@ -1,20 +1,36 @@
 """Datasets: the embedded set, the real recipes, a user's table with its preprocessing, images;
-`build_data(cfg, seed)` dispatches on `cfg.name`. Imports the config and the foundation only."""
+`build_data(cfg, seed)` dispatches on `cfg.name`. Imports the config and the foundation only.
+
+Importing the package loads no torch: the names from gaal_cli.data.base (`Batch`, `DataBundle`,
+`make_loader`, ...) are loaded when first asked for, so that the table checks the CLI runs before
+training (gaal_cli.data.table_file) answer a mistake without it.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gaal_cli.config import DataConfig
-from gaal_cli.data.base import Batch, DataBundle, TabularSchema, TensorSplit, images_on_device, make_loader
-from gaal_cli.data.images import Progress
 from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES, require_prepared
 from gaal_cli.foundation.errors import GaalError, did_you_mean
 
+if TYPE_CHECKING:
+    from gaal_cli.data.base import DataBundle
+    from gaal_cli.data.images import Progress
+
 # (config, seed, progress of the image-cache build) -> the dataset
-DatasetBuilder = Callable[[DataConfig, int, Progress | None], DataBundle]
+DatasetBuilder = Callable[[DataConfig, int, "Progress | None"], "DataBundle"]
 DATASETS: dict[str, DatasetBuilder] = {}
+_FROM_BASE = ("Batch", "DataBundle", "TabularSchema", "TensorSplit", "images_on_device", "make_loader")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        return getattr(importlib.import_module("gaal_cli.data.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:

@@ -67,6 +67,9 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
 def decode(path: str | Path, size: int) -> np.ndarray:
     """The image at `path` as RGB uint8 (3, size, size), squashed to a square as in MMCL."""
     with _opened(path) as img:
+        if img.mode == "P" and "transparency" in img.info:
+            # the same pixels as P -> RGB, without PIL's warning per image (transparency is dropped either way)
+            img = img.convert("RGBA")
         img = img.convert("RGB").resize((size, size), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 

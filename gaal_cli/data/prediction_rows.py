@@ -40,7 +40,7 @@ from gaal_cli.data.preprocessing import (
 )
 from gaal_cli.data.problems import SPLIT_ALIASES, SPLITS
 from gaal_cli.data.recipes import RECIPES, TABLE_SUFFIXES
-from gaal_cli.data.user_table import read_table
+from gaal_cli.data.table_file import read_table
 from gaal_cli.foundation.errors import GaalError
 
 SPLIT_COLUMN = "split"  # the prepared format's split column
@@ -67,6 +67,8 @@ class PredictionRows:
     skipped: dict[str, int]
     notes: dict[str, dict[str, int]]
     inputs: list[str]
+    # each kept row's image file (absolute), None when the images were not read (--missing image)
+    images: list[str] | None = None
 
 
 def prediction_rows(
@@ -99,6 +101,7 @@ def prediction_rows(
     modalities = tuple(m for m in ("image", "tabular") if m != missing)
     if isinstance(record, TableState):
         encoded = apply_state(record, frame, table, skip_bad=skip_bad, modalities=modalities, label_problems=False)
+        name_by_image(encoded, frame, record.image_column)
     else:
         manifest = _manifest_beside(table)
         encoded = apply_prepared(
@@ -112,6 +115,16 @@ def prediction_rows(
         )
     splits = split_names(frame[split_column]) if split_column in frame.columns else None
     return _read_images(encoded, record, splits, "image" in modalities, cache_folder, num_workers, progress)
+
+
+def name_by_image(encoded: EncodedTable, frame: pd.DataFrame, image_column: str) -> None:
+    """Name the rows by their image cell when the table has no id column and every row's image is
+    its own: a path says which row it is, a row number from 0 does not."""
+    if encoded.id_name != "row" or image_column not in frame.columns:
+        return
+    cells = frame[image_column]
+    if cells.notna().all() and cells.astype(str).str.strip().ne("").all() and cells.is_unique:
+        encoded.ids, encoded.id_name = [str(v) for v in cells], image_column
 
 
 def is_embedded(name: str) -> bool:
@@ -208,6 +221,7 @@ def _read_images(
         skipped=e.problems.counts(),
         notes={"imputed": counts["imputed"], "unknown_categories": counts["unknown_categories"]},
         inputs=list(e.paths) if with_images else [],
+        images=[e.paths[r] for r in rows] if with_images else None,
     )
 
 

@@ -25,13 +25,13 @@ from gaal_cli.data.base import DataBundle, TabularSchema
 from gaal_cli.data.images import ImageTableSplit, ImageTransform, Progress, check_files, ensure_cache
 from gaal_cli.data.preprocessing import encode_split_table, find_missing, prepared_record
 from gaal_cli.data.problems import SPLITS, Notes, Problems
+from gaal_cli.data.recipes import MANIFEST
 from gaal_cli.data.splits import check_classes_in_splits, check_splits_filled, check_trainable
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.files import own_folder, write_file
 
 FORMAT = "gaal-prepared"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 TABLE = "table.csv"
 
 
@@ -119,16 +119,22 @@ def rare_classes(labels: np.ndarray, split: np.ndarray, class_names: Sequence[st
     return out
 
 
+# a refusal names this many of the classes too small for the split, then counts the rest
+LISTED_CLASSES = 10
+
+
 def rare_class_error(
     rows: Rows, rare: list[str], row_names: Sequence[str], source: str, column: str | None
 ) -> GaalError:
     """The refusal of classes too small for the split: each named with its rows and its count per split."""
     parts = []
-    for name in rare:
+    for name in rare[:LISTED_CLASSES]:
         members = np.flatnonzero(rows.labels == rows.class_names.index(name))
         per_split = ", ".join(f"{s} {int(np.sum(rows.split[members] == s))}" for s in SPLITS)
         where = ", ".join(row_names[i] for i in members[:5]) + (", ..." if len(members) > 5 else "")
         parts.append(f"class {name!r} has {len(members)} row{'s' * (len(members) != 1)} ({per_split}; {where})")
+    if len(rare) > LISTED_CLASSES:
+        parts.append(f"and {len(rare) - LISTED_CLASSES} more of the {len(rows.class_names)} classes")
     return GaalError(
         f"too few rows for a row of each class in train, val and test: {'; '.join(parts)}. "
         "--skip-bad (or --set data.rare_classes=drop) drops such classes, --set data.rare_classes=train "

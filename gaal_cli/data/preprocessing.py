@@ -31,6 +31,7 @@ import pandas as pd
 from gaal_cli.config import DataConfig
 from gaal_cli.data.column_roles import ColumnRole, ColumnRoles, derive, fit_origins
 from gaal_cli.data.problems import Notes, Problems, category_text, is_missing, row_names
+from gaal_cli.data.target import TargetBins
 from gaal_cli.foundation.errors import GaalError
 
 STATE_FORMAT, STATE_VERSION = "gaal-table-preprocessing", 2  # 2: column roles; 1 (no roles) still reads
@@ -277,6 +278,8 @@ class TableState:
     normalize: str
     allow_outside_paths: bool
     roles: ColumnRoles
+    # the quantile bins of a numeric target that are its classes (data.target_bins; gaal_cli.data.target)
+    target_bins: TargetBins | None = None
 
     @property
     def field_lengths(self) -> tuple[int, ...]:
@@ -295,6 +298,7 @@ class TableState:
             "image": {"size": self.image_size, "normalize": self.normalize},
             "allow_outside_paths": self.allow_outside_paths,
             "roles": self.roles.to_json(),
+            **({"target_bins": self.target_bins.to_json()} if self.target_bins else {}),
         }
 
     @classmethod
@@ -328,6 +332,7 @@ class TableState:
                 normalize=str(data["image"]["normalize"]),
                 allow_outside_paths=bool(data["allow_outside_paths"]),
                 roles=roles,
+                target_bins=TargetBins.from_json(data.get("target_bins"), source),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise GaalError(f"malformed {STATE_FORMAT} record ({type(err).__name__}: {err})", source=source) from None
@@ -352,7 +357,12 @@ class EncodedTable:
 
 
 def fit_state(
-    train: pd.DataFrame, cfg: DataConfig, roles: ColumnRoles, class_names: list[str], id_column: str | None = None
+    train: pd.DataFrame,
+    cfg: DataConfig,
+    roles: ColumnRoles,
+    class_names: list[str],
+    id_column: str | None = None,
+    bins: TargetBins | None = None,
 ) -> TableState:
     """Fit the date origins and the encoding on the training rows (bad rows already left out).
 
@@ -360,6 +370,7 @@ def fit_state(
         roles: the columns' roles, from `infer_roles` on the whole table (typing sees no label,
             and a flag column may show one value in train only); its date origins are set here.
         id_column: the column naming the rows (`data.id_column`, else the first inferred id).
+        bins: the target's quantile bins, when they are its classes (`data.target_bins`).
     """
     fit_origins(train, roles)
     continuous, categorical = roles.types()
@@ -377,6 +388,7 @@ def fit_state(
         normalize="none" if cfg.normalize == "auto" else cfg.normalize,
         allow_outside_paths=cfg.allow_outside_paths,
         roles=roles,
+        target_bins=bins,
     )
 
 
@@ -424,15 +436,27 @@ def apply_state(
         tabular = encode(derive(frame, state.roles), state.encoding, problems, notes)
     labels = None
     if state.target in frame.columns:
-        labels = _run_labels(frame[state.target], state.class_names, problems if label_problems else None)
+        labels = _run_labels(frame[state.target], state, problems if label_problems else None)
     has_ids = state.id_column is not None and state.id_column in frame.columns
     ids = [str(v) for v in frame[state.id_column]] if has_ids else [str(i) for i in range(len(frame))]
     return EncodedTable(ids, state.id_column if has_ids else "row", paths, tabular, labels, problems, notes)
 
 
-def _run_labels(values: pd.Series, class_names: list[str], problems: Problems | None) -> np.ndarray:
-    """Class indices in the run's classes; -1 for an empty cell or (recorded in `problems`) another label."""
-    lookup = {name: i for i, name in enumerate(class_names)}
+def _run_labels(values: pd.Series, state: TableState, problems: Problems | None) -> np.ndarray:
+    """Class indices in the run's classes (a number's bin when the run binned its target); -1 for an
+    empty cell or (recorded in `problems`) another label."""
+    if state.target_bins is not None:
+        labels = state.target_bins.labels(values)
+        if problems is not None:
+            for row in np.flatnonzero(TargetBins.not_numbers(values)):
+                problems.add(
+                    row,
+                    f"label {values.iloc[row]!r} is not a number (the run binned its target)",
+                    column=str(values.name),
+                    kind="a label that is not a number",
+                )
+        return labels
+    lookup = {name: i for i, name in enumerate(state.class_names)}
     text = category_text(values)
     labels = np.array(text.map(lookup).fillna(-1), dtype=np.int64)
     labels[values.isna().to_numpy()] = -1
@@ -474,8 +498,6 @@ def image_paths(values: pd.Series, folder: Path, allow_outside: bool, problems: 
             path = ""
         out.append(path)
     return out
-
-
 
 
 # ---------------------------------------------------------------- a prepared dataset: PreparedRecord

@@ -54,6 +54,16 @@ class Problems:
         for row in np.flatnonzero(rows) if rows.dtype == bool else rows:
             self.add(row, reason, column=column)
 
+    def take(self, keep: np.ndarray) -> Problems:
+        """The bad rows among those the boolean mask `keep` keeps, numbered as the kept rows are."""
+        position = np.cumsum(keep) - 1
+        kept = Problems(self.source, [name for name, k in zip(self.row_names, keep) if k], self.skip)
+        for row, value in self.bad.items():
+            if keep[row]:
+                kept.bad[int(position[row])] = value
+                kept.kinds[int(position[row])] = self.kinds[row]
+        return kept
+
     def raise_or_keep(self) -> np.ndarray:
         """The mask of rows to keep.
 

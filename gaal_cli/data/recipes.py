@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
 from gaal_cli.foundation.errors import GaalError, did_you_mean
 
 TABLE_SUFFIXES = (".csv", ".parquet")  # `--dataset` names ending so are user tables (gaal_cli.data.user_table)
+# a folder listed for a table's did-you-mean is read up to this many entries
+LISTED_ENTRIES = 2000
+# a PREP folder's record (gaal_cli.data.prepared), named here so that checking for it loads no torch
+MANIFEST = "manifest.json"
 RECIPES = {
     "dvm": "gaal_cli.data.dvm",
     "celeba": "gaal_cli.data.celeba",
@@ -55,6 +60,28 @@ def prepare(name: str, raw: Path, out: Path, skip_bad: bool, options: dict[str, 
     return run(raw, out, skip_bad=skip_bad, **given)
 
 
+def require_table(path: Path, field: str = "data.name") -> None:
+    """A table file is there; without pandas, so that a mistyped path is answered at once.
+
+    Raises:
+        GaalError: no such file, with the closest table file in its folder.
+    """
+    if not path.is_file():
+        raise GaalError(
+            f"no such table file{did_you_mean(path.name, tables_beside(path))}", source=str(path), field=field
+        )
+
+
+def tables_beside(path: Path) -> list[str]:
+    """The table files in `path`'s folder (the first LISTED_ENTRIES entries), for a did-you-mean."""
+    try:
+        with os.scandir(path.parent if str(path.parent) else ".") as entries:
+            names = [e.name for _, e in zip(range(LISTED_ENTRIES), entries)]
+    except OSError:
+        return []
+    return [n for n in names if n.lower().endswith(TABLE_SUFFIXES)]
+
+
 def require_prepared(name: str, folder: str | None) -> Path:
     """The PREP folder of recipe `name`, checked before anything is built.
 
@@ -62,8 +89,6 @@ def require_prepared(name: str, folder: str | None) -> Path:
         GaalError: no folder given, or one without a manifest; the message gives the prepare
             command and where the raw data is published, since a first run usually lands here.
     """
-    from gaal_cli.data.prepared import MANIFEST
-
     command = f"gaal data prepare {name} --raw RAW --out {folder or 'PREP'}"
     how = f"prepare it with `{command}` from the raw data ({PUBLISHED[name]})"
     if not folder:

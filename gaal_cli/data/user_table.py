@@ -37,71 +37,18 @@ from gaal_cli.config import DataConfig
 from gaal_cli.data.base import DataBundle, TabularSchema
 from gaal_cli.data.column_roles import ColumnRoles, check_named_columns, infer_roles
 from gaal_cli.data.images import Progress, check_files
+from gaal_cli.data.leakage import Leakage, absolute_paths, find_leakage, leak_groups, warning_text
 from gaal_cli.data.prepared import Rows, bundle, drop_bad, rare_classes
 from gaal_cli.data.preprocessing import TableState, apply_state, find_missing, fit_state, image_paths
 from gaal_cli.data.problems import SPLIT_ALIASES, SPLITS, Notes, Problems, category_text, is_missing, row_names
 from gaal_cli.data.splits import grouped_split, stratified_split
-from gaal_cli.foundation.errors import GaalError, did_you_mean
-from gaal_cli.foundation.untrusted import check_table_file
+from gaal_cli.data.table_file import check_table_columns, file_sha256, target_bins
+from gaal_cli.data.target import TargetBins
+from gaal_cli.foundation.errors import GaalError
 
 SPLIT_SEED = 2022
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """The table at `path` (CSV, or Parquet when pyarrow or fastparquet is installed).
-
-    Raises:
-        GaalError: no such file, unreadable, empty, header only, or two columns of one name.
-    """
-    if not path.is_file():
-        raise GaalError("no such table file", source=str(path), field="data.name")
-    check_table_file(path)
-    if path.suffix.lower() == ".parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except ImportError:
-            raise GaalError(
-                "reading Parquet needs pyarrow: pip install 'gaal[parquet]' (or convert the table to CSV)",
-                source=str(path),
-            ) from None
-        header = [str(c) for c in frame.columns]
-    else:
-        try:
-            # the raw header: pandas renames a second 'label' to 'label.1', which would become a feature
-            header = [str(c) for c in pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0]]
-            frame = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            raise GaalError(
-                "the file is empty (expected a header line and one row per image)", source=str(path)
-            ) from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise GaalError(f"not a readable CSV table ({err})", source=str(path)) from None
-    _check_header(header, path)
-    if frame.empty:
-        raise GaalError("the table has a header but no rows", source=str(path))
-    return frame
-
-
-def _check_header(header: list[str], path: Path) -> None:
-    seen: dict[str, int] = {}
-    for position, name in enumerate(header, start=1):
-        if name and not name.strip():  # pandas names an empty header cell (an index column) itself
-            raise GaalError(
-                f"column {position} is named by blanks only ({name!r}); name it (a blank name cannot be "
-                "told apart from another, nor named in data.exclude, data.categorical, ...)",
-                source=str(path),
-                field=f"column {position}",
-            )
-        if name in seen:
-            raise GaalError(
-                f"column {seen[name]} and column {position} are both named {name!r}; rename one "
-                "(a duplicated target would otherwise become a feature that leaks the label)",
-                source=str(path),
-                field=name,
-            )
-        seen[name] = position
 
 
 @dataclass
@@ -120,6 +67,10 @@ class LoadedTable:
     problems: Problems
     dropped: dict[str, int]
     train_only: dict[str, int]
+    # what the leakage checks found (gaal_cli/data/leakage.py)
+    leakage: Leakage
+    # the quantile bins that are the classes of a numeric target (data.target_bins), else None
+    bins: TargetBins | None = None
 
 
 def load_table(cfg: DataConfig) -> LoadedTable:
@@ -127,27 +78,11 @@ def load_table(cfg: DataConfig) -> LoadedTable:
     incomplete ones), split.
 
     Raises:
-        GaalError: a named column is absent (with the closest name); see also `read_table`.
+        GaalError: see `check_table_columns`; no row left once unlabelled rows are dropped.
     """
     path = Path(cfg.name)
-    frame = read_table(path)
+    frame = check_table_columns(cfg)
     source = str(path)
-    for key, column in (("data.target", cfg.target), ("data.image_column", cfg.image_column)):
-        if column is None:
-            raise GaalError(f"a table needs {key} (--{key.split('.')[1].replace('_', '-')} COLUMN)", field=key)
-    for key, column in (
-        ("data.target", cfg.target),
-        ("data.image_column", cfg.image_column),
-        ("data.group_column", cfg.group_column),
-        ("data.id_column", cfg.id_column),
-    ):
-        if column is not None and column not in frame.columns:
-            raise GaalError(
-                f"no such column {column!r}{did_you_mean(column, frame.columns)}; the table has: "
-                f"{', '.join(map(str, frame.columns))}",
-                source=source,
-                field=key,
-            )
     has_split = cfg.split_column in frame.columns
     special = {cfg.target, cfg.image_column, cfg.group_column, cfg.id_column, cfg.split_column if has_split else None}
     candidates = [c for c in frame.columns if c not in special]
@@ -184,8 +119,37 @@ def load_table(cfg: DataConfig) -> LoadedTable:
     problems = Problems(source, names, cfg.skip_bad)
     if cfg.missing == "error":
         find_missing(frame, roles.sources, problems)
-    labels, class_names = _labels(frame[cfg.target])
-    split, split_info = _choose_split(frame, cfg, labels, problems, has_split)
+    bins = target_bins(frame[cfg.target], cfg)
+    if bins is None:
+        labels, class_names = _labels(frame[cfg.target])
+    else:
+        labels, class_names = bins.labels(frame[cfg.target]), bins.class_names
+    paths = absolute_paths(frame[cfg.image_column], path.parent)
+    row_columns = [c for c in frame.columns if c not in (cfg.target, cfg.image_column, cfg.split_column)]
+    together = None
+    if cfg.leakage == "group":
+        extra = category_text(frame[cfg.group_column]).to_numpy(dtype=object) if cfg.group_column else None
+        together = leak_groups(frame, row_columns, paths, extra)
+    if together is not None and has_split:
+        raise GaalError(
+            f"data.leakage=group needs gaal's own split; the table's {cfg.split_column!r} column fixes it "
+            "(--set data.leakage=drop drops the repeats instead)",
+            source=source,
+            field="data.leakage",
+        )
+    split, split_info = _choose_split(frame, cfg, labels, problems, has_split, together)
+    leak = find_leakage(frame, cfg.target, roles.sources, paths, split, row_columns)
+    if cfg.leakage == "drop" and leak.repeats.any():
+        keep = ~leak.repeats
+        dropped["repeats an earlier split's image or row (data.leakage=drop)"] = int(leak.repeats.sum())
+        frame, names, labels, split = (
+            frame[keep].reset_index(drop=True),
+            list(np.array(names)[keep]),
+            labels[keep],
+            split[keep],
+        )
+        problems = problems.take(keep)
+        leak = Leakage(target_copies=leak.target_copies, repeats=np.zeros(len(frame), dtype=bool))
     train_only = {}
     if cfg.rare_classes == "train":
         for cls in rare_classes(labels, split, class_names):
@@ -193,7 +157,20 @@ def load_table(cfg: DataConfig) -> LoadedTable:
             train_only[cls] = int(np.sum(labels == class_names.index(cls)))
     id_column = cfg.id_column or next(iter(roles.of("id")), None)
     return LoadedTable(
-        path, frame, names, roles, id_column, labels, class_names, split, split_info, problems, dropped, train_only
+        path,
+        frame,
+        names,
+        roles,
+        id_column,
+        labels,
+        class_names,
+        split,
+        split_info,
+        problems,
+        dropped,
+        train_only,
+        leak,
+        bins,
     )
 
 
@@ -220,12 +197,10 @@ def check_table(cfg: DataConfig, state: TableState | None = None, *, headers: bo
         # bad image cells first, so that their rows stay out of the fitted statistics
         image_paths(t.frame[cfg.image_column], t.path.parent, cfg.allow_outside_paths, t.problems)
         bad = np.isin(np.arange(len(t.frame)), list(t.problems.bad))
-        state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, t.roles, t.class_names, t.id_column)
+        state = fit_state(t.frame[(t.split == "train") & ~bad], cfg, t.roles, t.class_names, t.id_column, t.bins)
     encoded = apply_state(state, t.frame, t.path, problems=t.problems)
     check_files(encoded.paths, t.problems, headers=headers)
-    rows = Rows(
-        encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)), encoded.ids
-    )
+    rows = Rows(encoded.paths, encoded.tabular, t.labels, t.split, t.class_names, np.arange(len(t.frame)), encoded.ids)
     return CheckedTable(t, state, encoded.notes, rows)
 
 
@@ -247,9 +222,12 @@ def build_table(
     enc = state.encoding
     info = {
         "table": str(t.path),
+        "table_sha256": file_sha256(t.path),
         "target": cfg.target,
         "split": t.split_info,
         "train_only_classes": t.train_only,
+        "leakage": t.leakage.to_json(),
+        "leakage_warning": warning_text(t.leakage, cfg.image_column) if t.leakage else None,
         "roles": state.roles.to_json()["columns"],
         "encoding": enc.to_json(),
     }
@@ -295,14 +273,22 @@ def _labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
 
 
 def _choose_split(
-    frame: pd.DataFrame, cfg: DataConfig, labels: np.ndarray, problems: Problems, has_split: bool
+    frame: pd.DataFrame,
+    cfg: DataConfig,
+    labels: np.ndarray,
+    problems: Problems,
+    has_split: bool,
+    together: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str]:
-    """The user's split column, else a seeded stratified split (grouped when a group column is set)."""
+    """The user's split column, else a seeded stratified split (grouped when a group column is set,
+    or `together` groups the rows that share an image: data.leakage=group)."""
     groups = None
     if cfg.group_column is not None:
         column = frame[cfg.group_column]
         problems.add_many(column.isna().to_numpy(), "missing group", column=cfg.group_column)
         groups = category_text(column).to_numpy(dtype=object)
+    if together is not None:
+        groups = together.astype(str)
     if has_split:
         split = _split_column(frame[cfg.split_column], problems)
         if groups is not None:
@@ -311,7 +297,11 @@ def _choose_split(
     shares = f"seed {SPLIT_SEED}, test {TEST_FRACTION}, val {VAL_FRACTION} of the rest"
     if groups is not None:
         split = grouped_split(labels, groups, TEST_FRACTION, VAL_FRACTION, SPLIT_SEED)
-        return split, f"stratified by group '{cfg.group_column}', {shares}"
+        by = " and ".join(
+            [f"group '{cfg.group_column}'"] * (cfg.group_column is not None)
+            + ["shared images"] * (together is not None)
+        )
+        return split, f"stratified by {by}, {shares}"
     return stratified_split(labels, TEST_FRACTION, VAL_FRACTION, SPLIT_SEED), f"stratified, {shares}"
 
 
@@ -377,6 +367,9 @@ def inspect_table(cfg: DataConfig) -> tuple[dict, GaalError | None]:
         "bad_rows": bad,
         "dropped": {**t.dropped, **dropped},
         "train_only_classes": t.train_only,
+        "leakage": t.leakage.to_json(),
+        "leakage_warning": warning_text(t.leakage, str(cfg.image_column)) if t.leakage else None,
+        "target_bins": t.bins.to_json() if t.bins else None,
         "split": t.split_info,
         "split_counts": before,
         "split_counts_trained": after,
@@ -386,6 +379,4 @@ def inspect_table(cfg: DataConfig) -> tuple[dict, GaalError | None]:
 
 
 def _split_counts(labels: np.ndarray, split: np.ndarray, class_names: list[str]) -> dict:
-    return {
-        s: {name: int(np.sum((labels == i) & (split == s))) for i, name in enumerate(class_names)} for s in SPLITS
-    }
+    return {s: {name: int(np.sum((labels == i) & (split == s))) for i, name in enumerate(class_names)} for s in SPLITS}

@@ -97,9 +97,15 @@ class EpochProgress:
     Reading a loss from the GPU waits for the device, so the stats are read only when asked for
     (`force`: the engine's every-LOG_EVERY-steps check) or once `STATS_SECONDS` have passed since
     the last read: at most one extra wait per interval, never one per step.
+
+    The whole run's time is estimated from its first steps (the seconds per step since the first
+    one ended, validation included once an epoch has passed, times the steps left in every epoch
+    to come): printed once after `ESTIMATE_STEPS` steps, and kept up to date beside the bar. It
+    assumes every epoch runs: early stopping may end the run sooner.
     """
 
     STATS_SECONDS = 2.0
+    ESTIMATE_STEPS = 5
 
     def __init__(self, enabled: bool = True, clock: Callable[[], float] = time.monotonic):
         self.progress = Progress(
@@ -108,12 +114,17 @@ class EpochProgress:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[run]}"),
             TextColumn("{task.fields[stats]}"),
             console=console,
             disable=not enabled,
         )
         self.task = None
         self.enabled, self.clock, self.last_read = enabled, clock, 0.0
+        self.steps_left = 0  # the run's steps still to take, this epoch's included
+        self.timed = 0  # steps timed since the first one ended
+        self.first_end: float | None = None
+        self.said = False
 
     def __enter__(self) -> EpochProgress:
         self.progress.__enter__()
@@ -125,7 +136,8 @@ class EpochProgress:
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="", run="")
+        self.steps_left = steps * (epochs - epoch + 1)
         self.last_read = self.clock()
 
     def update(self, advance: int, stats: Mapping[str, float] | None = None) -> None:
@@ -135,12 +147,37 @@ class EpochProgress:
     def step(self, read_stats: Callable[[], Mapping[str, float]], *, force: bool = False) -> None:
         """Advance by one step; show `read_stats()` when forced or when the last read is old."""
         now = self.clock()
+        self.steps_left -= 1
+        self._estimate(now)
         due = self.enabled and now - self.last_read >= self.STATS_SECONDS
         if force or due:
             self.last_read = now
             self.update(1, read_stats())
         else:
             self.update(1)
+
+    def run_left(self) -> float | None:
+        """Seconds the run's remaining steps take at the rate seen so far (None before a step was timed)."""
+        if self.first_end is None or not self.timed:
+            return None
+        return (self.clock() - self.first_end) / self.timed * self.steps_left
+
+    def _estimate(self, now: float) -> None:
+        if self.first_end is None:
+            self.first_end = now  # the first step warms caches and allocators: not counted
+            return
+        self.timed += 1
+        left = self.run_left()
+        if left is None:
+            return
+        self.progress.update(self.task, run=f"run ~{_clock(left)} left")
+        if not self.said and self.timed >= self.ESTIMATE_STEPS:
+            self.said = True
+            if self.enabled:
+                self.log(
+                    f"estimated time left: ~{_clock(left)} if every epoch runs (from the first {self.timed + 1} "
+                    "steps; early stopping may end the run sooner)"
+                )
 
     def log(self, message: str | Text) -> None:
         self.progress.console.print(message)
@@ -175,6 +212,37 @@ def metrics_table(title: str, metrics: Mapping[str, Mapping[str, Mapping[str, fl
     return table
 
 
+# a confusion matrix wider than this many classes is left to --json and the figure
+CONFUSION_CLASSES = 12
+
+
+def class_tables(scores: Mapping, title: str) -> list:
+    """`gaal eval` and `gaal predict` on labelled rows (gaal_cli.training.scores.Scores.to_json()):
+    every head's metrics, then the chosen head's table per class and its confusion matrix."""
+    parts: list = [metrics_table(f"{title}: {scores['where']}", {"rows": scores["metrics"]})]
+    head = f"{scores['head']} head" + (f" ({scores['head_reason']})" if scores["head_reason"] else "")
+    per_class = Table(title=f"per class, {head}")
+    for name in ("class", "rows", "predicted", "recall", "precision", "f1"):
+        per_class.add_column(name, justify="left" if name == "class" else "right")
+    for row in scores["per_class"]:
+        values = ["-" if row[k] is None else f"{row[k]:.4f}" for k in ("recall", "precision", "f1")]
+        per_class.add_row(str(row["class"]), str(row["rows"]), str(row["predicted"]), *values)
+    parts.append(per_class)
+    names, matrix = scores["confusion"]["classes"], scores["confusion"]["rows_true_columns_predicted"]
+    if len(names) <= CONFUSION_CLASSES:
+        confusion = Table(title=f"confusion matrix, {scores['head']} head (rows: true class, columns: predicted)")
+        confusion.add_column("true class")
+        for name in names:
+            confusion.add_column(str(name), justify="right")
+        for name, counts in zip(names, matrix):
+            confusion.add_row(str(name), *(str(c) for c in counts))
+        parts.append(confusion)
+    else:
+        parts.append(f"confusion matrix of {len(names)} classes: in --json, and as a figure with --out FILE.png")
+    parts += [styled("note:", "yellow", f" {note}") for note in scores["notes"]]
+    return parts
+
+
 def report_data_notes(info: Mapping) -> None:
     """Print the column roles that are not plain features, and what loading a table dropped,
     imputed or mapped to `unknown` (nothing when none)."""
@@ -195,6 +263,8 @@ def report_data_notes(info: Mapping) -> None:
     unknown = {s: c for s, c in info.get("unknown_categories", {}).items() if c}
     for split, counts in unknown.items():
         console.print(f"categories unseen in training, coded unknown, in {split}: " + _counts(counts), highlight=False)
+    if info.get("leakage_warning"):
+        console.print(styled("warning:", "yellow", f" {info['leakage_warning']}"), highlight=False, soft_wrap=True)
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -238,6 +308,8 @@ def inspection_tables(found: Mapping) -> list:
         parts.append(rows)
     if found["train_only_classes"]:
         parts.append("kept in the train split only (data.rare_classes=train): " + _counts(found["train_only_classes"]))
+    if found.get("leakage_warning"):
+        parts.append(styled("warning:", "yellow", f" {found['leakage_warning']}"))
     dropped = {k: v for k, v in found["dropped"].items() if v}
     if found["error"] is None:
         parts.append(f"training would drop: {_counts(dropped)}" if dropped else "training would drop no rows")

@@ -7,6 +7,7 @@ traceback. Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Iterable
 
@@ -31,7 +32,8 @@ class GaalError(Exception):
         if self.source:
             where.append(str(self.source))
         if self.field:
-            where.append(f"field '{self.field}'")
+            # a command-line option is named as such (`--dataset (data.name)`), a key or column as a field
+            where.append(self.field if self.field.startswith("--") else f"field '{self.field}'")
         prefix = ", ".join(where)
         return f"{prefix}: {self.message}" if prefix else self.message
 
@@ -43,3 +45,26 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     """
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@contextlib.contextmanager
+def flags_named(flags: dict[str, object], names: dict[str, str] | None = None):
+    """Errors about a setting the user gave as a flag name the flag (`--dataset`), not the key (`data.name`)."""
+    try:
+        yield
+    except GaalError as err:
+        flag = (names or TRAIN_FLAGS).get(err.field or "")
+        if flag is None or flags.get(err.field) is None:
+            raise
+        source = None if (err.source or "").startswith("--") else err.source
+        raise GaalError(err.message, source=source, field=f"{flag} ({err.field})") from None
+
+
+TRAIN_FLAGS = {
+    "data.name": "--dataset",
+    "data.dir": "--data-dir",
+    "method": "--method",
+    "data.target": "--target",
+    "data.image_column": "--image-column",
+    "data.group_column": "--group-column",
+}

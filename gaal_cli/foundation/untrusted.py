@@ -19,8 +19,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.limits import IMAGE_SIZE_MAX
 
@@ -282,6 +280,8 @@ def check_tensors(model: Any, file: Path | str, field: str) -> None:
     Raises:
         GaalError: names the file and the first bad entry.
     """
+    import torch  # here, not at the top: a table's checks (check_table_file) answer before torch loads
+
     if not isinstance(model, dict):
         raise _refuse(file, field, "a mapping from parameter name to tensor", model)
     for name, tensor in model.items():
@@ -308,6 +308,8 @@ def check_statistics(node: Any, file: Path | str, field: str) -> None:
     Raises:
         GaalError: names the file and the field (`preprocessing.mean[3]`).
     """
+    import torch
+
     if isinstance(node, float) and not math.isfinite(node):
         raise GaalError(f"is {node}: fitted statistics must be finite", source=str(file), field=field)
     if isinstance(node, torch.Tensor) and node.is_floating_point() and not bool(torch.isfinite(node).all()):

@@ -20,6 +20,8 @@ them. It is the config's method catalog (`CATALOG`, gaal_cli.foundation.catalog)
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -210,3 +212,14 @@ class _Catalog:
 
 #: the registry as the config's method catalog (gaal_cli/__init__.py hands it over)
 CATALOG = _Catalog()
+
+
+def method_summary(spec) -> str:
+    """The first line of a method module's docstring, as `gaal methods` shows it: without this
+    project's internal references to its papers' folder (`seeds/001`), their punctuation tidied."""
+    doc = (inspect.getmodule(spec.cls).__doc__ or "").strip()
+    line = doc.splitlines()[0] if doc else ""
+    line = re.sub(r"\bseeds/\d+", "", line)
+    line = re.sub(r"\s*[,;]\s*(?=[,;)])", "", line)
+    line = re.sub(r"\(\s*[,;]\s*", "(", line)
+    return re.sub(r"\s*\(\s*\)|\s{2,}", lambda m: " " if not m.group().strip() else "", line).strip()

@@ -42,6 +42,7 @@ import torch
 import yaml
 
 from gaal_cli.config import Config, method_dependency_fields, read_yaml_file
+from gaal_cli.data.recipes import TABLE_SUFFIXES
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.files import append_file, os_error, own_folder, refuse_planted, remove_tree, write_file
 from gaal_cli.foundation.locks import is_locked, read_holder
@@ -359,12 +360,35 @@ class RunFolder:
             GaalError: names the folder and the keys that differ.
         """
         keys = self.stale_keys(config)
+        other = self.other_dataset(config) if keys else None
+        if other:
+            raise GaalError(
+                f"holds a finished run on another dataset ({other}); choose another --out "
+                "(--restart would replace that run)",
+                source=str(self.path),
+            )
         if keys:
             raise GaalError(
                 f"holds a finished run of another config (differs in: {', '.join(keys[:5])}); "
-                "pass --restart to replace it, choose another --out, or delete the folder",
+                "choose another --out to keep it (--restart would replace it with the new run)",
                 source=str(self.path),
             )
+
+    def other_dataset(self, config: dict[str, Any]) -> str | None:
+        """How the finished run here is on another dataset than `config`'s, or None when it is on
+        the same one (a table named by another path, with the content the run recorded, is the same)."""
+        saved = read_yaml_file(self.file(self.CONFIG)) if self.done else None
+        before = _lookup(saved, "data.name") if isinstance(saved, dict) else _MISSING
+        now = _lookup(config, "data.name")
+        if not isinstance(before, str) or before == now:
+            return None
+        try:
+            recorded = self.read_report().get("data", {}).get("table_sha256")
+        except (GaalError, AttributeError):
+            recorded = None
+        if recorded is not None and isinstance(now, str) and Path(now).is_file() and sha256_of(Path(now)) == recorded:
+            return None
+        return f"{before}, not {now}"
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         _append_jsonl(self.file(self.METRICS), [record])
@@ -474,8 +498,21 @@ def checkpoint_to_evaluate(path: str | Path, last: bool = False) -> tuple[Path, 
 
 def default_run_folder(config: Any, root: Path = Path("results")) -> Path:
     """`<root>/<experiment>/<dataset>/<method>/seed<seed>`: runs on different datasets never share
-    a folder. A table's dataset name is a path; its file name, made safe, names the folder."""
-    return root / config.name / dataset_folder(config.data.name) / config.method / f"seed{config.seed}"
+    a folder (see `run_dataset_folder`)."""
+    return root / config.name / run_dataset_folder(config.data.name) / config.method / f"seed{config.seed}"
+
+
+def run_dataset_folder(name: str) -> str:
+    """The folder of a dataset's runs: its name, or for a table the file's stem and a short hash of
+    its resolved path and content (`cars-3f2a9c1b`), so that two tables called `train.csv` never
+    share a default folder, and an edited table starts new runs rather than meeting its old ones."""
+    if not name.lower().endswith(TABLE_SUFFIXES):
+        return dataset_folder(name)
+    path = Path(name)
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    if path.is_file():
+        digest.update(sha256_of(path).encode())
+    return f"{dataset_folder(path.stem)}-{digest.hexdigest()[:8]}"
 
 
 def dataset_folder(name: str) -> str:

@@ -15,6 +15,7 @@ The file (results/campaign.yaml for the committed results):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from gaal_cli.config import read_yaml_file
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.sweeps.experiment_files import Sweep, load_sweep, resolve_experiment
+from gaal_cli.sweeps.staleness import described_statuses
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,28 @@ class Campaign:
             GaalError: an unknown experiment, or one that does not validate (named).
         """
         return [load_sweep(resolve_experiment(name), overrides, results=results) for name in self.sweeps]
+
+
+def dry_run_lines(campaign: Campaign, plans: list[Sweep], results: Path) -> list[str]:
+    """What `gaal reproduce --dry-run` prints: each sweep's runs counted by status, then the reports."""
+    lines = []
+    for plan in plans:
+        counts = Counter(status_kind(state) for _, state in described_statuses(plan))
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        lines.append(f"{plan.name}: {len(plan.runs)} runs ({states})")
+    for spec in campaign.reports:
+        folders = " ".join(str(results / f) for f in spec.folders)
+        lines.append(f"then: gaal report {folders} --out {results / spec.out}")
+    return lines
+
+
+def status_kind(state: str) -> str:
+    """A dry run's status without its details: 'done, unverified', 'done on another host', 'stale', ..."""
+    if state.startswith("done (unverified"):
+        return "done, unverified"
+    if state.startswith("done (on "):
+        return "done on another host"
+    return state.split(":")[0].split(" (")[0]
 
 
 def load_campaign(path: Path) -> Campaign:

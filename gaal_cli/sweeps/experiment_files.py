@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import gaal_cli
 from gaal_cli.config import SEED_MAX, Config, Seed, config_from_mapping, read_yaml
+from gaal_cli.data.recipes import TABLE_SUFFIXES
 from gaal_cli.foundation.errors import GaalError, did_you_mean
+from gaal_cli.runs.folder import run_dataset_folder
 from gaal_cli.sweeps.order import dependencies_first, dependency_folders
 
 EXPERIMENTS = Path("experiments")
@@ -192,6 +194,7 @@ def load_sweep(
     seeds: list[int] | None = None,
     results: Path = Path("results"),
     axes: dict[str, list[Any]] | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> Sweep:
     """Expand a sweep file into validated runs; nothing is written.
 
@@ -199,6 +202,10 @@ def load_sweep(
         overrides: `key=value` strings applied to every run (after the grid point).
         seeds: replaces `sweep.seeds`.
         axes: grid axes to set, replacing any axis at or below the same key (`gaal ablate`).
+        dataset: the `data.*` keys of `--dataset`, `--target`, ... (None values ignored): every run is
+            on that dataset, and the experiment's name becomes `<name>/<dataset folder>` (a table's
+            folder is its stem and a hash: gaal_cli.runs.folder.run_dataset_folder), the name losing
+            a first part that named the file's own dataset (`synthetic/lambda` -> `lambda/cars-3f2a9c1b`).
 
     Raises:
         GaalError: a bad sweep block, a grid point that does not validate (the message names
@@ -207,6 +214,10 @@ def load_sweep(
     tree = read_yaml(path)
     spec = _read_spec(tree.pop("sweep", None), path)
     tree.setdefault("name", experiment_name(path))
+    flags = {k: v for k, v in (dataset or {}).items() if v is not None}
+    if flags.get("data.name"):
+        # the dataset's folder joins the name, so that `{name}` in a dependency's path finds it too
+        tree["name"] = f"{name_for_dataset(tree)}/{run_dataset_folder(str(flags['data.name']))}"
     grid = dict(spec.grid)
     for key, values in (axes or {}).items():
         grid = {k: v for k, v in grid.items() if k != key and not k.startswith(f"{key}.")}
@@ -214,7 +225,7 @@ def load_sweep(
     runs, seen = [], {}
     for seed in seeds or spec.seeds:
         for point in expand(grid):
-            config = _point_config(tree, point, seed, overrides, path)
+            config = _point_config(tree, point, seed, overrides, path, flags)
             variant = variant_name(spec.variant, config.resolved())
             folder = results / config.name / variant / f"seed{config.seed}"
             if folder in seen:
@@ -278,13 +289,22 @@ def _read_spec(block: Any, path: Path) -> SweepSpec:
         raise GaalError(first["msg"], source=str(path), field=key) from None
 
 
-def _point_config(tree: dict, point: dict[str, Any], seed: int, overrides, path: Path) -> Config:
+def _point_config(tree: dict, point: dict[str, Any], seed: int, overrides, path: Path, flags=None) -> Config:
     run_tree = copy.deepcopy(tree)
     run_tree["seed"] = seed
     for key, value in point.items():
         merge(run_tree, key, value)
     where = ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) or "the base config"
-    return config_from_mapping(run_tree, f"{path} (grid point {where})", overrides)
+    return config_from_mapping(run_tree, f"{path} (grid point {where})", overrides, flags)
+
+
+def name_for_dataset(tree: dict) -> str:
+    """An experiment's name once `--dataset` puts its runs on another dataset: without a first part
+    that named the file's own dataset (`synthetic/lambda` -> `lambda`), so no folder says synthetic."""
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    own = str(data.get("name", "synthetic"))
+    first, _, rest = str(tree["name"]).partition("/")
+    return rest if rest and first == own else str(tree["name"])
 
 
 # datasets whose Table II has its own file (their scale differs from the paper's DVM and SUN runs)
@@ -304,31 +324,47 @@ def load_ablation(
     *,
     seeds: list[int] | None = None,
     results: Path = Path("results"),
+    table: dict[str, Any] | None = None,
 ) -> Sweep:
     """Table II as a sweep: the `methods.gaal` axis of the ablation file becomes the rows of
     `components` (see `ablation_rows`), for the runs on `datasets`.
 
     Args:
-        experiment: the ablation file; default the dataset's own (`OWN_ABLATION_FILE`), else
-            `table2_ablation` (DVM and SUN).
+        experiment: the ablation file; default the dataset's own (`OWN_ABLATION_FILE`), the
+            CPU-scale one for a table (.csv, .parquet), else `table2_ablation` (DVM and SUN).
+        table: the `data.*` keys of a table's `--target`, `--image-column`, ... (a table dataset's
+            runs go under its own folder: see `load_sweep`'s `dataset`).
 
     Raises:
         GaalError: a repeated component, one that is no GAAL setting, or a dataset the file lacks.
     """
     if len(set(components)) != len(components):
         raise GaalError(f"a component is listed twice: {' '.join(components)}", source="gaal ablate")
+    axes = {"methods.gaal": ablation_rows(components)}
+    runs, names, files = [], [], []
+    tables = [d for d in datasets if d.lower().endswith(TABLE_SUFFIXES)]
+    for dataset in tables:
+        flags = {**(table or {}), "data.name": dataset}
+        name = experiment or OWN_ABLATION_FILE["synthetic"]
+        sweep = load_sweep(resolve_experiment(name), overrides, seeds=seeds, results=results, axes=axes, dataset=flags)
+        runs += sweep.runs
+        names.append(f"{sweep.name} on {Path(dataset).name}")
+        files.append(name)
     by_file: dict[str, list[str]] = {}
     for dataset in datasets:
-        default = OWN_ABLATION_FILE.get(dataset, "table2_ablation")
-        by_file.setdefault(experiment or default, []).append(dataset)
-    runs, names = [], []
+        if dataset not in tables:
+            by_file.setdefault(experiment or OWN_ABLATION_FILE.get(dataset, "table2_ablation"), []).append(dataset)
     for name, wanted in by_file.items():
-        axes = {"methods.gaal": ablation_rows(components)}
         sweep = load_sweep(resolve_experiment(name), overrides, seeds=seeds, results=results, axes=axes)
         covered = {r.config.data.name for r in sweep.runs}
         if set(wanted) - covered:
             missing = ", ".join(sorted(set(wanted) - covered))
-            raise GaalError(f"has no runs on {missing}; it covers {', '.join(sorted(covered))}", source=sweep.source)
+            raise GaalError(
+                f"has no runs on {missing}; it covers {', '.join(sorted(covered))} (a table, .csv or .parquet, "
+                "takes any ablation file: its runs are put on the table)",
+                source=sweep.source,
+            )
         runs += [r for r in sweep.runs if r.config.data.name in wanted]
         names.append(sweep.name)
-    return Sweep(" + ".join(names), ", ".join(by_file), runs)
+        files.append(name)
+    return Sweep(" + ".join(names), ", ".join(files), runs)

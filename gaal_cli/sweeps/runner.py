@@ -83,7 +83,15 @@ from gaal_cli.sweeps.experiment_files import (
 )
 from gaal_cli.sweeps.scheduler import Active, Outcome, Plan, eta_seconds, run_jobs
 from gaal_cli.sweeps.scheduler import next_startable as _next_startable
-from gaal_cli.sweeps.staleness import check_inputs, check_not_stale, locked, missing_inputs, status, statuses
+from gaal_cli.sweeps.staleness import (
+    check_data,
+    check_inputs,
+    check_not_stale,
+    locked,
+    missing_inputs,
+    status,
+    statuses,
+)
 
 LOG = RunFolder.LOG
 
@@ -96,6 +104,7 @@ __all__ = [
     "ablation_rows",
     "changed_dependencies",
     "changed_keys",
+    "check_data",
     "check_inputs",
     "check_not_stale",
     "eta_seconds",
@@ -201,6 +210,7 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> Outcome:
     for run in sweep.runs:
         (outcome.skipped if run_done(run.folder) else todo).append(run)
     check_inputs(Sweep(sweep.name, sweep.source, todo))
+    check_data(Sweep(sweep.name, sweep.source, todo))
     durations = [t for t in (run_seconds(RunFolder(r.folder)) for r in outcome.skipped) if t is not None]
     plan = Plan(
         command=run_command,

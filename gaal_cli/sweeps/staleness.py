@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gaal_cli.config import Config
+from gaal_cli.data.recipes import TABLE_SUFFIXES
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.locks import is_locked
 from gaal_cli.runs.dependencies import changed_dependencies
@@ -64,6 +65,51 @@ def check_inputs(sweep: Sweep) -> None:
     if counts:
         lines = "; ".join(f"{item} ({n} run{'s' if n > 1 else ''})" for item, n in counts.items())
         raise GaalError(f"inputs missing on disk: {lines}", source=sweep.source)
+
+
+def check_data(sweep: Sweep, deep: bool = False) -> list[str]:
+    """Each distinct dataset of the sweep's runs checked as its runs would check it, before any
+    starts: a table's named columns and target, a recipe's prepared folder, a dependency's or
+    weights file's presence (gaal_cli.training.preflight); with `deep` (a dry run) a table also
+    goes through `gaal data inspect`'s path (roles, leakage, split, images' headers, dropping).
+
+    Returns:
+        A line per table checked deeply (rows, classes, what training would drop, leakage).
+
+    Raises:
+        GaalError: the first problem, naming how many runs it concerns.
+    """
+    from gaal_cli.training.preflight import check_run_inputs
+
+    by_data: dict[str, list[Run]] = {}
+    for run in sweep.runs:
+        by_data.setdefault(run.config.data.model_dump_json(), []).append(run)
+    lines = []
+    for runs in by_data.values():
+        config = runs[0].config
+        try:
+            check_run_inputs(config, dependencies=False)
+            if deep and config.data.name.lower().endswith(TABLE_SUFFIXES):
+                lines.append(_inspected(config))
+        except GaalError as err:
+            many = f" ({len(runs)} runs, e.g. {runs[0].label})" if len(runs) > 1 else f" (run {runs[0].label})"
+            raise GaalError(err.message + many, source=err.source or sweep.source, field=err.field) from None
+    return lines
+
+
+def _inspected(config: Config) -> str:
+    """One line on a table as `gaal data inspect` sees it; raises what training would raise."""
+    from gaal_cli.data.user_table import inspect_table
+
+    found, error = inspect_table(config.data)
+    if error is not None:
+        raise error
+    dropped = {k: v for k, v in found["dropped"].items() if v}
+    line = (
+        f"{found['table']}: {found['rows']} rows, {len(found['classes'])} classes, split {found['split']}; "
+        + (f"training would drop {dropped}" if dropped else "training would drop no rows")
+    )
+    return line + (f"; warning: {found['leakage_warning']}" if found["leakage_warning"] else "")
 
 
 def status(run: Run) -> str:
@@ -142,6 +188,13 @@ def check_not_stale(sweep: Sweep) -> None:
         if not folder.done:
             continue
         keys = ", ".join(folder.stale_keys(run.config.resolved())[:5])
+        other = folder.other_dataset(run.config.resolved()) if keys else None
+        if other:
+            raise GaalError(
+                f"holds a finished run on another dataset ({other}); give the experiment another name "
+                "or the sweep another --results folder (deleting the folder would lose that run)",
+                source=str(run.folder),
+            )
         if keys:
             raise GaalError(
                 f"holds a finished run of another config (differs in: {keys}); "

@@ -491,10 +491,12 @@ def track_best(best: dict[str, Any], score: float, epoch: int, min_delta: float,
 def save_epoch(s: Session, run: RunFolder, record: dict, per_step: list[dict], score: float, best: dict) -> None:
     """Write the epoch's log lines and checkpoints (the best one, and the last for resuming)."""
     epoch = record["epoch"]
+    # each head's validation accuracy: `gaal predict` uses the best head unless told (training/scores.py)
+    heads = {"val_heads": {head: m["acc"] for head, m in record.get("val", {}).items()}}
     if record["best"]:
         run.save(
             RunFolder.CHECKPOINT,
-            {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **checkpoint_inputs(s)},
+            {**checkpoint(s.method, s.config, epoch, score, s.data.preprocessing), **checkpoint_inputs(s), **heads},
         )
     run.log_epoch(record)
     run.log_steps(epoch, per_step)

@@ -38,6 +38,8 @@ from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.files import refuse_protected, write_file
 from gaal_cli.runs.folder import RunFolder
 from gaal_cli.training.evaluation import resolve_device
+from gaal_cli.training.preflight import MODALITIES, check_choice
+from gaal_cli.training.scores import Scores, score_rows
 from gaal_cli.training.trained_run import TrainedRun
 
 HEADS = ("multi", "image", "tabular")
@@ -58,6 +60,10 @@ class PredictSummary:
     accuracy: float | None = None
     # split -> (labelled rows counted, accuracy); empty when the table names no split
     by_split: dict[str, tuple[int, float]] = field(default_factory=dict)
+    head: str = "multi"
+    head_reason: str = ""
+    # every head's metrics and the head's class report on the labelled rows not trained on
+    scores: Scores | None = None
 
 
 def predict_table(
@@ -66,7 +72,7 @@ def predict_table(
     out: Path,
     *,
     missing: str | None = None,
-    head: str = "multi",
+    head: str | None = None,
     skip_bad: bool = False,
     device: str = "auto",
 ) -> PredictSummary:
@@ -75,16 +81,15 @@ def predict_table(
     Args:
         missing: 'tabular' predicts from the image alone (Table I's Image column), 'image' from
             the table alone; that modality's columns are not read.
-        head: which of the method's predictions: multi (fused), image or tabular.
+        head: which of the method's predictions: multi (fused), image or tabular; by default the
+            one with the best validation accuracy (the fused one with a modality missing).
         skip_bad: drop and count bad rows (the output then has no row for them).
 
     Raises:
         GaalError: a bad run, table, row or option; nothing is written then.
     """
-    if missing not in (None, "tabular", "image"):
-        raise GaalError(f"'{missing}' cannot be missing; expected tabular or image", source="--missing")
-    if head not in HEADS:
-        raise GaalError(f"unknown head '{head}'; expected one of: {', '.join(HEADS)}", source="--head")
+    check_choice(missing, MODALITIES, "--missing", "no modality called")
+    check_choice(head, HEADS, "--head", "unknown head")
     if out.exists() and data.exists() and out.resolve() == data.resolve():
         raise GaalError("is the data file itself; the predictions need another file", source=str(out), field="--out")
     if out.is_dir():
@@ -115,6 +120,10 @@ def predict_table(
         protected += rows.inputs  # the images it read: known once the table is
         method = trained.method(rows.field_lengths, len(rows.class_names)).to(where)
         logits = trained.predict(rows.split, method, where, missing=missing)
+    if head is None and missing is not None:
+        head, reason = "multi", f"the fused prediction, from what is left with the {missing} missing"
+    else:
+        head, reason = trained.choose_head(head, list(logits))
     if head not in logits:
         raise GaalError(
             f"the {config.method} method has no {head} prediction"
@@ -127,7 +136,24 @@ def predict_table(
     quoting = csv_quoting([*table.columns, *table.iloc[:, 0], *table["prediction"]])
     text = table.to_csv(index=False, float_format="%.8g", quoting=quoting)
     write_file(out, text, protected=protected, field="--out")
-    return summarise(rows, probs, out)
+    summary = summarise(rows, probs, out)
+    summary.head, summary.head_reason = head, reason
+    if rows.labels is not None and (rows.labels >= 0).any():
+        summary.scores = labelled_scores(trained, data, rows, logits, head)
+    return summary
+
+
+def labelled_scores(
+    trained: TrainedRun, data: Path, rows: PredictionRows, logits: dict[str, torch.Tensor], head: str
+) -> Scores | None:
+    """Every metric on the labelled rows the run did not train on (gaal_cli.training.scores); None when
+    every labelled row was trained on (the per-split accuracy says so)."""
+    if is_embedded(trained.config.data.name):
+        return score_rows(logits, rows.labels, rows.class_names, head, "", f"the {data} split (regenerated)")
+    try:
+        return trained.score_rows_of(data, rows, logits, head)
+    except GaalError:
+        return None
 
 
 def refuse_cache(out: Path) -> None:

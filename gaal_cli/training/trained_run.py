@@ -11,16 +11,20 @@ dependencies.read_dependency), its config validated as an experiment file is.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gaal_cli.config import Config, apply_override, config_from_mapping
 from gaal_cli.data import build_data
 from gaal_cli.data.base import DataBundle, SplitDataset
+from gaal_cli.data.prediction_rows import PredictionRows, is_embedded, prediction_rows
 from gaal_cli.data.recipes import TABLE_SUFFIXES
+from gaal_cli.data.table_file import file_sha256
 from gaal_cli.foundation.display import CountProgress, report_data_notes
 from gaal_cli.foundation.errors import GaalError
 from gaal_cli.foundation.locks import folder_lock
@@ -44,6 +48,7 @@ from gaal_cli.training.evaluation import (
     save_predictions,
     score_heads,
 )
+from gaal_cli.training.scores import Scores, best_head, score_rows, trained_on, val_head_scores
 
 
 @dataclass
@@ -157,6 +162,135 @@ class TrainedRun:
         data = self.data()
         method = self.method(data.schema.field_lengths, data.num_classes).to(device)
         return evaluate(method, data.split(split), device, self.config.data.eval_batch_size, missing=missing)
+
+    def choose_head(self, head: str | None, available: list[str]) -> tuple[str, str]:
+        """The head asked for, else the best on validation (gaal_cli.training.scores.best_head), and why."""
+        if head is not None:
+            return head, "asked for with --head"
+        return best_head(val_head_scores(self.state, self.file.parent), available)
+
+    def recorded_table(self) -> str | None:
+        """The sha256 of the table the run trained on, as its report.json recorded it (None before runs did)."""
+        folder = RunFolder(self.file.parent)
+        try:
+            recorded = folder.read_report().get("data", {}).get("table_sha256") if folder.done else None
+        except (GaalError, AttributeError):
+            return None
+        return recorded if isinstance(recorded, str) else None
+
+    def is_own_table(self, table: Path) -> bool:
+        """Whether `table` is the run's own table (moved, edited, or copied under another name) rather than
+        a separate file: the same file name as the run's table, or the content its report.json recorded."""
+        own = Path(self.config.data.name)
+        if table.name == own.name:
+            return True
+        recorded = self.recorded_table()
+        return recorded is not None and table.is_file() and file_sha256(table) == recorded
+
+    def score_split(self, split: str, missing: str | None, head: str | None) -> Scores:
+        """`gaal eval` on one split of its own data: every head's metrics, one head's class report."""
+        device = resolve_device(self.config.train.device)
+        data = self.data()
+        method = self.method(data.schema.field_lengths, data.num_classes).to(device)
+        batch = self.config.data.eval_batch_size
+        logits, labels = predict_split(method, data.split(split), device, batch, missing=missing)
+        chosen, why = self.choose_head(head, list(logits))
+        return score_rows(
+            logits, labels.numpy(), data.class_names, chosen, why, f"the {split} split of {self.config.data.name}"
+        )
+
+    def score_table(self, table: Path, missing: str | None, head: str | None, skip_bad: bool) -> Scores:
+        """`gaal eval --data FILE` on a separate labelled file: every labelled row scored, none re-split;
+        rows whose image the run trained on are left out when that can be told, and said to be
+        possibly among them when it cannot.
+
+        Raises:
+            GaalError: a run on the embedded dataset, a table without the target column, or see
+                `prediction_rows`.
+        """
+        if is_embedded(self.config.data.name):
+            raise GaalError(
+                f"a run on the embedded {self.config.data.name} dataset has no table; --data FILE evaluates a "
+                "run trained on a table (--split picks one of its own splits)",
+                source=str(table),
+                field="--data",
+            )
+        device = resolve_device(self.config.train.device)
+        with tempfile.TemporaryDirectory(prefix="gaal-eval-") as images:
+            rows = self.rows_of(table, missing, skip_bad, Path(images))
+            if rows.labels is None:
+                target = self.preprocessing.get("target") if isinstance(self.preprocessing, dict) else "label"
+                raise GaalError(
+                    f"has no target column {target!r}: eval scores labelled rows "
+                    "(gaal predict predicts unlabelled ones)",
+                    source=str(table),
+                )
+            method = self.method(rows.field_lengths, len(rows.class_names)).to(device)
+            logits = self.predict(rows.split, method, device, missing=missing)
+        return self.score_rows_of(table, rows, logits, head)
+
+    def rows_of(self, table: Path, missing: str | None, skip_bad: bool, images: Path) -> PredictionRows:
+        """The rows of `table` encoded with the run's preprocessing, images decoded into `images`."""
+        return prediction_rows(
+            self.preprocessing,
+            table,
+            split_column=self.config.data.split_column,
+            skip_bad=skip_bad,
+            missing=missing,
+            cache_folder=images,
+            num_workers=self.config.data.num_workers,
+            source=str(self.file),
+            progress=CountProgress,
+        )
+
+    def score_rows_of(
+        self, table: Path, rows: PredictionRows, logits: dict[str, torch.Tensor], head: str | None
+    ) -> Scores:
+        """Scores on the labelled rows of `table` the run did not train on (all, when it cannot tell)."""
+        labels = rows.labels.copy()
+        seen = trained_on(self.config, rows.images, self.recorded_table())
+        if rows.splits is not None:  # the table says which rows are training rows (a prepared table.csv)
+            seen = rows.splits == "train"
+        notes = []
+        unknown = int(np.sum(labels < 0))
+        if unknown:
+            notes.append(f"{unknown} row(s) without a label of the run's classes are not scored")
+        if seen is None:
+            notes.append("the run's table is not at hand to tell: rows it trained on may be among these")
+        elif seen.any():
+            notes.append(f"{int(seen.sum())} row(s) whose image the run trained on (its training split) are not scored")
+            labels[seen] = -1
+        chosen, why = self.choose_head(head, list(logits))
+        n = int(np.sum(labels >= 0))
+        where = f"{n} labelled rows of {table} (as they are: not re-split)"
+        scores = score_rows(logits, labels, rows.class_names, chosen, why, where)
+        scores.notes = notes
+        return scores
+
+
+def evaluate_run(
+    path: str | Path,
+    split: str = "test",
+    missing: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    table: Path | None = None,
+    head: str | None = None,
+    skip_bad: bool = False,
+) -> tuple[Scores, Config]:
+    """`gaal eval`: one split of the run's own data, or with `table` a separate labelled file (the
+    run's own table, moved or named otherwise, is split as training split it).
+
+    Args:
+        overrides: dotted config keys to change before rebuilding (e.g. data.dir on another host).
+        head: the head of the class report (default: the best on validation).
+    """
+    run = TrainedRun.load(path, overrides)
+    if table is not None and not run.is_own_table(table):
+        return run.score_table(table, missing, head, skip_bad), run.config
+    if table is not None:
+        run = TrainedRun.load(path, {**(overrides or {}), "data.name": str(table)})
+    return run.score_split(split, missing, head), run.config
 
 
 def evaluate_checkpoint(
