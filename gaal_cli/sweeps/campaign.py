@@ -57,7 +57,8 @@ def dry_run_lines(campaign: Campaign, plans: list[Sweep], results: Path) -> list
     for plan in plans:
         counts = Counter(status_kind(state) for _, state in described_statuses(plan))
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-        lines.append(f"{plan.name}: {len(plan.runs)} runs ({states})")
+        runs = len(plan.runs)
+        lines.append(f"{plan.name}: {runs} run{'s' * (runs != 1)} ({states})")
     for spec in campaign.reports:
         folders = " ".join(str(results / f) for f in spec.folders)
         lines.append(f"then: gaal report {folders} --out {results / spec.out}")
