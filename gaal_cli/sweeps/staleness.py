@@ -139,12 +139,12 @@ def stale_reasons(run: Run) -> list[str]:
 
 def behaviour_change(folder: RunFolder, config: Config) -> str | None:
     """Why the finished run's method does not compute today what it computed then, or None (also
-    when the run recorded no behaviour: it cannot be checked, see `unverified`)."""
+    when the run recorded no behaviour: it cannot be checked, see `_recorded_behaviour`)."""
     from gaal_cli.training.behaviour import FORMAT, method_trace
 
-    recorded = _recorded_behaviour(folder)
-    if not isinstance(recorded, dict) or "hash" not in recorded:
-        return None  # unverified, not stale: see `unverified`
+    recorded = _recorded_behaviour(_provenance(folder))
+    if recorded is None:
+        return None  # unverified, not stale
     if recorded.get("format") != FORMAT or recorded.get("method") != config.method:
         return "its behaviour record is of another trace format or method"
     if recorded["hash"] is None:
@@ -158,17 +158,12 @@ def behaviour_change(folder: RunFolder, config: Config) -> str | None:
     return None
 
 
-def unverified(folder: RunFolder) -> bool:
-    """Whether the finished run recorded no behaviour hash (trained before gaal 0.2.0): today's
-    code cannot be checked against it. Such a run counts as done, named so in a dry run, and is
-    rebuilt by the reproduction campaign (`gaal reproduce`), not by every sweep."""
-    recorded = _recorded_behaviour(folder)
-    return not isinstance(recorded, dict) or "hash" not in recorded
-
-
-def _recorded_behaviour(folder: RunFolder) -> object:
-    provenance = _provenance(folder)
-    return provenance.get("behaviour") if provenance else None
+def _recorded_behaviour(provenance: dict | None) -> dict | None:
+    """report.json's `provenance.behaviour` when it holds a hash (or a null one with its error).
+    None for a run trained before gaal 0.2.0: today's code cannot be checked against it, so it
+    counts as done, "unverified" in a dry run, rebuilt by the campaign (`gaal reproduce`)."""
+    recorded = (provenance or {}).get("behaviour")
+    return recorded if isinstance(recorded, dict) and "hash" in recorded else None
 
 
 def locked(folder: Path) -> bool:
@@ -225,20 +220,27 @@ def statuses(sweep: Sweep) -> list[tuple[Run, str]]:
 def described_statuses(sweep: Sweep) -> list[tuple[Run, str]]:
     """Each run with its status, a stale one with why, and a done one with the host it ran on
     when that is not this one (named, not stale), for a dry run."""
-    from gaal_cli.runs.provenance import host, host_key
+    from gaal_cli.runs.provenance import determinism, host, host_key
 
-    here = host_key({"host": host()})
-    described = []
-    for run, state in statuses(sweep):
-        if state == "stale":
-            state = "stale: " + "; ".join(stale_reasons(run))
-        elif state == "done" and unverified(RunFolder(run.folder)):
-            state += " (unverified: no behaviour record, trained before gaal 0.2.0)"
-        elif state == "done":
-            there = host_key(_provenance(RunFolder(run.folder)))
-            state += "" if there in (here, "unrecorded") else f" (on {there})"
-        described.append((run, state))
-    return described
+    here = host_key({"host": host(), "determinism": determinism()})
+    return [(run, described_status(run, here)) for run in sweep.runs]
+
+
+def described_status(run: Run, here: str) -> str:
+    """`status` with its reasons: each check made once, the run's report read twice at most."""
+    from gaal_cli.runs.provenance import host_key
+
+    folder = RunFolder(run.folder)
+    if not folder.done:
+        return status(run)
+    reasons = stale_reasons(run)
+    if reasons:
+        return "stale: " + "; ".join(reasons)
+    provenance = _provenance(folder)
+    if _recorded_behaviour(provenance) is None:
+        return "done (unverified: no behaviour record, trained before gaal 0.2.0)"
+    there = host_key(provenance)
+    return "done" if there in (here, "unrecorded") else f"done (on {there})"
 
 
 def _provenance(folder: RunFolder) -> dict | None:
