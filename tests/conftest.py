@@ -12,6 +12,16 @@ TINY = [
     "train.device=cpu",
 ]
 
+#: the same for a run on a user table (its size is the table's)
+TABLE_TINY = [
+    "data.image_size=16",
+    "data.batch_size=16",
+    "model.feature_dim=16",
+    "model.tabular_hidden=[16]",
+    "train.epochs=2",
+    "train.device=cpu",
+]
+
 
 @pytest.fixture
 def tiny():

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TABLE_TINY as TINY
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -20,14 +21,6 @@ from gaal_cli.foundation.display import EpochProgress
 from gaal_cli.runs.folder import RunFolder, default_run_folder
 
 runner = CliRunner()
-TINY = [
-    "data.image_size=16",
-    "data.batch_size=16",
-    "model.feature_dim=16",
-    "model.tabular_hidden=[16]",
-    "train.epochs=2",
-    "train.device=cpu",
-]
 COLOURS = {"a": (200, 40, 40), "b": (40, 200, 40), "c": (40, 40, 200)}
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TABLE_TINY as TINY
 from raw_datasets import make_celeba, make_table
 from typer.testing import CliRunner
 
@@ -23,14 +24,6 @@ from gaal_cli.training.trained_run import TrainedRun
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.image_size=16",
-    "data.batch_size=16",
-    "model.feature_dim=16",
-    "model.tabular_hidden=[16]",
-    "train.epochs=2",
-    "train.device=cpu",
-]
 CLASSES = ["cat", "dog", "fox"]
 
 

@@ -446,29 +446,28 @@ def _run_labels(values: pd.Series, state: TableState, problems: Problems | None)
     """Class indices in the run's classes (a number's bin when the run binned its target); -1 for an
     empty cell or (recorded in `problems`) another label."""
     if state.target_bins is not None:
-        labels = state.target_bins.labels(values)
-        if problems is not None:
-            for row in np.flatnonzero(TargetBins.not_numbers(values)):
-                problems.add(
-                    row,
-                    f"label {values.iloc[row]!r} is not a number (the run binned its target)",
-                    column=str(values.name),
-                    kind="a label that is not a number",
-                )
-        return labels
+        bad = TargetBins.not_numbers(values)
+        _bad_labels(problems, values, values, bad, "is not a number (the run binned its target)", "a number")
+        return state.target_bins.labels(values)
     lookup = {name: i for i, name in enumerate(state.class_names)}
     text = category_text(values)
     labels = np.array(text.map(lookup).fillna(-1), dtype=np.int64)
     labels[values.isna().to_numpy()] = -1
-    if problems is not None:
-        for row in np.flatnonzero((labels < 0) & values.notna().to_numpy()):
-            problems.add(
-                row,
-                f"label {text.iloc[row]!r} is not one of the run's classes",
-                column=str(values.name),
-                kind="a label that is not one of the run's classes",
-            )
+    bad = (labels < 0) & values.notna().to_numpy()
+    _bad_labels(problems, values, text, bad, "is not one of the run's classes", "one of the run's classes")
     return labels
+
+
+def _bad_labels(
+    problems: Problems | None, values: pd.Series, shown: pd.Series, bad: np.ndarray, why: str, expected: str
+) -> None:
+    """Record each row flagged in `bad` (its label as `shown`) in `problems`, if kept."""
+    if problems is None:
+        return
+    for row in np.flatnonzero(bad):
+        problems.add(
+            row, f"label {shown.iloc[row]!r} {why}", column=str(values.name), kind=f"a label that is not {expected}"
+        )
 
 
 def image_paths(values: pd.Series, folder: Path, allow_outside: bool, problems: Problems) -> list[str]:
