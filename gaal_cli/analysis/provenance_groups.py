@@ -39,9 +39,9 @@ def letters_of(values: Iterable[str]) -> str:
     return "+".join(sorted(set(values)))
 
 
-def several(runs: pd.DataFrame) -> bool:
-    """Whether the runs come from more than one provenance group."""
-    return "provenance" in runs.columns and runs["provenance"].nunique() > 1
+def several(rows: pd.DataFrame) -> bool:
+    """Whether runs (or a summary's cells, `A+B`) come from more than one provenance group."""
+    return "provenance" in rows.columns and len(set("+".join(rows["provenance"]).split("+"))) > 1
 
 
 def cell_mark(letters: str, marked: bool) -> str:

@@ -78,9 +78,11 @@ def printed_numbers(folder: Path) -> set[str]:
 
 def unfound(text: str, root: Path) -> list[Unfound]:
     """The numbers of the `quotes` passages that their folder's files do not print."""
-    missing = []
+    missing, printed_by = [], {}
     for match in QUOTES.finditer(text):
-        printed = printed_numbers(root / match["source"])
+        if match["source"] not in printed_by:  # each report folder read once, however often quoted
+            printed_by[match["source"]] = printed_numbers(root / match["source"])
+        printed = printed_by[match["source"]]
         first_line = text.count("\n", 0, match.start("body")) + 1
         for number in NUMBER.finditer(match["body"]):
             if _bare(number.group()) not in printed:

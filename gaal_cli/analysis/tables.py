@@ -15,7 +15,7 @@ import pandas as pd
 from gaal_cli.analysis import stats
 from gaal_cli.analysis.collect import DIAGNOSTICS, HEADS, METRICS, column, dataset_label, dataset_order, row_order
 from gaal_cli.analysis.health_marks import BELOW, health_mark, health_rule
-from gaal_cli.analysis.provenance_groups import cell_mark, letters_of
+from gaal_cli.analysis.provenance_groups import cell_mark, letters_of, several
 from gaal_cli.foundation.display import markdown_text
 from gaal_cli.sweeps.runner import format_value
 
@@ -116,7 +116,7 @@ def markdown(summary: pd.DataFrame, rows: list[str], metric: str = "acc") -> str
             best = standout(part[f"{c}_mean"], part[f"{c}_std"])
             bold |= set() if best is None else {(best, h)}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    mixed = "provenance" in summary.columns and len(set("+".join(summary["provenance"]).split("+"))) > 1
+    mixed = several(summary)
     position = {
         (*key, d): i for i, (key, d) in enumerate(zip(summary[rows].itertuples(index=False), summary["dataset"]))
     }
