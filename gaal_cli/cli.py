@@ -512,13 +512,14 @@ def compare(
 
     Runs are paired by seed and test sample (their predictions.safetensors); a run without one is refused,
     naming `gaal eval RUN --write-predictions`."""
-    from gaal_cli.analysis.compare import compare_runs, comparison_lines, shared_runs_note, sides_provenance
+    from gaal_cli.analysis.compare import compare_runs, comparison_lines, run_group, shared_runs_note, sides_provenance
     from gaal_cli.analysis.provenance_groups import describe, sides_note
     from gaal_cli.runs.folder import to_json
 
     rows = compare_runs(a, b, metrics=metric)
-    sides = sides_provenance(a, b)
-    notes = [n for n in (shared_runs_note(a, b), sides_note(sides)) if n]
+    groups = {"A": run_group(a), "B": run_group(b)}
+    sides = sides_provenance(groups)
+    notes = [n for n in (shared_runs_note(groups), sides_note(sides)) if n]
     if as_json:
         made_by = {side.lower(): [{"code": c, "host": h} for c, h in sorted(keys)] for side, keys in sides.items()}
         found = {

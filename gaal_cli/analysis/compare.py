@@ -218,9 +218,9 @@ def compare_runs(a: str | Path, b: str | Path, *, metrics: Sequence[str] = ("acc
     return out
 
 
-def shared_runs_note(a: Path, b: Path) -> str | None:
-    """What `gaal compare` says when A and B hold the same run folders (`gaal compare A A`)."""
-    folders = [{run.path.resolve() for run in run_group(side).values()} for side in (a, b)]
+def shared_runs_note(groups: dict[str, dict[int, RunFolder]]) -> str | None:
+    """What `gaal compare` says when A and B (`run_group`s) hold the same run folders (`gaal compare A A`)."""
+    folders = [{run.path.resolve() for run in group.values()} for group in groups.values()]
     shared = sorted(folders[0] & folders[1])
     if not shared:
         return None
@@ -230,12 +230,12 @@ def shared_runs_note(a: Path, b: Path) -> str | None:
     )
 
 
-def sides_provenance(a: str | Path, b: str | Path) -> dict[str, set[tuple[str, str]]]:
-    """The (code, host) keys of each side's runs (gaal_cli.analysis.provenance_groups)."""
+def sides_provenance(groups: dict[str, dict[int, RunFolder]]) -> dict[str, set[tuple[str, str]]]:
+    """The (code, host) keys of each side's runs (`run_group`s; gaal_cli.analysis.provenance_groups)."""
     sides = {}
-    for side, path in (("A", a), ("B", b)):
+    for side, group in groups.items():
         keys = set()
-        for run in run_group(path).values():
+        for run in group.values():
             try:
                 found = provenance_columns(run.read_report())
             except GaalError:  # compare_runs has read them already; a report that went bad since
