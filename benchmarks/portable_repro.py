@@ -76,6 +76,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaal_cli.runs.provenance import PORTABLE_PIN  # stdlib only: torch is imported in the children
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # every variable a knob or an emulated host sets; the caller's values are removed so that the
@@ -119,10 +121,10 @@ HOSTS = {
     "avx2 1c": Host(AVX2_CAPS, 1),
 }
 
-KNOBS = {
-    "aten": {"ATEN_CPU_CAPABILITY": "avx2"},
-    "onednn": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "mkl": {"MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE"},
+KNOBS = {  # gaal_cli.runs.provenance.PORTABLE_PIN, knob by knob (its thread counts: --pin-threads)
+    "aten": {k: PORTABLE_PIN[k] for k in ("ATEN_CPU_CAPABILITY",)},
+    "onednn": {k: PORTABLE_PIN[k] for k in ("ONEDNN_MAX_CPU_ISA",)},
+    "mkl": {k: PORTABLE_PIN[k] for k in ("MKL_CBWR", "MKL_DYNAMIC")},
     "threads": {},  # the count comes from --pin-threads
     "aten-conv": {},  # oneDNN and NNPACK switched off in the child
 }

@@ -22,17 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from gaal_cli.runs.provenance import PORTABLE_PIN as PIN
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "portable_reference.json"
-#: the kernel choices every x86-64 host of the AVX2 generation and later offers, and one thread
-PIN = {
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "COMPATIBLE",
-    "MKL_DYNAMIC": "FALSE",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 RUN = [
     "data.synthetic.n_train=512",
     "data.synthetic.n_val=128",

@@ -43,6 +43,16 @@ PIN_VARIABLES = (
     "OMP_NUM_THREADS",
     "CUBLAS_WORKSPACE_CONFIG",
 )
+#: the kernel pin README "What a run does" measured (benchmarks/portable_repro.py): kernel choices
+#: every x86-64 host of the AVX2 generation and later offers, and one thread; set before Python starts
+PORTABLE_PIN = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 FORMAT = 1
 
 
